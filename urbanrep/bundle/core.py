@@ -1,0 +1,188 @@
+"""In-memory city bundle: the regions of a city and any of its modality layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from urbanrep.bundle.spec import AGGREGATE_KINDS, MODALITIES, RAW_LAYERS
+from urbanrep.errors import BundleError
+
+
+@dataclass
+class Aggregate:
+    """Per-region data published only in aggregated form.
+
+    Attributes:
+        name: File stem under ``aggregates/`` (e.g. ``"poi_counts"``).
+        modality: One of :data:`urbanrep.bundle.spec.MODALITIES`.
+        kind: ``"vector"``: ``table`` has ``region_id`` plus numeric columns (one row per
+            region, regions without a row count as missing for this modality).
+            ``"matrix"``: ``table`` is a sparse region x region matrix in long form with
+            ``origin_region``, ``dest_region``, ``value`` and an optional integer ``slice``
+            (e.g. time of day); absent pairs are zero.
+        table: The data.
+        description: Free text, kept in the manifest.
+    """
+
+    name: str
+    modality: str
+    kind: str
+    table: pd.DataFrame
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise BundleError(
+                f"aggregate {self.name!r}: unknown modality {self.modality!r}; "
+                f"valid modalities: {', '.join(MODALITIES)}"
+            )
+        if self.kind not in AGGREGATE_KINDS:
+            raise BundleError(
+                f"aggregate {self.name!r}: unknown kind {self.kind!r}; valid kinds: {', '.join(AGGREGATE_KINDS)}"
+            )
+
+    def value_columns(self) -> list[str]:
+        """Numeric value columns of a vector aggregate (everything but ``region_id``)."""
+        return [c for c in self.table.columns if c != "region_id"]
+
+    def dense(self, region_ids: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+        """Return the aggregate as a dense array aligned to ``region_ids``.
+
+        Returns:
+            ``(values, mask)``. For vectors ``values`` is ``[N, F]`` float64 and ``mask`` is
+            ``[N]`` bool (True where the region has a row). For matrices ``values`` is
+            ``[S, N, N]`` (``S`` slices, 1 without a ``slice`` column) and ``mask`` marks
+            regions with any non-zero in- or out-flow.
+        """
+        n = len(region_ids)
+        pos = pd.Series(np.arange(n), index=region_ids)
+        if self.kind == "vector":
+            idx = pos.reindex(self.table["region_id"]).to_numpy()
+            values = np.zeros((n, len(self.value_columns())), dtype=np.float64)
+            mask = np.zeros(n, dtype=bool)
+            ok = ~np.isnan(idx)
+            rows = idx[ok].astype(np.int64)
+            values[rows] = self.table.loc[ok, self.value_columns()].to_numpy(dtype=np.float64)
+            mask[rows] = True
+            return values, mask
+        o = pos.reindex(self.table["origin_region"]).to_numpy()
+        d = pos.reindex(self.table["dest_region"]).to_numpy()
+        s = self.table["slice"].to_numpy(dtype=np.int64) if "slice" in self.table else np.zeros(len(o), np.int64)
+        ok = ~(np.isnan(o) | np.isnan(d))
+        num_slices = int(s.max()) + 1 if len(s) else 1
+        values = np.zeros((num_slices, n, n), dtype=np.float64)
+        np.add.at(values, (s[ok], o[ok].astype(np.int64), d[ok].astype(np.int64)),
+                  self.table["value"].to_numpy(dtype=np.float64)[ok])
+        total = values.sum(axis=0)
+        mask = (total.sum(axis=0) + total.sum(axis=1)) > 0
+        return values, mask
+
+
+@dataclass
+class CityBundle:
+    """A city's regions plus any of its modality layers, targets and labels.
+
+    All GeoDataFrames share the CRS of ``regions`` once validated
+    (see :func:`urbanrep.bundle.validate.validate_bundle`).
+
+    Attributes:
+        name: Short dataset name (``"nyc_manhattan180"``).
+        regions: GeoDataFrame with a unique ``region_id`` column and polygon geometry.
+        pois / trips / landuse / roads / remote_sensing / street_view: optional raw layers
+            (see :mod:`urbanrep.bundle.spec` for their columns).
+        aggregates: Aggregated-level data by name.
+        targets: Long table ``region_id, target, value`` of downstream targets.
+        labels: Long table ``region_id, label, value`` of categorical labels (clustering).
+        target_groups: Names of multi-column targets (e.g. land-use shares) mapped to the
+            target names that make them up, in order.
+        provenance: Sources, licences and notes, kept in the manifest.
+        root: Folder the bundle was read from (image paths are relative to it), if any.
+    """
+
+    name: str
+    regions: gpd.GeoDataFrame
+    pois: gpd.GeoDataFrame | None = None
+    trips: gpd.GeoDataFrame | pd.DataFrame | None = None
+    landuse: gpd.GeoDataFrame | None = None
+    roads: gpd.GeoDataFrame | None = None
+    remote_sensing: gpd.GeoDataFrame | None = None
+    street_view: gpd.GeoDataFrame | None = None
+    aggregates: dict[str, Aggregate] = field(default_factory=dict)
+    targets: pd.DataFrame | None = None
+    labels: pd.DataFrame | None = None
+    target_groups: dict[str, list[str]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None
+
+    @property
+    def crs(self) -> Any:
+        """CRS of the regions layer (and of every layer after validation)."""
+        return self.regions.crs
+
+    @property
+    def region_ids(self) -> pd.Index:
+        """Region ids in bundle order: the row order of every embedding urbanrep writes."""
+        return pd.Index(self.regions["region_id"], name="region_id")
+
+    def layer(self, name: str) -> Any:
+        """Return a raw layer by name (``None`` when absent)."""
+        if name not in RAW_LAYERS:
+            raise BundleError(f"unknown layer {name!r}; valid raw layers: {', '.join(RAW_LAYERS)}")
+        return getattr(self, name)
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities present, from raw layers or aggregates, in canonical order."""
+        present = {mod for lay, mod in RAW_LAYERS.items() if getattr(self, lay) is not None}
+        present |= {agg.modality for agg in self.aggregates.values()}
+        return [m for m in MODALITIES if m in present]
+
+    def aggregates_for(self, modality: str, kind: str | None = None) -> list[Aggregate]:
+        """Aggregates of one modality (optionally one kind), in insertion order."""
+        return [a for a in self.aggregates.values()
+                if a.modality == modality and (kind is None or a.kind == kind)]
+
+    def target_table(self) -> pd.DataFrame:
+        """Targets as a wide ``region_id``-indexed table (NaN where a region has no value)."""
+        if self.targets is None or self.targets.empty:
+            return pd.DataFrame(index=self.region_ids)
+        wide = self.targets.pivot(index="region_id", columns="target", values="value")
+        order = list(dict.fromkeys(self.targets["target"]))
+        return wide.reindex(index=self.region_ids, columns=order)
+
+    def label_table(self) -> pd.DataFrame:
+        """Labels as a wide ``region_id``-indexed table of strings (NaN where missing)."""
+        if self.labels is None or self.labels.empty:
+            return pd.DataFrame(index=self.region_ids)
+        wide = self.labels.pivot(index="region_id", columns="label", values="value")
+        return wide.reindex(index=self.region_ids)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per layer, for ``urbanrep validate`` and ``urbanrep info``."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "regions": len(self.regions),
+            "crs": self.crs.to_string() if self.crs is not None else None,
+            "modalities": self.modalities,
+            "layers": {lay: len(getattr(self, lay)) for lay in RAW_LAYERS if getattr(self, lay) is not None},
+            "aggregates": {a.name: f"{a.modality}/{a.kind} {a.table.shape[0]}x{a.table.shape[1]}"
+                           for a in self.aggregates.values()},
+            "targets": list(self.target_table().columns),
+            "labels": list(self.label_table().columns),
+        }
+        return out
+
+    def summary_line(self) -> str:
+        """One-line summary: name, regions, CRS, modalities with record counts, targets."""
+        s = self.summary()
+        parts = [f"{k}={v}" for k, v in s["layers"].items()]
+        parts += [f"{a.name}[{a.modality}]" for a in self.aggregates.values()]
+        return (f"{s['name']}: {s['regions']} regions, crs={s['crs']}, modalities={','.join(s['modalities']) or 'none'}"
+                f" ({'; '.join(parts)}), targets={','.join(s['targets']) or 'none'}"
+                f", labels={','.join(s['labels']) or 'none'}")

@@ -1,0 +1,163 @@
+"""The ``urbanrep`` command line: the only module that prints, exits or draws progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from urbanrep.errors import UrbanRepError
+
+log = logging.getLogger("urbanrep")
+
+DATASET_HELP = (
+    "dataset name or bundle path. Resolution: an explicit bundle folder (with manifest.json); else the named "
+    "data set in the data root (--data-root, else $URBANREP_DATA, else ../shared/data); else, for "
+    "nyc_manhattan180 only, the copy embedded in the package. Default: nyc_manhattan180."
+)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("urbanrep: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("matplotlib", "PIL", "fiona", "pyogrio", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from data_prep import get_converter
+    from urbanrep.bundle import write_bundle
+    from urbanrep.datasets import resolve_data_root
+
+    root = resolve_data_root(args.data_root)
+    src = root / args.name
+    convert = get_converter(args.name)
+    if not src.is_dir():
+        raise UrbanRepError(f"{src} does not exist: point --data-root (or URBANREP_DATA) at the folder holding {args.name}/")
+    t0 = time.perf_counter()
+    bundle = convert(src)
+    report = write_bundle(bundle, args.out)
+    for line in report.lines():
+        log.info("%s", line)
+    from urbanrep.bundle import read_bundle
+
+    print(read_bundle(args.out, validate=False).summary_line())
+    log.info("bundle written to %s in %.1f s", args.out, time.perf_counter() - t0)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from urbanrep.bundle import read_bundle, validate_bundle
+
+    bundle = read_bundle(args.bundle, validate=False)
+    bundle, report = validate_bundle(bundle)
+    print(bundle.summary_line())
+    for line in report.lines():
+        print(f"  note: {line}")
+    if args.json:
+        print(json.dumps({"summary": bundle.summary(), "report": report.as_dict()}, indent=2, default=str))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if (path / "manifest.json").exists():
+        return _cmd_validate(argparse.Namespace(bundle=path, json=False))
+    if path.suffix == ".pt" or (path / "graph.pt").exists():
+        from urbanrep.graphs.build import load_graph
+        from urbanrep.graphs.schema import graph_counts
+
+        gpath = path if path.suffix == ".pt" else path / "graph.pt"
+        print(json.dumps(graph_counts(load_graph(gpath)), indent=2))
+        if path.is_dir():
+            _print_run(path)
+        return 0
+    if path.is_dir() and (path / "embeddings.parquet").exists():
+        _print_run(path)
+        return 0
+    raise UrbanRepError(f"{path} is neither a city bundle, a graph (.pt) nor a run folder")
+
+
+def _print_run(run_dir: Path) -> None:
+    import pandas as pd
+
+    emb = pd.read_parquet(run_dir / "embeddings.parquet")
+    print(f"run {run_dir}: {len(emb)} regions x {emb.shape[1] - 1} embedding dims")
+    mpath = run_dir / "metrics.json"
+    if mpath.exists():
+        metrics = json.loads(mpath.read_text())
+        for task, vals in metrics.get("tasks", {}).items():
+            print(f"  {task}: R2={vals['r2']:.3f} MAE={vals['mae']:.1f} RMSE={vals['rmse']:.1f}")
+        if "clustering" in metrics:
+            print(f"  clustering: {metrics['clustering']}")
+    for p in sorted(run_dir.iterdir()):
+        print(f"  {p.name}{'/' if p.is_dir() else ''}")
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", nargs="?", default=None, help=DATASET_HELP)
+    p.add_argument("--data-root", default=None, help="folder holding the source data sets (default $URBANREP_DATA or ../shared/data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    from data_prep import CONVERTERS
+
+    parser = argparse.ArgumentParser(
+        prog="urbanrep",
+        description="Urban region embeddings from multimodal city data with graph neural networks.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=1, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="convert a source data set from the data root into a city bundle")
+    p.add_argument("name", choices=list(CONVERTERS), help="source data set (a folder in the data root)")
+    p.add_argument("--data-root", default=None, help="folder holding the source data sets")
+    p.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("validate", help="check a city bundle and print its summary; exit 1 if invalid")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--json", action="store_true", help="also print the summary and report as JSON")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("info", help="summarise a bundle, a graph file or a run folder")
+    p.add_argument("path")
+    p.set_defaults(func=_cmd_info)
+
+    from urbanrep import pipeline_cli
+
+    pipeline_cli.add_commands(sub, _add_dataset_args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UrbanRepError as exc:
+        print(f"urbanrep: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("urbanrep: interrupted", file=sys.stderr)
+        return 130
+
+
+def _json_default(obj: Any) -> Any:
+    return str(obj)
