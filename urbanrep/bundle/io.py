@@ -20,6 +20,8 @@ from urbanrep.errors import BundleError
 log = logging.getLogger(__name__)
 
 FORMAT = "urbanrep-city-bundle"
+#: Parquet compression for every layer (compact enough to ship the default city as package data).
+COMPRESSION = "zstd"
 
 
 def _crs_string(crs: Any) -> str:
@@ -40,27 +42,27 @@ def write_bundle(bundle: CityBundle, out_dir: str | Path) -> ValidationReport:
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         layers: dict[str, Any] = {}
-        bundle.regions.to_parquet(tmp / "regions.parquet", index=False)
+        bundle.regions.to_parquet(tmp / "regions.parquet", index=False, compression=COMPRESSION)
         layers["regions"] = {"file": "regions.parquet", "records": len(bundle.regions)}
         for layer in RAW_LAYERS:
             df = getattr(bundle, layer)
             if df is None:
                 continue
             fname = f"{layer}.parquet"
-            df.reset_index(drop=True).to_parquet(tmp / fname, index=False)
+            df.reset_index(drop=True).to_parquet(tmp / fname, index=False, compression=COMPRESSION)
             layers[layer] = {"file": fname, "records": len(df)}
         aggregates: dict[str, Any] = {}
         if bundle.aggregates:
             (tmp / "aggregates").mkdir()
         for agg in bundle.aggregates.values():
             fname = f"aggregates/{agg.name}.parquet"
-            agg.table.reset_index(drop=True).to_parquet(tmp / fname, index=False)
+            agg.table.reset_index(drop=True).to_parquet(tmp / fname, index=False, compression=COMPRESSION)
             aggregates[agg.name] = {"file": fname, "modality": agg.modality, "kind": agg.kind,
                                     "rows": len(agg.table), "description": agg.description}
         for name in ("targets", "labels"):
             df = getattr(bundle, name)
             if df is not None:
-                df.reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", index=False)
+                df.reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", index=False, compression=COMPRESSION)
                 key = "target" if name == "targets" else "label"
                 layers[name] = {"file": f"{name}.parquet", "records": len(df),
                                 "names": list(dict.fromkeys(df[key]))}
