@@ -33,7 +33,7 @@ unless stated)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch_geometric.data import HeteroData
@@ -74,13 +74,13 @@ def mask_key(modality: str) -> str:
     return f"mask_{modality}"
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     raise GraphError(f"region graph invalid: {msg}")
 
 
 def _check_edges(data: HeteroData, et: tuple[str, str, str], n_src: int, n_dst: int) -> None:
     store = data[et]
-    ei = getattr(store, "edge_index", None)
+    ei: Any = getattr(store, "edge_index", None)
     if ei is None:
         _fail(f"edge type {et} has no edge_index")
     if ei.dtype != torch.long or ei.dim() != 2 or ei.size(0) != 2:
@@ -88,12 +88,12 @@ def _check_edges(data: HeteroData, et: tuple[str, str, str], n_src: int, n_dst: 
     if ei.numel() and (int(ei[0].min()) < 0 or int(ei[0].max()) >= n_src or int(ei[1].min()) < 0
                        or int(ei[1].max()) >= n_dst):
         _fail(f"{et}.edge_index refers to nodes outside [0, {n_src}) x [0, {n_dst})")
-    w = getattr(store, "edge_weight", None)
+    w: Any = getattr(store, "edge_weight", None)
     if w is None or w.dtype != torch.float32 or w.shape != (ei.size(1),):
         _fail(f"{et}.edge_weight must be float32 [{ei.size(1)}]")
     if not torch.isfinite(w).all():
         _fail(f"{et}.edge_weight has NaN/inf")
-    attr = getattr(store, "edge_attr", None)
+    attr: Any = getattr(store, "edge_attr", None)
     if attr is not None and (attr.dim() != 2 or attr.size(0) != ei.size(1)):
         _fail(f"{et}.edge_attr must be [E, S]")
 
@@ -118,11 +118,12 @@ def validate_graph(data: HeteroData) -> HeteroData:
     n = len(data.region_ids)
     if reg.num_nodes != n:
         _fail(f"region.num_nodes={reg.num_nodes} but {n} region_ids")
-    pos = getattr(reg, "pos", None)
+    pos: Any = getattr(reg, "pos", None)
     if pos is None or pos.shape != (n, 2) or pos.dtype != torch.float32:
         _fail(f"region.pos must be float32 [{n}, 2]")
     for m in AGGREGATED_MODALITIES:
-        x, mask = getattr(reg, feature_key(m), None), getattr(reg, mask_key(m), None)
+        x: Any = getattr(reg, feature_key(m), None)
+        mask: Any = getattr(reg, mask_key(m), None)
         if m in data.modalities:
             if x is None or mask is None:
                 _fail(f"modality {m} is listed but region.{feature_key(m)} / {mask_key(m)} is missing")
