@@ -67,3 +67,85 @@ def targets_long(region_ids: Sequence[Any], targets: dict[str, np.ndarray],
         sel = keep[name] if keep is not None and name in keep else np.ones(len(ids), dtype=bool)
         frames.append(pd.DataFrame({"region_id": ids[sel], "target": name, "value": vals[sel]}))
     return pd.concat(frames, ignore_index=True)
+
+
+def read_vector(path: Path, **kwargs: Any) -> Any:
+    """Read a vector file (GeoPackage, shapefile, ``zip://`` path) with geopandas; errors name the file.
+
+    Returns:
+        A GeoDataFrame.
+    """
+    import geopandas as gpd
+
+    local = Path(str(path).removeprefix("zip://").split("!")[0])
+    if not local.exists():
+        raise BundleError(f"missing source file {local}; is the data root right (--data-root / URBANREP_DATA)?")
+    try:
+        return gpd.read_file(path, **kwargs)
+    except Exception as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+
+
+def read_table(path: Path, columns: Sequence[str] = (), **kwargs: Any) -> pd.DataFrame:
+    """Read a CSV file and check that ``columns`` are present; errors name the file."""
+    if not path.exists():
+        raise BundleError(f"missing source file {path}; is the data root right (--data-root / URBANREP_DATA)?")
+    try:
+        df = pd.read_csv(path, **kwargs)
+    except Exception as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise BundleError(f"{path}: missing columns {missing} (has: {', '.join(map(str, df.columns))})")
+    return df
+
+
+def require_columns(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    """Raise a :class:`BundleError` naming ``where`` if ``df`` lacks any of ``columns``."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise BundleError(f"{where}: missing columns {missing} (has: {', '.join(map(str, df.columns))})")
+
+
+def restrict_to_regions(df: pd.DataFrame, id_column: str, region_ids: Sequence[Any], where: str,
+                        ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Keep the rows of ``df`` whose ``id_column`` is a region id; count the join.
+
+    Returns:
+        ``(rows, counts)`` where counts holds ``rows`` (in the source), ``matched``,
+        ``unknown_ids_dropped`` (source rows naming no region) and ``regions_without_row``.
+
+    Raises:
+        BundleError: if an id appears twice in the source.
+    """
+    ids = pd.Index(list(region_ids))
+    dup = df[id_column][df[id_column].duplicated()]
+    if len(dup):
+        raise BundleError(f"{where}: id {dup.iloc[0]!r} appears {int((df[id_column] == dup.iloc[0]).sum())} "
+                          f"times ({len(dup)} duplicate rows); each region needs one row")
+    known = df[id_column].isin(ids).to_numpy()
+    counts = {"rows": len(df), "matched": int(known.sum()), "unknown_ids_dropped": int((~known).sum()),
+              "regions_without_row": int((~ids.isin(df[id_column])).sum())}
+    return df.loc[known], counts
+
+
+def long_targets(df: pd.DataFrame, id_column: str, columns: dict[str, str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Long target table from a wide table; rows with a missing (NaN) value are left out.
+
+    Args:
+        df: One row per region.
+        id_column: Column holding the region id.
+        columns: Target name -> source column.
+
+    Returns:
+        ``(targets, left_out)``: the long ``region_id, target, value`` table and, per target,
+        how many rows were left out for a missing value.
+    """
+    frames, left_out = [], {}
+    for name, col in columns.items():
+        vals = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+        ok = np.isfinite(vals.to_numpy())
+        left_out[name] = int((~ok).sum())
+        frames.append(pd.DataFrame({"region_id": df[id_column].to_numpy()[ok], "target": name,
+                                    "value": vals.to_numpy()[ok]}))
+    return pd.concat(frames, ignore_index=True), left_out

@@ -41,8 +41,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if origin in (tuple, list):
         seq = list(value) if isinstance(value, list | tuple) else [value]
-        args = get_args(tp)
-        inner = args[0] if args else Any
+        item_types = get_args(tp)
+        inner = item_types[0] if item_types else Any
         items = [_coerce(v, inner, where) for v in seq]
         return tuple(items) if origin is tuple else items
     if origin is dict:
