@@ -19,3 +19,7 @@ class GraphError(UrbanRepError):
 
 class ConfigError(UrbanRepError):
     """A configuration value is unknown or out of range."""
+
+
+class ExportError(UrbanRepError):
+    """GIS export, figures or the run report cannot be written from the given tables."""
