@@ -69,7 +69,7 @@ def targets_long(region_ids: Sequence[Any], targets: dict[str, np.ndarray],
     return pd.concat(frames, ignore_index=True)
 
 
-def read_vector(path: Path, **kwargs: Any) -> Any:
+def read_vector(path: str | Path, **kwargs: Any) -> Any:
     """Read a vector file (GeoPackage, shapefile, ``zip://`` path) with geopandas; errors name the file.
 
     Returns:
