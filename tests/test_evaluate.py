@@ -1,0 +1,457 @@
+"""Downstream evaluation: cross-checks on real NYC-180 data, leakage guards, land-use shares, baselines.
+
+Cross-check figures come from ``../shared/data/README.md`` ("Measured on this data"), computed
+there independently of this code.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import check_grad
+from scipy.special import log_softmax
+from shapely.geometry import LineString, box
+from sklearn.linear_model import RidgeCV
+from sklearn.preprocessing import StandardScaler
+
+import urbanrep.evaluate.landuse as landuse_mod
+import urbanrep.evaluate.protocols as protocols_mod
+import urbanrep.evaluate.regression as regression_mod
+from tests.conftest import grid_bundle
+from urbanrep.bundle import CityBundle, validate_bundle
+from urbanrep.errors import ConfigError
+from urbanrep.evaluate import (
+    EvalConfig,
+    EvaluationError,
+    available_baselines,
+    baseline_embedding,
+    distribution_scores,
+    evaluate_embeddings,
+    format_markdown,
+    modality_features,
+    oof_predictions,
+    published_embedding,
+    raw_feature_baseline,
+    raw_modality_baseline,
+    run_evaluation,
+    write_report,
+)
+from urbanrep.evaluate.protocols import outer_splits, spatial_groups
+from urbanrep.evaluate.softmax import SoftmaxRegression
+
+TOL = 0.005
+LU = [f"land_use_{i}" for i in range(5)]
+
+
+def only_targets(bundle: CityBundle, names: list[str], labels: bool = True) -> CityBundle:
+    """The bundle with a subset of its targets (keeps tests fast)."""
+    t = bundle.targets
+    return replace(bundle, targets=t[t["target"].isin(names)].reset_index(drop=True),
+                   labels=bundle.labels if labels else None)
+
+
+@pytest.fixture(scope="module")
+def gurpp(data_root: Path) -> pd.DataFrame:
+    return published_embedding(data_root, "gurpp")
+
+
+@pytest.fixture(scope="module")
+def singapore(data_root: Path) -> CityBundle:
+    """Real Singapore subzones (374, EPSG:3414) with raw OSM POIs, population and 5-class land-use shares."""
+    src = data_root / "singapore"
+    if not src.is_dir():
+        pytest.skip(f"{src} not present")
+    zones = gpd.read_file(src / "converted_singapore_subzones_374.gpkg")
+    pois = gpd.read_file(src / "converted_singapore_poi_4347.gpkg")
+    ids = np.array([f"sz{i:03d}" for i in range(len(zones))])
+    pop = zones["population"].to_numpy(dtype=np.float64)
+    has_pop = np.isfinite(pop)
+    targets = [pd.DataFrame({"region_id": ids[has_pop], "target": "population", "value": pop[has_pop]})]
+    targets += [pd.DataFrame({"region_id": ids, "target": c, "value": zones[c].to_numpy(np.float64)}) for c in LU]
+    bundle = CityBundle(
+        name="singapore", regions=gpd.GeoDataFrame({"region_id": ids}, geometry=zones.geometry.values, crs=zones.crs),
+        pois=gpd.GeoDataFrame({"category": pois["fclass"]}, geometry=pois.geometry.values, crs=pois.crs),
+        targets=pd.concat(targets, ignore_index=True), target_groups={"landuse_shares": LU})
+    return validate_bundle(bundle)[0]
+
+
+# ---------------------------------------------------------------- cross-checks on real NYC-180
+
+
+def test_paper_crosscheck_gurpp(nyc_bundle: CityBundle, gurpp: pd.DataFrame) -> None:
+    b = only_targets(nyc_bundle, ["check_in", "crime", "service_call"])
+    rep = evaluate_embeddings(gurpp, b, EvalConfig(protocol="paper"))
+    assert rep["protocol"] == "paper"
+    assert rep["tasks"]["check_in"]["r2"] == pytest.approx(0.800, abs=TOL)
+    assert rep["tasks"]["crime"]["r2"] == pytest.approx(0.577, abs=TOL)
+    assert rep["tasks"]["service_call"]["r2"] == pytest.approx(0.357, abs=TOL)
+    assert rep["tasks"]["check_in"]["r2_std"] == 0.0 and rep["tasks"]["check_in"]["repeats"] == 1
+    # mh_cd.json holds 13 values, one on a single region: KMeans(12) as published
+    assert rep["clustering"]["by_label"]["community_district"]["n_clusters"] == 12
+    assert rep["clustering"]["nmi"] == pytest.approx(0.484, abs=TOL)
+    assert rep["n_regions"] == {"total": 180, "check_in": 180, "crime": 180, "service_call": 180,
+                                "community_district": 180}
+
+
+def test_paper_crosscheck_raw_counts(nyc_bundle: CityBundle) -> None:
+    b = only_targets(nyc_bundle, ["check_in", "crime"])
+    poi = raw_modality_baseline(b, "poi", log1p=False)
+    landuse = raw_modality_baseline(b, "landuse", log1p=False)
+    assert poi.shape == (180, 26) and landuse.shape == (180, 11)
+    rep_poi = evaluate_embeddings(poi, b, EvalConfig(protocol="paper"))
+    rep_lu = evaluate_embeddings(landuse, b, EvalConfig(protocol="paper"))
+    assert rep_poi["tasks"]["check_in"]["r2"] == pytest.approx(0.764, abs=TOL)
+    assert rep_poi["tasks"]["crime"]["r2"] == pytest.approx(0.463, abs=TOL)
+    assert rep_poi["clustering"]["nmi"] == pytest.approx(0.257, abs=TOL)
+    assert rep_lu["tasks"]["check_in"]["r2"] == pytest.approx(0.697, abs=TOL)
+    assert rep_lu["tasks"]["crime"]["r2"] == pytest.approx(0.519, abs=TOL)
+
+
+def test_strict_crosscheck_gurpp(nyc_bundle: CityBundle, gurpp: pd.DataFrame) -> None:
+    b = only_targets(nyc_bundle, ["check_in", "crime", "service_call"], labels=False)
+    fixed = evaluate_embeddings(gurpp, b, EvalConfig(ridge_alpha=1.0))
+    assert fixed["tasks"]["check_in"]["repeats"] == 10
+    assert fixed["tasks"]["check_in"]["r2"] == pytest.approx(0.788, abs=TOL)
+    assert fixed["tasks"]["check_in"]["r2_std"] == pytest.approx(0.027, abs=TOL)
+    assert fixed["tasks"]["crime"]["r2"] == pytest.approx(0.558, abs=TOL)
+    cv = evaluate_embeddings(gurpp, b, EvalConfig())  # alpha by inner CV on the training fold
+    assert cv["tasks"]["check_in"]["r2"] == pytest.approx(0.779, abs=TOL)
+    assert cv["tasks"]["crime"]["r2"] == pytest.approx(0.544, abs=TOL)
+    assert cv["tasks"]["service_call"]["r2"] == pytest.approx(0.347, abs=TOL)
+    for m in cv["tasks"].values():
+        assert m["mae_std"] > 0 and m["rmse_std"] > 0 and m["rmse"] >= m["mae"] > 0
+
+
+# ---------------------------------------------------------------- leakage guards
+
+_EVENTS: list[tuple[str, frozenset[int], frozenset[int]]] = []
+_ACTIVE_TEST: list[frozenset[int]] = []
+
+
+class SpyScaler(StandardScaler):
+    """Records the row ids (column 0 of the raw embedding) it is fit on and applied to."""
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> SpyScaler:  # noqa: N803
+        _EVENTS.append(("fit", frozenset(np.asarray(X)[:, 0].astype(int).tolist()), _ACTIVE_TEST[-1]))
+        return super().fit(X, y, sample_weight)
+
+    def fit_transform(self, X: Any, y: Any = None, **kw: Any) -> Any:  # noqa: N803
+        self.fit(X, y)
+        return super().transform(X)
+
+    def transform(self, X: Any, copy: Any = None) -> Any:  # noqa: N803
+        _EVENTS.append(("apply", frozenset(np.asarray(X)[:, 0].astype(int).tolist()), _ACTIVE_TEST[-1]))
+        return super().transform(X, copy)
+
+
+class SpyRidgeCV(RidgeCV):
+    """Records the rows (identified by their unique target value) its alpha search sees."""
+
+    y_to_id: dict[float, int] = {}
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, **kw: Any) -> SpyRidgeCV:  # noqa: N803
+        ids = frozenset(SpyRidgeCV.y_to_id[float(v)] for v in np.asarray(y))
+        _EVENTS.append(("alpha", ids, _ACTIVE_TEST[-1]))
+        return super().fit(X, y, sample_weight=sample_weight, **kw)
+
+
+def _tracking_splits(n: int, config: EvalConfig, seed: int, groups: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``outer_splits`` that publishes the test fold (as row ids) while its fold is fit."""
+    for train, test in outer_splits(n, config, seed, groups):
+        _ACTIVE_TEST.append(frozenset(test.tolist()))
+        yield train, test
+    _ACTIVE_TEST.append(frozenset())
+
+
+def test_strict_fits_scalers_alphas_on_training_rows_only(nyc_bundle: CityBundle, gurpp: pd.DataFrame,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # row id i (bundle position) in column 0 of the embedding, a unique target value per row
+    emb = gurpp.copy()
+    emb.insert(0, "row", np.arange(180, dtype=np.float64))
+    y = nyc_bundle.target_table()["check_in"].to_numpy() + np.arange(180) * 1e-3
+    lu = nyc_bundle.aggregates["landuse_counts"].table
+    shares = lu.drop(columns="region_id").to_numpy(np.float64)[:60]  # land-use shares on 60 regions
+    targets = [pd.DataFrame({"region_id": range(180), "target": "y", "value": y})]
+    targets += [pd.DataFrame({"region_id": range(60), "target": f"lu{j}", "value": shares[:, j]}) for j in range(11)]
+    b = replace(nyc_bundle, targets=pd.concat(targets, ignore_index=True), labels=None,
+                target_groups={"shares": [f"lu{j}" for j in range(11)]})
+    SpyRidgeCV.y_to_id = {float(v): i for i, v in enumerate(y)}
+    _EVENTS.clear()
+    _ACTIVE_TEST[:] = [frozenset()]
+    monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
+    monkeypatch.setattr(protocols_mod, "RidgeCV", SpyRidgeCV)
+    monkeypatch.setattr(regression_mod, "outer_splits", _tracking_splits)
+    monkeypatch.setattr(landuse_mod, "outer_splits", _tracking_splits)
+    res = run_evaluation(emb, b, EvalConfig(seeds=(0, 1)), clustering=False)
+
+    fits = [e for e in _EVENTS if e[0] == "fit"]
+    alphas = [e for e in _EVENTS if e[0] == "alpha"]
+    applies = [e for e in _EVENTS if e[0] == "apply"]
+    assert len(alphas) == 2 * 5  # one ridge alpha search per outer fold, scalar task
+    assert len(fits) > 2 * 5 * 2  # + the softmax probe's scalers inside its inner CV
+    for kind, ids, test in fits + alphas:
+        assert test, f"{kind} outside an outer fold"
+        assert not ids & test, f"{kind} saw {len(ids & test)} test-fold rows"
+    for _, ids, test in alphas:
+        assert len(ids) == 180 - len(test)
+    # the spy identifies rows correctly: every outer test fold is scaled with its training scaler
+    assert sum(ids == test for _, ids, test in applies) == 2 * 5 * 2
+    # each repeat predicts every region exactly once
+    assert res.metrics["tasks"]["y"]["repeats"] == 2
+    assert len(res.predictions.query("target == 'y'")) == 180
+
+
+def test_paper_uses_raw_embedding_and_clips(nyc_bundle: CityBundle, gurpp: pd.DataFrame,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    _EVENTS.clear()
+    _ACTIVE_TEST[:] = [frozenset()]
+    monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
+    b = only_targets(nyc_bundle, ["service_call", "carbon"], labels=False)
+    res = run_evaluation(gurpp, b, EvalConfig(protocol="paper"))
+    assert _EVENTS == []  # Ridge(alpha=1) on the raw embedding: no scaler
+    pred = res.predictions
+    assert (pred["predicted"] >= 0).all()
+    raw = run_evaluation(gurpp, b, EvalConfig(protocol="paper", clip_negative=False)).predictions
+    assert (raw["predicted"] < 0).any()  # clipping is not vacuous here
+
+
+def test_baselines_ignore_targets(nyc_bundle: CityBundle) -> None:
+    rng = np.random.default_rng(0)
+    t = nyc_bundle.targets.copy()
+    t["value"] = rng.permutation(t["value"].to_numpy()) * 3.0 + 1.0
+    lab = nyc_bundle.labels.copy()
+    lab["value"] = rng.permutation(lab["value"].to_numpy())
+    other = replace(nyc_bundle, targets=t, labels=lab)
+    for name in ("raw_all", "raw_poi", "raw_mobility", "raw_remote_sensing"):
+        pd.testing.assert_frame_equal(baseline_embedding(name, nyc_bundle), baseline_embedding(name, other))
+    no_targets = replace(nyc_bundle, targets=None, labels=None)
+    pd.testing.assert_frame_equal(raw_feature_baseline(nyc_bundle), raw_feature_baseline(no_targets))
+
+
+def test_checkin_similarity_never_read(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_prep import get_converter
+
+    leaky = "hrep_checkin_similarity"
+    assert (data_root / "nyc_manhattan180" / "features" / f"{leaky}.npy").exists()  # the guard is not vacuous
+    seen: list[str] = []
+    real_load, real_open = np.load, builtins.open
+
+    def guarded_load(file: Any, *a: Any, **k: Any) -> Any:
+        seen.append(str(file))
+        assert leaky not in str(file), f"read the target-derived {file}"
+        return real_load(file, *a, **k)
+
+    def guarded_open(file: Any, *a: Any, **k: Any) -> Any:
+        assert leaky not in str(file), f"opened the target-derived {file}"
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(np, "load", guarded_load)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    bundle = get_converter("nyc_manhattan180")(data_root / "nyc_manhattan180")
+    for name in available_baselines(bundle):
+        baseline_embedding(name, bundle)
+    raw_feature_baseline(bundle, mobility="shares")
+    published_embedding(data_root, "gurpp")
+    assert any("gurpp_emb" in s for s in seen) and any("hafusion_poi_dist" in s for s in seen)
+
+
+# ---------------------------------------------------------------- harness behaviour
+
+
+def test_alignment_by_region_id(nyc_bundle: CityBundle, gurpp: pd.DataFrame) -> None:
+    b = only_targets(nyc_bundle, ["crime"], labels=False)
+    cfg = EvalConfig(protocol="paper")
+    base = evaluate_embeddings(gurpp, b, cfg)
+    shuffled = gurpp.sample(frac=1.0, random_state=0)
+    assert evaluate_embeddings(shuffled, b, cfg)["tasks"] == base["tasks"]
+    as_column = shuffled.reset_index()  # region_id as a column works too
+    assert evaluate_embeddings(as_column, b, cfg)["tasks"] == base["tasks"]
+    with pytest.raises(EvaluationError, match="lacks 1 of the bundle's 180 regions"):
+        evaluate_embeddings(gurpp.drop(index=7), b, cfg)
+    with pytest.raises(EvaluationError, match="lacks 180"):
+        evaluate_embeddings(gurpp.set_axis(gurpp.index.astype(str)), b, cfg)
+    bad = gurpp.copy()
+    bad.iloc[3, 2] = np.nan
+    with pytest.raises(EvaluationError, match="NaN or inf"):
+        evaluate_embeddings(bad, b, cfg)
+
+
+def test_oof_predictions_match_report(nyc_bundle: CityBundle, gurpp: pd.DataFrame) -> None:
+    from sklearn.metrics import r2_score
+
+    b = only_targets(nyc_bundle, ["check_in", "income"], labels=False)
+    cfg = EvalConfig(protocol="paper")
+    pred = oof_predictions(gurpp, b, cfg)
+    rep = evaluate_embeddings(gurpp, b, cfg)
+    assert list(pred.columns) == ["region_id", "target", "group", "probe", "observed", "predicted", "predicted_std"]
+    for target, df in pred.groupby("target"):
+        assert df["region_id"].tolist() == list(range(180))
+        assert r2_score(df["observed"], df["predicted"]) == pytest.approx(rep["tasks"][target]["r2"], abs=1e-12)
+        np.testing.assert_array_equal(df["observed"], b.target_table()[target].to_numpy())
+
+
+def test_other_probes(nyc_bundle: CityBundle, gurpp: pd.DataFrame) -> None:
+    b = only_targets(nyc_bundle, ["check_in"], labels=False)
+    cfg = EvalConfig(regressors=("ridge", "lasso", "rf", "mlp"), seeds=(0,), rf_trees=30)
+    rep = evaluate_embeddings(gurpp, b, cfg)
+    assert set(rep["probes"]) == {"ridge", "lasso", "rf", "mlp"}
+    assert rep["tasks"]["check_in"] == rep["probes"]["ridge"]["check_in"]
+    for name, tasks in rep["probes"].items():
+        assert tasks["check_in"]["r2"] > 0.4, name
+
+
+def test_spatial_blocks_keep_blocks_whole(nyc_bundle: CityBundle, gurpp: pd.DataFrame) -> None:
+    from urbanrep.evaluate.harness import region_centroids
+
+    cents = region_centroids(nyc_bundle)
+    assert np.ptp(cents[:, 1]) > 10_000  # metres: Manhattan is ~20 km long
+    cfg = EvalConfig(spatial_blocks=15, seeds=(0, 1))
+    for seed in cfg.seeds:
+        groups = spatial_groups(cents, 15, seed)
+        folds = outer_splits(180, cfg, seed, groups)
+        assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(180))
+        for train, test in folds:
+            assert not set(groups[train]) & set(groups[test])
+    b = only_targets(nyc_bundle, ["check_in"], labels=False)
+    rep = evaluate_embeddings(gurpp, b, cfg)
+    assert rep["config"]["spatial_blocks"] == 15 and rep["tasks"]["check_in"]["repeats"] == 2
+    with pytest.raises(ConfigError, match="fewer than folds"):
+        EvalConfig(spatial_blocks=3)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown evaluation protocol"):
+        EvalConfig(protocol="best")
+    with pytest.raises(ConfigError, match="unknown regressor"):
+        EvalConfig(regressors=("ridge", "xgboost"))
+    with pytest.raises(ConfigError, match="landuse_model"):
+        EvalConfig(landuse_model="lda")
+    assert EvalConfig(regressors="rf").regressors == ("rf",)
+    assert EvalConfig(protocol="paper").n_folds == 10 and EvalConfig().n_folds == 5
+    assert EvalConfig(protocol="paper").repeat_seeds == (0,) and len(EvalConfig().repeat_seeds) == 10
+
+
+def test_too_few_regions_skipped() -> None:
+    b = grid_bundle()  # 16 regions, one target
+    emb = pd.DataFrame(np.random.default_rng(0).normal(size=(16, 4)), index=b.region_ids)
+    rep = evaluate_embeddings(emb, b, EvalConfig(protocol="paper"))  # 10 folds need >= 20 rows
+    assert rep["tasks"] == {} and "too few" in rep["skipped"]["population"]
+    rep = evaluate_embeddings(emb, b, EvalConfig(folds=4, seeds=(0,)))
+    assert rep["tasks"]["population"]["n"] == 16
+
+
+# ---------------------------------------------------------------- land-use shares (real Singapore)
+
+
+def test_distribution_scores_by_hand() -> None:
+    y = np.array([[1.0, 0.0], [0.5, 0.5]])
+    p = np.array([[0.5, 0.5], [0.5, 0.5]])
+    s = distribution_scores(y, p, eps=0.0)
+    assert s["l1"] == pytest.approx(0.5)  # (1 + 0) / 2
+    assert s["kl"] == pytest.approx(np.log(2) / 2)
+    assert s["cosine"] == pytest.approx((1 / np.sqrt(0.5) / 1.0 * 0.5 + 1.0) / 2)
+
+
+def test_softmax_regression_gradient_and_fit() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    w = np.array([[2.0, -1.0, 0.0], [0.0, 1.0, -1.0], [1.0, 0.0, 0.0]])
+    y = np.exp(log_softmax(x @ w, axis=1))
+    model = SoftmaxRegression(alpha=1e-4).fit(x, y)
+    assert np.abs(model.predict(x) - y).max() < 1e-3
+    np.testing.assert_allclose(model.predict(x).sum(axis=1), 1.0)
+
+    def loss(theta: np.ndarray) -> float:
+        m = SoftmaxRegression(alpha=0.3)
+        m.coef_, m.intercept_ = theta[:9].reshape(3, 3), theta[9:]
+        return float(-(y * np.log(m.predict(x))).sum() + 0.15 * (m.coef_ ** 2).sum())
+
+    def grad(theta: np.ndarray) -> np.ndarray:
+        wt, b = theta[:9].reshape(3, 3), theta[9:]
+        g = np.exp(log_softmax(x @ wt + b, axis=1)) - y
+        return np.concatenate([(x.T @ g + 0.3 * wt).ravel(), g.sum(axis=0)])
+
+    assert check_grad(loss, grad, rng.normal(size=12)) < 1e-3
+
+
+def test_landuse_shares_singapore(singapore: CityBundle) -> None:
+    poi = raw_modality_baseline(singapore, "poi")  # raw OSM points counted into 374 subzones
+    assert poi.shape == (374, 103)
+    assert np.expm1(poi.to_numpy()).sum() == pytest.approx(4330)  # 17 of 4,347 POIs fall outside every subzone
+    rng = np.random.default_rng(0)
+    noise = pd.DataFrame(rng.normal(size=(374, 16)), index=singapore.region_ids)
+    shares = singapore.target_table()[LU].to_numpy()
+    oracle = pd.DataFrame(shares + 0.01 * rng.normal(size=shares.shape), index=singapore.region_ids)
+    cfg = EvalConfig(seeds=(0,))
+    res = {name: run_evaluation(e, singapore, cfg, clustering=False)
+           for name, e in {"poi": poi, "noise": noise, "oracle": oracle}.items()}
+    m = {k: r.metrics["landuse"]["landuse_shares"] for k, r in res.items()}
+    assert m["poi"]["n"] == 372  # two subzones have no land use at all
+    assert res["poi"].metrics["n_regions"]["population"] == 364  # ten have no population value
+    assert m["oracle"]["l1"] < 0.3 and m["oracle"]["cosine"] > 0.97
+    assert m["poi"]["l1"] < m["noise"]["l1"] and m["poi"]["kl"] < m["noise"]["kl"]
+    assert m["poi"]["cosine"] > m["noise"]["cosine"]
+    pred = res["poi"].predictions.query("group == 'landuse_shares'")
+    assert set(pred["target"]) == set(LU) and pred["probe"].eq("softmax_shares").all()
+    sums = pred.groupby("region_id")["predicted"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0)
+    assert len(sums) == 372 and (pred["predicted"] > 0).all()
+    ridge = evaluate_embeddings(poi, singapore, EvalConfig(protocol="paper", landuse_model="ridge"))
+    assert 0 < ridge["landuse"]["landuse_shares"]["l1"] < 2
+
+
+# ---------------------------------------------------------------- baselines from raw layers
+
+
+def test_raw_layer_features_on_grid() -> None:
+    b = grid_bundle()  # 4 x 4 km grid, 50 POIs, an OD aggregate
+    landuse = gpd.GeoDataFrame({"class": ["park", "residential"]},
+                               geometry=[box(0, 0, 1500, 1000), box(0, 1000, 1000, 2000)], crs=b.crs)
+    roads = gpd.GeoDataFrame({"class": ["primary"]}, geometry=[LineString([(0, 500), (4000, 500)])], crs=b.crs)
+    b = replace(b, landuse=landuse, roads=roads)
+    poi = modality_features(b, "poi", log1p=False)
+    assert poi.to_numpy().sum() == 50 and poi.shape[1] == 3
+    lu = modality_features(b, "landuse")
+    assert lu.loc["r0", "landuse:park_share"] == pytest.approx(1.0)
+    assert lu.loc["r1", "landuse:park_share"] == pytest.approx(0.5)
+    assert lu.loc["r4", "landuse:residential_share"] == pytest.approx(1.0)
+    road = modality_features(b, "road")
+    np.testing.assert_allclose(road["roads:primary_km_per_km2"].to_numpy(), [1.0] * 4 + [0.0] * 12)
+    mob = modality_features(b, "mobility", log1p=False, mobility="shares")
+    assert mob["od:out"].sum() == mob["od:in"].sum() == sum(range(1, 16))
+    assert mob.loc["r0", "od:out_to_r1"] == 1.0 and mob.loc["r15", "od:in_from_r14"] == 1.0
+    emb = raw_feature_baseline(b, dim=5)
+    assert emb.shape == (16, 5) and list(emb.index) == list(b.region_ids)
+    assert available_baselines(b) == ["raw_all", "raw_poi", "raw_mobility", "raw_landuse", "raw_road"]
+    with pytest.raises(EvaluationError, match="no street_view data"):
+        raw_modality_baseline(b, "street_view")
+
+
+def test_raw_feature_baseline_nyc(nyc_bundle: CityBundle) -> None:
+    emb = raw_feature_baseline(nyc_bundle, dim=32)
+    assert emb.shape == (180, 32) and emb.index.name == "region_id"
+    pd.testing.assert_frame_equal(emb, raw_feature_baseline(nyc_bundle, dim=32))  # deterministic
+    mob = modality_features(nyc_bundle, "mobility")
+    assert mob.shape == (180, 2 + 14 + 2 + 48)  # out/in totals per OD matrix and slice, hourly flows
+    img = raw_modality_baseline(nyc_bundle, "remote_sensing")
+    assert img.shape == (180, 512) and not np.allclose(img.to_numpy(), np.log1p(np.abs(img.to_numpy())))
+
+
+def test_report_files(tmp_path: Path, nyc_bundle: CityBundle, gurpp: pd.DataFrame) -> None:
+    b = only_targets(nyc_bundle, ["crime"])
+    rep = evaluate_embeddings(gurpp, b, EvalConfig(protocol="paper"))
+    out = write_report({"gurpp": rep}, tmp_path / "out" / "eval.json")
+    loaded = json.loads(out.read_text())
+    assert loaded["gurpp"]["tasks"]["crime"]["r2"] == pytest.approx(rep["tasks"]["crime"]["r2"])
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["eval.json"]
+    md = format_markdown({"gurpp": rep})
+    assert "| gurpp | 0.577 |" in md and "protocol: paper" in md

@@ -1,0 +1,223 @@
+"""Experts and the mixture gate: shapes, region-permutation equivariance, masking, registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from urbanrep.errors import ConfigError, GraphError
+from urbanrep.experts import (
+    EXPERTS,
+    ExpertConfig,
+    GCNStack,
+    ModalityMoE,
+    MoEConfig,
+    SharedExpert,
+    StreetViewExpert,
+    UniformExpert,
+    expert_from_config,
+    get_expert,
+    load_balancing_loss,
+)
+from urbanrep.experts.mobility import flow_normalize
+from urbanrep.experts.testing import graph_from_bundle, permute_regions, random_region_graph
+from urbanrep.graphs.schema import MODALITY_EDGE, feature_key, mask_key, validate_graph
+from urbanrep.network import GraphMetadata
+
+CFG = ExpertConfig(hidden_channels=32, out_channels=16, num_layers=2, dropout=0.1, heads=4)
+ALL = ("poi", "mobility", "landuse", "road", "remote_sensing", "street_view")
+
+
+@pytest.fixture(scope="module")
+def nyc_graph():
+    """NYC-180 region graph from the real bundle aggregates (skips without the data root)."""
+    from data_prep import get_converter
+    from urbanrep.datasets import resolve_data_root
+
+    src = resolve_data_root() / "nyc_manhattan180"
+    if not src.is_dir():
+        pytest.skip(f"real data not found at {src} (set URBANREP_DATA to the shared data root)")
+    return graph_from_bundle(get_converter("nyc_manhattan180")(Path(src)))
+
+
+@pytest.fixture(scope="module")
+def synth_graph():
+    """A small generated graph with all six modalities and per-slice flows."""
+    return random_region_graph(50, ALL, seed=3, num_slices=4, images_per_region=2.0, mask_rate=0.2)
+
+
+def _build(name: str, data) -> torch.nn.Module:
+    md = GraphMetadata.from_data(data)
+    torch.manual_seed(0)
+    if name in ("shared", "uniform"):
+        cls = SharedExpert if name == "shared" else UniformExpert
+        return expert_from_config(cls, md.channels("mobility"), CFG, modality="mobility").eval()
+    return expert_from_config(get_expert(name), md.channels(name), CFG, num_slices=md.num_slices).eval()
+
+
+def _assert_equivariant(fn, data, atol=1e-5):
+    n = data["region"].num_nodes
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = fn(data)
+        out_p = fn(validate_graph(permute_regions(data, perm)))
+    assert out.shape[0] == n
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out_p, out[perm], atol=atol, rtol=1e-4)
+    return out
+
+
+def test_fixture_graphs_are_schema_valid(nyc_graph, synth_graph):
+    assert list(nyc_graph.modalities) == ["poi", "mobility", "landuse", "remote_sensing"]
+    assert nyc_graph["region"].num_nodes == 180
+    assert list(synth_graph.modalities) == list(ALL)
+    validate_graph(nyc_graph)
+    validate_graph(synth_graph)
+
+
+def test_registry():
+    assert set(ALL) | {"shared", "uniform"} <= set(EXPERTS)
+    assert get_expert("poi").modality == "poi"
+    with pytest.raises(ConfigError, match="registered experts"):
+        get_expert("lidar")
+
+
+@pytest.mark.parametrize("name", ["poi", "mobility", "landuse", "remote_sensing"])
+def test_expert_shape_and_equivariance_on_nyc(nyc_graph, name):
+    expert = _build(name, nyc_graph)
+    out = _assert_equivariant(expert, nyc_graph)
+    assert out.shape == (180, CFG.out_channels)
+
+
+@pytest.mark.parametrize("name", [*ALL, "shared", "uniform"])
+def test_expert_shape_and_equivariance_synthetic(synth_graph, name):
+    expert = _build(name, synth_graph)
+    out = _assert_equivariant(expert, synth_graph)
+    assert out.shape == (50, CFG.out_channels)
+    expert.reset_parameters()
+    with torch.no_grad():
+        assert not torch.allclose(expert(synth_graph), out)
+
+
+@pytest.mark.parametrize("name", ["poi", "mobility", "landuse", "road", "remote_sensing"])
+def test_masked_rows_never_read(synth_graph, name):
+    """A region whose modality is masked gives the same output whatever its (zero) row holds."""
+    expert = _build(name, synth_graph)
+    data = synth_graph.clone()
+    mask = data["region"][mask_key(name)]
+    assert (~mask).any()
+    with torch.no_grad():
+        ref = expert(data)
+        x = data["region"][feature_key(name)].clone()
+        x[~mask] = 1e6
+        data["region"][feature_key(name)] = x
+        torch.testing.assert_close(expert(data), ref)
+
+
+def test_masked_region_gets_missing_token(synth_graph):
+    """Two masked regions with identical neighbourhoods would be equal: check the token is used."""
+    expert = _build("remote_sensing", synth_graph)
+    x, mask = expert.features(synth_graph)
+    h = expert.encoder(x, mask)
+    missing = h[~mask]
+    assert torch.allclose(missing, missing[0].expand_as(missing))
+
+
+def test_street_view_mask_and_pooling(synth_graph):
+    expert = _build("street_view", synth_graph)
+    assert isinstance(expert, StreetViewExpert)
+    mask = expert.region_mask(synth_graph)
+    members = synth_graph["image", "in_region", "region"].edge_index[1].unique()
+    assert mask.sum() == members.numel()
+    # removing all images of one region changes that region's pooled vector to the missing token
+    data = synth_graph.clone()
+    r = int(members[0])
+    ei = data["image", "in_region", "region"].edge_index
+    keep = ei[1] != r
+    data["image", "in_region", "region"].edge_index = ei[:, keep]
+    data["image", "in_region", "region"].edge_weight = data["image", "in_region", "region"].edge_weight[keep]
+    with torch.no_grad():
+        pooled = expert.pool_regions(data, expert.encode_images(data["image"].x, expert.image_edges(data)))
+    torch.testing.assert_close(pooled[r], expert.missing)
+    assert not expert.region_mask(data)[r]
+
+
+def test_flow_normalize_rows_and_columns(nyc_graph):
+    et = MODALITY_EDGE["mobility"]
+    ei, w = nyc_graph[et].edge_index, nyc_graph[et].edge_weight
+    out_share, in_share = flow_normalize(ei, w, 180)
+    row = torch.zeros(180).index_add_(0, ei[0], out_share)
+    col = torch.zeros(180).index_add_(0, ei[1], in_share)
+    has_out = torch.zeros(180).index_add_(0, ei[0], w) > 0
+    has_in = torch.zeros(180).index_add_(0, ei[1], w) > 0
+    torch.testing.assert_close(row[has_out], torch.ones(int(has_out.sum())))
+    torch.testing.assert_close(col[has_in], torch.ones(int(has_in.sum())))
+
+
+def test_mobility_uses_direction(nyc_graph):
+    """Reversing every OD edge changes the mobility expert's output (it is direction-aware)."""
+    expert = _build("mobility", nyc_graph)
+    data = nyc_graph.clone()
+    et = MODALITY_EDGE["mobility"]
+    data[et].edge_index = data[et].edge_index.flip(0)
+    with torch.no_grad():
+        assert not torch.allclose(expert(data), expert(nyc_graph), atol=1e-4)
+
+
+def test_missing_feature_raises(synth_graph):
+    expert = _build("poi", synth_graph)
+    data = random_region_graph(20, ("landuse",), seed=0)
+    with pytest.raises(GraphError, match="x_poi"):
+        expert(data)
+
+
+@pytest.mark.parametrize("routing,top_k", [("softmax", 1), ("topk", 1), ("topk", 2)])
+def test_moe_gate(synth_graph, routing, top_k):
+    md = GraphMetadata.from_data(synth_graph)
+    torch.manual_seed(0)
+    backbones = [GCNStack(CFG.hidden_channels, CFG.out_channels, 1, 0.0) for _ in range(2)]
+    shared = [expert_from_config(SharedExpert, md.channels("poi"), CFG, modality="poi", backbone=b)
+              for b in backbones]
+    moe = ModalityMoE(expert_from_config(get_expert("poi"), md.channels("poi"), CFG), shared, routing, top_k).eval()
+    torch.nn.init.normal_(moe.gate[1].weight, std=0.5)  # a non-uniform gate
+    out = _assert_equivariant(lambda d: moe(d)[0], synth_graph)
+    assert out.shape == (50, CFG.out_channels)
+    with torch.no_grad():
+        _, aux, gates = moe(synth_graph)
+    assert gates.shape == (50, 3)
+    torch.testing.assert_close(gates.sum(1), torch.ones(50))
+    if routing == "topk":
+        assert ((gates > 0).sum(1) == top_k).all()
+        assert float(aux) >= 1.0 - 1e-6  # Switch loss is >= 1, equal when balanced
+    else:
+        assert float(aux) == 0.0
+
+
+def test_moe_without_shared_is_the_dedicated_expert(synth_graph):
+    md = GraphMetadata.from_data(synth_graph)
+    torch.manual_seed(0)
+    ded = expert_from_config(get_expert("landuse"), md.channels("landuse"), CFG).eval()
+    moe = ModalityMoE(ded, []).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(moe(synth_graph)[0], ded(synth_graph))
+
+
+def test_load_balancing_loss_values():
+    balanced = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
+    skewed = torch.tensor([[0.9, 0.1], [0.8, 0.2]])
+    mask = torch.ones(2, dtype=torch.bool)
+    assert float(load_balancing_loss(balanced, mask)) == pytest.approx(1.0)
+    assert float(load_balancing_loss(skewed, mask)) > 1.5
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        ExpertConfig(hidden_channels=30, heads=4)
+    with pytest.raises(ConfigError):
+        ExpertConfig(dropout=1.0)
+    with pytest.raises(ConfigError):
+        MoEConfig(routing="hash")
+    with pytest.raises(ConfigError):
+        MoEConfig(num_shared=1, top_k=3)

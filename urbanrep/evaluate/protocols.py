@@ -1,0 +1,268 @@
+"""Evaluation protocols: the configuration, the fold splits and the leak-free probe pipelines.
+
+Two protocols are built in:
+
+``"paper"``
+    The published setting of the NYC-180 benchmark (MGFN, HREP, HAFusion, GURPP): ``Ridge(alpha=1)``
+    on the raw embedding, ``KFold(10)`` without shuffling, negative predictions clipped to 0,
+    metrics on the concatenated out-of-fold predictions; clustering
+    ``KMeans(k, random_state=3, n_init=10)`` with ``k`` = 12 labels on NYC-180. Only the ridge probe is defined by the
+    published protocol; the other probes (lasso, rf, mlp) run their ``strict`` pipelines inside
+    the paper folds.
+
+``"strict"`` (default)
+    Shuffled ``KFold(5)`` repeated over several seeds; every preprocessing step and every
+    hyper-parameter (``StandardScaler``, ridge/lasso alpha) is fit on the training fold only,
+    inside one sklearn :class:`~sklearn.pipeline.Pipeline`; pooled out-of-fold metrics per
+    repeat, reported as mean and standard deviation over the repeats.
+
+Optional spatial-block folds (``spatial_blocks=k``) group regions into ``k`` blocks by
+``KMeans`` on their centroids (metric CRS) and split with ``GroupKFold``, so that no test region
+has its block-mates in the training fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.cluster import KMeans
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LassoLarsCV, Ridge, RidgeCV
+from sklearn.model_selection import GridSearchCV, GroupKFold, KFold
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from urbanrep.errors import ConfigError, UrbanRepError
+from urbanrep.evaluate.softmax import SoftmaxRegression, neg_kl_scorer
+
+PROTOCOLS: tuple[str, ...] = ("strict", "paper")
+REGRESSORS: tuple[str, ...] = ("ridge", "lasso", "rf", "mlp")
+LANDUSE_MODELS: tuple[str, ...] = ("softmax", "ridge", "mlp")
+#: Default ridge grid of the strict protocol (inner CV on the training fold).
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-3, 4, 30))
+#: Default L2 grid of the strict softmax share probe (inner CV on the training fold).
+DEFAULT_SOFTMAX_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 3, 6))
+
+
+class EvaluationError(UrbanRepError):
+    """Embeddings, targets or labels cannot be evaluated as given."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How embeddings are evaluated; mirrors :func:`urbanrep.evaluate.evaluate_embeddings`.
+
+    Attributes:
+        protocol: ``"strict"`` (default) or ``"paper"`` (see the module docstring).
+        regressors: Probes to run, from :data:`REGRESSORS`. The first one fills ``"tasks"`` in
+            the report; every one of them appears under ``"probes"``.
+        folds: Outer folds; ``None`` = protocol default (paper 10, strict 5).
+        seeds: Repeats of the strict protocol (one shuffled split per seed; also seeds the
+            rf/mlp probes and the strict clustering runs). The paper protocol runs once.
+        spatial_blocks: If set, split by ``GroupKFold`` over this many spatial blocks
+            (``KMeans`` on region centroids) instead of ``KFold``.
+        ridge_alpha: Fixed ridge alpha. ``None`` = protocol default: paper 1.0, strict chosen
+            by inner CV (``RidgeCV`` over ``alphas``, efficient leave-one-out on the training fold).
+        alphas: Ridge alpha grid for the strict inner CV.
+        inner_folds: Inner folds of the lasso probe (``LassoLarsCV`` on the training fold).
+        clip_negative: Set negative predictions to 0. ``None`` = paper True, strict False.
+        n_clusters: KMeans clusters; ``None`` = number of distinct labels held by at least two
+            regions, per label column.
+        cluster_seed: ``random_state`` of the single paper-protocol KMeans run.
+        cluster_n_init: KMeans restarts.
+        landuse_model: Share-vector probe: ``"softmax"`` (default; softmax regression on the
+            share vectors, L2 penalty from ``softmax_alphas`` by inner CV in strict, 1.0 on the raw
+            embedding in paper), ``"ridge"`` (ridge as for scalar targets, then clipped at 0 and
+            renormalised) or ``"mlp"`` (likewise with the MLP).
+        softmax_alphas: L2 grid of the strict softmax probe.
+        kl_epsilon: Added to both distributions inside the KL divergence.
+        rf_trees: Trees of the random-forest probe.
+        mlp_hidden: Hidden width of the one-hidden-layer MLP probe.
+        mlp_alpha: L2 penalty of the MLP probe.
+        mlp_max_iter: Training iterations of the MLP probe.
+        n_jobs: Parallel jobs for the random forest (the only parallel probe).
+        blas_threads: BLAS threads while evaluating (``threadpoolctl``); probes on a few hundred
+            regions run much faster single-threaded. ``None`` leaves the setting alone.
+    """
+
+    protocol: str = "strict"
+    regressors: tuple[str, ...] = ("ridge",)
+    folds: int | None = None
+    seeds: tuple[int, ...] = tuple(range(10))
+    spatial_blocks: int | None = None
+    ridge_alpha: float | None = None
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    inner_folds: int = 5
+    clip_negative: bool | None = None
+    n_clusters: int | None = None
+    cluster_seed: int = 3
+    cluster_n_init: int = 10
+    landuse_model: str = "softmax"
+    softmax_alphas: tuple[float, ...] = DEFAULT_SOFTMAX_ALPHAS
+    kl_epsilon: float = 1e-9
+    rf_trees: int = 200
+    mlp_hidden: int = 64
+    mlp_alpha: float = 1e-3
+    mlp_max_iter: int = 500
+    n_jobs: int = 1
+    blas_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown evaluation protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if isinstance(self.regressors, str):
+            object.__setattr__(self, "regressors", (self.regressors,))
+        object.__setattr__(self, "regressors", tuple(self.regressors))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        object.__setattr__(self, "softmax_alphas", tuple(float(a) for a in self.softmax_alphas))
+        if not self.regressors:
+            raise ConfigError(f"EvalConfig.regressors is empty; choose from {', '.join(REGRESSORS)}")
+        bad = [r for r in self.regressors if r not in REGRESSORS]
+        if bad:
+            raise ConfigError(f"unknown regressor(s) {', '.join(bad)}; choose from {', '.join(REGRESSORS)}")
+        if self.landuse_model not in LANDUSE_MODELS:
+            raise ConfigError(f"unknown landuse_model {self.landuse_model!r}; choose from {', '.join(LANDUSE_MODELS)}")
+        if self.folds is not None and self.folds < 2:
+            raise ConfigError(f"EvalConfig.folds must be >= 2, got {self.folds}")
+        if self.protocol == "strict" and not self.seeds:
+            raise ConfigError("the strict protocol needs at least one seed (EvalConfig.seeds)")
+        if self.spatial_blocks is not None and self.spatial_blocks < self.n_folds:
+            raise ConfigError(f"spatial_blocks={self.spatial_blocks} is fewer than folds={self.n_folds}; "
+                              "use at least as many blocks as folds")
+        if self.ridge_alpha is not None and self.ridge_alpha < 0:
+            raise ConfigError(f"ridge_alpha must be >= 0, got {self.ridge_alpha}")
+        if not self.alphas or min(self.alphas) <= 0 or not self.softmax_alphas or min(self.softmax_alphas) < 0:
+            raise ConfigError("EvalConfig.alphas and softmax_alphas must be non-empty grids of positive values")
+
+    @property
+    def n_folds(self) -> int:
+        """Outer folds after applying the protocol default."""
+        if self.folds is not None:
+            return self.folds
+        return 10 if self.protocol == "paper" else 5
+
+    @property
+    def repeat_seeds(self) -> tuple[int, ...]:
+        """One seed per repeat: the configured seeds (strict) or a single 0 (paper)."""
+        return (0,) if self.protocol == "paper" else self.seeds
+
+    @property
+    def clip(self) -> bool:
+        """Whether negative predictions are set to 0."""
+        return self.protocol == "paper" if self.clip_negative is None else self.clip_negative
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view of the configuration (the report echoes it)."""
+        return {
+            "protocol": self.protocol, "regressors": list(self.regressors), "folds": self.n_folds,
+            "seeds": list(self.repeat_seeds), "spatial_blocks": self.spatial_blocks,
+            "ridge_alpha": self.ridge_alpha, "alphas": [min(self.alphas), max(self.alphas), len(self.alphas)],
+            "clip_negative": self.clip, "n_clusters": self.n_clusters, "cluster_seed": self.cluster_seed,
+            "cluster_n_init": self.cluster_n_init, "landuse_model": self.landuse_model,
+            "softmax_alphas": list(self.softmax_alphas),
+            "kl_epsilon": self.kl_epsilon,
+        }
+
+
+def make_regressor(name: str, config: EvalConfig, seed: int) -> BaseEstimator:
+    """A fresh, unfitted probe whose every fitted step sees the training fold only.
+
+    Args:
+        name: One of :data:`REGRESSORS`.
+        config: Evaluation configuration.
+        seed: Seed of this repeat (random forest, MLP initialisation).
+
+    Returns:
+        An sklearn estimator (a :class:`~sklearn.pipeline.Pipeline` except for the bare paper ridge).
+    """
+    if name == "ridge":
+        if config.protocol == "paper":
+            return Ridge(alpha=1.0 if config.ridge_alpha is None else config.ridge_alpha)
+        if config.ridge_alpha is not None:
+            return Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=config.ridge_alpha))])
+        return Pipeline([("scale", StandardScaler()), ("ridge", RidgeCV(alphas=np.asarray(config.alphas)))])
+    if name == "lasso":
+        lasso = LassoLarsCV(cv=KFold(config.inner_folds, shuffle=True, random_state=seed))
+        return Pipeline([("scale", StandardScaler()), ("lasso", lasso)])
+    if name == "rf":
+        return RandomForestRegressor(n_estimators=config.rf_trees, random_state=seed, n_jobs=config.n_jobs)
+    if name == "mlp":
+        mlp = MLPRegressor(hidden_layer_sizes=(config.mlp_hidden,), alpha=config.mlp_alpha,
+                           max_iter=config.mlp_max_iter, random_state=seed)
+        return Pipeline([("scale", StandardScaler()),
+                         ("mlp", TransformedTargetRegressor(regressor=mlp, transformer=StandardScaler()))])
+    raise ConfigError(f"unknown regressor {name!r}; choose from {', '.join(REGRESSORS)}")
+
+
+def make_share_model(config: EvalConfig, seed: int) -> BaseEstimator:
+    """A fresh multi-output probe for share vectors (land use), fit on training folds only.
+
+    Its ``predict`` returns ``[n, K]`` scores; callers clip and renormalise them
+    (:func:`urbanrep.evaluate.landuse.to_distribution`), a no-op for the softmax probe.
+    """
+    if config.landuse_model == "softmax":
+        if config.protocol == "paper":
+            return SoftmaxRegression(alpha=1.0 if config.ridge_alpha is None else config.ridge_alpha)
+        pipe = Pipeline([("scale", StandardScaler()), ("softmax", SoftmaxRegression())])
+        return GridSearchCV(pipe, {"softmax__alpha": list(config.softmax_alphas)}, scoring=neg_kl_scorer,
+                            cv=KFold(config.inner_folds, shuffle=True, random_state=seed))
+    if config.landuse_model == "mlp":
+        mlp = MLPRegressor(hidden_layer_sizes=(config.mlp_hidden,), alpha=config.mlp_alpha,
+                           max_iter=config.mlp_max_iter, random_state=seed)
+        return Pipeline([("scale", StandardScaler()), ("mlp", mlp)])
+    return make_regressor("ridge", config, seed)
+
+
+def spatial_groups(centroids: np.ndarray, n_blocks: int, seed: int) -> np.ndarray:
+    """Spatial block id per region from ``KMeans`` on centroids.
+
+    Args:
+        centroids: ``[N, 2]`` region centroids in a metric CRS.
+        n_blocks: Number of blocks ``k``.
+        seed: KMeans ``random_state``.
+
+    Returns:
+        ``[N]`` int block ids in ``0..k-1``.
+    """
+    if len(centroids) < n_blocks:
+        raise EvaluationError(f"cannot form {n_blocks} spatial blocks from {len(centroids)} regions; "
+                              "lower EvalConfig.spatial_blocks")
+    return KMeans(n_blocks, random_state=seed, n_init=10).fit_predict(centroids).astype(np.int64)
+
+
+def outer_splits(n: int, config: EvalConfig, seed: int,
+                 groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Outer ``(train, test)`` index pairs for one repeat.
+
+    Args:
+        n: Number of rows (regions with an observed value).
+        config: Evaluation configuration.
+        seed: Seed of this repeat (ignored by the unshuffled paper split).
+        groups: ``[n]`` spatial block ids, for spatial-block folds.
+
+    Returns:
+        ``config.n_folds`` pairs of int index arrays; the test parts partition ``range(n)``.
+    """
+    k = config.n_folds
+    if n < 2 * k:
+        raise EvaluationError(f"only {n} regions have a value: too few for {k}-fold evaluation "
+                              "(need at least 2 per fold); lower EvalConfig.folds")
+    idx = np.arange(n)
+    if groups is not None:
+        if len(np.unique(groups)) < k:
+            raise EvaluationError(f"the regions with a value fall into {len(np.unique(groups))} spatial blocks, "
+                                  f"fewer than {k} folds; raise EvalConfig.spatial_blocks or lower folds")
+        if config.protocol == "paper":
+            splitter = GroupKFold(n_splits=k)
+        else:
+            splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [(tr, te) for tr, te in splitter.split(idx, groups=groups)]
+    if config.protocol == "paper":
+        return [(tr, te) for tr, te in KFold(k).split(idx)]
+    return [(tr, te) for tr, te in KFold(k, shuffle=True, random_state=seed).split(idx)]

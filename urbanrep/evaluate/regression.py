@@ -1,0 +1,75 @@
+"""Scalar regression probes: out-of-fold predictions and pooled metrics."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+from urbanrep.evaluate.protocols import EvalConfig, make_regressor, outer_splits
+
+log = logging.getLogger(__name__)
+
+
+def oof_predictions_array(x: np.ndarray, y: np.ndarray, config: EvalConfig, regressor: str = "ridge",
+                          groups: list[np.ndarray] | None = None) -> np.ndarray:
+    """Out-of-fold predictions of one scalar target, one row per repeat.
+
+    Each fold fits a fresh probe (:func:`~urbanrep.evaluate.protocols.make_regressor`) on the
+    training rows only and predicts the test rows; scaling and alpha selection live inside the
+    probe, so they never see a test row.
+
+    Args:
+        x: ``[n, D]`` features of the regions that have a value.
+        y: ``[n]`` observed target.
+        config: Evaluation configuration.
+        regressor: Probe name.
+        groups: Optional per-repeat ``[n]`` spatial block ids (one array per repeat seed).
+
+    Returns:
+        ``[R, n]`` predictions (``R`` = number of repeats), clipped at 0 when ``config.clip``.
+    """
+    seeds = config.repeat_seeds
+    preds = np.empty((len(seeds), len(y)), dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for r, seed in enumerate(seeds):
+            proto = make_regressor(regressor, config, seed)
+            g = groups[r] if groups is not None else None
+            for train, test in outer_splits(len(y), config, seed, g):
+                model = clone(proto).fit(x[train], y[train])
+                preds[r, test] = np.asarray(model.predict(x[test]), dtype=np.float64).reshape(-1)
+    if config.clip:
+        np.maximum(preds, 0.0, out=preds)
+    return preds
+
+
+def regression_metrics(y: np.ndarray, preds: np.ndarray) -> dict[str, Any]:
+    """Pooled out-of-fold MAE / RMSE / R² per repeat, then mean and std over repeats.
+
+    Args:
+        y: ``[n]`` observed values.
+        preds: ``[R, n]`` out-of-fold predictions, one row per repeat.
+
+    Returns:
+        ``{"mae", "rmse", "r2", "mae_std", "rmse_std", "r2_std", "repeats", "n"}``; stds are
+        population standard deviations over repeats (0 for a single repeat).
+    """
+    per = {
+        "mae": [mean_absolute_error(y, p) for p in preds],
+        "rmse": [float(np.sqrt(mean_squared_error(y, p))) for p in preds],
+        "r2": [r2_score(y, p) for p in preds],
+    }
+    out: dict[str, Any] = {}
+    for k, vals in per.items():
+        out[k] = float(np.mean(vals))
+    for k, vals in per.items():
+        out[f"{k}_std"] = float(np.std(vals))
+    out["repeats"] = int(preds.shape[0])
+    out["n"] = int(len(y))
+    return out

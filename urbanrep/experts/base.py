@@ -1,0 +1,262 @@
+"""The expert interface, shared building blocks and the expert registry.
+
+Every expert maps a region graph (:mod:`urbanrep.graphs.schema`) to one embedding per region::
+
+    expert(data: HeteroData) -> Tensor [num_regions, out_channels]
+
+and reports which regions actually carry its modality through :meth:`Expert.region_mask`.
+The mixture-of-experts gate, the fusion and the losses see nothing but this interface.
+
+Regions whose modality is masked (``mask_<m>`` False) never feed their zero rows to a network:
+:class:`MaskedInputEncoder` swaps them for a learned "missing" token after the input projection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import HeteroData
+
+from urbanrep.errors import ConfigError, GraphError
+from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE, REGION, feature_key, mask_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
+EdgeType = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Sizes and regularisation shared by every expert (mirrors the expert constructors).
+
+    Attributes:
+        hidden_channels: Width of the input projection and of the hidden GNN layers.
+        out_channels: Width of each expert's region embedding.
+        num_layers: Message-passing layers per expert (street view: per level).
+        dropout: Dropout between layers.
+        input_dropout: Dropout on the standardised input features (remote sensing uses
+            ``max(input_dropout, 0.3)`` because its 512-d image features are noisy).
+        heads: Attention heads (POI expert).
+        log_inputs: Apply ``sign(x) * log1p(|x|)`` before standardising (count-like inputs).
+    """
+
+    hidden_channels: int = 64
+    out_channels: int = 64
+    num_layers: int = 2
+    dropout: float = 0.1
+    input_dropout: float = 0.0
+    heads: int = 4
+    log_inputs: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_channels", "out_channels", "num_layers", "heads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ExpertConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("dropout", "input_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"ExpertConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.hidden_channels % self.heads:
+            raise ConfigError(f"ExpertConfig.hidden_channels ({self.hidden_channels}) must be divisible by "
+                              f"heads ({self.heads})")
+
+
+def signed_log1p(x: Tensor) -> Tensor:
+    """``sign(x) * log1p(|x|)``: compresses heavy-tailed counts, keeps signs of embeddings."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def masked_standardize(x: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
+    """Standardise each column over the rows where ``mask`` is True.
+
+    The statistics are a permutation-invariant function of the present rows, so the result is
+    equivariant to region reordering. Constant columns are centred only.
+
+    Args:
+        x: ``[N, F]`` features.
+        mask: ``[N]`` bool, rows holding real data.
+
+    Returns:
+        ``[N, F]`` standardised features; masked rows are zero.
+    """
+    w = mask.to(x.dtype).unsqueeze(-1)
+    count = w.sum().clamp_min(1.0)
+    mean = (x * w).sum(0) / count
+    var = (((x - mean) * w) ** 2).sum(0) / count
+    std = torch.where(var > eps, var.sqrt(), torch.ones_like(var))
+    return ((x - mean) / std) * w
+
+
+class MaskedInputEncoder(nn.Module):
+    """Project region features and replace masked regions by a learned "missing" token.
+
+    ``x -> signed_log1p -> standardise over present rows -> dropout -> Linear -> LayerNorm -> ELU``;
+    rows with ``mask`` False get the token instead of the projection of their zero row.
+
+    Args:
+        in_channels: Input width ``F``.
+        out_channels: Output width.
+        input_dropout: Dropout on the standardised input.
+        log_inputs: Apply :func:`signed_log1p` first.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, input_dropout: float = 0.0,
+                 log_inputs: bool = True) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.log_inputs = log_inputs
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.lin = nn.Linear(in_channels, out_channels)
+        self.norm = nn.LayerNorm(out_channels)
+        self.missing = nn.Parameter(torch.empty(out_channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin.reset_parameters()
+        self.norm.reset_parameters()
+        nn.init.normal_(self.missing, std=1.0 / math.sqrt(self.out_channels))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Encode ``x`` ``[N, F]`` with ``mask`` ``[N]`` into ``[N, out_channels]``."""
+        if self.log_inputs:
+            x = signed_log1p(x)
+        x = self.input_dropout(masked_standardize(x, mask))
+        h = self.norm(self.lin(x))
+        h = torch.where(mask.unsqueeze(-1), h, self.missing.to(h.dtype).expand_as(h))
+        return torch.nn.functional.elu(h)
+
+
+def get_edges(data: HeteroData, edge_type: EdgeType, fallback: EdgeType | None = ADJACENT
+              ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(edge_index [2, E], edge_weight [E], edge_attr [E, S] or None)`` of an edge type.
+
+    Falls back to ``fallback`` (region adjacency by default) when the graph lacks ``edge_type``.
+
+    Raises:
+        GraphError: when neither edge type exists.
+    """
+    for et in (edge_type, fallback):
+        if et is not None and et in data.edge_types:
+            store = data[et]
+            ei = store.edge_index
+            w = getattr(store, "edge_weight", None)
+            if w is None:
+                w = torch.ones(ei.size(1), device=ei.device)
+            return ei, w, getattr(store, "edge_attr", None)
+    raise GraphError(f"region graph has no edge type {edge_type} (nor {fallback}); "
+                     "rebuild it with urbanrep.graphs.build_graph")
+
+
+def num_regions(data: HeteroData) -> int:
+    """Number of region nodes."""
+    return int(data[REGION].num_nodes)
+
+
+class Expert(nn.Module):
+    """Base class: one modality in, one ``[num_regions, out_channels]`` embedding out.
+
+    Subclasses set :attr:`modality` and implement :meth:`forward` and :meth:`reset_parameters`.
+
+    Attributes:
+        modality: The modality this expert reads.
+        out_channels: Width of its output.
+    """
+
+    modality: str = ""
+    out_channels: int
+
+    def region_mask(self, data: HeteroData) -> Tensor:
+        """``[N]`` bool: regions where this expert's modality has data."""
+        return data[REGION][mask_key(self.modality)]
+
+    def features(self, data: HeteroData) -> tuple[Tensor, Tensor]:
+        """``(x [N, F], mask [N])`` of this expert's aggregated modality."""
+        reg = data[REGION]
+        key = feature_key(self.modality)
+        if key not in reg:
+            raise GraphError(f"region graph has no {key}; the model was built for modality "
+                             f"{self.modality!r} but the graph lists {list(data.modalities)}")
+        return reg[key], reg[mask_key(self.modality)]
+
+    def view_edges(self, data: HeteroData) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Edges of this modality's own view (adjacency when the graph has none)."""
+        return get_edges(data, MODALITY_EDGE.get(self.modality, ADJACENT))
+
+    def forward(self, data: HeteroData) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def reset_all(modules: nn.Module) -> None:
+    """Call ``reset_parameters`` on every sub-module that has one (PyG layers, Linear, norms)."""
+    for m in modules.modules():
+        if m is modules:
+            continue
+        fn = getattr(m, "reset_parameters", None)
+        if callable(fn):
+            fn()
+
+
+class ResidualBlock(nn.Module):
+    """``h + dropout(act(norm(conv(h))))``: the layer wrapper every expert stacks.
+
+    Args:
+        channels: Width in and out.
+        dropout: Dropout after the activation.
+    """
+
+    def __init__(self, channels: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+
+    def forward(self, h: Tensor, update: Tensor) -> Tensor:
+        """Combine ``h`` ``[N, C]`` with a conv output ``update`` ``[N, C]``."""
+        return h + self.dropout(torch.nn.functional.elu(self.norm(update)))
+
+
+#: Registry of dedicated experts: modality name -> class. Filled by the expert modules.
+EXPERTS: dict[str, type[Expert]] = {}
+
+
+def register_expert(name: str) -> Callable[[type[Expert]], type[Expert]]:
+    """Class decorator adding an expert to :data:`EXPERTS` under ``name``."""
+
+    def deco(cls: type[Expert]) -> type[Expert]:
+        EXPERTS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_expert(name: str) -> type[Expert]:
+    """The expert class registered under ``name`` (a modality, or ``"shared"`` / ``"uniform"``).
+
+    Raises:
+        ConfigError: for an unknown name, listing the registered ones.
+    """
+    import urbanrep.experts  # noqa: F401  (fills the registry)
+
+    if name not in EXPERTS:
+        raise ConfigError(f"unknown expert {name!r}; registered experts: {', '.join(sorted(EXPERTS))}")
+    return EXPERTS[name]
+
+
+def expert_from_config(cls: type[Expert], in_channels: int, config: ExpertConfig, **extra: object) -> Expert:
+    """Build ``cls`` from ``in_channels`` and the :class:`ExpertConfig` fields its constructor takes."""
+    import dataclasses
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in params}
+    kwargs.update({k: v for k, v in extra.items() if k in params})
+    return cls(in_channels, **kwargs)  # type: ignore[call-arg]

@@ -1,0 +1,210 @@
+"""Contrastive and reconstruction objectives, and the graph augmentations they use.
+
+All losses are pure functions of tensors; :class:`urbanrep.network.RegionModel` owns the
+projection heads and combines the parts according to :class:`LossConfig`. A weight of 0
+switches a part off (it is not computed at all).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from urbanrep.errors import ConfigError
+from urbanrep.graphs.schema import AGGREGATED_MODALITIES, IMAGE, IMAGE_IN_REGION, REGION, feature_key
+
+FUSION_CONTRASTS = ("views", "modality")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and settings of the training objective.
+
+    Attributes:
+        temperature: InfoNCE temperature.
+        aggregated_weight: Aggregated level: InfoNCE between every pair of modality embeddings
+            of the same region (other regions are negatives; only regions with both).
+        point_weight: Point level: InfoNCE between two augmented views of the street-view
+            image graph (image nodes).
+        fusion_weight: Fusion level, see ``fusion_contrast``.
+        fusion_contrast: ``"views"``: fused embeddings of two augmented region graphs;
+            ``"modality"``: fused embedding vs each modality embedding.
+        mobility_weight: KL between the model's OD distribution ``softmax(z_o W_s (z_d W_d)^T)``
+            and the observed row-normalised OD (and the column-normalised one, inflows).
+        poi_similarity_weight: MSE between embedding cosine similarity and POI-feature
+            cosine similarity.
+        landuse_similarity_weight: The same for land-use features.
+        balance_weight: Load-balancing loss of sparse (top-k) MoE routing.
+        feature_drop: Probability of masking a feature column in an augmented view.
+        edge_drop: Probability of dropping an edge in an augmented view.
+        max_nodes: Largest number of regions (or images) in one dense ``[R, R]`` loss
+            term; larger graphs use a seeded random subset per step.
+    """
+
+    temperature: float = 0.2
+    aggregated_weight: float = 1.0
+    point_weight: float = 1.0
+    fusion_weight: float = 1.0
+    fusion_contrast: str = "views"
+    mobility_weight: float = 1.0
+    poi_similarity_weight: float = 0.0
+    landuse_similarity_weight: float = 0.0
+    balance_weight: float = 0.01
+    feature_drop: float = 0.2
+    edge_drop: float = 0.2
+    max_nodes: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"LossConfig.temperature must be > 0, got {self.temperature}")
+        for name in ("aggregated_weight", "point_weight", "fusion_weight", "mobility_weight",
+                     "poi_similarity_weight", "landuse_similarity_weight", "balance_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"LossConfig.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}")
+        if self.fusion_contrast not in FUSION_CONTRASTS:
+            raise ConfigError(f"LossConfig.fusion_contrast must be one of {FUSION_CONTRASTS}, "
+                              f"got {self.fusion_contrast!r}")
+        for name in ("feature_drop", "edge_drop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"LossConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.max_nodes < 2:
+            raise ConfigError(f"LossConfig.max_nodes must be >= 2, got {self.max_nodes}")
+
+
+def sample_nodes(num: int, max_nodes: int, generator: torch.Generator | None, device: torch.device) -> Tensor | None:
+    """A sorted random subset of ``max_nodes`` indices when ``num > max_nodes``, else None (all)."""
+    if num <= max_nodes:
+        return None
+    perm = torch.randperm(num, generator=generator, device=generator.device if generator else "cpu")
+    return perm[:max_nodes].sort().values.to(device)
+
+
+def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """Symmetric InfoNCE: row ``i`` of ``a`` and of ``b`` are positives, other rows negatives.
+
+    Args:
+        a: ``[K, D]`` anchors.
+        b: ``[K, D]`` positives.
+        temperature: Softmax temperature.
+
+    Returns:
+        Scalar loss (0 when ``K < 2``).
+    """
+    if a.size(0) < 2:
+        return a.sum() * 0.0
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    logits = a @ b.t() / temperature
+    target = torch.arange(a.size(0), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def dense_od(edge_index: Tensor, weight: Tensor, num_nodes: int, rows: Tensor | None) -> Tensor:
+    """OD counts ``[R, R]`` restricted to ``rows`` (all nodes when None)."""
+    if rows is None:
+        od = weight.new_zeros(num_nodes, num_nodes, dtype=torch.float32)
+        return od.index_put_((edge_index[0], edge_index[1]), weight.float(), accumulate=True)
+    local = torch.full((num_nodes,), -1, dtype=torch.long, device=edge_index.device)
+    local[rows] = torch.arange(rows.numel(), device=edge_index.device)
+    o, d = local[edge_index[0]], local[edge_index[1]]
+    keep = (o >= 0) & (d >= 0)
+    od = weight.new_zeros(rows.numel(), rows.numel(), dtype=torch.float32)
+    return od.index_put_((o[keep], d[keep]), weight[keep].float(), accumulate=True)
+
+
+def _kl_rows(target_counts: Tensor, log_q: Tensor, dim: int) -> Tensor:
+    tot = target_counts.sum(dim, keepdim=True)
+    valid = tot.squeeze(dim) > 0
+    if not valid.any():
+        return log_q.sum() * 0.0
+    p = target_counts / tot.clamp_min(1e-12)
+    kl = (torch.xlogy(p, p) - p * log_q).sum(dim)
+    return kl[valid].mean()
+
+
+def mobility_reconstruction_loss(src: Tensor, dst: Tensor, od: Tensor) -> Tensor:
+    """KL between observed and modelled trip distributions, outflows and inflows.
+
+    The model's distribution of trips leaving origin ``o`` is ``softmax_d(src_o . dst_d)``; the
+    inflow distribution of destination ``d`` is ``softmax_o`` of the same scores. Origins
+    (destinations) without trips are skipped.
+
+    Args:
+        src: ``[R, D]`` origin-side embeddings.
+        dst: ``[R, D]`` destination-side embeddings.
+        od: ``[R, R]`` trip counts.
+
+    Returns:
+        ``KL_out + KL_in`` (scalar, >= 0).
+    """
+    logits = src.float() @ dst.float().t()
+    return (_kl_rows(od, torch.log_softmax(logits, 1), 1)
+            + _kl_rows(od, torch.log_softmax(logits, 0), 0))
+
+
+def similarity_reconstruction_loss(emb: Tensor, x: Tensor, mask: Tensor) -> Tensor:
+    """MSE between embedding cosine similarity and feature cosine similarity (present rows).
+
+    Args:
+        emb: ``[R, D]`` projected embeddings.
+        x: ``[R, F]`` features of one modality.
+        mask: ``[R]`` bool, rows with data.
+
+    Returns:
+        Scalar loss (0 with fewer than two present rows).
+    """
+    if int(mask.sum()) < 2:
+        return emb.sum() * 0.0
+    xe = F.normalize(x[mask].float(), dim=-1)
+    ze = F.normalize(emb[mask].float(), dim=-1)
+    return F.mse_loss(ze @ ze.t(), xe @ xe.t())
+
+
+def _keep(shape: tuple[int, ...], p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return (torch.rand(shape, generator=generator, device=gen_device) >= p).to(device)
+
+
+def augment_graph(data: HeteroData, feature_drop: float, edge_drop: float,
+                  generator: torch.Generator | None = None) -> HeteroData:
+    """A shallow-copied view with feature columns masked and edges dropped (GRACE-style).
+
+    Masks (``mask_<m>``) and positions are kept; every region feature matrix and the image
+    features lose each column with probability ``feature_drop``; every edge type but image
+    membership loses each edge with probability ``edge_drop``. The input graph is not modified.
+
+    Args:
+        data: Region graph.
+        feature_drop: Column masking probability.
+        edge_drop: Edge dropping probability.
+        generator: Seeded generator (its device is used for sampling).
+
+    Returns:
+        The augmented view.
+    """
+    view = copy.copy(data)
+    reg = view[REGION]
+    for m in AGGREGATED_MODALITIES:
+        key = feature_key(m)
+        if feature_drop > 0 and key in reg:
+            x = reg[key]
+            reg[key] = x * _keep((x.size(1),), feature_drop, generator, x.device).to(x.dtype)
+    if feature_drop > 0 and IMAGE in view.node_types and "x" in view[IMAGE]:
+        x = view[IMAGE].x
+        view[IMAGE].x = x * _keep((x.size(1),), feature_drop, generator, x.device).to(x.dtype)
+    if edge_drop > 0:
+        for et in view.edge_types:
+            if et == IMAGE_IN_REGION:  # membership is not a relation to perturb
+                continue
+            store = view[et]
+            keep = _keep((store.edge_index.size(1),), edge_drop, generator, store.edge_index.device)
+            store.edge_index = store.edge_index[:, keep]
+            for attr in ("edge_weight", "edge_attr"):
+                if attr in store:
+                    store[attr] = store[attr][keep]
+    return view

@@ -1,0 +1,94 @@
+"""Feature helpers shared by the builders: source choice, aggregate alignment, count features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from urbanrep.bundle import Aggregate
+from urbanrep.errors import GraphError
+
+
+def choose_source(setting: str, has_raw: bool, aggregates: list[Aggregate], modality: str, layer: str) -> str:
+    """``"raw"`` or ``"aggregate"`` for a modality, following ``GraphConfig.<modality>_source``."""
+    has_agg = bool(aggregates)
+    if setting == "raw" and not has_raw:
+        raise GraphError(f"{modality}_source='raw' but the bundle has no raw {layer!r} layer; "
+                         f"use {modality}_source='auto' or add the layer")
+    if setting == "aggregate" and not has_agg:
+        raise GraphError(f"{modality}_source='aggregate' but the bundle has no {modality} aggregate; "
+                         f"use {modality}_source='auto' or add one")
+    if setting == "auto":
+        return "aggregate" if has_agg else "raw"
+    return setting
+
+
+def vector_aggregates(aggregates: list[Aggregate], region_ids: pd.Index) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Vector aggregates aligned to ``region_ids`` and concatenated column-wise.
+
+    Returns:
+        ``(values [N, F] float64, has_row [N] bool, names [F])``; ``has_row`` is True where
+        the region has a row in at least one of the aggregates (missing parts are zero).
+    """
+    n = len(region_ids)
+    if not aggregates:
+        return np.zeros((n, 0)), np.zeros(n, dtype=bool), []
+    blocks, names = [], []
+    has_row = np.zeros(n, dtype=bool)
+    for agg in aggregates:
+        values, mask = agg.dense(region_ids)
+        blocks.append(values)
+        names += [f"{agg.name}:{c}" for c in agg.value_columns()]
+        has_row |= mask
+    return np.hstack(blocks), has_row, names
+
+
+def check_counts(values: np.ndarray, where: str) -> None:
+    """Raise when count-like data has negative entries."""
+    if values.size and values.min() < 0:
+        rows = np.flatnonzero((values < 0).any(axis=1))
+        raise GraphError(f"{where} has negative values in rows {rows[:10].tolist()}: it must hold counts, "
+                         "areas or shares (>= 0); fix the aggregate or drop it from the bundle")
+
+
+def count_features(counts: np.ndarray, names: list[str], total_name: str = "total") -> tuple[np.ndarray, list[str]]:
+    """Features of per-region counts: ``log1p(counts)``, shares of the row total, ``log1p(total)``.
+
+    Args:
+        counts: ``[N, C]`` non-negative counts (or areas).
+        names: ``C`` category names.
+
+    Returns:
+        float32 ``[N, 2C + 1]`` and its column names; rows with a zero total are all zero.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+    x = np.hstack([np.log1p(counts), shares, np.log1p(total)]).astype(np.float32)
+    cols = [f"log1p:{c}" for c in names] + [f"share:{c}" for c in names] + [f"log1p:{total_name}"]
+    return x, cols
+
+
+def category_codes(values: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
+    """Integer codes of a category column (sorted categories, -1 for missing)."""
+    cat = pd.Categorical(values.astype("string"))
+    cats = cat.categories
+    order = np.argsort(np.asarray(cats, dtype=object).astype(str), kind="stable")
+    remap = np.empty(len(cats), dtype=np.int64)
+    remap[order] = np.arange(len(cats))
+    codes = np.asarray(cat.codes, dtype=np.int64)
+    codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+    names = [str(c) for c in np.asarray(cats, dtype=object)[order]]
+    if not names:
+        raise GraphError(f"{where}: every value is missing; the layer needs category values")
+    return codes, names
+
+
+def masked_report(mask: np.ndarray, region_ids: np.ndarray) -> dict[str, Any]:
+    """Count and first ids of the regions masked out (no data)."""
+    from urbanrep.graphs._spatial import listed
+
+    miss = np.flatnonzero(~mask)
+    return {"masked_regions": int(len(miss)), "masked_region_ids": listed(np.asarray(region_ids)[miss])}

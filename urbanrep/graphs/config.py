@@ -1,0 +1,108 @@
+"""Configuration of the ETL that turns a city bundle into a region graph."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from urbanrep.bundle.spec import MODALITIES
+from urbanrep.errors import ConfigError
+from urbanrep.images import ImageConfig
+
+Source = Literal["auto", "raw", "aggregate"]
+_SOURCES = ("auto", "raw", "aggregate")
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """How :func:`urbanrep.graphs.build_graph` builds a region graph.
+
+    Attributes:
+        metric_crs: CRS the ETL works in (any ``pyproj`` input, e.g. ``"EPSG:32618"``). ``None``:
+            the bundle CRS when it is projected in metres, else ``regions.estimate_utm_crs()``.
+        modalities: Modalities to build (``None`` = every modality the bundle has).
+        adjacency: ``"queen"``: regions sharing any boundary point are neighbours (the
+            convention of the NYC-180 releases); ``"rook"``: only regions sharing a boundary
+            line (or overlapping).
+        adjacency_tolerance: Distance in metres under which two regions count as touching
+            (bridges small digitising gaps); 0 = exact topology.
+        adjacency_fallback_k: Regions without any neighbour (islands) are linked to this many
+            nearest regions by centroid distance (both directions).
+        similarity_k: ``k`` of the cosine kNN graphs (POI, land use, remote sensing).
+        poi_source / landuse_source / remote_sensing_source / mobility_source: ``"auto"``
+            uses the bundle's aggregates of that modality when it has any (published at full
+            scale), else the raw layer; ``"raw"`` / ``"aggregate"`` force one side (an error
+            when that side is absent).
+        mobility_matrix: Name of the OD matrix aggregate; ``None`` = the first unsliced
+            mobility matrix (else the first sliced one).
+        mobility_slice_matrix: Name of a sliced OD matrix aggregate whose per-slice counts
+            become ``edge_attr``; ``None`` = the chosen matrix itself when sliced, else the
+            first sliced mobility matrix; ``""`` = no slices.
+        time_slices: Number of equal time-of-day bins raw trips are split into.
+        max_road_classes: Road classes kept as separate features (longest first); the rest
+            are summed into ``"other"``.
+        road_node_precision: Road vertices closer than this (metres) are one graph node.
+        road_betweenness_samples: Source nodes sampled for road betweenness centrality
+            (networkx, seeded); 0 disables it (it is the one road measure that does not
+            scale linearly).
+        image_knn_k: ``k`` of the street-view image kNN graphs (space and feature).
+        images: Image encoder settings, used only for image layers without a ``feature`` column.
+        point_chunk: Points located per chunk by the spatial index (bounds peak memory).
+        seed: Seed of every sampled quantity (road betweenness).
+    """
+
+    metric_crs: str | None = None
+    modalities: tuple[str, ...] | None = None
+    adjacency: Literal["queen", "rook"] = "queen"
+    adjacency_tolerance: float = 0.0
+    adjacency_fallback_k: int = 3
+    similarity_k: int = 10
+    poi_source: Source = "auto"
+    landuse_source: Source = "auto"
+    remote_sensing_source: Source = "auto"
+    mobility_source: Source = "auto"
+    mobility_matrix: str | None = None
+    mobility_slice_matrix: str | None = None
+    time_slices: int = 7
+    max_road_classes: int = 12
+    road_node_precision: float = 0.01
+    road_betweenness_samples: int = 0
+    image_knn_k: int = 8
+    images: ImageConfig = field(default_factory=ImageConfig)
+    point_chunk: int = 1_000_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.modalities is not None:
+            if isinstance(self.modalities, str):
+                raise ConfigError(f"GraphConfig.modalities must be a tuple of names, got the string {self.modalities!r}")
+            unknown = [m for m in self.modalities if m not in MODALITIES]
+            if unknown:
+                raise ConfigError(f"GraphConfig.modalities: unknown {unknown}; valid: {', '.join(MODALITIES)}")
+            object.__setattr__(self, "modalities", tuple(self.modalities))
+        if self.adjacency not in ("queen", "rook"):
+            raise ConfigError(f"GraphConfig.adjacency={self.adjacency!r}; use 'queen' or 'rook'")
+        for name in ("poi_source", "landuse_source", "remote_sensing_source", "mobility_source"):
+            if getattr(self, name) not in _SOURCES:
+                raise ConfigError(f"GraphConfig.{name}={getattr(self, name)!r}; use one of {', '.join(_SOURCES)}")
+        positive = ("similarity_k", "image_knn_k", "time_slices", "max_road_classes", "point_chunk")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"GraphConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("adjacency_fallback_k", "road_betweenness_samples"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"GraphConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.adjacency_tolerance >= 0:
+            raise ConfigError(f"GraphConfig.adjacency_tolerance must be >= 0 metres, got {self.adjacency_tolerance}")
+        if not self.road_node_precision > 0:
+            raise ConfigError(f"GraphConfig.road_node_precision must be > 0 metres, got {self.road_node_precision}")
+        if not isinstance(self.images, ImageConfig):
+            raise ConfigError(f"GraphConfig.images must be an urbanrep.images.ImageConfig, got {type(self.images).__name__}")
+
+    def wants(self, modality: str) -> bool:
+        """True when ``modality`` is to be built (if the bundle has it)."""
+        return self.modalities is None or modality in self.modalities
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for graph manifests)."""
+        return asdict(self)

@@ -1,0 +1,347 @@
+"""The full region model: modality experts (mixtures) -> spatially-aware fusion -> losses.
+
+``RegionModel(config, metadata)`` is built from a region graph's metadata (which modalities,
+their feature widths) and maps the graph to one embedding per region::
+
+    model = RegionModel(ModelConfig(), GraphMetadata.from_data(data))
+    out = model(data)                 # ModelOutput: embedding [N, C], fusion_weights [N, M], ...
+    total, parts = model.loss(data, out, generator)
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import HeteroData
+
+from urbanrep.errors import ConfigError, GraphError
+from urbanrep.experts.base import ExpertConfig, expert_from_config, get_expert
+from urbanrep.experts.moe import ModalityMoE, MoEConfig
+from urbanrep.experts.shared import GCNStack, SharedExpert, UniformExpert
+from urbanrep.experts.street_view import StreetViewExpert
+from urbanrep.fusion.losses import (
+    LossConfig,
+    augment_graph,
+    dense_od,
+    info_nce,
+    mobility_reconstruction_loss,
+    sample_nodes,
+    similarity_reconstruction_loss,
+)
+from urbanrep.fusion.spatial import FusionConfig, SpatialFusion
+from urbanrep.graphs.schema import (
+    ADJACENT,
+    AGGREGATED_MODALITIES,
+    IMAGE,
+    MODALITY_EDGE,
+    REGION,
+    feature_key,
+)
+
+ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
+
+
+@dataclass(frozen=True)
+class GraphMetadata:
+    """What the model needs to know about a graph to be built: modalities and input widths.
+
+    Attributes:
+        modalities: Modalities present, canonical order.
+        in_channels: ``(modality, feature width)`` pairs (street view: image feature width).
+        num_slices: Width of the mobility edges' per-slice counts (0 when absent).
+    """
+
+    modalities: tuple[str, ...]
+    in_channels: tuple[tuple[str, int], ...]
+    num_slices: int = 0
+
+    @classmethod
+    def from_data(cls, data: HeteroData) -> GraphMetadata:
+        """Read the metadata off a region graph."""
+        mods = tuple(m for m in ALL_MODALITIES if m in list(data.modalities))
+        dims = []
+        for m in mods:
+            if m == "street_view":
+                dims.append((m, int(data[IMAGE].x.size(1))))
+            else:
+                dims.append((m, int(data[REGION][feature_key(m)].size(1))))
+        et = MODALITY_EDGE["mobility"]
+        slices = 0
+        if "mobility" in mods and et in data.edge_types and "edge_attr" in data[et]:
+            slices = int(data[et].edge_attr.size(1))
+        return cls(mods, tuple(dims), slices)
+
+    def channels(self, modality: str) -> int:
+        """Input width of ``modality``."""
+        return dict(self.in_channels)[modality]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for checkpoints)."""
+        return {"modalities": list(self.modalities), "in_channels": [list(p) for p in self.in_channels],
+                "num_slices": self.num_slices}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphMetadata:
+        """Inverse of :meth:`to_dict`."""
+        return cls(tuple(d["modalities"]), tuple((m, int(c)) for m, c in d["in_channels"]), int(d["num_slices"]))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes :class:`RegionModel` (mirrors its constructor).
+
+    Attributes:
+        expert: Sizes of every expert; ``expert.out_channels`` is the embedding width.
+        moe: Shared experts and routing.
+        fusion: Spatially-aware (or global) fusion.
+        loss: Objective weights.
+        uniform_experts: Ablation: one identical GNN architecture (weighted GCN over the view
+            graph) for every aggregated modality instead of the dedicated experts.
+        modalities: Use only these modalities (None: every modality the graph has).
+        projection_channels: Width of the contrastive projection heads.
+    """
+
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    uniform_experts: bool = False
+    modalities: tuple[str, ...] | None = None
+    projection_channels: int = 64
+
+    def __post_init__(self) -> None:
+        if self.modalities is not None:
+            bad = [m for m in self.modalities if m not in ALL_MODALITIES]
+            if bad:
+                raise ConfigError(f"ModelConfig.modalities has unknown {bad}; valid: {ALL_MODALITIES}")
+        if self.projection_channels < 1:
+            raise ConfigError("ModelConfig.projection_channels must be >= 1")
+
+
+@dataclass
+class ModelOutput:
+    """What :meth:`RegionModel.forward` returns (also readable like a dict: ``out["embedding"]``).
+
+    Attributes:
+        embedding: ``[N, C]`` fused region embedding.
+        modality_embeddings: ``{modality: [N, C]}``.
+        masks: ``{modality: [N] bool}``, regions with data.
+        fusion_weights: ``[N, M]`` fusion weight per modality (columns in :attr:`modalities`).
+        aux_loss: Scalar load-balancing loss of the gates (0 for dense routing).
+        gates: ``{modality: [N, 1 + k]}`` MoE gate weights.
+        modalities: Modality order of the columns of ``fusion_weights``.
+    """
+
+    embedding: Tensor
+    modality_embeddings: dict[str, Tensor]
+    masks: dict[str, Tensor]
+    fusion_weights: Tensor
+    aux_loss: Tensor
+    gates: dict[str, Tensor]
+    modalities: tuple[str, ...]
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        """Field names."""
+        return ["embedding", "modality_embeddings", "masks", "fusion_weights", "aux_loss", "gates", "modalities"]
+
+
+def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_channels, out_channels), nn.ELU(), nn.Linear(out_channels, out_channels))
+
+
+class RegionModel(nn.Module):
+    """Modality experts (each a :class:`~urbanrep.experts.moe.ModalityMoE`), fusion and loss heads.
+
+    Args:
+        config: Model configuration.
+        metadata: Modalities and input widths of the graphs the model will see
+            (:meth:`GraphMetadata.from_data`).
+
+    Raises:
+        ConfigError: when ``config.modalities`` asks for a modality the graph lacks, or none
+            is left.
+    """
+
+    def __init__(self, config: ModelConfig, metadata: GraphMetadata) -> None:
+        super().__init__()
+        self.config, self.metadata = config, metadata
+        wanted = config.modalities if config.modalities is not None else metadata.modalities
+        missing = [m for m in wanted if m not in metadata.modalities]
+        if missing:
+            raise ConfigError(f"ModelConfig.modalities asks for {missing} but the graph has only "
+                              f"{list(metadata.modalities)}; drop them from the config or rebuild the graph")
+        self.modalities: tuple[str, ...] = tuple(m for m in ALL_MODALITIES if m in wanted)
+        if not self.modalities:
+            raise ConfigError("the model has no modality to learn from: the graph lists none "
+                              "(check the bundle's layers/aggregates)")
+        ec, mc = config.expert, config.moe
+        c = ec.out_channels
+        self.backbones = nn.ModuleList([GCNStack(ec.hidden_channels, c, ec.num_layers, ec.dropout)
+                                        for _ in range(mc.num_shared)])
+        experts = {}
+        for m in self.modalities:
+            in_ch = metadata.channels(m)
+            if m == "street_view":
+                dedicated = expert_from_config(StreetViewExpert, in_ch, ec)
+            elif config.uniform_experts:
+                dedicated = expert_from_config(UniformExpert, in_ch, ec, modality=m)
+            else:
+                dedicated = expert_from_config(get_expert(m), in_ch, ec, num_slices=metadata.num_slices)
+            shared = [] if m == "street_view" else [
+                expert_from_config(SharedExpert, in_ch, ec, modality=m, backbone=bb) for bb in self.backbones
+            ]
+            experts[m] = ModalityMoE(dedicated, shared, mc.routing, mc.top_k, mc.gate_dropout)
+        self.experts = nn.ModuleDict(experts)
+        fc = config.fusion
+        self.fusion = SpatialFusion(len(self.modalities), c, fc.hidden_channels, fc.mode, fc.pos_frequencies,
+                                    fc.use_neighbors, fc.dropout)
+        lc, p = config.loss, config.projection_channels
+        self.contrast_head = _mlp(c, p)
+        self.image_head = _mlp(ec.hidden_channels, p) if "street_view" in self.modalities else None
+        use_mob = "mobility" in self.modalities and lc.mobility_weight > 0
+        self.mob_src = nn.Linear(c, c) if use_mob else None
+        self.mob_dst = nn.Linear(c, c) if use_mob else None
+        self.sim_heads = nn.ModuleDict({
+            m: nn.Linear(c, p) for m, w in (("poi", lc.poi_similarity_weight),
+                                            ("landuse", lc.landuse_similarity_weight))
+            if w > 0 and m in self.modalities
+        })
+
+    @property
+    def out_channels(self) -> int:
+        """Embedding width."""
+        return self.config.expert.out_channels
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every layer."""
+        for bb in self.backbones:
+            bb.reset_parameters()
+        for moe in self.experts.values():
+            moe.reset_parameters()
+        self.fusion.reset_parameters()
+        for lin in self._head_linears():
+            lin.reset_parameters()
+
+    def _head_linears(self) -> list[nn.Module]:
+        heads: list[nn.Module] = [self.contrast_head, *self.sim_heads.values()]
+        heads += [h for h in (self.image_head, self.mob_src, self.mob_dst) if h is not None]
+        return [m for h in heads for m in h.modules() if isinstance(m, nn.Linear)]
+
+    def check_graph(self, data: HeteroData) -> None:
+        """Raise :class:`GraphError` when ``data`` lacks a modality this model was built for."""
+        have = set(data.modalities)
+        missing = [m for m in self.modalities if m not in have]
+        if missing:
+            raise GraphError(f"the graph lacks modalities {missing} this model was trained with "
+                             f"(graph has {sorted(have)}); rebuild the graph from the same bundle")
+        if ADJACENT not in data.edge_types:
+            raise GraphError("the graph has no (region, adjacent, region) edges; rebuild it with build_graph")
+
+    def forward(self, data: HeteroData) -> ModelOutput:
+        """Embed every region of ``data``; see :class:`ModelOutput` for shapes."""
+        self.check_graph(data)
+        z, masks, gates = {}, {}, {}
+        aux = data[REGION].pos.new_zeros(())
+        for m in self.modalities:
+            out, a, g = self.experts[m](data)
+            z[m], masks[m], gates[m] = out, self.experts[m].region_mask(data), g
+            aux = aux + a
+        zs = torch.stack([z[m] for m in self.modalities], 1)
+        ms = torch.stack([masks[m] for m in self.modalities], 1)
+        fused, weights = self.fusion(zs, ms, data[ADJACENT].edge_index, data[REGION].pos)
+        return ModelOutput(fused, z, masks, weights, aux, gates, self.modalities)
+
+    def loss(self, data: HeteroData, out: ModelOutput, generator: torch.Generator | None = None
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training objective on ``out = self(data)``.
+
+        Args:
+            data: The region graph ``out`` was computed from.
+            out: Output of :meth:`forward`.
+            generator: Seeded generator for augmentations and node sampling.
+
+        Returns:
+            ``(total, parts)``: the weighted sum and each unweighted part (detached), keyed
+            ``aggregated``, ``fusion``, ``point``, ``mobility``, ``poi_similarity``,
+            ``landuse_similarity``, ``balance`` (only the parts switched on and applicable).
+        """
+        lc = self.config.loss
+        n = out.embedding.size(0)
+        dev = out.embedding.device
+        rows = sample_nodes(n, lc.max_nodes, generator, dev)
+
+        def sel(t: Tensor) -> Tensor:
+            return t if rows is None else t[rows]
+
+        parts: dict[str, tuple[float, Tensor]] = {}
+        if lc.aggregated_weight > 0 and len(self.modalities) >= 2:
+            proj = {m: self.contrast_head(sel(out.modality_embeddings[m])) for m in self.modalities}
+            terms = []
+            for a, b in itertools.combinations(self.modalities, 2):
+                both = sel(out.masks[a] & out.masks[b])
+                if int(both.sum()) >= 2:
+                    terms.append(info_nce(proj[a][both], proj[b][both], lc.temperature))
+            if terms:
+                parts["aggregated"] = (lc.aggregated_weight, torch.stack(terms).mean())
+        if lc.fusion_weight > 0:
+            parts["fusion"] = (lc.fusion_weight, self._fusion_loss(data, out, generator, sel))
+        if lc.point_weight > 0 and "street_view" in self.modalities:
+            parts["point"] = (lc.point_weight, self._point_loss(data, generator))
+        if self.mob_src is not None and self.mob_dst is not None:
+            et = MODALITY_EDGE["mobility"]
+            if et in data.edge_types:
+                od = dense_od(data[et].edge_index, data[et].edge_weight, n, rows)
+                emb = sel(out.embedding)
+                parts["mobility"] = (lc.mobility_weight,
+                                     mobility_reconstruction_loss(self.mob_src(emb), self.mob_dst(emb), od))
+        for m, head in self.sim_heads.items():
+            w = lc.poi_similarity_weight if m == "poi" else lc.landuse_similarity_weight
+            x = data[REGION][feature_key(m)]
+            parts[f"{m}_similarity"] = (w, similarity_reconstruction_loss(
+                head(sel(out.embedding)), sel(x), sel(out.masks[m])))
+        if lc.balance_weight > 0 and self.config.moe.routing == "topk" and self.config.moe.num_shared > 0:
+            parts["balance"] = (lc.balance_weight, out.aux_loss)
+        if not parts:
+            total = out.embedding.sum() * 0.0
+        else:
+            total = torch.stack([w * v.float() for w, v in parts.values()]).sum()
+        return total, {k: v.detach() for k, (_, v) in parts.items()}
+
+    def _fusion_loss(self, data: HeteroData, out: ModelOutput, generator: torch.Generator | None,
+                     sel: Any) -> Tensor:
+        lc = self.config.loss
+        present = sel(torch.stack([out.masks[m] for m in self.modalities], 1).any(1))
+        if lc.fusion_contrast == "views":
+            v1 = self(augment_graph(data, lc.feature_drop, lc.edge_drop, generator)).embedding
+            v2 = self(augment_graph(data, lc.feature_drop, lc.edge_drop, generator)).embedding
+            return info_nce(self.contrast_head(sel(v1)[present]), self.contrast_head(sel(v2)[present]),
+                            lc.temperature)
+        fused = self.contrast_head(sel(out.embedding))
+        terms = []
+        for m in self.modalities:
+            mk = sel(out.masks[m])
+            if int(mk.sum()) >= 2:
+                terms.append(info_nce(fused[mk], self.contrast_head(sel(out.modality_embeddings[m]))[mk],
+                                      lc.temperature))
+        return torch.stack(terms).mean() if terms else fused.sum() * 0.0
+
+    def _point_loss(self, data: HeteroData, generator: torch.Generator | None) -> Tensor:
+        lc = self.config.loss
+        moe = self.experts["street_view"]
+        expert = moe.dedicated
+        assert isinstance(expert, StreetViewExpert) and self.image_head is not None
+        hs = []
+        for _ in range(2):
+            view = augment_graph(data, lc.feature_drop, lc.edge_drop, generator)
+            hs.append(expert.encode_images(view[IMAGE].x, expert.image_edges(view)))
+        idx = sample_nodes(hs[0].size(0), lc.max_nodes, generator, hs[0].device)
+        if idx is not None:
+            hs = [h[idx] for h in hs]
+        return info_nce(self.image_head(hs[0]), self.image_head(hs[1]), lc.temperature)

@@ -1,0 +1,394 @@
+"""Training loop: fixed epoch budget, seeded, checkpointed, resumable.
+
+``train(data, ModelConfig(), TrainConfig(), run_dir)`` trains a :class:`~urbanrep.network.RegionModel`
+on one region graph (full-graph, transductive) and returns a :class:`TrainResult`. With a
+``run_dir`` it writes, each file atomically::
+
+    run_dir/checkpoints/epoch_000100.pt   model, optimiser, RNG states, epoch, history
+    run_dir/loss.csv                      epoch, total, one column per loss part
+    run_dir/embeddings.parquet            region_id, emb_000, emb_001, ...
+    run_dir/fusion_weights.parquet        region_id, one column per modality
+    run_dir/model.pt                      final weights + configs (see :func:`load_model`)
+
+``resume=True`` continues from the latest checkpoint and ends with exactly the embedding an
+uninterrupted run would give (on CPU, where kernels are deterministic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch_geometric.data import HeteroData
+
+from urbanrep.atomic import atomic_path
+from urbanrep.errors import ConfigError, UrbanRepError
+from urbanrep.experts.base import ExpertConfig
+from urbanrep.experts.moe import MoEConfig
+from urbanrep.fusion.losses import LossConfig
+from urbanrep.fusion.spatial import FusionConfig
+from urbanrep.graphs.schema import validate_graph
+from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LOSS_CSV = "loss.csv"
+EMBEDDINGS = "embeddings.parquet"
+FUSION_WEIGHTS = "fusion_weights.parquet"
+MODEL_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (mirrors :func:`train`).
+
+    Attributes:
+        epochs: Fixed budget of full-graph steps.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        seed: Seeds parameter init, dropout and augmentations.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        amp: bf16 autocast on CUDA (ignored on CPU).
+        grad_clip: Max gradient norm (0: no clipping).
+        checkpoint_every: Write a checkpoint every this many epochs (0: only at the end).
+        keep_checkpoints: Checkpoints kept on disk (older ones are deleted).
+        early_stopping: Stop when the *training* loss has not improved by ``min_delta`` for
+            ``patience`` epochs (off by default; no validation data is ever consulted).
+        patience: See ``early_stopping``.
+        min_delta: See ``early_stopping``.
+        log_every: Log a progress line every this many epochs.
+        deterministic: Ask PyTorch for deterministic kernels on CPU.
+    """
+
+    epochs: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    grad_clip: float = 1.0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    early_stopping: bool = False
+    patience: int = 50
+    min_delta: float = 1e-4
+    log_every: int = 50
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError("TrainConfig.lr must be > 0 and weight_decay >= 0")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.patience < 1 or self.log_every < 1:
+            raise ConfigError("TrainConfig.checkpoint_every >= 0, keep_checkpoints >= 1, patience >= 1 and "
+                              "log_every >= 1 are required")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: The trained model (eval mode, on the training device).
+        embeddings: ``[N, C]`` float32 region embeddings, rows in ``region_ids`` order.
+        fusion_weights: ``[N, M]`` float32 fusion weights, columns in ``modalities`` order.
+        modalities: Modalities the model used.
+        region_ids: Region ids (graph node order).
+        history: One dict per epoch: ``epoch``, ``total`` and each loss part.
+        epochs_run: Last epoch trained.
+        stopped_early: Whether early stopping ended training.
+        wall_time_s: Seconds spent in this call.
+        run_dir: Output folder, if any.
+    """
+
+    model: RegionModel
+    embeddings: np.ndarray
+    fusion_weights: np.ndarray
+    modalities: tuple[str, ...]
+    region_ids: list[Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs_run: int = 0
+    stopped_early: bool = False
+    wall_time_s: float = 0.0
+    run_dir: Path | None = None
+
+    def embeddings_frame(self) -> pd.DataFrame:
+        """Embeddings as a DataFrame indexed by ``region_id`` (columns ``emb_000``...)."""
+        return embeddings_frame(self.region_ids, self.embeddings)
+
+    def fusion_weights_frame(self) -> pd.DataFrame:
+        """Fusion weights as a DataFrame indexed by ``region_id`` (one column per modality)."""
+        return pd.DataFrame(self.fusion_weights, columns=list(self.modalities),
+                            index=pd.Index(self.region_ids, name="region_id"))
+
+
+def embeddings_frame(region_ids: list[Any], embeddings: np.ndarray) -> pd.DataFrame:
+    """``region_id``-indexed DataFrame with columns ``emb_000``, ``emb_001``..."""
+    cols = [f"emb_{i:03d}" for i in range(embeddings.shape[1])]
+    return pd.DataFrame(embeddings, columns=cols, index=pd.Index(region_ids, name="region_id"))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; explicit CUDA without a GPU raises."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    return dev
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A frozen (nested) config dataclass as plain JSON-able dicts."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """Inverse of :func:`config_to_dict` for :class:`ModelConfig`."""
+    mods = d.get("modalities")
+    return ModelConfig(
+        expert=ExpertConfig(**d["expert"]), moe=MoEConfig(**d["moe"]), fusion=FusionConfig(**d["fusion"]),
+        loss=LossConfig(**d["loss"]), uniform_experts=d["uniform_experts"],
+        modalities=tuple(mods) if mods is not None else None, projection_channels=d["projection_channels"],
+    )
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / CHECKPOINT_DIR).glob("epoch_*.pt"))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """Path of the newest checkpoint in ``run_dir/checkpoints`` (None if there is none)."""
+    found = _checkpoints(Path(run_dir))
+    return found[-1] if found else None
+
+
+def _torch_save_atomic(obj: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def _write_loss_csv(path: Path, history: list[dict[str, float]], columns: list[str]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _append_loss_row(path: Path, row: dict[str, float], columns: list[str]) -> None:
+    with path.open("a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore").writerow(row)
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def save_model(model: RegionModel, path: str | Path, train_config: TrainConfig | None = None) -> None:
+    """Write the model's weights, configs and graph metadata to ``path`` atomically."""
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": json.dumps(config_to_dict(model.config)),
+        "metadata": json.dumps(model.metadata.to_dict()),
+        "train_config": json.dumps(config_to_dict(train_config)) if train_config is not None else None,
+    }
+    _torch_save_atomic(payload, Path(path))
+
+
+def load_model(path: str | Path, device: str = "cpu") -> RegionModel:
+    """Load a model written by :func:`save_model` (weights-only unpickling)."""
+    path = Path(path)
+    if not path.exists():
+        raise UrbanRepError(f"model file {path} does not exist; train first (urbanrep train)")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise UrbanRepError(f"cannot read model file {path}: {exc}; retrain to recreate it") from exc
+    model = RegionModel(model_config_from_dict(json.loads(payload["model_config"])),
+                        GraphMetadata.from_dict(json.loads(payload["metadata"])))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval()
+
+
+def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(data: HeteroData, model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
+          run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
+    """Train a :class:`RegionModel` on ``data`` and return its embeddings.
+
+    Args:
+        data: A region graph (validated here).
+        model_config: Model configuration (defaults when None).
+        train_config: Training configuration (defaults when None).
+        run_dir: Folder for checkpoints, ``loss.csv``, embeddings and fusion weights
+            (nothing is written when None).
+        resume: Continue from the latest checkpoint in ``run_dir`` (a fresh start when there
+            is none). The model configuration and the seed must match the checkpoint's; the
+            epoch budget may be larger.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ConfigError: on resume with a different model configuration or seed, or resume
+            without ``run_dir``.
+        UrbanRepError: when the loss becomes NaN/inf (the message names the epoch).
+    """
+    mc = model_config or ModelConfig()
+    tc = train_config or TrainConfig()
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs a run_dir holding checkpoints")
+    validate_graph(data)
+    t0 = time.perf_counter()
+    device = resolve_device(tc.device)
+    run_path = Path(run_dir) if run_dir is not None else None
+    with _deterministic(tc.deterministic and device.type == "cpu"):
+        result = _train(data, mc, tc, device, run_path, resume)
+    result.wall_time_s = time.perf_counter() - t0
+    log.info("trained %d epochs in %.1f s on %s", result.epochs_run, result.wall_time_s, device)
+    return result
+
+
+def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.device, run_dir: Path | None,
+           resume: bool) -> TrainResult:
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(tc.seed)
+    data = data.to(device)
+    model = RegionModel(mc, GraphMetadata.from_data(data)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    history: list[dict[str, float]] = []
+    start, best, stale, stopped = 0, math.inf, 0, False
+    mc_json = json.dumps(config_to_dict(mc), sort_keys=True)
+    ckpt_path = latest_checkpoint(run_dir) if (resume and run_dir is not None) else None
+    if ckpt_path is not None:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt["model_config"] != mc_json:
+            raise ConfigError(f"cannot resume from {ckpt_path}: it was trained with a different model "
+                              "configuration; use the same config or start a new run_dir")
+        if int(ckpt["seed"]) != tc.seed:
+            raise ConfigError(f"cannot resume from {ckpt_path}: seed {ckpt['seed']} != {tc.seed}")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+        gen.set_state(ckpt["rng_gen"].to(gen.get_state().device))
+        history = [dict(r) for r in ckpt["history"]]
+        start, best, stale, stopped = int(ckpt["epoch"]), float(ckpt["best"]), int(ckpt["stale"]), bool(ckpt["stopped"])
+        log.info("resuming from %s (epoch %d)", ckpt_path, start)
+    elif resume:
+        log.info("no checkpoint in %s: starting from scratch", run_dir)
+
+    columns: list[str] | None = None
+    loss_csv = run_dir / LOSS_CSV if run_dir is not None else None
+    if loss_csv is not None and history:
+        columns = list(history[0].keys())
+        _write_loss_csv(loss_csv, history, columns)  # drop rows written after the checkpoint
+
+    def checkpoint(epoch: int) -> None:
+        assert run_dir is not None
+        state = {
+            "epoch": epoch, "seed": tc.seed, "model_config": mc_json,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "rng_cpu": torch.get_rng_state(), "rng_gen": gen.get_state().cpu(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "history": history, "best": best, "stale": stale, "stopped": stopped,
+        }
+        _torch_save_atomic(state, run_dir / CHECKPOINT_DIR / f"epoch_{epoch:06d}.pt")
+        for old in _checkpoints(run_dir)[:-tc.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+
+    for epoch in range(start + 1, tc.epochs + 1):
+        if stopped:
+            break
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with _amp_context(device, tc.amp):
+            out = model(data)
+            total, parts = model.loss(data, out, gen)
+        if not torch.isfinite(total):
+            raise UrbanRepError(f"training loss became {float(total)} at epoch {epoch}; lower TrainConfig.lr "
+                                "or check the graph features for extreme values")
+        total.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        row: dict[str, float] = {"epoch": epoch, "total": float(total.detach()),
+                                  **{k: float(v) for k, v in parts.items()}}
+        history.append(row)
+        if loss_csv is not None:
+            if columns is None:
+                columns = list(row.keys())
+                _write_loss_csv(loss_csv, [row], columns)
+            else:
+                _append_loss_row(loss_csv, row, columns)
+        if tc.early_stopping:
+            if row["total"] < best - tc.min_delta:
+                best, stale = row["total"], 0
+            else:
+                stale += 1
+                if stale >= tc.patience:
+                    stopped = True
+                    log.info("early stopping at epoch %d: training loss flat for %d epochs", epoch, tc.patience)
+        if epoch % tc.log_every == 0 or epoch == 1:
+            log.info("epoch %d/%d loss %.4f %s", epoch, tc.epochs, row["total"],
+                     " ".join(f"{k}={v:.4f}" for k, v in parts.items()))
+        if run_dir is not None and tc.checkpoint_every and epoch % tc.checkpoint_every == 0:
+            checkpoint(epoch)
+        if stopped:
+            break
+    last = int(history[-1]["epoch"]) if history else 0
+    if run_dir is not None and last and not (run_dir / CHECKPOINT_DIR / f"epoch_{last:06d}.pt").exists():
+        checkpoint(last)
+
+    model.eval()
+    with torch.no_grad(), _amp_context(device, tc.amp):
+        out = model(data)
+    emb = out.embedding.float().cpu().numpy().astype(np.float32)
+    weights = out.fusion_weights.float().cpu().numpy().astype(np.float32)
+    result = TrainResult(model=model, embeddings=emb, fusion_weights=weights, modalities=model.modalities,
+                         region_ids=list(data.region_ids), history=history, epochs_run=last,
+                         stopped_early=stopped, run_dir=run_dir)
+    if run_dir is not None:
+        emb_df = result.embeddings_frame().reset_index()
+        _write_parquet(emb_df, run_dir / EMBEDDINGS)
+        _write_parquet(result.fusion_weights_frame().reset_index(), run_dir / FUSION_WEIGHTS)
+        save_model(model, run_dir / MODEL_FILE, tc)
+    return result
