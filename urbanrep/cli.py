@@ -146,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
+    from urbanrep.pipeline_cli import install_progress
+
+    install_progress(not args.quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

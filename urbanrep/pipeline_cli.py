@@ -1,13 +1,27 @@
-"""CLI commands for the pipeline stages (part of the CLI layer: may print)."""
+"""CLI commands for the pipeline stages (part of the CLI layer: may print and draw progress bars)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from urbanrep.errors import UrbanRepError
+
+RUN_EPILOG = """\
+Dataset resolution: an explicit bundle folder (with manifest.json); else the named data set in the
+data root (--data-root, else $URBANREP_DATA, else ../shared/data), converted on the fly; else, for
+nyc_manhattan180 only, the copy embedded in the package (announced in one log line). Any other
+name is an error listing the names that resolve.
+
+Configuration: --config FILE (YAML, TOML or JSON with sections graph, model, train, evaluate,
+export) and any number of --set section.key=value, e.g. --set train.epochs=100
+--set model.fusion.mode=global --set evaluate.protocol=paper.
+"""
 
 
 def _default_run_dir(dataset: str | None) -> Path:
@@ -15,24 +29,210 @@ def _default_run_dir(dataset: str | None) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _config(args: argparse.Namespace) -> Any:
+    from urbanrep.runconfig import load_run_config
+
+    return load_run_config(getattr(args, "config", None), getattr(args, "set", None))
+
+
+def _tqdm_reporter(stage: str, total: int | None) -> Any:
+    from tqdm.auto import tqdm
+
+    class _Bar:
+        def __init__(self) -> None:
+            self.bar = tqdm(total=total, desc=stage, unit="step", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+        def update(self, n: int = 1, **info: Any) -> None:
+            if info:
+                self.bar.set_postfix(info, refresh=False)
+            self.bar.update(n)
+
+        def close(self) -> None:
+            self.bar.close()
+
+    return _Bar()
+
+
+def install_progress(enabled: bool) -> None:
+    """Progress bars with stage names and ETA when stderr is a terminal (and not --quiet)."""
+    from urbanrep.progress import set_reporter
+
+    set_reporter(_tqdm_reporter if enabled and sys.stderr.isatty() else None)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from urbanrep.pipeline import run_pipeline
 
+    config = _config(args)
     out = Path(args.out) if args.out else _default_run_dir(args.dataset)
-    t0 = time.perf_counter()
-    result = run_pipeline(args.dataset, data_root=args.data_root, run_dir=out)
+    result = run_pipeline(args.dataset, data_root=args.data_root, run_dir=out, config=config, resume=args.resume)
     print(result.bundle_summary)
-    print(f"run folder: {out} ({time.perf_counter() - t0:.1f} s)")
+    if result.metrics:
+        _print_metrics(result.metrics)
+    for stage, why in result.skipped.items():
+        print(f"skipped {stage}: {why}")
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.stages.items())
+    print(f"run folder: {out} ({result.wall_time_s:.1f} s: {stages})")
     return 0
+
+
+def _cmd_build_graphs(args: argparse.Namespace) -> int:
+    from urbanrep.graphs.schema import graph_counts
+    from urbanrep.pipeline import build_graph_file, resolve_bundle
+
+    bundle = resolve_bundle(args.dataset, args.data_root)
+    t0 = time.perf_counter()
+    data, report = build_graph_file(bundle, args.out, _config(args))
+    counts = graph_counts(data)
+    print(f"graph of {bundle.name} written to {args.out} in {time.perf_counter() - t0:.1f} s")
+    print(json.dumps(counts, indent=2, default=str))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from urbanrep.pipeline import train_stage
+
+    api = train_stage(args.graph, args.out, _config(args), resume=args.resume)
+    res = api.result_
+    assert res is not None
+    first, last = res.history[0]["total"], res.history[-1]["total"]
+    print(f"trained {res.epochs_run} epochs in {res.wall_time_s:.1f} s; loss {first:.4f} -> {last:.4f}")
+    print(f"embeddings: {Path(args.out) / 'embeddings.parquet'} ({res.embeddings.shape[0]} regions x "
+          f"{res.embeddings.shape[1]} dims)")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from urbanrep.pipeline import embed_stage, resolve_bundle
+
+    bundle = resolve_bundle(args.dataset, args.data_root)
+    config = _config(args) if (args.config or args.set) else None
+    emb = embed_stage(args.model, bundle, args.out, config)
+    print(f"embeddings of {len(emb)} regions of {bundle.name} written to {Path(args.out) / 'embeddings.parquet'}")
+    return 0
+
+
+def _bundle_for_run(args: argparse.Namespace) -> Any:
+    from urbanrep.pipeline import BUNDLE_DIR, resolve_bundle
+
+    if args.bundle is not None:
+        return resolve_bundle(args.bundle, args.data_root)
+    if (Path(args.run_dir) / BUNDLE_DIR).is_dir():
+        return resolve_bundle(args.run_dir)
+    raise UrbanRepError(f"run folder {args.run_dir} holds no {BUNDLE_DIR}/; pass the city with --bundle NAME_OR_PATH")
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    print(f"evaluation ({metrics.get('protocol')} protocol, {metrics.get('regressor')}):")
+    for task, vals in metrics.get("tasks", {}).items():
+        std = f" ± {vals['r2_std']:.3f}" if vals.get("r2_std") else ""
+        print(f"  {task:<14} R2={vals['r2']:.3f}{std}  MAE={vals['mae']:.4g}  RMSE={vals['rmse']:.4g}")
+    for group, vals in metrics.get("landuse", {}).items():
+        print(f"  {group:<14} L1={vals['l1']:.3f}  KL={vals['kl']:.3f}  cosine={vals['cosine']:.3f}")
+    clus = metrics.get("clustering") or {}
+    if clus:
+        print(f"  clustering     NMI={clus['nmi']:.3f}  ARI={clus['ari']:.3f} ({clus.get('label')})")
+    for task, why in metrics.get("skipped", {}).items():
+        print(f"  {task}: skipped ({why})")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from urbanrep.pipeline import evaluate_stage
+
+    overrides = list(args.set or [])
+    if args.protocol:
+        overrides.append(f"evaluate.protocol={args.protocol}")
+    from urbanrep.runconfig import load_run_config
+
+    config = load_run_config(args.config, overrides)
+    metrics = evaluate_stage(args.run_dir, _bundle_for_run(args), config, json_path=args.json)
+    _print_metrics(metrics)
+    if args.json:
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from urbanrep.pipeline import export_stage
+
+    config = _config(args)
+    if args.formats:
+        from dataclasses import replace
+
+        config = replace(config, export=replace(config.export, formats=tuple(args.formats.split(","))))
+    written = export_stage(args.run_dir, _bundle_for_run(args), config, out_dir=args.out)
+    for p in written:
+        print(p)
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="config file (YAML, TOML or JSON) with sections "
+                   "graph, model, train, evaluate, export")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set train.epochs=100 (repeatable)")
 
 
 def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the pipeline subcommands on the main parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("build-graphs", help="build the region graph of a bundle (graph.pt + graph.json)",
+                       description="Build one PyG HeteroData region graph from a city bundle.",
+                       epilog=RUN_EPILOG, formatter_class=fmt)
+    add_dataset_args(p)
+    p.add_argument("--out", required=True, help="graph file to write, e.g. graph.pt (a JSON manifest goes beside it)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_build_graphs)
+
+    p = sub.add_parser("train", help="train the model on a region graph; writes embeddings.parquet",
+                       description="Train experts, fusion and contrastive heads on a region graph.",
+                       epilog=RUN_EPILOG, formatter_class=fmt)
+    p.add_argument("graph", help="graph file (.pt from build-graphs) or a folder holding graph.pt")
+    p.add_argument("--out", required=True, help="run folder for checkpoints, loss.csv, model.pt, embeddings")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("embed", help="apply a trained model to a bundle",
+                       description="Embed a city with a trained model (same modalities and feature widths).",
+                       epilog=RUN_EPILOG, formatter_class=fmt)
+    p.add_argument("model", help="folder holding model.pt and config.json (a run folder)")
+    add_dataset_args(p)
+    p.add_argument("--out", required=True, help="folder for embeddings.parquet and fusion_weights.parquet")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("evaluate", help="downstream regression and clustering of a run's embeddings",
+                       description="Evaluate run_dir/embeddings.parquet on the city's targets and labels.")
+    p.add_argument("run_dir", help="run folder holding embeddings.parquet")
+    p.add_argument("--bundle", default=None, help="dataset name or bundle path (default: run_dir/bundle)")
+    p.add_argument("--data-root", default=None, help="folder holding the source data sets")
+    p.add_argument("--protocol", choices=["strict", "paper"], default=None,
+                   help="strict (default: repeated shuffled k-fold, inner-CV alpha) or paper (published setting)")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export", help="GIS files, figures and the HTML report of a run",
+                       description="Join embeddings, fusion weights and predictions to the region polygons.")
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument("--bundle", default=None, help="dataset name or bundle path (default: run_dir/bundle)")
+    p.add_argument("--data-root", default=None, help="folder holding the source data sets")
+    p.add_argument("--out", default=None, help="folder for the GIS files (default run_dir/gis)")
+    p.add_argument("--formats", default=None, help="comma-separated: parquet,gpkg,geojson,csv (default all)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("run", help="every stage for one data set into one run folder (default NYC-180)",
-                       description="Run every stage for one data set into one run folder.")
+                       description="Run every stage for one data set into one run folder: bundle, graph, "
+                                   "training, evaluation, GIS export, maps and the HTML report.",
+                       epilog=RUN_EPILOG, formatter_class=fmt)
     add_dataset_args(p)
     p.add_argument("--out", default=None, help="run folder (default runs/<name>-<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue training from the newest checkpoint in --out")
+    _add_config_args(p)
     p.set_defaults(func=_cmd_run)
 
 
-__all__ = ["UrbanRepError", "add_commands"]
+__all__ = ["UrbanRepError", "add_commands", "install_progress"]

@@ -42,6 +42,7 @@ from urbanrep.fusion.losses import LossConfig
 from urbanrep.fusion.spatial import FusionConfig
 from urbanrep.graphs.schema import validate_graph
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
+from urbanrep.progress import start_progress
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +336,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
         for old in _checkpoints(run_dir)[:-tc.keep_checkpoints]:
             old.unlink(missing_ok=True)
 
+    bar = start_progress("training", tc.epochs - start)
     for epoch in range(start + 1, tc.epochs + 1):
         if stopped:
             break
@@ -353,6 +355,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
         row: dict[str, float] = {"epoch": epoch, "total": float(total.detach()),
                                   **{k: float(v) for k, v in parts.items()}}
         history.append(row)
+        bar.update(1, loss=f"{row['total']:.4f}")
         if loss_csv is not None:
             if columns is None:
                 columns = list(row.keys())
@@ -374,6 +377,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
             checkpoint(epoch)
         if stopped:
             break
+    bar.close()
     last = int(history[-1]["epoch"]) if history else 0
     if run_dir is not None and last and not (run_dir / CHECKPOINT_DIR / f"epoch_{last:06d}.pt").exists():
         checkpoint(last)

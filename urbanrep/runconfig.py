@@ -1,0 +1,115 @@
+"""One configuration for a whole run: graph, model, training, evaluation and export.
+
+A run configuration is a frozen dataclass of the components' own frozen configs, so a config
+file mirrors the constructors::
+
+    # experiments/configs/quick.yaml
+    train:
+      epochs: 100
+      seed: 1
+    model:
+      fusion:
+        mode: global        # ablation: one global weight per modality
+    evaluate:
+      protocol: paper
+
+and ``--set train.epochs=50`` overrides any key on the command line. Unknown keys and wrong
+types are rejected with the valid names listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from urbanrep.configuration import apply_overrides, from_dict, read_config_file, to_dict
+from urbanrep.errors import ConfigError
+from urbanrep.evaluate.protocols import EvalConfig
+from urbanrep.export.gis import DEFAULT_FORMATS, FORMATS
+from urbanrep.graphs.config import GraphConfig
+from urbanrep.network import ModelConfig
+from urbanrep.train import TrainConfig
+
+__all__ = ["CONFIG_FILE", "ExportConfig", "RunConfig", "load_run_config", "read_run_config"]
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What the export stage writes.
+
+    Attributes:
+        formats: GIS formats, any of ``parquet`` (GeoParquet), ``gpkg``, ``geojson`` (WGS84), ``csv``.
+        figures: Draw the maps, scatter plots and the loss curve (needs ``urbanrep[plotting]``).
+        report: Write the static ``report.html``.
+    """
+
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    figures: bool = True
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad:
+            raise ConfigError(f"export.formats has unknown {bad}; choose from {', '.join(FORMATS)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every stage's configuration (each field mirrors that stage's config dataclass).
+
+    Attributes:
+        graph: Graph construction (:class:`urbanrep.graphs.GraphConfig`).
+        model: Experts, MoE, fusion and losses (:class:`urbanrep.network.ModelConfig`).
+        train: Training loop (:class:`urbanrep.train.TrainConfig`).
+        evaluate: Downstream evaluation (:class:`urbanrep.evaluate.EvalConfig`).
+        export: GIS files, figures and the HTML report.
+    """
+
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready nested mapping (round-trips through :meth:`from_mapping`)."""
+        out: dict[str, Any] = to_dict(self)
+        return out
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
+        """Build from a nested mapping, rejecting unknown keys and wrong types."""
+        return from_dict(cls, data, where)
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML/TOML/JSON config file (optional) and apply ``key=value`` overrides.
+
+    Args:
+        path: Config file; ``None`` starts from the defaults.
+        overrides: ``section.key=value`` strings, e.g. ``["train.epochs=50"]``.
+
+    Raises:
+        ConfigError: unreadable file, unknown key or wrong type (the message names it).
+    """
+    data = read_config_file(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides or []))
+    where = str(path) if path is not None else "--set"
+    return RunConfig.from_mapping(data, where)
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The configuration a run folder was made with (``run_dir/config.json``)."""
+    import json
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; pass a run folder written by 'urbanrep run' or 'urbanrep train'")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}; re-run training to rewrite it") from exc
+    return RunConfig.from_mapping(data, str(path))
