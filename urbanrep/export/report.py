@@ -133,10 +133,18 @@ def _metrics_html(metrics: dict[str, Any] | None) -> str:
         parts.append(_table(["target"] + [_esc(_LABELS.get(c, c)) for c in cols], rows))
     clustering = metrics.get("clustering")
     if isinstance(clustering, dict) and clustering:
+        scalar = {k: v for k, v in clustering.items() if not isinstance(v, dict | list)}
         parts.append("<h3>Clustering</h3>")
-        parts.append(_table([_esc(_LABELS.get(k, k)) for k in clustering],
-                            [[_esc(_fmt(v)) for v in clustering.values()]], key_cols=0))
-    rest = {k: v for k, v in metrics.items() if k not in ("protocol", "tasks", "clustering")}
+        parts.append(_table([_esc(_LABELS.get(k, k)) for k in scalar],
+                            [[_esc(_fmt(v)) for v in scalar.values()]], key_cols=0))
+    landuse = metrics.get("landuse")
+    if isinstance(landuse, dict) and landuse:
+        cols = ["l1", "kl", "cosine", "l1_std", "kl_std", "cosine_std", "n", "classes"]
+        rows = [[_esc(g)] + [_esc(_fmt(res.get(c))) for c in cols] for g, res in landuse.items()]
+        parts.append("<h3>Share prediction (out-of-fold)</h3>")
+        parts.append(_table(["target group", *cols], rows))
+    skip = ("protocol", "tasks", "clustering", "landuse")
+    rest = {k: v for k, v in metrics.items() if k not in skip}
     if rest:
         parts.append("<details><summary>Other metrics</summary><pre>"
                      f"{_esc(json.dumps(rest, indent=2, default=str))}</pre></details>")
