@@ -141,6 +141,8 @@ class SpyScaler(StandardScaler):
     """Records the row ids (column 0 of the raw embedding) it is fit on and applied to."""
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> SpyScaler:  # noqa: N803
+        if np.asarray(X).shape[1] == 1:  # the MLP's target scaler (fit on y_train): no row ids to read
+            return super().fit(X, y, sample_weight)
         _EVENTS.append(("fit", frozenset(np.asarray(X)[:, 0].astype(int).tolist()), _ACTIVE_TEST[-1]))
         return super().fit(X, y, sample_weight)
 
@@ -149,6 +151,8 @@ class SpyScaler(StandardScaler):
         return super().transform(X)
 
     def transform(self, X: Any, copy: Any = None) -> Any:  # noqa: N803
+        if np.asarray(X).shape[1] == 1:
+            return super().transform(X, copy)
         _EVENTS.append(("apply", frozenset(np.asarray(X)[:, 0].astype(int).tolist()), _ACTIVE_TEST[-1]))
         return super().transform(X, copy)
 
@@ -262,6 +266,96 @@ def test_checkin_similarity_never_read(data_root: Path, monkeypatch: pytest.Monk
     raw_feature_baseline(bundle, mobility="shares")
     published_embedding(data_root, "gurpp")
     assert any("gurpp_emb" in s for s in seen) and any("hafusion_poi_dist" in s for s in seen)
+
+
+def _tiny_train(bundle: CityBundle, epochs: int = 2) -> tuple[Any, np.ndarray]:
+    """Graph and embedding of a tiny, seeded CPU training run on ``bundle``."""
+    import torch
+
+    from urbanrep.experts.base import ExpertConfig
+    from urbanrep.graphs import GraphConfig, build_graph
+    from urbanrep.network import ModelConfig
+    from urbanrep.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    data, _ = build_graph(bundle, GraphConfig())
+    mc = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=16, heads=2), projection_channels=16)
+    res = train(data, mc, TrainConfig(epochs=epochs, seed=0, device="cpu"), run_dir=None)
+    return data, res.embeddings
+
+
+def test_training_never_sees_targets_or_labels(nyc_bundle: CityBundle) -> None:
+    """Graph and trained embedding are identical whether targets/labels are real, scrambled or absent."""
+    rng = np.random.default_rng(1)
+    t = nyc_bundle.targets.copy()
+    t["value"] = rng.permutation(t["value"].to_numpy()) * 7.0 + 3.0
+    lab = nyc_bundle.labels.copy()
+    lab["value"] = rng.permutation(lab["value"].to_numpy())
+    data_a, emb_a = _tiny_train(nyc_bundle)
+    for other in (replace(nyc_bundle, targets=t, labels=lab), replace(nyc_bundle, targets=None, labels=None)):
+        data_b, emb_b = _tiny_train(other)
+        assert data_a.node_types == data_b.node_types and data_a.edge_types == data_b.edge_types
+        for store_a, store_b in zip(data_a.stores, data_b.stores, strict=True):
+            assert sorted(store_a.keys()) == sorted(store_b.keys())
+            for key, val in store_a.items():
+                if hasattr(val, "numpy"):
+                    np.testing.assert_array_equal(val.numpy(), store_b[key].numpy(), err_msg=key)
+        np.testing.assert_array_equal(emb_a, emb_b)
+    # no region-level input column reproduces a target (up to scale): nothing target-derived is a feature
+    y = nyc_bundle.target_table().to_numpy(np.float64)
+    region = data_a["region"]
+    for key, val in region.items():
+        if not hasattr(val, "dim") or val.dim() != 2 or val.size(0) != y.shape[0]:
+            continue
+        x = val.double().numpy()
+        x = x[:, x.std(axis=0) > 0]
+        if x.shape[1] == 0:
+            continue
+        corr = np.corrcoef(np.hstack([x, y]), rowvar=False)[: x.shape[1], x.shape[1]:]
+        assert np.nanmax(np.abs(corr)) < 0.99, f"graph feature {key} reproduces a target"
+
+
+def test_checkin_similarity_never_reaches_training(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Converting NYC-180, building its graph and training never read the check-in-derived matrix."""
+    from data_prep import get_converter
+
+    leaky = "hrep_checkin_similarity"
+    real_load, real_open = np.load, builtins.open
+
+    def guarded_load(file: Any, *a: Any, **k: Any) -> Any:
+        assert leaky not in str(file), f"read the target-derived {file}"
+        return real_load(file, *a, **k)
+
+    def guarded_open(file: Any, *a: Any, **k: Any) -> Any:
+        assert leaky not in str(file), f"opened the target-derived {file}"
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(np, "load", guarded_load)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    bundle = get_converter("nyc_manhattan180")(data_root / "nyc_manhattan180")
+    names = " ".join([*bundle.aggregates, *(str(v) for v in vars(bundle).values() if isinstance(v, str | Path))])
+    assert "checkin" not in names.lower().replace("_", "").replace("-", "")
+    data, emb = _tiny_train(bundle, epochs=1)
+    assert emb.shape[0] == 180 and np.isfinite(emb).all()
+    with pytest.raises(AssertionError, match="target-derived"):  # the guard is live
+        np.load(data_root / "nyc_manhattan180" / "features" / f"{leaky}.npy")
+
+
+def test_strict_lasso_and_mlp_fit_on_training_rows_only(nyc_bundle: CityBundle, gurpp: pd.DataFrame,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every scaler of the strict lasso and MLP probes is fit on training-fold rows only."""
+    emb = gurpp.iloc[:, :20].copy()
+    emb.insert(0, "row", np.arange(180, dtype=np.float64))
+    b = only_targets(nyc_bundle, ["crime"], labels=False)
+    _EVENTS.clear()
+    _ACTIVE_TEST[:] = [frozenset()]
+    monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
+    monkeypatch.setattr(regression_mod, "outer_splits", _tracking_splits)
+    run_evaluation(emb, b, EvalConfig(seeds=(0,), regressors=("lasso", "mlp"), mlp_max_iter=50), clustering=False)
+    fits = [e for e in _EVENTS if e[0] == "fit"]
+    assert len(fits) >= 5 * 2
+    for _, ids, test in fits:
+        assert test and not ids & test
 
 
 # ---------------------------------------------------------------- harness behaviour
@@ -455,3 +549,45 @@ def test_report_files(tmp_path: Path, nyc_bundle: CityBundle, gurpp: pd.DataFram
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["eval.json"]
     md = format_markdown({"gurpp": rep})
     assert "| gurpp | 0.577 |" in md and "protocol: paper" in md
+
+
+# ---------------------------------------------------------------- benchmark runner (experiments/benchmark.py)
+
+
+def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path) -> None:
+    """The runner trains, evaluates both protocols, checks targets and writes JSON + Markdown to --out."""
+    from experiments import benchmark
+
+    out = tmp_path / "bench"
+    assert benchmark.main(["--cities", "chicago77", "--seeds", "0", "--epochs", "1", "--ablations", "none",
+                           "--strict-seeds", "1", "--out", str(out), "--data-root", str(data_root)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    city = res["cities"]["chicago77"]
+    assert set(city["methods"]) >= {"urbanrep", "raw_all_pca64", "raw_poi", "raw_mobility", "raw_landuse"}
+    ours = city["methods"]["urbanrep"]
+    assert ours["paper"]["n_seeds"] == 1 and set(ours["train"]["input_retention"]) == {"poi", "mobility", "landuse"}
+    assert {t["task"] for t in city["targets"]} == {"check_in", "crime", "service_call"}
+    md = (out / "RESULTS.md").read_text()
+    assert "Protocol `paper`" in md and "Protocol `strict`" in md and "HAFusion" in md
+    assert sorted(p.name for p in out.iterdir()) == ["RESULTS.md", "embeddings", "results.json"]
+    cached = list((out / "embeddings" / "chicago77").glob("urbanrep_s0_e1_*.parquet"))
+    assert len(cached) == 1  # a rerun reuses it
+    emb = pd.read_parquet(cached[0]).set_index("region_id")
+    assert emb.shape[0] == 77 and emb.index.name == "region_id"
+    with pytest.raises(SystemExit):  # outputs never land inside the repository
+        benchmark.parse_args(["--out", str(Path(benchmark.__file__).parent / "out")])
+
+
+def test_benchmark_targets_relative_to_best_raw() -> None:
+    from experiments.benchmark import City, Target, check_targets
+
+    city = City("x", "x", None, ("a",), targets=(Target("paper", "a", ">=", 0.5),
+                                                  Target("strict", "a", ">=", 0.05, "best_raw")))
+    methods = {"urbanrep": {"paper": {"a": 0.6, "a_std": 0.01}, "strict": {"a": 0.7}},
+               "raw_poi": {"paper": {"a": 0.9}, "strict": {"a": 0.66}},
+               "raw_all_pca64": {"paper": {"a": 0.1}, "strict": {"a": 0.2}},
+               "gurpp_published": {"paper": {"a": 0.99}, "strict": {"a": 0.99}}}
+    paper, strict = check_targets(city, methods)
+    assert paper["met"] and paper["gap"] == pytest.approx(0.1)
+    assert strict["reference"] == {"baseline": "raw_poi", "value": 0.66}  # raw baselines only, not GURPP
+    assert not strict["met"] and strict["required"] == pytest.approx(0.71)
