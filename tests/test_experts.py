@@ -30,6 +30,16 @@ CFG = ExpertConfig(hidden_channels=32, out_channels=16, num_layers=2, dropout=0.
 ALL = ("poi", "mobility", "landuse", "road", "remote_sensing", "street_view")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these graphs are tiny, and on a shared 2-core machine two OpenMP
+    threads waiting for each other make every call many times slower."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="module")
 def nyc_graph():
     """NYC-180 region graph from the real bundle aggregates (skips without the data root)."""
@@ -221,3 +231,62 @@ def test_config_validation():
         MoEConfig(routing="hash")
     with pytest.raises(ConfigError):
         MoEConfig(num_shared=1, top_k=3)
+
+
+@pytest.mark.parametrize("graph", ["nyc_graph", "synth_graph"])
+def test_mobility_dense_path_equals_message_passing(request, graph, monkeypatch):
+    """The dense ``[N, N]`` flow operators are an exact rewrite: same output and same gradients."""
+    from urbanrep.experts import mobility
+
+    data = request.getfixturevalue(graph)
+    expert = _build("mobility", data)
+    n, e = data["region"].num_nodes, data[MODALITY_EDGE["mobility"]].edge_index.size(1)
+
+    def run():
+        expert.zero_grad()
+        out = expert(data)
+        (out ** 2).sum().backward()
+        return out.detach(), {k: p.grad.clone() for k, p in expert.named_parameters() if p.grad is not None}
+
+    assert mobility.use_dense_flows(n, e)  # both fixtures are small, nearly complete OD graphs
+    dense_out, dense_grads = run()
+    monkeypatch.setattr(mobility, "DENSE_MAX_NODES", 0)
+    assert not mobility.use_dense_flows(n, e)
+    sparse_out, sparse_grads = run()
+    torch.testing.assert_close(dense_out, sparse_out, atol=1e-5, rtol=1e-4)
+    assert dense_grads.keys() == sparse_grads.keys()
+    if graph == "synth_graph":
+        assert "slice_logits" in dense_grads  # the learned time-slice mix is trained through both paths
+    for k in dense_grads:
+        torch.testing.assert_close(dense_grads[k], sparse_grads[k], atol=1e-4, rtol=1e-3)
+    _assert_equivariant(expert, data)  # the message-passing path is equivariant too
+
+
+def test_sparse_od_graph_uses_message_passing():
+    from urbanrep.experts.mobility import use_dense_flows
+
+    assert use_dense_flows(180, 29857)
+    assert not use_dense_flows(10_000, 200_000)  # large city: O(N^2) would not fit
+    assert not use_dense_flows(1000, 5000)  # sparse OD graph
+
+
+def test_weighted_aggregate_matches_graphconv_and_gradcheck():
+    """The memory-lean aggregation is GraphConv(aggr='add') message passing, gradients included."""
+    from torch_geometric.nn import GraphConv
+
+    from urbanrep.experts.mobility import DirectedFlowConv, weighted_aggregate
+
+    g = torch.Generator().manual_seed(0)
+    n, e = 12, 40
+    ei = torch.randint(0, n, (2, e), generator=g)
+    x = torch.randn(n, 3, dtype=torch.double, requires_grad=True)
+    w = torch.rand(e, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: weighted_aggregate(x, ei[0], ei[1], w, n), (x, w))
+    torch.manual_seed(0)
+    conv = DirectedFlowConv(3, 5).double()
+    w_out, w_in = torch.rand(e, generator=g, dtype=torch.double), torch.rand(e, generator=g, dtype=torch.double)
+    ref = 0.5 * conv.conv_out(x, ei.flip(0), w_out) + 0.5 * conv.conv_in(x, ei, w_in)
+    torch.testing.assert_close(conv(x, ei, w_out, w_in), ref)
+    plain = GraphConv(3, 5, aggr="add").double()
+    torch.testing.assert_close(plain.lin_rel(weighted_aggregate(x, ei[0], ei[1], w, n)) + plain.lin_root(x),
+                               plain(x, ei, w))

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from urbanrep.errors import ConfigError, GraphError
-from urbanrep.experts.base import ExpertConfig, expert_from_config, get_expert
+from urbanrep.experts.base import ExpertConfig, expert_from_config, get_expert, reset_modules
 from urbanrep.experts.moe import ModalityMoE, MoEConfig
 from urbanrep.experts.shared import GCNStack, SharedExpert, UniformExpert
 from urbanrep.experts.street_view import StreetViewExpert
@@ -103,6 +104,10 @@ class ModelConfig:
             graph) for every aggregated modality instead of the dedicated experts.
         modalities: Use only these modalities (None: every modality the graph has).
         projection_channels: Width of the contrastive projection heads.
+        checkpoint_experts: Activation checkpointing of every expert while training: only
+            the expert outputs are kept for the backward pass and each expert's forward is
+            redone there (same gradients, dropout included; about a third more compute,
+            several times less memory on large graphs).
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -112,6 +117,7 @@ class ModelConfig:
     uniform_experts: bool = False
     modalities: tuple[str, ...] | None = None
     projection_channels: int = 64
+    checkpoint_experts: bool = False
 
     def __post_init__(self) -> None:
         if self.modalities is not None:
@@ -221,13 +227,7 @@ class RegionModel(nn.Module):
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""
-        for bb in self.backbones:
-            bb.reset_parameters()
-        for moe in self.experts.values():
-            moe.reset_parameters()
-        self.fusion.reset_parameters()
-        for lin in self._head_linears():
-            lin.reset_parameters()
+        reset_modules(self.backbones, *self.experts.values(), self.fusion, *self._head_linears())
 
     def _head_linears(self) -> list[nn.Module]:
         heads: list[nn.Module] = [self.contrast_head, *self.sim_heads.values()]
@@ -250,8 +250,12 @@ class RegionModel(nn.Module):
         z, masks, gates = {}, {}, {}
         aux = data[REGION].pos.new_zeros(())
         for m in self.modalities:
-            out, a, g = self.experts[m](data)
-            z[m], masks[m], gates[m] = out, self.experts[m].region_mask(data), g
+            moe = cast(ModalityMoE, self.experts[m])
+            if self.config.checkpoint_experts and torch.is_grad_enabled():
+                out, a, g = torch.utils.checkpoint.checkpoint(moe, data, use_reentrant=False)
+            else:
+                out, a, g = moe(data)
+            z[m], masks[m], gates[m] = out, moe.region_mask(data), g
             aux = aux + a
         zs = torch.stack([z[m] for m in self.modalities], 1)
         ms = torch.stack([masks[m] for m in self.modalities], 1)

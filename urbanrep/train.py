@@ -2,7 +2,8 @@
 
 ``train(data, ModelConfig(), TrainConfig(), run_dir)`` trains a :class:`~urbanrep.network.RegionModel`
 on one region graph (full-graph, transductive) and returns a :class:`TrainResult`. With a
-``run_dir`` it writes, each file atomically::
+``run_dir`` it writes (every file atomically, except ``loss.csv``, which grows by one row per
+epoch so a running job can be watched, and is rewritten from the checkpoint on resume)::
 
     run_dir/checkpoints/epoch_000100.pt   model, optimiser, RNG states, epoch, history
     run_dir/loss.csv                      epoch, total, one column per loss part
@@ -11,7 +12,8 @@ on one region graph (full-graph, transductive) and returns a :class:`TrainResult
     run_dir/model.pt                      final weights + configs (see :func:`load_model`)
 
 ``resume=True`` continues from the latest checkpoint and ends with exactly the embedding an
-uninterrupted run would give (on CPU, where kernels are deterministic).
+uninterrupted run would give (on CPU, where kernels are deterministic); it refuses a checkpoint
+written with another model configuration, graph, seed or optimisation setting.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ class TrainConfig:
         min_delta: See ``early_stopping``.
         log_every: Log a progress line every this many epochs.
         deterministic: Ask PyTorch for deterministic kernels on CPU.
+        num_threads: CPU threads PyTorch uses during this call (0: leave the process
+            setting; restored afterwards). On a machine whose cores are shared with other
+            busy processes, 1 avoids OpenMP threads spin-waiting for each other, which can
+            slow small-graph training down tenfold.
     """
 
     epochs: int = 300
@@ -89,6 +95,7 @@ class TrainConfig:
     min_delta: float = 1e-4
     log_every: int = 50
     deterministic: bool = True
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -98,8 +105,16 @@ class TrainConfig:
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.patience < 1 or self.log_every < 1:
             raise ConfigError("TrainConfig.checkpoint_every >= 0, keep_checkpoints >= 1, patience >= 1 and "
                               "log_every >= 1 are required")
+        if self.num_threads < 0:
+            raise ConfigError(f"TrainConfig.num_threads must be >= 0 (0: leave PyTorch's setting), "
+                              f"got {self.num_threads}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+#: TrainConfig fields that shape the optimisation trajectory: a resumed run must keep them.
+TRAJECTORY_FIELDS = ("lr", "weight_decay", "seed", "amp", "grad_clip", "early_stopping", "patience",
+                     "min_delta", "deterministic")
 
 
 @dataclass
@@ -168,6 +183,7 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         expert=ExpertConfig(**d["expert"]), moe=MoEConfig(**d["moe"]), fusion=FusionConfig(**d["fusion"]),
         loss=LossConfig(**d["loss"]), uniform_experts=d["uniform_experts"],
         modalities=tuple(mods) if mods is not None else None, projection_channels=d["projection_channels"],
+        checkpoint_experts=bool(d.get("checkpoint_experts", False)),
     )
 
 
@@ -180,6 +196,27 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+@contextlib.contextmanager
+def _num_threads(num: int) -> Iterator[None]:
+    prev = torch.get_num_threads()
+    if num:
+        torch.set_num_threads(num)
+    try:
+        yield
+    finally:
+        if num:
+            torch.set_num_threads(prev)
+
+
+def _model_identity(model_config: dict[str, Any]) -> dict[str, Any]:
+    """The model configuration minus switches that do not change results (may differ on resume)."""
+    return {k: v for k, v in model_config.items() if k != "checkpoint_experts"}
+
+
+def _trajectory_config(tc: TrainConfig) -> dict[str, Any]:
+    return {k: getattr(tc, k) for k in TRAJECTORY_FIELDS}
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
@@ -278,7 +315,7 @@ def train(data: HeteroData, model_config: ModelConfig | None = None, train_confi
     t0 = time.perf_counter()
     device = resolve_device(tc.device)
     run_path = Path(run_dir) if run_dir is not None else None
-    with _deterministic(tc.deterministic and device.type == "cpu"):
+    with _deterministic(tc.deterministic and device.type == "cpu"), _num_threads(tc.num_threads):
         result = _train(data, mc, tc, device, run_path, resume)
     result.wall_time_s = time.perf_counter() - t0
     log.info("trained %d epochs in %.1f s on %s", result.epochs_run, result.wall_time_s, device)
@@ -290,8 +327,10 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
     torch.manual_seed(tc.seed)
     gen = torch.Generator(device=device)
     gen.manual_seed(tc.seed)
-    data = data.to(device)
-    model = RegionModel(mc, GraphMetadata.from_data(data)).to(device)
+    if device.type != "cpu":
+        data = data.clone().to(device)  # HeteroData.to moves in place: keep the caller's graph where it is
+    metadata = GraphMetadata.from_data(data)
+    model = RegionModel(mc, metadata).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     history: list[dict[str, float]] = []
     start, best, stale, stopped = 0, math.inf, 0, False
@@ -299,11 +338,24 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
     ckpt_path = latest_checkpoint(run_dir) if (resume and run_dir is not None) else None
     if ckpt_path is not None:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt["model_config"] != mc_json:
+        if _model_identity(json.loads(ckpt["model_config"])) != _model_identity(config_to_dict(mc)):
             raise ConfigError(f"cannot resume from {ckpt_path}: it was trained with a different model "
                               "configuration; use the same config or start a new run_dir")
         if int(ckpt["seed"]) != tc.seed:
             raise ConfigError(f"cannot resume from {ckpt_path}: seed {ckpt['seed']} != {tc.seed}")
+        if "train_config" in ckpt:
+            saved = json.loads(ckpt["train_config"])
+            changed = {k: (saved[k], v) for k, v in _trajectory_config(tc).items() if k in saved and saved[k] != v}
+            if changed:
+                raise ConfigError(f"cannot resume from {ckpt_path}: TrainConfig fields changed "
+                                  f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; only epochs, "
+                                  "checkpointing, logging, device and threads may change on resume")
+        if "metadata" in ckpt and ckpt["metadata"] != json.dumps(metadata.to_dict(), sort_keys=True):
+            raise ConfigError(f"cannot resume from {ckpt_path}: it was trained on a graph with other modalities "
+                              f"or feature widths ({ckpt['metadata']}); resume on the same graph")
+        if "num_regions" in ckpt and int(ckpt["num_regions"]) != int(data["region"].num_nodes):
+            raise ConfigError(f"cannot resume from {ckpt_path}: it was trained on {ckpt['num_regions']} regions, "
+                              f"this graph has {data['region'].num_nodes}; resume on the same graph")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng_cpu"])
@@ -326,6 +378,9 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
         assert run_dir is not None
         state = {
             "epoch": epoch, "seed": tc.seed, "model_config": mc_json,
+            "train_config": json.dumps(_trajectory_config(tc)),
+            "metadata": json.dumps(metadata.to_dict(), sort_keys=True),
+            "num_regions": int(data["region"].num_nodes),
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
             "rng_cpu": torch.get_rng_state(), "rng_gen": gen.get_state().cpu(),
@@ -346,7 +401,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
             out = model(data)
             total, parts = model.loss(data, out, gen)
         if not torch.isfinite(total):
-            raise UrbanRepError(f"training loss became {float(total)} at epoch {epoch}; lower TrainConfig.lr "
+            raise UrbanRepError(f"training loss became {float(total.detach())} at epoch {epoch}; lower TrainConfig.lr "
                                 "or check the graph features for extreme values")
         total.backward()
         if tc.grad_clip > 0:

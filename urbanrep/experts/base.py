@@ -203,6 +203,20 @@ def reset_all(modules: nn.Module) -> None:
             fn()
 
 
+def reset_modules(*modules: nn.Module) -> None:
+    """Call ``reset_parameters()`` of each module, in order (members of a ``ModuleList`` one by one).
+
+    Raises:
+        TypeError: for a module without ``reset_parameters``.
+    """
+    for mod in modules:
+        for item in (list(mod) if isinstance(mod, nn.ModuleList) else [mod]):
+            reset = getattr(item, "reset_parameters", None)
+            if not callable(reset):
+                raise TypeError(f"{type(item).__name__} has no reset_parameters()")
+            reset()
+
+
 class ResidualBlock(nn.Module):
     """``h + dropout(act(norm(conv(h))))``: the layer wrapper every expert stacks.
 

@@ -6,7 +6,14 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GCNConv, SAGEConv
 
-from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, get_edges, register_expert
+from urbanrep.experts.base import (
+    Expert,
+    MaskedInputEncoder,
+    ResidualBlock,
+    get_edges,
+    register_expert,
+    reset_modules,
+)
 from urbanrep.graphs.schema import ADJACENT
 
 
@@ -51,10 +58,7 @@ class LanduseExpert(Expert):
 
     def reset_parameters(self) -> None:
         self.encoder.reset_parameters()
-        for sim, adj, block in zip(self.sim_convs, self.adj_convs, self.blocks, strict=True):
-            sim.reset_parameters()
-            adj.reset_parameters()
-            block.reset_parameters()
+        reset_modules(self.sim_convs, self.adj_convs, self.blocks)
         self.head.reset_parameters()
 
     def forward(self, data: HeteroData) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from urbanrep.errors import ConfigError
-from urbanrep.experts.base import Expert
+from urbanrep.experts.base import Expert, reset_modules
 
 ROUTINGS = ("softmax", "topk")
 
@@ -95,9 +95,7 @@ class ModalityMoE(nn.Module):
     def reset_parameters(self, experts: bool = True) -> None:
         """Re-initialise the gate (and, by default, the experts)."""
         if experts:
-            self.dedicated.reset_parameters()
-            for e in self.shared:
-                e.reset_parameters()
+            reset_modules(self.dedicated, self.shared)
         lin = self.gate[1]
         assert isinstance(lin, nn.Linear)
         lin.reset_parameters()

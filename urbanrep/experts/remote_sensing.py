@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GCNConv
 
-from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, register_expert
+from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, register_expert, reset_modules
 
 
 @register_expert("remote_sensing")
@@ -46,9 +46,7 @@ class RemoteSensingExpert(Expert):
 
     def reset_parameters(self) -> None:
         self.encoder.reset_parameters()
-        for conv, block in zip(self.convs, self.blocks, strict=True):
-            conv.reset_parameters()
-            block.reset_parameters()
+        reset_modules(self.convs, self.blocks)
         self.head.reset_parameters()
 
     def forward(self, data: HeteroData) -> Tensor:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GINEConv
 
-from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, register_expert
+from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, register_expert, reset_modules
 
 
 @register_expert("road")
@@ -54,9 +54,7 @@ class RoadExpert(Expert):
 
     def reset_parameters(self) -> None:
         self.encoder.reset_parameters()
-        for conv, block in zip(self.convs, self.blocks, strict=True):
-            conv.reset_parameters()
-            block.reset_parameters()
+        reset_modules(self.convs, self.blocks)
         self.head.reset_parameters()
 
     def forward(self, data: HeteroData) -> Tensor:

@@ -6,7 +6,14 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GCNConv
 
-from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, get_edges, register_expert
+from urbanrep.experts.base import (
+    Expert,
+    MaskedInputEncoder,
+    ResidualBlock,
+    get_edges,
+    register_expert,
+    reset_modules,
+)
 from urbanrep.graphs.schema import ADJACENT
 
 
@@ -27,9 +34,7 @@ class GCNStack(nn.Module):
         self.head = nn.Linear(hidden_channels, out_channels)
 
     def reset_parameters(self) -> None:
-        for conv, block in zip(self.convs, self.blocks, strict=True):
-            conv.reset_parameters()
-            block.reset_parameters()
+        reset_modules(self.convs, self.blocks)
         self.head.reset_parameters()
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ from urbanrep.experts.base import (
     ResidualBlock,
     get_edges,
     register_expert,
+    reset_modules,
 )
 from urbanrep.graphs.schema import ADJACENT, IMAGE, IMAGE_FEATURE, IMAGE_IN_REGION, IMAGE_SPATIAL
 
@@ -76,16 +78,15 @@ class StreetViewExpert(Expert):
 
     def reset_parameters(self) -> None:
         self.image_encoder.reset_parameters()
-        for convs, block in zip(self.image_convs, self.image_blocks, strict=True):
-            for conv in convs:
-                conv.reset_parameters()
-            block.reset_parameters()
+        reset_modules(*self._image_relation_convs(), self.image_blocks)
         self.pool.reset_parameters()
         nn.init.normal_(self.missing, std=1.0 / math.sqrt(self.hidden_channels))
-        for conv, block in zip(self.region_convs, self.region_blocks, strict=True):
-            conv.reset_parameters()
-            block.reset_parameters()
+        reset_modules(self.region_convs, self.region_blocks)
         self.head.reset_parameters()
+
+    def _image_relation_convs(self) -> list[nn.ModuleList]:
+        """Level-1 convolutions per layer (one per relation of :data:`IMAGE_RELATIONS`)."""
+        return [cast(nn.ModuleList, convs) for convs in self.image_convs]
 
     def region_mask(self, data: HeteroData) -> Tensor:
         """``[N]`` bool: regions holding at least one image."""
@@ -108,7 +109,7 @@ class StreetViewExpert(Expert):
     def encode_images(self, x: Tensor, edges: list[tuple[Tensor, Tensor] | None]) -> Tensor:
         """Level 1: image features ``[M, D]`` and relations -> image embeddings ``[M, hidden]``."""
         h = self.image_encoder(x, torch.ones(x.size(0), dtype=torch.bool, device=x.device))
-        for convs, block in zip(self.image_convs, self.image_blocks, strict=True):
+        for convs, block in zip(self._image_relation_convs(), self.image_blocks, strict=True):
             upd = torch.zeros_like(h)
             for conv, rel in zip(convs, edges, strict=True):
                 if rel is not None:

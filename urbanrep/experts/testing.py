@@ -216,7 +216,7 @@ def random_region_graph(num_regions: int, modalities: Sequence[str] = ("poi", "m
                                               np.stack([b[keep], a[keep]], 1)]), axis=0)
             w = rng.uniform(0.2, 1.0, len(pairs))
             if m == "road":
-                w = rng.integers(1, 6, len(pairs))
+                w = rng.integers(1, 6, len(pairs)).astype(np.float64)
             _set_edges(data, MODALITY_EDGE[m], pairs[:, 0], pairs[:, 1], w)
         else:
             _set_edges(data, MODALITY_EDGE[m], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))

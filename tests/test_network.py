@@ -1,0 +1,312 @@
+"""RegionModel, spatially-aware fusion and the losses: shapes, equivariance, masking, switches."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from urbanrep.errors import ConfigError, GraphError
+from urbanrep.experts import ExpertConfig, MoEConfig
+from urbanrep.experts.testing import permute_regions, random_region_graph
+from urbanrep.fusion import (
+    FusionConfig,
+    LossConfig,
+    SpatialFusion,
+    augment_graph,
+    info_nce,
+    mobility_reconstruction_loss,
+    positional_encoding,
+)
+from urbanrep.graphs.schema import ADJACENT, IMAGE, REGION, feature_key, mask_key, validate_graph
+from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
+
+ALL = ("poi", "mobility", "landuse", "road", "remote_sensing", "street_view")
+TINY = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_layers=1, heads=2),
+                   fusion=FusionConfig(hidden_channels=8), projection_channels=8)
+
+#: Every ablation / option switch of the model, as ModelConfig overrides of TINY.
+ABLATIONS: dict[str, dict] = {
+    "default": {},
+    "uniform_experts": {"uniform_experts": True},
+    "global_fusion": {"fusion": FusionConfig(mode="global", hidden_channels=8)},
+    "fusion_no_context": {"fusion": FusionConfig(hidden_channels=8, pos_frequencies=0, use_neighbors=False)},
+    "shared_experts_softmax": {"moe": MoEConfig(num_shared=2)},
+    "shared_experts_topk": {"moe": MoEConfig(num_shared=2, routing="topk", top_k=1)},
+    "uniform_with_shared": {"uniform_experts": True, "moe": MoEConfig(num_shared=1)},
+}
+
+
+def tiny(**overrides) -> ModelConfig:
+    """TINY with fields (or LossConfig fields, prefixed ``loss_``) replaced."""
+    loss = {k[5:]: v for k, v in overrides.items() if k.startswith("loss_")}
+    rest = {k: v for k, v in overrides.items() if not k.startswith("loss_")}
+    cfg = dataclasses.replace(TINY, **rest)
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, **loss)) if loss else cfg
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these graphs are tiny, and on a shared 2-core machine two OpenMP
+    threads waiting for each other make training many times slower."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def nyc():
+    """The default city's (NYC-180) region graph, built by the ETL."""
+    from urbanrep.datasets import load_dataset
+    from urbanrep.graphs import GraphConfig, build_graph
+
+    data, _ = build_graph(load_dataset(None), GraphConfig())
+    return data
+
+
+@pytest.fixture(scope="module")
+def synth():
+    """40 regions with all six modalities, per-slice flows and some masked regions."""
+    return random_region_graph(40, ALL, seed=5, num_slices=3, images_per_region=2.0, mask_rate=0.2)
+
+
+def _model(cfg: ModelConfig, data, seed: int = 0) -> RegionModel:
+    torch.manual_seed(seed)
+    return RegionModel(cfg, GraphMetadata.from_data(data))
+
+
+def test_model_output_shapes_and_fusion_weights(nyc):
+    model = _model(TINY, nyc).eval()
+    with torch.no_grad():
+        out = model(nyc)
+    n, mods = 180, ("poi", "mobility", "landuse", "remote_sensing")
+    assert model.modalities == mods and out.modalities == mods
+    assert out.embedding.shape == (n, 8) and torch.isfinite(out.embedding).all()
+    assert out["fusion_weights"].shape == (n, 4)
+    for m in mods:
+        assert out.modality_embeddings[m].shape == (n, 8)
+        assert out.masks[m].dtype == torch.bool and out.masks[m].shape == (n,)
+        assert out.gates[m].shape == (n, 1)
+    mask = torch.stack([out.masks[m] for m in mods], 1)
+    w = out.fusion_weights
+    assert (w[~mask] == 0).all() and (w >= 0).all()
+    torch.testing.assert_close(w.sum(1)[mask.any(1)], torch.ones(int(mask.any(1).sum())))
+    # the fused embedding is the weighted sum of the modality embeddings
+    z = torch.stack([out.modality_embeddings[m] for m in mods], 1)
+    torch.testing.assert_close(out.embedding, (w.unsqueeze(-1) * z).sum(1))
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_model_is_region_permutation_equivariant(synth, name):
+    model = _model(tiny(**ABLATIONS[name]), synth).eval()
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = model(synth)
+        out_p = model(validate_graph(permute_regions(synth, perm)))
+    assert out.embedding.shape == (40, 8) and torch.isfinite(out.embedding).all()
+    assert out.fusion_weights.shape == (40, len(ALL))
+    torch.testing.assert_close(out_p.embedding, out.embedding[perm], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out_p.fusion_weights, out.fusion_weights[perm], atol=1e-5, rtol=1e-4)
+    for m in ALL:
+        torch.testing.assert_close(out_p.gates[m], out.gates[m][perm], atol=1e-5, rtol=1e-4)
+
+
+def _fusion_inputs(n: int = 30, m: int = 3, c: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, m, c, generator=g)
+    mask = torch.rand(n, m, generator=g) > 0.25
+    mask[0] = False  # a region without any modality
+    mask[1] = torch.tensor([True, False, False])  # a region with a single modality
+    src = torch.randint(0, n, (4 * n,), generator=g)
+    dst = torch.randint(0, n, (4 * n,), generator=g)
+    keep = src != dst
+    ei = torch.stack([torch.cat([src[keep], dst[keep]]), torch.cat([dst[keep], src[keep]])])
+    pos = torch.rand(n, 2, generator=g) * 5000.0
+    return z, mask, ei, pos
+
+
+@pytest.mark.parametrize("mode", ["spatial", "global"])
+def test_fusion_shapes_masking_and_equivariance(mode):
+    z, mask, ei, pos = _fusion_inputs()
+    torch.manual_seed(0)
+    fusion = SpatialFusion(3, 8, hidden_channels=16, mode=mode).eval()
+    torch.nn.init.normal_(fusion.global_logits)  # a non-uniform global weighting
+    with torch.no_grad():
+        fused, w = fusion(z, mask, ei, pos)
+        perm = torch.randperm(30, generator=torch.Generator().manual_seed(1))
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(30)
+        fused_p, w_p = fusion(z[perm], mask[perm], inv[ei], pos[perm])
+    assert fused.shape == (30, 8) and w.shape == (30, 3)
+    assert (w[~mask] == 0).all()
+    assert (w[0] == 0).all() and (fused[0] == 0).all()  # no modality: zero embedding, zero weights
+    torch.testing.assert_close(w[1], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(w.sum(1)[1:], torch.ones(29))
+    torch.testing.assert_close(fused_p, fused[perm], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(w_p, w[perm], atol=1e-5, rtol=1e-4)
+
+
+def test_fusion_weights_are_region_specific_only_in_spatial_mode():
+    """Same modality embeddings everywhere: spatial weights still vary with location, global ones do not."""
+    z, _, ei, pos = _fusion_inputs()
+    z = z[:1].expand(30, -1, -1).contiguous()
+    mask = torch.ones(30, 3, dtype=torch.bool)
+    weights = {}
+    for mode in ("spatial", "global"):
+        torch.manual_seed(0)
+        fusion = SpatialFusion(3, 8, hidden_channels=16, mode=mode).eval()
+        torch.nn.init.normal_(fusion.global_logits)
+        with torch.no_grad():
+            weights[mode] = fusion(z, mask, ei, pos)[1]
+    assert weights["spatial"].std(0).max() > 1e-3
+    torch.testing.assert_close(weights["global"], weights["global"][:1].expand(30, -1))
+
+
+def test_positional_encoding_is_translation_invariant():
+    pos = torch.rand(20, 2) * 1000
+    pe = positional_encoding(pos, 3)
+    assert pe.shape == (20, 12) and pe.abs().max() <= 1.0
+    torch.testing.assert_close(positional_encoding(pos + 5e5, 3), pe, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_loss_parts_and_gradients(synth, name):
+    cfg = tiny(**ABLATIONS[name])
+    model = _model(cfg, synth).train()
+    out = model(synth)
+    total, parts = model.loss(synth, out, torch.Generator().manual_seed(0))
+    expected = {"aggregated", "fusion", "point", "mobility"}
+    if cfg.moe.routing == "topk":
+        expected.add("balance")
+    assert set(parts) == expected
+    assert torch.isfinite(total)
+    w = cfg.loss
+    weights = {"aggregated": w.aggregated_weight, "fusion": w.fusion_weight, "point": w.point_weight,
+               "mobility": w.mobility_weight, "balance": w.balance_weight}
+    torch.testing.assert_close(total.detach(), sum(weights[k] * v for k, v in parts.items()))
+    total.backward()
+    for m in ALL:  # every expert learns from the objective
+        grads = [p.grad for p in model.experts[m].dedicated.parameters() if p.grad is not None]
+        assert grads and any(bool(g.abs().sum() > 0) for g in grads), m
+
+
+@pytest.mark.parametrize("switch,part", [
+    ("aggregated_weight", "aggregated"), ("fusion_weight", "fusion"), ("point_weight", "point"),
+    ("mobility_weight", "mobility"),
+])
+def test_loss_switch_off(synth, switch, part):
+    model = _model(tiny(**{f"loss_{switch}": 0.0}), synth)
+    _, parts = model.loss(synth, model(synth), torch.Generator().manual_seed(0))
+    assert part not in parts and parts
+
+
+def test_optional_losses_and_fusion_contrast(synth):
+    cfg = tiny(loss_poi_similarity_weight=0.5, loss_landuse_similarity_weight=0.5, loss_fusion_contrast="modality")
+    model = _model(cfg, synth)
+    total, parts = model.loss(synth, model(synth), torch.Generator().manual_seed(0))
+    assert {"poi_similarity", "landuse_similarity", "fusion"} <= set(parts)
+    assert torch.isfinite(total)
+
+
+def test_all_losses_off_gives_zero(synth):
+    cfg = tiny(loss_aggregated_weight=0.0, loss_fusion_weight=0.0, loss_point_weight=0.0, loss_mobility_weight=0.0)
+    model = _model(cfg, synth)
+    total, parts = model.loss(synth, model(synth))
+    assert parts == {} and float(total.detach()) == 0.0
+
+
+def test_loss_subsamples_large_graphs(synth):
+    """With max_nodes below N the dense loss terms run on a seeded subset and stay finite."""
+    model = _model(tiny(loss_max_nodes=16, loss_poi_similarity_weight=1.0), synth).eval()
+    out = model(synth)
+    t1, _ = model.loss(synth, out, torch.Generator().manual_seed(3))
+    t2, _ = model.loss(synth, out, torch.Generator().manual_seed(3))
+    t3, _ = model.loss(synth, out, torch.Generator().manual_seed(4))
+    assert torch.isfinite(t1) and float(t1.detach()) == float(t2.detach()) != float(t3.detach())
+    full, _ = _model(tiny(loss_poi_similarity_weight=1.0), synth).eval().loss(synth, out)
+    assert float(full.detach()) != float(t1.detach())
+
+
+def test_model_modality_subset_and_missing_modalities(nyc):
+    model = _model(tiny(modalities=("poi", "landuse")), nyc).eval()
+    assert model.modalities == ("poi", "landuse")
+    with torch.no_grad():
+        out = model(nyc)
+    assert out.fusion_weights.shape == (180, 2)
+    with pytest.raises(ConfigError, match="road"):
+        _model(tiny(modalities=("poi", "road")), nyc)
+    # a graph lacking a modality the model was built for is refused with a clear message
+    full = _model(TINY, nyc)
+    poi_only = random_region_graph(30, ("poi",), seed=1)
+    with pytest.raises(GraphError, match="lacks modalities"):
+        full(poi_only)
+
+
+def test_single_modality_graph(synth):
+    """Singapore-like: POIs only. No aggregated contrast is possible; fusion weight is 1."""
+    data = random_region_graph(30, ("poi",), seed=2, mask_rate=0.1)
+    model = _model(TINY, data)
+    out = model(data)
+    mask = out.masks["poi"]
+    torch.testing.assert_close(out.fusion_weights[mask, 0], torch.ones(int(mask.sum())))
+    assert (out.embedding[~mask] == 0).all()
+    total, parts = model.loss(data, out, torch.Generator().manual_seed(0))
+    assert set(parts) == {"fusion"} and torch.isfinite(total)
+
+
+def test_graph_metadata(synth, nyc):
+    md = GraphMetadata.from_data(synth)
+    assert md.modalities == ALL and md.num_slices == 3
+    assert md.channels("street_view") == synth[IMAGE].x.size(1)
+    assert GraphMetadata.from_dict(md.to_dict()) == md
+    assert GraphMetadata.from_data(nyc).num_slices == nyc["region", "mobility", "region"].edge_attr.size(1)
+
+
+def test_info_nce():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(32, 64, generator=g)
+    aligned = info_nce(a, a + 0.01 * torch.randn(32, 64, generator=g), 0.2)
+    shuffled = info_nce(a, a[torch.randperm(32, generator=g)], 0.2)
+    assert float(aligned) < 0.5 and float(shuffled) > math.log(32)  # chance level is log(K)
+    assert float(info_nce(a[:1], a[:1], 0.2)) == 0.0
+
+
+def test_mobility_reconstruction_loss():
+    g = torch.Generator().manual_seed(0)
+    src, dst = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
+    matching = torch.softmax(src @ dst.t(), 1) * 100  # outflows exactly as modelled
+    random_od = torch.rand(10, 10, generator=g) * 100
+    lm = mobility_reconstruction_loss(src, dst, matching)
+    lr = mobility_reconstruction_loss(src, dst, random_od)
+    assert 0.0 <= float(lm) < float(lr)
+    assert float(mobility_reconstruction_loss(src, dst, torch.zeros(10, 10))) == 0.0
+
+
+def test_augment_graph_is_seeded_and_leaves_input_alone(synth):
+    before = {et: synth[et].edge_index.clone() for et in synth.edge_types}
+    x_before = synth[REGION][feature_key("poi")].clone()
+    v1 = augment_graph(synth, 0.3, 0.3, torch.Generator().manual_seed(4))
+    v2 = augment_graph(synth, 0.3, 0.3, torch.Generator().manual_seed(4))
+    for et in synth.edge_types:
+        assert torch.equal(synth[et].edge_index, before[et])
+        assert torch.equal(v1[et].edge_index, v2[et].edge_index)
+    assert torch.equal(synth[REGION][feature_key("poi")], x_before)
+    kept = v1[ADJACENT].edge_index.size(1) / before[ADJACENT].size(1)
+    assert 0.5 < kept < 0.9
+    assert torch.equal(v1["image", "in_region", "region"].edge_index, before[("image", "in_region", "region")])
+    assert not torch.equal(v1[REGION][feature_key("poi")], x_before)
+    assert torch.equal(v1[REGION][mask_key("poi")], synth[REGION][mask_key("poi")])
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        ModelConfig(modalities=("lidar",))
+    with pytest.raises(ConfigError):
+        FusionConfig(mode="attention")
+    with pytest.raises(ConfigError):
+        LossConfig(aggregated_weight=-1.0)
+    with pytest.raises(ConfigError):
+        LossConfig(fusion_contrast="nodes")
