@@ -141,10 +141,15 @@ def test_fusion_shapes_masking_and_equivariance(mode):
         inv[perm] = torch.arange(30)
         fused_p, w_p = fusion(z[perm], mask[perm], inv[ei], pos[perm])
     assert fused.shape == (30, 8) and w.shape == (30, 3)
-    assert (w[~mask] == 0).all()
-    assert (w[0] == 0).all() and (fused[0] == 0).all()  # no modality: zero embedding, zero weights
+    some = mask.any(1)
+    assert not some[0] and some[1:].all()
+    assert (w[some][~mask[some]] == 0).all()  # absent modalities get no weight where any is present
+    # no modality at all: every modality's context-only output is used, weights still sum to 1
+    assert (w[0] > 0).all() and fused[0].abs().sum() > 0
+    expected0 = (w[0].unsqueeze(-1) * z[0]).sum(0)
+    torch.testing.assert_close(fused[0], expected0)
     torch.testing.assert_close(w[1], torch.tensor([1.0, 0.0, 0.0]))
-    torch.testing.assert_close(w.sum(1)[1:], torch.ones(29))
+    torch.testing.assert_close(w.sum(1), torch.ones(30))
     torch.testing.assert_close(fused_p, fused[perm], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(w_p, w[perm], atol=1e-5, rtol=1e-4)
 
@@ -178,14 +183,14 @@ def test_loss_parts_and_gradients(synth, name):
     model = _model(cfg, synth).train()
     out = model(synth)
     total, parts = model.loss(synth, out, torch.Generator().manual_seed(0))
-    expected = {"aggregated", "fusion", "point", "mobility"}
+    expected = {"aggregated", "fusion", "point", "mobility", "features"}
     if cfg.moe.routing == "topk":
         expected.add("balance")
     assert set(parts) == expected
     assert torch.isfinite(total)
     w = cfg.loss
     weights = {"aggregated": w.aggregated_weight, "fusion": w.fusion_weight, "point": w.point_weight,
-               "mobility": w.mobility_weight, "balance": w.balance_weight}
+               "mobility": w.mobility_weight, "balance": w.balance_weight, "features": w.feature_weight}
     torch.testing.assert_close(total.detach(), sum(weights[k] * v for k, v in parts.items()))
     total.backward()
     for m in ALL:  # every expert learns from the objective
@@ -195,7 +200,7 @@ def test_loss_parts_and_gradients(synth, name):
 
 @pytest.mark.parametrize("switch,part", [
     ("aggregated_weight", "aggregated"), ("fusion_weight", "fusion"), ("point_weight", "point"),
-    ("mobility_weight", "mobility"),
+    ("mobility_weight", "mobility"), ("feature_weight", "features"),
 ])
 def test_loss_switch_off(synth, switch, part):
     model = _model(tiny(**{f"loss_{switch}": 0.0}), synth)
@@ -212,7 +217,8 @@ def test_optional_losses_and_fusion_contrast(synth):
 
 
 def test_all_losses_off_gives_zero(synth):
-    cfg = tiny(loss_aggregated_weight=0.0, loss_fusion_weight=0.0, loss_point_weight=0.0, loss_mobility_weight=0.0)
+    cfg = tiny(loss_aggregated_weight=0.0, loss_fusion_weight=0.0, loss_point_weight=0.0, loss_mobility_weight=0.0,
+               loss_feature_weight=0.0)
     model = _model(cfg, synth)
     total, parts = model.loss(synth, model(synth))
     assert parts == {} and float(total.detach()) == 0.0
@@ -251,10 +257,11 @@ def test_single_modality_graph(synth):
     model = _model(TINY, data)
     out = model(data)
     mask = out.masks["poi"]
-    torch.testing.assert_close(out.fusion_weights[mask, 0], torch.ones(int(mask.sum())))
-    assert (out.embedding[~mask] == 0).all()
+    torch.testing.assert_close(out.fusion_weights[:, 0], torch.ones(30))
+    # regions without POIs keep the expert's context-only output (missing token + neighbours)
+    torch.testing.assert_close(out.embedding[~mask], out.modality_embeddings["poi"][~mask])
     total, parts = model.loss(data, out, torch.Generator().manual_seed(0))
-    assert set(parts) == {"fusion"} and torch.isfinite(total)
+    assert set(parts) == {"fusion", "features"} and torch.isfinite(total)
 
 
 def test_graph_metadata(synth, nyc):

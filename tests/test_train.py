@@ -42,22 +42,23 @@ def loss_cfg(cfg: ModelConfig, **loss) -> ModelConfig:
 
 #: Every ablation / option switch, as (ModelConfig, loss parts expected in the history).
 SWITCHES: dict[str, tuple[ModelConfig, set[str]]] = {
-    "default": (SMALL, {"aggregated", "fusion", "point", "mobility"}),
-    "uniform_experts": (dataclasses.replace(SMALL, uniform_experts=True), {"aggregated", "fusion", "point", "mobility"}),
+    "default": (SMALL, {"features", "aggregated", "fusion", "point", "mobility"}),
+    "uniform_experts": (dataclasses.replace(SMALL, uniform_experts=True), {"features", "aggregated", "fusion", "point", "mobility"}),
     "global_fusion": (dataclasses.replace(SMALL, fusion=FusionConfig(mode="global", hidden_channels=8)),
-                      {"aggregated", "fusion", "point", "mobility"}),
+                      {"features", "aggregated", "fusion", "point", "mobility"}),
     "shared_topk": (dataclasses.replace(SMALL, moe=MoEConfig(num_shared=2, routing="topk", top_k=1)),
-                    {"aggregated", "fusion", "point", "mobility", "balance"}),
+                    {"features", "aggregated", "fusion", "point", "mobility", "balance"}),
     "shared_softmax": (dataclasses.replace(SMALL, moe=MoEConfig(num_shared=1)),
-                       {"aggregated", "fusion", "point", "mobility"}),
-    "no_aggregated": (loss_cfg(SMALL, aggregated_weight=0.0), {"fusion", "point", "mobility"}),
-    "no_fusion": (loss_cfg(SMALL, fusion_weight=0.0), {"aggregated", "point", "mobility"}),
-    "no_point": (loss_cfg(SMALL, point_weight=0.0), {"aggregated", "fusion", "mobility"}),
-    "no_mobility": (loss_cfg(SMALL, mobility_weight=0.0), {"aggregated", "fusion", "point"}),
-    "fusion_vs_modality": (loss_cfg(SMALL, fusion_contrast="modality"), {"aggregated", "fusion", "point", "mobility"}),
+                       {"features", "aggregated", "fusion", "point", "mobility"}),
+    "no_aggregated": (loss_cfg(SMALL, aggregated_weight=0.0), {"features", "fusion", "point", "mobility"}),
+    "no_fusion": (loss_cfg(SMALL, fusion_weight=0.0), {"features", "aggregated", "point", "mobility"}),
+    "no_point": (loss_cfg(SMALL, point_weight=0.0), {"features", "aggregated", "fusion", "mobility"}),
+    "no_mobility": (loss_cfg(SMALL, mobility_weight=0.0), {"features", "aggregated", "fusion", "point"}),
+    "fusion_vs_modality": (loss_cfg(SMALL, fusion_contrast="modality"), {"features", "aggregated", "fusion", "point", "mobility"}),
     "similarity_losses": (loss_cfg(SMALL, poi_similarity_weight=1.0, landuse_similarity_weight=1.0),
-                          {"aggregated", "fusion", "point", "mobility", "poi_similarity", "landuse_similarity"}),
-    "modality_subset": (dataclasses.replace(SMALL, modalities=("poi", "street_view")), {"aggregated", "fusion", "point"}),
+                          {"features", "aggregated", "fusion", "point", "mobility", "poi_similarity", "landuse_similarity"}),
+    "no_features": (loss_cfg(SMALL, feature_weight=0.0), {"aggregated", "fusion", "point", "mobility"}),
+    "modality_subset": (dataclasses.replace(SMALL, modalities=("poi", "street_view")), {"features", "aggregated", "fusion", "point"}),
 }
 
 

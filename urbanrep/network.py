@@ -20,7 +20,14 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from urbanrep.errors import ConfigError, GraphError
-from urbanrep.experts.base import ExpertConfig, expert_from_config, get_expert, reset_modules
+from urbanrep.experts.base import (
+    ExpertConfig,
+    expert_from_config,
+    get_expert,
+    masked_standardize,
+    reset_modules,
+    signed_log1p,
+)
 from urbanrep.experts.moe import ModalityMoE, MoEConfig
 from urbanrep.experts.shared import GCNStack, SharedExpert, UniformExpert
 from urbanrep.experts.street_view import StreetViewExpert
@@ -28,6 +35,7 @@ from urbanrep.fusion.losses import (
     LossConfig,
     augment_graph,
     dense_od,
+    feature_reconstruction_loss,
     info_nce,
     mobility_reconstruction_loss,
     sample_nodes,
@@ -219,6 +227,10 @@ class RegionModel(nn.Module):
                                             ("landuse", lc.landuse_similarity_weight))
             if w > 0 and m in self.modalities
         })
+        self.feature_heads = nn.ModuleDict({
+            m: nn.Linear(c, metadata.channels(m)) for m in self.modalities
+            if m != "street_view" and lc.feature_weight > 0
+        })
 
     @property
     def out_channels(self) -> int:
@@ -230,7 +242,7 @@ class RegionModel(nn.Module):
         reset_modules(self.backbones, *self.experts.values(), self.fusion, *self._head_linears())
 
     def _head_linears(self) -> list[nn.Module]:
-        heads: list[nn.Module] = [self.contrast_head, *self.sim_heads.values()]
+        heads: list[nn.Module] = [self.contrast_head, *self.sim_heads.values(), *self.feature_heads.values()]
         heads += [h for h in (self.image_head, self.mob_src, self.mob_dst) if h is not None]
         return [m for h in heads for m in h.modules() if isinstance(m, nn.Linear)]
 
@@ -310,6 +322,16 @@ class RegionModel(nn.Module):
             x = data[REGION][feature_key(m)]
             parts[f"{m}_similarity"] = (w, similarity_reconstruction_loss(
                 head(sel(out.embedding)), sel(x), sel(out.masks[m])))
+        if self.feature_heads:
+            ec = self.config.expert
+            terms = []
+            for m, head in self.feature_heads.items():
+                x = data[REGION][feature_key(m)].float()
+                x = signed_log1p(x) if ec.log_inputs else x
+                mk = out.masks[m]
+                target = masked_standardize(x, mk)
+                terms.append(feature_reconstruction_loss(head(sel(out.embedding)), sel(target), sel(mk)))
+            parts["features"] = (lc.feature_weight, torch.stack(terms).mean())
         if lc.balance_weight > 0 and self.config.moe.routing == "topk" and self.config.moe.num_shared > 0:
             parts["balance"] = (lc.balance_weight, out.aux_loss)
         if not parts:

@@ -39,6 +39,11 @@ class LossConfig:
         poi_similarity_weight: MSE between embedding cosine similarity and POI-feature
             cosine similarity.
         landuse_similarity_weight: The same for land-use features.
+        feature_weight: Input retention: MSE between a linear decoding of the fused embedding
+            and each aggregated modality's own standardised input features (regions with data
+            only). Contrastive terms alone pull every modality towards what they share (mostly
+            mobility) and let modality-specific content (POI mixes, land use) fade; this term
+            keeps it linearly readable from the embedding.
         balance_weight: Load-balancing loss of sparse (top-k) MoE routing.
         feature_drop: Probability of masking a feature column in an augmented view.
         edge_drop: Probability of dropping an edge in an augmented view.
@@ -54,6 +59,7 @@ class LossConfig:
     mobility_weight: float = 1.0
     poi_similarity_weight: float = 0.0
     landuse_similarity_weight: float = 0.0
+    feature_weight: float = 1.0
     balance_weight: float = 0.01
     feature_drop: float = 0.2
     edge_drop: float = 0.2
@@ -63,7 +69,7 @@ class LossConfig:
         if self.temperature <= 0:
             raise ConfigError(f"LossConfig.temperature must be > 0, got {self.temperature}")
         for name in ("aggregated_weight", "point_weight", "fusion_weight", "mobility_weight",
-                     "poi_similarity_weight", "landuse_similarity_weight", "balance_weight"):
+                     "poi_similarity_weight", "landuse_similarity_weight", "feature_weight", "balance_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}")
         if self.fusion_contrast not in FUSION_CONTRASTS:
@@ -163,6 +169,22 @@ def similarity_reconstruction_loss(emb: Tensor, x: Tensor, mask: Tensor) -> Tens
     xe = F.normalize(x[mask].float(), dim=-1)
     ze = F.normalize(emb[mask].float(), dim=-1)
     return F.mse_loss(ze @ ze.t(), xe @ xe.t())
+
+
+def feature_reconstruction_loss(pred: Tensor, x: Tensor, mask: Tensor) -> Tensor:
+    """Masked MSE between decoded and observed (standardised) features.
+
+    Args:
+        pred: ``[N, F]`` features decoded from the embedding.
+        x: ``[N, F]`` standardised input features.
+        mask: ``[N]`` bool, regions holding data for this modality.
+
+    Returns:
+        Scalar mean squared error over the regions with data (0 when there are none).
+    """
+    if int(mask.sum()) == 0:
+        return pred.sum() * 0.0
+    return ((pred[mask] - x[mask]) ** 2).mean()
 
 
 def _keep(shape: tuple[int, ...], p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:

@@ -73,7 +73,9 @@ class SpatialFusion(nn.Module):
     where ``j ~ i`` runs over region adjacency and ``e_m`` is a learned modality embedding;
     ``w_i = softmax_m(s_i)`` over the modalities present at ``i`` (masked ones get weight 0) and
     the fused embedding is ``sum_m w_im z_im``. Global mode replaces ``s_im`` by a learned
-    ``s_m``. A region with no modality at all gets a zero embedding and zero weights.
+    ``s_m``. A region with no modality at all is not left blank: its weights are the unmasked
+    softmax over every modality, whose expert outputs there come from the learned "missing"
+    token and the messages of its neighbours (an embedding inferred from spatial context).
 
     Args:
         num_modalities: ``M``.
@@ -131,10 +133,12 @@ class SpatialFusion(nn.Module):
             pos: ``[N, 2]`` region centroids.
 
         Returns:
-            ``(fused [N, C], weights [N, M])``; weights sum to 1 over present modalities.
+            ``(fused [N, C], weights [N, M])``; weights sum to 1 over present modalities (over
+            all modalities for a region with none).
         """
-        logits = self.logits(z, edge_index, pos).masked_fill(~mask, float("-inf"))
         any_present = mask.any(-1, keepdim=True)
-        weights = torch.softmax(torch.where(any_present, logits, torch.zeros_like(logits)), -1)
-        weights = torch.where(mask, weights, torch.zeros_like(weights))
+        usable = mask | ~any_present  # a region without data falls back to every (context-only) modality
+        logits = self.logits(z, edge_index, pos).masked_fill(~usable, float("-inf"))
+        weights = torch.softmax(logits, -1)
+        weights = torch.where(usable, weights, torch.zeros_like(weights))
         return (weights.unsqueeze(-1) * z).sum(1), weights
