@@ -81,12 +81,14 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                                    loss(aggregated_weight=0.0)),
         "abl_no_fusion_loss": ("ablation: fusion-level contrast off", loss(fusion_weight=0.0)),
         "abl_no_mobility_loss": ("ablation: mobility-distribution reconstruction off", loss(mobility_weight=0.0)),
+        "abl_no_feature_loss": ("ablation: input-retention (feature reconstruction) loss off",
+                                loss(feature_weight=0.0)),
         "ext_similarity_losses": ("extension (proposal): POI and land-use similarity reconstruction on (weight 1)",
                                   loss(poi_similarity_weight=1.0, landuse_similarity_weight=1.0)),
     }
 
 
-QUICK_ABLATIONS = ("abl_uniform_experts", "abl_global_fusion", "abl_no_mobility_loss")
+QUICK_ABLATIONS = ("abl_uniform_experts", "abl_global_fusion", "abl_no_mobility_loss", "abl_no_feature_loss")
 
 
 # ----------------------------------------------------------------------------- cities
