@@ -72,18 +72,22 @@ def count_features(counts: np.ndarray, names: list[str], total_name: str = "tota
 
 
 def category_codes(values: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
-    """Integer codes of a category column (sorted categories, -1 for missing)."""
-    cat = pd.Categorical(values.astype("string"))
-    cats = cat.categories
-    order = np.argsort(np.asarray(cats, dtype=object).astype(str), kind="stable")
-    remap = np.empty(len(cats), dtype=np.int64)
-    remap[order] = np.arange(len(cats))
-    codes = np.asarray(cat.codes, dtype=np.int64)
-    codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
-    names = [str(c) for c in np.asarray(cats, dtype=object)[order]]
-    if not names:
+    """Integer codes of a category column (sorted category names, -1 for missing).
+
+    Values are compared as strings (``1`` and ``"1"`` are one category). One hash pass over
+    the rows (``pandas.factorize``); only the distinct values are turned into strings.
+
+    Returns:
+        ``(codes [P] int64, names [C])``.
+    """
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    as_str = np.array([str(v) for v in np.asarray(uniques, dtype=object)], dtype=object)
+    if not len(as_str):
         raise GraphError(f"{where}: every value is missing; the layer needs category values")
-    return codes, names
+    names, remap = np.unique(as_str.astype(str), return_inverse=True)
+    codes = np.asarray(codes, dtype=np.int64)
+    codes = np.where(codes >= 0, remap.reshape(-1)[np.maximum(codes, 0)], -1).astype(np.int64)
+    return codes, [str(c) for c in names]
 
 
 def masked_report(mask: np.ndarray, region_ids: np.ndarray) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from torch_geometric.data import HeteroData
 
 from urbanrep.bundle import CityBundle
 from urbanrep.bundle.spec import AGGREGATED_MODALITIES, RAW_LAYERS
+from urbanrep.engine import engine_for
 from urbanrep.errors import GraphError
 from urbanrep.graphs._images import layer_features
 from urbanrep.graphs._spatial import Edges, ModalityResult, RegionIndex, canonical_rank, resolve_metric_crs
@@ -36,7 +37,7 @@ from urbanrep.graphs.adjacency import adjacency_edges
 from urbanrep.graphs.config import GraphConfig
 from urbanrep.graphs.io import load_graph, save_graph
 from urbanrep.graphs.landuse import build_landuse
-from urbanrep.graphs.mobility import build_mobility, flows_from_trips, matrix_flows
+from urbanrep.graphs.mobility import FlowTable, build_mobility, flows_from_trips, matrix_flows
 from urbanrep.graphs.poi import build_poi
 from urbanrep.graphs.remote_sensing import build_remote_sensing
 from urbanrep.graphs.road import build_road
@@ -82,19 +83,25 @@ def _peak_rss_mb() -> float | None:
 
 
 class _Stages:
-    """Wall time (and the process's peak RSS so far) per named stage."""
+    """Wall time, CPU time of the process and its peak RSS so far, per named stage.
+
+    CPU time next to wall time shows how much of a stage was spent waiting for a busy CPU
+    (CPU < wall) or running on several cores (CPU > wall).
+    """
 
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self.peak_rss_mb: dict[str, float | None] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - t0, 4)
+            self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - c0, 4)
             self.peak_rss_mb[name] = _peak_rss_mb()
             log.debug("stage %s: %.3f s", name, self.times[name])
 
@@ -102,15 +109,18 @@ class _Stages:
 def _to_metric(df: pd.DataFrame, crs: pyproj.CRS, layer: str) -> pd.DataFrame:
     """Reproject every geometry column of a layer to the metric CRS (no copy when already there)."""
     geo_cols = [c for c in df.columns if isinstance(df[c].dtype, gpd.array.GeometryDtype)]
-    if not geo_cols:
-        return df
-    out = df.copy() if isinstance(df, gpd.GeoDataFrame) else gpd.GeoDataFrame(df)
+    todo = []
     for c in geo_cols:
-        col = gpd.GeoSeries(df[c])
-        if col.crs is None:
+        col_crs = df[c].array.crs
+        if col_crs is None:
             raise GraphError(f"layer {layer!r} column {c!r} has no CRS; validate the bundle first (urbanrep validate)")
-        if not pyproj.CRS.from_user_input(col.crs).equals(crs):
-            out[c] = col.to_crs(crs)
+        if not pyproj.CRS.from_user_input(col_crs).equals(crs):
+            todo.append(c)
+    if not todo:  # already metric: no copy (layers can hold tens of millions of rows)
+        return df if isinstance(df, gpd.GeoDataFrame) or not geo_cols else gpd.GeoDataFrame(df)
+    out = df.copy() if isinstance(df, gpd.GeoDataFrame) else gpd.GeoDataFrame(df)
+    for c in todo:
+        out[c] = gpd.GeoSeries(df[c]).to_crs(crs)
     return out
 
 
@@ -221,15 +231,13 @@ def _build_modality(mod: str, bundle: CityBundle, config: GraphConfig, ctx: dict
             return build_mobility(ids, flows=flows, report=rep)
         if not (matrices or vectors):
             raise GraphError("mobility_source='aggregate' but the bundle has no mobility aggregate; use 'auto'")
-        flows, sflows, rep = matrix_flows(matrices, ids, config.mobility_matrix, config.mobility_slice_matrix)
+        od, sflows, rep = matrix_flows(matrices, ids, config.mobility_matrix, config.mobility_slice_matrix)
         if raw is not None:
             rep["unused_raw_trips"] = int(len(raw))
-        if flows is None:
-            from urbanrep.graphs.mobility import FlowTable
-
+        if od is None:
             empty = np.zeros(0, dtype=np.int64)
-            flows = FlowTable(empty, empty, np.zeros(0), None, 0)
-        return build_mobility(ids, flows=flows, slice_flows=sflows, vectors=vectors, report=rep)
+            od = FlowTable(empty, empty, np.zeros(0), None, 0)
+        return build_mobility(ids, flows=od, slice_flows=sflows, vectors=vectors, report=rep)
 
     aggs = bundle.aggregates_for(mod, "vector")
     setting = getattr(config, f"{mod}_source", "raw")
@@ -245,17 +253,20 @@ def _build_modality(mod: str, bundle: CityBundle, config: GraphConfig, ctx: dict
     layer = _to_metric(raw, crs, layer_name) if source == "raw" else None
     unused = {"unused_raw_records": int(len(raw))} if (source == "aggregate" and raw is not None) else {}
     if mod == "poi":
-        res = build_poi(ids_arr, rank, config.similarity_k, pois=layer, index=index, aggregates=aggs)
+        res = build_poi(ids_arr, rank, config.similarity_k, pois=layer, index=index, aggregates=aggs,
+                        knn_exact_max=config.knn_exact_max, seed=config.seed)
     elif mod == "landuse":
         res = build_landuse(ids_arr, rank, config.similarity_k, landuse=layer, index=index,
-                            region_area=ctx["area"], aggregates=aggs)
+                            region_area=ctx["area"], aggregates=aggs, knn_exact_max=config.knn_exact_max,
+                            seed=config.seed)
     else:
         feats = ok = None
         img_report: dict[str, Any] = {}
         if layer is not None:
             feats, ok, img_report = layer_features(layer, bundle.root, config.images, layer_name)
         res = build_remote_sensing(ids_arr, rank, config.similarity_k, tiles=layer, tile_features=feats,
-                                   tile_ok=ok, index=index, aggregates=aggs)
+                                   tile_ok=ok, index=index, aggregates=aggs,
+                                   knn_exact_max=config.knn_exact_max, seed=config.seed)
         if img_report:
             res.report["images_report"] = img_report
     res.report.update(unused)
@@ -274,8 +285,9 @@ def build_graph(bundle: CityBundle, config: GraphConfig | None = None) -> tuple[
     Returns:
         ``(data, report)``: the graph, checked with :func:`~urbanrep.graphs.schema.validate_graph`
         (region nodes in bundle order, ``N`` = number of regions), and a JSON-ready report with
-        per-modality counts, masked regions, fallback neighbours, dropped records, timings per
-        stage (``timings_s``) and input hashes (``inputs``).
+        per-modality counts, masked regions, fallback neighbours, dropped records, wall and CPU
+        time per stage (``timings_s``, ``cpu_s``), the process's peak RSS after each stage
+        (``peak_rss_mb``) and input hashes (``inputs``).
 
     Raises:
         GraphError: a layer cannot be used (no CRS, bad feature vectors, a forced source that
@@ -295,6 +307,7 @@ def build_graph(bundle: CityBundle, config: GraphConfig | None = None) -> tuple[
         centroids = shapely.get_coordinates(shapely.centroid(polys))
         area = shapely.area(polys)
         index = RegionIndex(polys, rank, config.point_chunk)
+        index.engine = engine_for(config)
     n = len(ids)
     report.update(regions=n, crs=crs.to_string(), source_crs=pyproj.CRS.from_user_input(bundle.crs).to_string())
     with stages("hash_inputs"):
@@ -324,7 +337,8 @@ def build_graph(bundle: CityBundle, config: GraphConfig | None = None) -> tuple[
             with stages("street_view"):
                 sv_layer = _to_metric(bundle.street_view, crs, "street_view")
                 feats, ok, img_report = layer_features(sv_layer, bundle.root, config.images, "street_view")
-                sv = build_street_view(sv_layer, feats, ok, index, config.image_knn_k)
+                sv = build_street_view(sv_layer, feats, ok, index, config.image_knn_k, config.knn_exact_max,
+                                       config.seed)
             data[IMAGE].num_nodes = len(sv.x)
             data[IMAGE].x = torch.from_numpy(np.ascontiguousarray(sv.x))
             data[IMAGE].pos = torch.from_numpy(np.ascontiguousarray(sv.pos))
@@ -354,6 +368,7 @@ def build_graph(bundle: CityBundle, config: GraphConfig | None = None) -> tuple[
         report["skipped"] = skipped
     report["dropped"] = _dropped_lines(report)
     report["timings_s"] = {**stages.times, "total": round(sum(stages.times.values()), 4)}
+    report["cpu_s"] = {**stages.cpu, "total": round(sum(stages.cpu.values()), 4)}
     report["peak_rss_mb"] = stages.peak_rss_mb
     report["config"] = config.as_dict()
     for line in report["dropped"]:

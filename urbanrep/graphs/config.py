@@ -29,6 +29,10 @@ class GraphConfig:
         adjacency_fallback_k: Regions without any neighbour (islands) are linked to this many
             nearest regions by centroid distance (both directions).
         similarity_k: ``k`` of the cosine kNN graphs (POI, land use, remote sensing).
+        knn_exact_max: Feature kNN graphs (POI, land use, remote sensing, street-view features)
+            over at most this many nodes are exact; above it they use a seeded approximate search
+            (random-projection forest + NN-descent, recall typically > 95 %), because exact kNN in
+            10+ dimensions is quadratic. Both are deterministic and independent of row order.
         poi_source / landuse_source / remote_sensing_source / mobility_source: ``"auto"``
             uses the bundle's aggregates of that modality when it has any (published at full
             scale), else the raw layer; ``"raw"`` / ``"aggregate"`` force one side (an error
@@ -48,7 +52,13 @@ class GraphConfig:
         image_knn_k: ``k`` of the street-view image kNN graphs (space and feature).
         images: Image encoder settings, used only for image layers without a ``feature`` column.
         point_chunk: Points located per chunk by the spatial index (bounds peak memory).
-        seed: Seed of every sampled quantity (road betweenness).
+        engine: Where the point-in-region join runs: ``"local"`` (in-process, the default) or
+            ``"dask"`` (partitions on a Dask cluster; ``pip install 'urbanrep[distributed]'``).
+            Both give the same graph.
+        dask_scheduler: Address of a running Dask scheduler (``"tcp://host:8786"``); ``None``
+            starts a local cluster once per process.
+        dask_partitions: Blocks a point layer is split into on Dask (>= one per worker thread).
+        seed: Seed of every sampled quantity (road betweenness, approximate kNN).
     """
 
     metric_crs: str | None = None
@@ -57,6 +67,7 @@ class GraphConfig:
     adjacency_tolerance: float = 0.0
     adjacency_fallback_k: int = 3
     similarity_k: int = 10
+    knn_exact_max: int = 5_000
     poi_source: Source = "auto"
     landuse_source: Source = "auto"
     remote_sensing_source: Source = "auto"
@@ -71,6 +82,9 @@ class GraphConfig:
     images: ImageConfig = field(default_factory=ImageConfig)
     point_chunk: int = 1_000_000
     seed: int = 0
+    engine: Literal["local", "dask"] = "local"
+    dask_scheduler: str | None = None
+    dask_partitions: int = 8
 
     def __post_init__(self) -> None:
         if self.modalities is not None:
@@ -85,7 +99,10 @@ class GraphConfig:
         for name in ("poi_source", "landuse_source", "remote_sensing_source", "mobility_source"):
             if getattr(self, name) not in _SOURCES:
                 raise ConfigError(f"GraphConfig.{name}={getattr(self, name)!r}; use one of {', '.join(_SOURCES)}")
-        positive = ("similarity_k", "image_knn_k", "time_slices", "max_road_classes", "point_chunk")
+        positive = ("similarity_k", "image_knn_k", "time_slices", "max_road_classes", "point_chunk", "knn_exact_max",
+                    "dask_partitions")
+        if self.engine not in ("local", "dask"):
+            raise ConfigError(f"GraphConfig.engine={self.engine!r}; use 'local' or 'dask'")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"GraphConfig.{name} must be >= 1, got {getattr(self, name)}")

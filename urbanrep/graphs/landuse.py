@@ -11,6 +11,8 @@ without a row) is masked; the similarity graph is the cosine kNN of the class ve
 
 from __future__ import annotations
 
+from typing import Any
+
 import geopandas as gpd
 import numpy as np
 import shapely
@@ -18,7 +20,7 @@ import shapely
 from urbanrep.bundle import Aggregate
 from urbanrep.graphs._features import category_codes, check_counts, masked_report, vector_aggregates
 from urbanrep.graphs._spatial import ModalityResult, RegionIndex
-from urbanrep.graphs.similarity import cosine_knn_graph
+from urbanrep.graphs.similarity import EXACT_KNN_MAX, cosine_knn_graph
 
 
 def landuse_areas(landuse: gpd.GeoDataFrame, index: RegionIndex, num_regions: int
@@ -60,6 +62,8 @@ def build_landuse(
     index: RegionIndex | None = None,
     region_area: np.ndarray | None = None,
     aggregates: list[Aggregate] | None = None,
+    knn_exact_max: int = EXACT_KNN_MAX,
+    seed: int = 0,
 ) -> ModalityResult:
     """Land-use features, mask and similarity graph, from raw polygons or aggregates.
 
@@ -71,6 +75,8 @@ def build_landuse(
         index: Region index (required with ``landuse``).
         region_area: Region areas in m² ``[N]`` (required with ``landuse``).
         aggregates: Vector aggregates of modality ``landuse`` (counts or shares per class).
+        knn_exact_max: Exact similarity kNN up to this many regions (approximate above).
+        seed: Seed of the approximate kNN.
 
     Returns:
         :class:`ModalityResult` with ``x`` float32 ``[N, C + 2]`` (raw) or ``[N, C + 1]``.
@@ -79,8 +85,8 @@ def build_landuse(
     if landuse is not None:
         if index is None or region_area is None:
             raise ValueError("build_landuse needs the region index and areas with raw polygons")
-        values, names, report = landuse_areas(landuse, index, n)
-        report = {"source": "raw", **report}
+        values, names, counts_report = landuse_areas(landuse, index, n)
+        report: dict[str, Any] = {"source": "raw", **counts_report}
         has_row = np.ones(n, dtype=bool)
     else:
         aggs = aggregates or []
@@ -92,7 +98,7 @@ def build_landuse(
     mask = has_row & (total > 0)
     shares = np.divide(values, total[:, None], out=np.zeros_like(values), where=total[:, None] > 0)
     cols = [f"share:{c}" for c in names]
-    if landuse is not None:
+    if landuse is not None and region_area is not None:
         coverage = np.clip(np.divide(total, region_area, out=np.zeros(n), where=region_area > 0), 0, 1)
         x = np.hstack([shares, np.log1p(total / 1e4)[:, None], coverage[:, None]])
         cols += ["log1p:area_ha", "coverage"]
@@ -101,7 +107,7 @@ def build_landuse(
         cols += ["log1p:total"]
     x = x.astype(np.float32)
     x[~mask] = 0
-    edges, sim_report = cosine_knn_graph(values, mask, k, rank)
+    edges, sim_report = cosine_knn_graph(values, mask, k, rank, knn_exact_max, seed)
     report.update(classes=len(names), **masked_report(mask, region_ids), similarity=sim_report,
                   edges=edges.num_edges)
     return ModalityResult(x=x, mask=mask, edges=edges, feature_names=cols, report=report)

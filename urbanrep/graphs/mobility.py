@@ -51,13 +51,22 @@ class FlowTable:
 
 
 def time_slice(times: pd.Series, num_slices: int) -> np.ndarray:
-    """Equal time-of-day bins: slice ``floor(hour_of_day / 24 * S)``; -1 where the time is missing."""
+    """Equal time-of-day bins: slice ``floor(hour_of_day / 24 * S)``; -1 where the time is missing.
+
+    The hour of day is the local wall-clock time (time zones are dropped, not converted), in
+    seconds precision.
+
+    Returns:
+        int64 ``[T]`` slice per trip.
+    """
     t = pd.to_datetime(times, errors="coerce")
     if getattr(t.dt, "tz", None) is not None:
         t = t.dt.tz_localize(None)
-    hours = (t.dt.hour + t.dt.minute / 60.0 + t.dt.second / 3600.0).to_numpy(dtype=np.float64, na_value=np.nan)
-    s = np.floor(hours / 24.0 * num_slices)
-    return np.where(np.isnan(s), -1, np.clip(s, 0, num_slices - 1)).astype(np.int64)
+    missing = t.isna().to_numpy()
+    ns = t.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    seconds = (ns // 1_000_000_000) % 86_400  # floor division: also right before 1970
+    s = (seconds * num_slices) // 86_400
+    return np.where(missing, -1, np.clip(s, 0, num_slices - 1)).astype(np.int64)
 
 
 def flows_from_trips(trips: pd.DataFrame, index: RegionIndex | None, region_ids: pd.Index,
@@ -85,7 +94,11 @@ def flows_from_trips(trips: pd.DataFrame, index: RegionIndex | None, region_ids:
             if len(todo):
                 if index is None:
                     raise ValueError("flows_from_trips needs the region index for point trips")
-                pos[todo] = index.locate(np.asarray(trips[geo_col].values, dtype=object)[todo])
+                geoms = np.asarray(trips[geo_col].values, dtype=object)
+                if len(todo) == n_trips:
+                    pos = index.locate(geoms)
+                else:
+                    pos[todo] = index.locate(geoms[todo])
         ends[end] = pos
         outside[end] = int((pos < 0).sum())
     weight = (trips["count"].to_numpy(dtype=np.float64) if "count" in trips.columns
@@ -144,11 +157,11 @@ def pick_matrices(matrices: list[Aggregate], main: str | None, sliced: str | Non
     return chosen, (with_slices[0] if with_slices else None)
 
 
-def _per_slice(flows: FlowTable, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _per_slice(flows: FlowTable, sl: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     s = flows.num_slices
-    ok = flows.slice >= 0
-    out = np.bincount(flows.origin[ok] * s + flows.slice[ok], weights=flows.weight[ok], minlength=n * s)
-    inn = np.bincount(flows.dest[ok] * s + flows.slice[ok], weights=flows.weight[ok], minlength=n * s)
+    ok = sl >= 0
+    out = np.bincount(flows.origin[ok] * s + sl[ok], weights=flows.weight[ok], minlength=n * s)
+    inn = np.bincount(flows.dest[ok] * s + sl[ok], weights=flows.weight[ok], minlength=n * s)
     return out.reshape(n, s), inn.reshape(n, s)
 
 
@@ -189,23 +202,34 @@ def build_mobility(
 
     cross = ~self_trip
     key, inv = np.unique(flows.origin[cross] * n + flows.dest[cross], return_inverse=True)
+    inv = inv.reshape(-1)
     weight = np.bincount(inv, weights=flows.weight[cross], minlength=len(key))
     nz = weight != 0
     key, weight = key[nz], weight[nz]
     attr = None
-    if slice_flows is not None and slice_flows.num_slices > 0:
+    if slice_flows is not None and slice_flows.num_slices > 0 and slice_flows.slice is not None:
         s = slice_flows.num_slices
-        out_s, in_s = _per_slice(slice_flows, n)
+        sl = slice_flows.slice
+        out_s, in_s = _per_slice(slice_flows, sl, n)
         blocks += [np.log1p(out_s), np.log1p(in_s)]
         names += [f"log1p:out_flow_s{i}" for i in range(s)] + [f"log1p:in_flow_s{i}" for i in range(s)]
-        ok = (slice_flows.slice >= 0) & (slice_flows.origin != slice_flows.dest)
-        skey = slice_flows.origin[ok] * n + slice_flows.dest[ok]
-        pos = np.searchsorted(key, skey)
-        found = (pos < len(key)) & (key[np.minimum(pos, max(len(key) - 1, 0))] == skey) if len(key) else np.zeros(
-            len(skey), dtype=bool)
-        attr = np.bincount(pos[found] * s + slice_flows.slice[ok][found], weights=slice_flows.weight[ok][found],
+        if slice_flows is flows:  # the edges' own entries: their pair positions are known
+            ok = sl[cross] >= 0
+            new_pos = np.cumsum(nz) - 1
+            pos = new_pos[inv[ok]]
+            found = nz[inv[ok]]
+            skey = np.zeros(0, dtype=np.int64)
+            s_sl, s_w = sl[cross][ok], flows.weight[cross][ok]
+        else:
+            ok = (sl >= 0) & (slice_flows.origin != slice_flows.dest)
+            skey = slice_flows.origin[ok] * n + slice_flows.dest[ok]
+            pos = np.searchsorted(key, skey)
+            found = (pos < len(key)) & (key[np.minimum(pos, max(len(key) - 1, 0))] == skey) if len(key) \
+                else np.zeros(len(skey), dtype=bool)
+            s_sl, s_w = sl[ok], slice_flows.weight[ok]
+        attr = np.bincount(pos[found] * s + s_sl[found], weights=s_w[found],
                            minlength=len(key) * s).reshape(len(key), s).astype(np.float32)
-        report["slice_pairs_not_in_od"] = int(len(np.unique(skey[~found])))
+        report["slice_pairs_not_in_od"] = int(len(np.unique(skey[~found]))) if len(skey) else 0
         report["time_slices"] = s
     values, has_row, vnames = vector_aggregates(vectors or [], region_ids)
     if values.shape[1]:

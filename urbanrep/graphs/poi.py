@@ -9,6 +9,8 @@ vectors), symmetrised.
 
 from __future__ import annotations
 
+from typing import Any
+
 import geopandas as gpd
 import numpy as np
 
@@ -21,7 +23,7 @@ from urbanrep.graphs._features import (
     vector_aggregates,
 )
 from urbanrep.graphs._spatial import ModalityResult, RegionIndex
-from urbanrep.graphs.similarity import cosine_knn_graph
+from urbanrep.graphs.similarity import EXACT_KNN_MAX, cosine_knn_graph
 
 
 def poi_counts_from_points(pois: gpd.GeoDataFrame, index: RegionIndex, num_regions: int
@@ -59,6 +61,8 @@ def build_poi(
     pois: gpd.GeoDataFrame | None = None,
     index: RegionIndex | None = None,
     aggregates: list[Aggregate] | None = None,
+    knn_exact_max: int = EXACT_KNN_MAX,
+    seed: int = 0,
 ) -> ModalityResult:
     """POI features, mask and similarity graph, from raw points or from count aggregates.
 
@@ -69,6 +73,8 @@ def build_poi(
         pois: Raw points (metric CRS) with ``category``; used when given.
         index: Region index (required with ``pois``).
         aggregates: Vector aggregates of modality ``poi`` (counts), used when ``pois`` is None.
+        knn_exact_max: Exact similarity kNN up to this many regions (approximate above).
+        seed: Seed of the approximate kNN.
 
     Returns:
         :class:`ModalityResult` with ``x`` float32 ``[N, 2C + 1]``.
@@ -77,8 +83,8 @@ def build_poi(
     if pois is not None:
         if index is None:
             raise ValueError("build_poi needs the region index with raw points")
-        counts, names, report = poi_counts_from_points(pois, index, n)
-        report = {"source": "raw", **report}
+        counts, names, counts_report = poi_counts_from_points(pois, index, n)
+        report: dict[str, Any] = {"source": "raw", **counts_report}
         has_row = np.ones(n, dtype=bool)
     else:
         aggs = aggregates or []
@@ -89,7 +95,7 @@ def build_poi(
     mask = has_row & (counts.sum(axis=1) > 0)
     x, cols = count_features(counts, names)
     x[~mask] = 0
-    edges, sim_report = cosine_knn_graph(counts, mask, k, rank)
+    edges, sim_report = cosine_knn_graph(counts, mask, k, rank, knn_exact_max, seed)
     report.update(categories=len(names), **masked_report(mask, region_ids), similarity=sim_report,
                   edges=edges.num_edges)
     return ModalityResult(x=x, mask=mask, edges=edges, feature_names=cols, report=report)

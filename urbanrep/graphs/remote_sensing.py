@@ -19,7 +19,7 @@ import shapely
 from urbanrep.bundle import Aggregate
 from urbanrep.graphs._features import masked_report, vector_aggregates
 from urbanrep.graphs._spatial import ModalityResult, RegionIndex
-from urbanrep.graphs.similarity import cosine_knn_graph
+from urbanrep.graphs.similarity import EXACT_KNN_MAX, cosine_knn_graph
 
 
 def tile_weights(tiles: gpd.GeoDataFrame, index: RegionIndex, num_regions: int) -> sp.csr_matrix:
@@ -62,6 +62,8 @@ def build_remote_sensing(
     tile_ok: np.ndarray | None = None,
     index: RegionIndex | None = None,
     aggregates: list[Aggregate] | None = None,
+    knn_exact_max: int = EXACT_KNN_MAX,
+    seed: int = 0,
 ) -> ModalityResult:
     """Remote-sensing features, mask and similarity graph.
 
@@ -73,6 +75,8 @@ def build_remote_sensing(
             ``tile_ok`` ``[T]`` (False = unusable tile).
         index: Region index (required with ``tiles``).
         aggregates: Vector aggregates of modality ``remote_sensing`` (used as they are).
+        knn_exact_max: Exact similarity kNN up to this many regions (approximate above).
+        seed: Seed of the approximate kNN.
 
     Returns:
         :class:`ModalityResult` with ``x`` float32 ``[N, D]``.
@@ -100,7 +104,7 @@ def build_remote_sensing(
         report = {"source": "aggregate", "aggregates": [a.name for a in aggs]}
     x = x.astype(np.float32)
     x[~mask] = 0
-    edges, sim_report = cosine_knn_graph(x, mask, k, rank)
+    edges, sim_report = cosine_knn_graph(x, mask, k, rank, knn_exact_max, seed)
     report.update(dim=int(x.shape[1]), **masked_report(mask, region_ids), similarity=sim_report,
                   edges=edges.num_edges)
     return ModalityResult(x=x, mask=mask, edges=edges, feature_names=names, report=report)

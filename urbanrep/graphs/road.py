@@ -29,15 +29,23 @@ from urbanrep.graphs._spatial import ModalityResult, RegionIndex, pairwise_regio
 
 
 def _node_ids(xy: np.ndarray, precision: float) -> tuple[np.ndarray, np.ndarray]:
-    """Snap vertices to a ``precision`` grid: (node id per vertex, node coordinates)."""
+    """Snap vertices to a ``precision`` grid: (node id per vertex ``[P]``, node coordinates ``[V, 2]``).
+
+    Node ids follow the sorted grid cells and node coordinates are the grid points themselves,
+    so neither depends on the order of the lines.
+    """
+    if not len(xy):
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 2))
     q = np.round(xy / precision).astype(np.int64)
-    q -= q.min(axis=0) if len(q) else 0
-    span = q.max(axis=0) + 1 if len(q) else np.ones(2, np.int64)
+    q0 = q.min(axis=0)
+    q -= q0
+    span = q.max(axis=0) + 1
     if float(span[0]) * float(span[1]) < 2.0**62:
         uniq, first, inv = np.unique(q[:, 0] * span[1] + q[:, 1], return_index=True, return_inverse=True)
     else:
         uniq, first, inv = np.unique(q, axis=0, return_index=True, return_inverse=True)
-    return inv.reshape(-1).astype(np.int64), xy[first]
+    node_q = q[first] + q0
+    return inv.reshape(-1).astype(np.int64), node_q / (1.0 / precision)
 
 
 def road_network(parts: np.ndarray, precision: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

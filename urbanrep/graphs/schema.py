@@ -3,14 +3,14 @@
 A region graph is one :class:`torch_geometric.data.HeteroData`:
 
 Graph-level attributes
-    ``schema_version`` (int), ``region_ids`` (list, bundle order = node order), ``crs`` (str,
+    ``schema_version`` (int), ``region_ids`` (list of unique ids, bundle order = node order), ``crs`` (str,
     the metric CRS the ETL worked in), ``modalities`` (list of modalities present).
 
 Node type ``region`` (``N`` nodes)
     ``pos``            float32 ``[N, 2]`` centroid in the metric CRS (metres).
     ``x_<modality>``   float32 ``[N, F_m]`` per-region features of each aggregated-level modality
                        present (``poi``, ``mobility``, ``landuse``, ``road``, ``remote_sensing``);
-                       rows of masked regions are zero and must not be read as data.
+                       rows of masked regions are zero (checked) and must not be read as data.
     ``mask_<modality>`` bool ``[N]``: True where the region has data for that modality.
 
 Node type ``image`` (``M`` street-view images; only when street view is present)
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 from torch_geometric.data import HeteroData
 
@@ -78,6 +79,15 @@ def _fail(msg: str) -> NoReturn:
     raise GraphError(f"region graph invalid: {msg}")
 
 
+def _np(t: torch.Tensor) -> Any:
+    """A CPU tensor as a numpy view (numpy reductions are cheaper than torch's on busy CPUs)."""
+    return t.detach().numpy() if t.device.type == "cpu" else t.detach().cpu().numpy()
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(np.isfinite(_np(t)).all())
+
+
 def _check_edges(data: HeteroData, et: tuple[str, str, str], n_src: int, n_dst: int) -> None:
     store = data[et]
     ei: Any = getattr(store, "edge_index", None)
@@ -85,17 +95,21 @@ def _check_edges(data: HeteroData, et: tuple[str, str, str], n_src: int, n_dst: 
         _fail(f"edge type {et} has no edge_index")
     if ei.dtype != torch.long or ei.dim() != 2 or ei.size(0) != 2:
         _fail(f"{et}.edge_index must be int64 [2, E], got {tuple(ei.shape)} {ei.dtype}")
-    if ei.numel() and (int(ei[0].min()) < 0 or int(ei[0].max()) >= n_src or int(ei[1].min()) < 0
-                       or int(ei[1].max()) >= n_dst):
+    e = _np(ei)
+    if e.size and (int(e[0].min()) < 0 or int(e[0].max()) >= n_src or int(e[1].min()) < 0
+                   or int(e[1].max()) >= n_dst):
         _fail(f"{et}.edge_index refers to nodes outside [0, {n_src}) x [0, {n_dst})")
     w: Any = getattr(store, "edge_weight", None)
     if w is None or w.dtype != torch.float32 or w.shape != (ei.size(1),):
         _fail(f"{et}.edge_weight must be float32 [{ei.size(1)}]")
-    if not torch.isfinite(w).all():
+    if not _finite(w):
         _fail(f"{et}.edge_weight has NaN/inf")
     attr: Any = getattr(store, "edge_attr", None)
-    if attr is not None and (attr.dim() != 2 or attr.size(0) != ei.size(1)):
-        _fail(f"{et}.edge_attr must be [E, S]")
+    if attr is not None:
+        if attr.dim() != 2 or attr.size(0) != ei.size(1) or attr.dtype != torch.float32:
+            _fail(f"{et}.edge_attr must be float32 [{ei.size(1)}, S]")
+        if not _finite(attr):
+            _fail(f"{et}.edge_attr has NaN/inf")
 
 
 def validate_graph(data: HeteroData) -> HeteroData:
@@ -118,6 +132,8 @@ def validate_graph(data: HeteroData) -> HeteroData:
     n = len(data.region_ids)
     if reg.num_nodes != n:
         _fail(f"region.num_nodes={reg.num_nodes} but {n} region_ids")
+    if len(set(data.region_ids)) != n:
+        _fail("region_ids are not unique")
     pos: Any = getattr(reg, "pos", None)
     if pos is None or pos.shape != (n, 2) or pos.dtype != torch.float32:
         _fail(f"region.pos must be float32 [{n}, 2]")
@@ -129,10 +145,12 @@ def validate_graph(data: HeteroData) -> HeteroData:
                 _fail(f"modality {m} is listed but region.{feature_key(m)} / {mask_key(m)} is missing")
             if x.dim() != 2 or x.size(0) != n or x.dtype != torch.float32:
                 _fail(f"region.{feature_key(m)} must be float32 [{n}, F], got {tuple(x.shape)} {x.dtype}")
-            if not torch.isfinite(x).all():
+            if not _finite(x):
                 _fail(f"region.{feature_key(m)} has NaN/inf")
             if mask.dtype != torch.bool or mask.shape != (n,):
                 _fail(f"region.{mask_key(m)} must be bool [{n}]")
+            if _np(x)[~_np(mask)].any():
+                _fail(f"region.{feature_key(m)} has non-zero rows where {mask_key(m)} is False")
         elif x is not None:
             _fail(f"region.{feature_key(m)} present but {m} not listed in modalities")
     sizes: dict[str, int] = {REGION: n}
@@ -141,10 +159,14 @@ def validate_graph(data: HeteroData) -> HeteroData:
             _fail("street_view listed but node type 'image' is missing")
         img = data[IMAGE]
         m_img = img.num_nodes
-        if img.x.dim() != 2 or img.x.size(0) != m_img or img.x.dtype != torch.float32:
-            _fail("image.x must be float32 [M, D]")
-        if img.pos.shape != (m_img, 2):
-            _fail("image.pos must be [M, 2]")
+        x_img: Any = getattr(img, "x", None)
+        pos_img: Any = getattr(img, "pos", None)
+        if x_img is None or x_img.dim() != 2 or x_img.size(0) != m_img or x_img.dtype != torch.float32:
+            _fail(f"image.x must be float32 [{m_img}, D]")
+        if not _finite(x_img):
+            _fail("image.x has NaN/inf")
+        if pos_img is None or pos_img.shape != (m_img, 2) or pos_img.dtype != torch.float32:
+            _fail(f"image.pos must be float32 [{m_img}, 2]")
         sizes[IMAGE] = m_img
     for et in data.edge_types:
         if et not in EDGE_TYPES:

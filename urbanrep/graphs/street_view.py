@@ -9,8 +9,11 @@ metres) with
 * ``(image, in_region, region)``: each image to the region containing it, weight 1. Images
   outside every region keep their node and kNN edges but get no membership edge (counted).
 
-Exact kNN (k-d tree in space; brute force for high-dimensional features); ``torch_cluster`` is
-not required. Ties are broken by image order.
+The spatial kNN is exact (k-d tree); the feature kNN is exact up to ``knn_exact_max`` images
+and approximate above (see :mod:`urbanrep.graphs.similarity`); ``torch_cluster`` is not
+required. Ties (images at equal distances, common when several photos share a location) are
+broken by a canonical image rank computed from the images themselves (location, then
+features), not by row order, so shuffling the layer permutes the graph and changes nothing else.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import shapely
 
 from urbanrep.graphs._spatial import Edges, RegionIndex, knn_pairs, symmetric_edges
-from urbanrep.graphs.similarity import cosine_knn_graph
+from urbanrep.graphs.similarity import EXACT_KNN_MAX, cosine_knn_graph
 
 
 @dataclass
@@ -47,12 +50,40 @@ class StreetViewResult:
     report: dict[str, Any]
 
 
-def spatial_knn_graph(pos: np.ndarray, k: int) -> Edges:
-    """Symmetric kNN graph of points in space, weight ``exp(-d / median d)``."""
+def image_rank(pos: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Canonical rank of images (int64 ``[M]``): by x, then y, then two fixed projections of the features.
+
+    Depends only on each image's own location and features, so it is the same whatever the row
+    order; only images identical in location and features keep their row order (they are
+    interchangeable in the graph).
+    """
+    m = len(pos)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    feats = np.asarray(features, dtype=np.float64)
+    proj = feats @ np.random.default_rng(12345).standard_normal((feats.shape[1], 2))
+    order = np.lexsort((proj[:, 1], proj[:, 0], pos[:, 1], pos[:, 0]))
+    rank = np.empty(m, dtype=np.int64)
+    rank[order] = np.arange(m, dtype=np.int64)
+    return rank
+
+
+def spatial_knn_graph(pos: np.ndarray, k: int, rank: np.ndarray | None = None) -> Edges:
+    """Symmetric kNN graph of points in space, weight ``exp(-d / median d)``.
+
+    Args:
+        pos: float ``[M, 2]`` locations (metres).
+        k: Neighbours per point (before symmetrisation).
+        rank: Tie-break rank ``[M]`` (default: row order).
+
+    Returns:
+        Edges ``[2, E]`` without self loops (points at the same location are linked, weight 1).
+    """
     m = len(pos)
     if m < 2:
         return Edges()
-    r, c, _ = knn_pairs(pos, k, np.arange(m, dtype=np.int64), decimals=3)
+    rank = np.arange(m, dtype=np.int64) if rank is None else rank
+    r, c, _ = knn_pairs(pos, k, rank, decimals=3)
     src, dst = symmetric_edges(r, c, m)
     d = np.linalg.norm(pos[src] - pos[dst], axis=1)
     positive = d[d > 0]
@@ -66,6 +97,8 @@ def build_street_view(
     ok: np.ndarray,
     index: RegionIndex,
     k: int,
+    knn_exact_max: int = EXACT_KNN_MAX,
+    seed: int = 0,
 ) -> StreetViewResult:
     """Image nodes, image kNN graphs and membership edges.
 
@@ -75,6 +108,9 @@ def build_street_view(
         ok: bool ``[M]``, False for images without usable features (dropped).
         index: Spatial index of the regions.
         k: Neighbours of both image kNN graphs.
+        knn_exact_max: Exact feature kNN up to this many images (approximate above; the spatial
+            kNN is always exact).
+        seed: Seed of the approximate feature kNN.
 
     Returns:
         :class:`StreetViewResult` over the kept images (in layer order).
@@ -84,8 +120,9 @@ def build_street_view(
     pos = np.stack([shapely.get_x(geoms), shapely.get_y(geoms)], axis=1) if len(keep) else np.zeros((0, 2))
     x = np.asarray(features, dtype=np.float32)[keep]
     m = len(keep)
-    spatial = spatial_knn_graph(pos, k)
-    feature, sim_report = cosine_knn_graph(x, np.ones(m, dtype=bool), k, np.arange(m, dtype=np.int64))
+    rank = image_rank(pos, x)
+    spatial = spatial_knn_graph(pos, k, rank)
+    feature, sim_report = cosine_knn_graph(x, np.ones(m, dtype=bool), k, rank, knn_exact_max, seed)
     region = index.locate(geoms) if m else np.zeros(0, np.int64)
     inside = np.flatnonzero(region >= 0)
     membership = Edges(np.stack([inside, region[inside]]).astype(np.int64), np.ones(len(inside), dtype=np.float32))
@@ -98,6 +135,7 @@ def build_street_view(
         "spatial_edges": spatial.num_edges,
         "feature_edges": feature.num_edges,
         "feature_zero_vectors": sim_report["zero_vectors"],
+        "feature_knn_exact": sim_report["exact"],
     }
     return StreetViewResult(x=x, pos=pos.astype(np.float32), spatial=spatial, feature=feature,
                             membership=membership, report=report)
