@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,7 +13,9 @@ from shapely.geometry import box
 
 from urbanrep.bundle import Aggregate, CityBundle
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread: the test graphs are tiny, and two OpenMP threads on a busy 2-core CI machine
+# spin against each other and run many times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
