@@ -116,10 +116,13 @@ class DaskEngine(Engine):
     def locate(self, index: RegionIndex, points: Any) -> np.ndarray:
         if len(points) < max(self.min_points, 1):
             return index.locate_local(points)
-        x, y = point_coords(points)
-        bounds = np.linspace(0, len(x), min(self.partitions, len(x)) + 1).astype(np.int64)
-        blocks = [np.stack([x[a:b], y[a:b]]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        bounds = np.linspace(0, len(points), min(self.partitions, len(points)) + 1).astype(np.int64)
+        spans = list(zip(bounds[:-1], bounds[1:], strict=True))
         shipped = self._index_future(index)
+        # Coordinates travel (two float64 per point), never Python geometries: Dask pickles
+        # object arrays even for thread workers, which costs ~10x the join itself.
+        x, y = point_coords(points)
+        blocks = [np.stack([x[a:b], y[a:b]]) for a, b in spans]
         futures = self.client.map(_locate_block, [shipped] * len(blocks), self.client.scatter(blocks), pure=False)
         return np.concatenate(self.client.gather(futures))
 
