@@ -193,6 +193,41 @@ class Expert(nn.Module):
         raise NotImplementedError
 
 
+class ResidualStackExpert(Expert):
+    """The common expert shape: masked input encoder -> message-passing layers, each inside a
+    residual block -> linear head. Subclasses choose the layers and write :meth:`forward`.
+
+    Args:
+        in_channels: ``F`` input features.
+        hidden_channels: Width of the encoder and the layers.
+        out_channels: Width of the output.
+        num_layers: Residual blocks (one per message-passing step).
+        dropout: Dropout inside the blocks.
+        input_dropout: Dropout on the standardised input.
+        log_inputs: Log-compress the inputs.
+        make_layers: Called after the encoder is built (so parameter initialisation keeps one
+            order); returns attribute name -> ``nn.ModuleList`` of message-passing layers.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
+                 dropout: float, input_dropout: float, log_inputs: bool,
+                 make_layers: Callable[[], dict[str, nn.ModuleList]]) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.encoder = MaskedInputEncoder(in_channels, hidden_channels, input_dropout, log_inputs)
+        layers = make_layers()
+        for name, modules in layers.items():
+            setattr(self, name, modules)
+        self._layer_names = tuple(layers)
+        self.blocks = nn.ModuleList([ResidualBlock(hidden_channels, dropout) for _ in range(num_layers)])
+        self.head = nn.Linear(hidden_channels, out_channels)
+
+    def reset_parameters(self) -> None:
+        self.encoder.reset_parameters()
+        reset_modules(*(getattr(self, n) for n in self._layer_names), self.blocks)
+        self.head.reset_parameters()
+
+
 def reset_all(modules: nn.Module) -> None:
     """Call ``reset_parameters`` on every sub-module that has one (PyG layers, Linear, norms)."""
     for m in modules.modules():

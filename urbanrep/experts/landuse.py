@@ -7,18 +7,15 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import GCNConv, SAGEConv
 
 from urbanrep.experts.base import (
-    Expert,
-    MaskedInputEncoder,
-    ResidualBlock,
+    ResidualStackExpert,
     get_edges,
     register_expert,
-    reset_modules,
 )
 from urbanrep.graphs.schema import ADJACENT
 
 
 @register_expert("landuse")
-class LanduseExpert(Expert):
+class LanduseExpert(ResidualStackExpert):
     """Two relations per layer: weighted GCN over ``landuse_similar`` + SAGE over ``adjacent``.
 
     Why this architecture: land use is both a composition (shares of residential, commercial,
@@ -43,23 +40,18 @@ class LanduseExpert(Expert):
     """
 
     modality = "landuse"
+    sim_convs: nn.ModuleList
+    adj_convs: nn.ModuleList
 
     def __init__(self, in_channels: int, hidden_channels: int = 64, out_channels: int = 64,
                  num_layers: int = 2, dropout: float = 0.1, input_dropout: float = 0.0,
                  log_inputs: bool = True) -> None:
-        super().__init__()
-        self.out_channels = out_channels
-        self.encoder = MaskedInputEncoder(in_channels, hidden_channels, input_dropout, log_inputs)
-        self.sim_convs = nn.ModuleList([GCNConv(hidden_channels, hidden_channels) for _ in range(num_layers)])
-        self.adj_convs = nn.ModuleList([SAGEConv(hidden_channels, hidden_channels, aggr="mean")
-                                        for _ in range(num_layers)])
-        self.blocks = nn.ModuleList([ResidualBlock(hidden_channels, dropout) for _ in range(num_layers)])
-        self.head = nn.Linear(hidden_channels, out_channels)
-
-    def reset_parameters(self) -> None:
-        self.encoder.reset_parameters()
-        reset_modules(self.sim_convs, self.adj_convs, self.blocks)
-        self.head.reset_parameters()
+        super().__init__(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout, log_inputs,
+                         lambda: {
+            "sim_convs": nn.ModuleList([GCNConv(hidden_channels, hidden_channels) for _ in range(num_layers)]),
+            "adj_convs": nn.ModuleList([SAGEConv(hidden_channels, hidden_channels, aggr="mean")
+                                        for _ in range(num_layers)]),
+        })
 
     def forward(self, data: HeteroData) -> Tensor:
         """Region embeddings ``[N, out_channels]`` from land-use features, similarity and adjacency."""

@@ -10,7 +10,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import GraphConv
 from torch_geometric.utils import scatter
 
-from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, register_expert, reset_modules
+from urbanrep.experts.base import ResidualStackExpert, register_expert
 
 
 def flow_normalize(edge_index: Tensor, weight: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
@@ -151,7 +151,7 @@ class DirectedFlowConv(nn.Module):
 
 
 @register_expert("mobility")
-class MobilityExpert(Expert):
+class MobilityExpert(ResidualStackExpert):
     """Direction-aware GNN over ``(region, mobility, region)`` trip flows.
 
     Why this architecture: OD flows are directed and weighted — a business district receives
@@ -180,25 +180,20 @@ class MobilityExpert(Expert):
     """
 
     modality = "mobility"
+    convs: nn.ModuleList
 
     def __init__(self, in_channels: int, hidden_channels: int = 64, out_channels: int = 64,
                  num_layers: int = 2, dropout: float = 0.1, input_dropout: float = 0.0,
                  log_inputs: bool = True, num_slices: int = 0, alpha: float = 0.5) -> None:
-        super().__init__()
-        self.out_channels = out_channels
+        super().__init__(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout, log_inputs,
+                         lambda: {"convs": nn.ModuleList([DirectedFlowConv(hidden_channels, hidden_channels, alpha)
+                                                          for _ in range(num_layers)])})
         self.num_slices = num_slices
-        self.encoder = MaskedInputEncoder(in_channels, hidden_channels, input_dropout, log_inputs)
-        self.convs = nn.ModuleList([DirectedFlowConv(hidden_channels, hidden_channels, alpha)
-                                    for _ in range(num_layers)])
-        self.blocks = nn.ModuleList([ResidualBlock(hidden_channels, dropout) for _ in range(num_layers)])
         self.slice_logits = nn.Parameter(torch.zeros(max(num_slices, 1)))
-        self.head = nn.Linear(hidden_channels, out_channels)
 
     def reset_parameters(self) -> None:
-        self.encoder.reset_parameters()
-        reset_modules(self.convs, self.blocks)
+        super().reset_parameters()
         nn.init.zeros_(self.slice_logits)
-        self.head.reset_parameters()
 
     def flow_weights(self, data: HeteroData) -> tuple[Tensor, Tensor, Tensor]:
         """``(edge_index, out_share, in_share)`` with the learned time-slice mix applied."""

@@ -6,11 +6,11 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GATv2Conv
 
-from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, register_expert, reset_modules
+from urbanrep.experts.base import ResidualStackExpert, register_expert
 
 
 @register_expert("poi")
-class PoiExpert(Expert):
+class PoiExpert(ResidualStackExpert):
     """GATv2 over ``(region, poi_similar, region)`` with the similarity as edge feature.
 
     Why this architecture: a POI mix is a composition (how much food, retail, offices...), and
@@ -35,25 +35,20 @@ class PoiExpert(Expert):
     """
 
     modality = "poi"
+    convs: nn.ModuleList
 
     def __init__(self, in_channels: int, hidden_channels: int = 64, out_channels: int = 64,
                  num_layers: int = 2, dropout: float = 0.1, input_dropout: float = 0.0,
                  heads: int = 4, log_inputs: bool = True) -> None:
-        super().__init__()
-        self.out_channels = out_channels
-        self.encoder = MaskedInputEncoder(in_channels, hidden_channels, input_dropout, log_inputs)
-        self.convs = nn.ModuleList([
-            GATv2Conv(hidden_channels, hidden_channels // heads, heads=heads, dropout=dropout,
-                      edge_dim=1, add_self_loops=True, fill_value=1.0)
-            for _ in range(num_layers)
-        ])
-        self.blocks = nn.ModuleList([ResidualBlock(hidden_channels, dropout) for _ in range(num_layers)])
-        self.head = nn.Linear(hidden_channels, out_channels)
+        def layers() -> dict[str, nn.ModuleList]:
+            return {"convs": nn.ModuleList([
+                GATv2Conv(hidden_channels, hidden_channels // heads, heads=heads, dropout=dropout,
+                          edge_dim=1, add_self_loops=True, fill_value=1.0)
+                for _ in range(num_layers)
+            ])}
 
-    def reset_parameters(self) -> None:
-        self.encoder.reset_parameters()
-        reset_modules(self.convs, self.blocks)
-        self.head.reset_parameters()
+        super().__init__(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout, log_inputs,
+                         layers)
 
     def forward(self, data: HeteroData) -> Tensor:
         """Region embeddings ``[N, out_channels]`` from the POI features and similarity graph."""

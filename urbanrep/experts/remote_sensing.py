@@ -6,11 +6,11 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GCNConv
 
-from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, register_expert, reset_modules
+from urbanrep.experts.base import ResidualStackExpert, register_expert
 
 
 @register_expert("remote_sensing")
-class RemoteSensingExpert(Expert):
+class RemoteSensingExpert(ResidualStackExpert):
     """Regularised projection of image features, then GCN over ``(region, rs_similar, region)``.
 
     Why this architecture: per-region image features are wide (512-d CLIP-like vectors) and,
@@ -33,21 +33,15 @@ class RemoteSensingExpert(Expert):
     """
 
     modality = "remote_sensing"
+    convs: nn.ModuleList
 
     def __init__(self, in_channels: int, hidden_channels: int = 64, out_channels: int = 64,
                  num_layers: int = 2, dropout: float = 0.1, input_dropout: float = 0.0,
                  log_inputs: bool = True) -> None:
-        super().__init__()
-        self.out_channels = out_channels
-        self.encoder = MaskedInputEncoder(in_channels, hidden_channels, max(input_dropout, 0.3), log_inputs)
-        self.convs = nn.ModuleList([GCNConv(hidden_channels, hidden_channels) for _ in range(num_layers)])
-        self.blocks = nn.ModuleList([ResidualBlock(hidden_channels, dropout) for _ in range(num_layers)])
-        self.head = nn.Linear(hidden_channels, out_channels)
-
-    def reset_parameters(self) -> None:
-        self.encoder.reset_parameters()
-        reset_modules(self.convs, self.blocks)
-        self.head.reset_parameters()
+        super().__init__(in_channels, hidden_channels, out_channels, num_layers, dropout, max(input_dropout, 0.3), log_inputs,
+                         lambda: {
+            "convs": nn.ModuleList([GCNConv(hidden_channels, hidden_channels) for _ in range(num_layers)]),
+        })
 
     def forward(self, data: HeteroData) -> Tensor:
         """Region embeddings ``[N, out_channels]`` from image features and their similarity graph."""

@@ -7,11 +7,11 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GINEConv
 
-from urbanrep.experts.base import Expert, MaskedInputEncoder, ResidualBlock, register_expert, reset_modules
+from urbanrep.experts.base import ResidualStackExpert, register_expert
 
 
 @register_expert("road")
-class RoadExpert(Expert):
+class RoadExpert(ResidualStackExpert):
     """GINE over ``(region, road_connected, region)`` with the crossing count as edge feature.
 
     Why this architecture: the road modality is about connectivity — how many streets link a
@@ -36,26 +36,21 @@ class RoadExpert(Expert):
     """
 
     modality = "road"
+    convs: nn.ModuleList
 
     def __init__(self, in_channels: int, hidden_channels: int = 64, out_channels: int = 64,
                  num_layers: int = 2, dropout: float = 0.1, input_dropout: float = 0.0,
                  log_inputs: bool = True) -> None:
-        super().__init__()
-        self.out_channels = out_channels
-        self.encoder = MaskedInputEncoder(in_channels, hidden_channels, input_dropout, log_inputs)
-        self.convs = nn.ModuleList([
-            GINEConv(nn.Sequential(nn.Linear(hidden_channels, hidden_channels), nn.ELU(),
-                                   nn.Linear(hidden_channels, hidden_channels)),
-                     train_eps=True, edge_dim=1)
-            for _ in range(num_layers)
-        ])
-        self.blocks = nn.ModuleList([ResidualBlock(hidden_channels, dropout) for _ in range(num_layers)])
-        self.head = nn.Linear(hidden_channels, out_channels)
+        def layers() -> dict[str, nn.ModuleList]:
+            return {"convs": nn.ModuleList([
+                GINEConv(nn.Sequential(nn.Linear(hidden_channels, hidden_channels), nn.ELU(),
+                                       nn.Linear(hidden_channels, hidden_channels)),
+                         train_eps=True, edge_dim=1)
+                for _ in range(num_layers)
+            ])}
 
-    def reset_parameters(self) -> None:
-        self.encoder.reset_parameters()
-        reset_modules(self.convs, self.blocks)
-        self.head.reset_parameters()
+        super().__init__(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout, log_inputs,
+                         layers)
 
     def forward(self, data: HeteroData) -> Tensor:
         """Region embeddings ``[N, out_channels]`` from road statistics and connectivity."""
