@@ -19,6 +19,16 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
+def nyc():
+    """The default city's (NYC-180) region graph, built by the ETL (embedded copy or data root)."""
+    from urbanrep.datasets import load_dataset
+    from urbanrep.graphs import GraphConfig, build_graph
+
+    data, _ = build_graph(load_dataset(None), GraphConfig())
+    return data
+
+
+@pytest.fixture(scope="session")
 def data_root() -> Path:
     """The shared data root, or skip: these tests read real data from ../shared/data."""
     from urbanrep.datasets import default_data_root

@@ -47,26 +47,6 @@ def tiny(**overrides) -> ModelConfig:
     return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, **loss)) if loss else cfg
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these graphs are tiny, and on a shared 2-core machine two OpenMP
-    threads waiting for each other make training many times slower."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def nyc():
-    """The default city's (NYC-180) region graph, built by the ETL."""
-    from urbanrep.datasets import load_dataset
-    from urbanrep.graphs import GraphConfig, build_graph
-
-    data, _ = build_graph(load_dataset(None), GraphConfig())
-    return data
-
-
 @pytest.fixture(scope="module")
 def synth():
     """40 regions with all six modalities, per-slice flows and some masked regions."""

@@ -62,26 +62,6 @@ SWITCHES: dict[str, tuple[ModelConfig, set[str]]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these graphs are tiny, and on a shared 2-core machine two OpenMP
-    threads waiting for each other make training many times slower."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def nyc():
-    """The default city's (NYC-180) region graph, built by the ETL."""
-    from urbanrep.datasets import load_dataset
-    from urbanrep.graphs import GraphConfig, build_graph
-
-    data, _ = build_graph(load_dataset(None), GraphConfig())
-    return data
-
-
 @pytest.fixture(scope="module")
 def synth():
     """30 regions with all six modalities (street view included) and per-slice flows."""
