@@ -232,9 +232,20 @@ def test_progress_reporter_sees_training(nyc_run: Path) -> None:
         def close(self) -> None:
             pass
 
-    prev = set_reporter(lambda stage, total: Bar(stage))
+    totals: dict[str, int | None] = {}
+
+    def reporter(stage: str, total: int | None) -> Bar:
+        totals[stage] = total
+        return Bar(stage)
+
+    prev = set_reporter(reporter)
     try:
         train_stage(nyc_run / "graph.pt", None, tiny_config(epochs=3))
+        from urbanrep.bundle import read_bundle
+        from urbanrep.graphs import build_graph
+
+        build_graph(read_bundle(nyc_run / "bundle"))
     finally:
         set_reporter(prev)
-    assert seen.get("training") == 3
+    assert seen.get("training") == 3 == totals["training"]
+    assert seen.get("graph building") == totals["graph building"] == 8  # 4 fixed stages + 4 modalities

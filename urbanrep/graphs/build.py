@@ -55,6 +55,7 @@ from urbanrep.graphs.schema import (
     validate_graph,
 )
 from urbanrep.graphs.street_view import build_street_view
+from urbanrep.progress import start_progress
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class _Stages:
     (CPU < wall) or running on several cores (CPU > wall).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, total: int | None = None) -> None:
+        self.bar = start_progress("graph building", total)
         self.times: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
         self.peak_rss_mb: dict[str, float | None] = {}
@@ -103,6 +105,7 @@ class _Stages:
             self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - t0, 4)
             self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - c0, 4)
             self.peak_rss_mb[name] = _peak_rss_mb()
+            self.bar.update(1, stage=name)
             log.debug("stage %s: %.3f s", name, self.times[name])
 
 
@@ -294,7 +297,7 @@ def build_graph(bundle: CityBundle, config: GraphConfig | None = None) -> tuple[
             is absent, ...), naming the layer and the fix.
     """
     config = config or GraphConfig()
-    stages = _Stages()
+    stages = _Stages(total=4 + len(bundle.modalities))  # regions, hashes, adjacency, modalities, validate
     report: dict[str, Any] = {"bundle": bundle.name, "schema_version": GRAPH_SCHEMA_VERSION}
     with stages("prepare_regions"):
         crs = resolve_metric_crs(bundle.regions, config.metric_crs)
@@ -363,6 +366,7 @@ def build_graph(bundle: CityBundle, config: GraphConfig | None = None) -> tuple[
     data.feature_names = feature_names
     with stages("validate"):
         validate_graph(data)
+    stages.bar.close()
     report["modalities"] = built
     if skipped:
         report["skipped"] = skipped

@@ -35,6 +35,7 @@ from urbanrep.images.config import (
     resolve_device,
     resolve_precision,
 )
+from urbanrep.progress import start_progress
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -375,6 +376,7 @@ class ImageEncoder:
         pending: list[np.ndarray] = []
         n_pending = 0
         batches = iter(loader)
+        bar = start_progress("image encoding", len(todo))
         while True:
             # In-process decoding runs the per-image tensor ops single-threaded, as DataLoader workers
             # do: multi-threading such small ops only adds overhead, and on a busy machine it stalls.
@@ -383,6 +385,7 @@ class ImageEncoder:
             if batch is None:
                 break
             index, images, failed = batch
+            bar.update(len(index) + len(failed))
             for i, reason in failed:
                 reasons[todo[i]] = reason
             if images is None:
@@ -395,6 +398,7 @@ class ImageEncoder:
             if cache is not None and n_pending >= CACHE_FLUSH_ROWS:
                 self._flush(cache, np.concatenate(pending), unique, sizes, mtimes, feats)
                 pending, n_pending = [], 0
+        bar.close()
         if cache is not None and pending:
             self._flush(cache, np.concatenate(pending), unique, sizes, mtimes, feats)
 
