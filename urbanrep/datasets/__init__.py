@@ -32,7 +32,7 @@ def default_data_root() -> Path:
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
-    here = Path(__file__).resolve().parents[2] / "shared" / "data"
+    here = Path(__file__).resolve().parents[3] / "shared" / "data"  # <checkout>/../shared/data
     if here.is_dir():
         return here
     return (Path.cwd().parent / "shared" / "data").resolve()
