@@ -22,9 +22,23 @@ DATASET_HELP = (
 )
 
 
+class _BarSafeHandler(logging.Handler):
+    """Log lines written above the progress bars (tqdm.write) instead of through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty() and not quiet:
+        handler = _BarSafeHandler()
     handler.setFormatter(logging.Formatter("urbanrep: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
