@@ -29,10 +29,17 @@ import numpy as np
 import torch
 from torch_geometric.data import HeteroData
 
-from urbanrep.errors import ConfigError, UrbanRepError
+from urbanrep.errors import ConfigError
 from urbanrep.graphs.schema import IMAGE, IMAGE_IN_REGION, REGION, validate_graph
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
-from urbanrep.train import TrainConfig, TrainResult, _amp_context, _num_threads, resolve_device
+from urbanrep.train import (
+    TrainConfig,
+    TrainResult,
+    _amp_context,
+    _num_threads,
+    optimisation_step,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +187,7 @@ def train_minibatch(data: HeteroData, model_config: ModelConfig | None = None,
             batches = _batches(n, bc.batch_size, rng)
             for b, seeds in enumerate(batches):
                 sub = sampler.subgraph(data, sampler.sample(seeds, rng)).to(device)
-                opt.zero_grad(set_to_none=True)
-                with _amp_context(device, tc.amp):
-                    out = model(sub)
-                    total, parts = model.loss(sub, out, gen)
-                if not torch.isfinite(total):
-                    raise UrbanRepError(f"mini-batch loss became {float(total)} at epoch {epoch}, batch {b}; "
-                                        "lower TrainConfig.lr or enable grad_clip")
-                total.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt.step()
+                total, parts = optimisation_step(model, sub, opt, gen, tc, device, f"epoch {epoch}, batch {b}")
                 for k, v in {"total": total.detach(), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             row = {"epoch": float(epoch), **{k: v / len(batches) for k, v in sums.items()}}

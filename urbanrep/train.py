@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from urbanrep.atomic import atomic_path
@@ -285,6 +286,40 @@ def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
+def optimisation_step(model: RegionModel, data: HeteroData, opt: torch.optim.Optimizer, gen: torch.Generator,
+                      tc: TrainConfig, device: torch.device, where: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """One gradient step of the training objective on ``data`` (a whole graph or a sampled subgraph).
+
+    Args:
+        model: The model (switched to training mode here).
+        data: Graph on ``device``.
+        opt: Optimiser of ``model``'s parameters.
+        gen: Seeded generator for augmentations and node sampling.
+        tc: Training settings (autocast, gradient clipping).
+        device: Where ``model`` and ``data`` live.
+        where: Named in the error when the loss is not finite (e.g. ``"epoch 12"``).
+
+    Returns:
+        ``(total, parts)`` as :meth:`RegionModel.loss` returns them.
+
+    Raises:
+        UrbanRepError: the loss became NaN or infinite.
+    """
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    with _amp_context(device, tc.amp):
+        out = model(data)
+        total, parts = model.loss(data, out, gen)
+    if not torch.isfinite(total):
+        raise UrbanRepError(f"training loss became {float(total.detach())} at {where}; lower TrainConfig.lr "
+                            "or check the graph features for extreme values")
+    total.backward()
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    return total, parts
+
+
 def train(data: HeteroData, model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
           run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
     """Train a :class:`RegionModel` on ``data`` and return its embeddings.
@@ -395,18 +430,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
     for epoch in range(start + 1, tc.epochs + 1):
         if stopped:
             break
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        with _amp_context(device, tc.amp):
-            out = model(data)
-            total, parts = model.loss(data, out, gen)
-        if not torch.isfinite(total):
-            raise UrbanRepError(f"training loss became {float(total.detach())} at epoch {epoch}; lower TrainConfig.lr "
-                                "or check the graph features for extreme values")
-        total.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+        total, parts = optimisation_step(model, data, opt, gen, tc, device, f"epoch {epoch}")
         row: dict[str, float] = {"epoch": epoch, "total": float(total.detach()),
                                   **{k: float(v) for k, v in parts.items()}}
         history.append(row)
