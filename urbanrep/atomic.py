@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -39,6 +40,12 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``target`` atomically (UTF-8)."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_parquet_atomic(df: Any, target: str | os.PathLike[str]) -> None:
+    """Write a (Geo)DataFrame to ``target`` as Parquet atomically, without its index."""
+    with atomic_path(target) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:

@@ -108,11 +108,9 @@ def _print_run(run_dir: Path) -> None:
     print(f"run {run_dir}: {len(emb)} regions x {emb.shape[1] - 1} embedding dims")
     mpath = run_dir / "metrics.json"
     if mpath.exists():
-        metrics = json.loads(mpath.read_text())
-        for task, vals in metrics.get("tasks", {}).items():
-            print(f"  {task}: R2={vals['r2']:.3f} MAE={vals['mae']:.1f} RMSE={vals['rmse']:.1f}")
-        if "clustering" in metrics:
-            print(f"  clustering: {metrics['clustering']}")
+        from urbanrep.pipeline_cli import print_metrics
+
+        print_metrics(json.loads(mpath.read_text()))
     for p in sorted(run_dir.iterdir()):
         print(f"  {p.name}{'/' if p.is_dir() else ''}")
 

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 from torch_geometric.data import HeteroData
 
-from urbanrep.atomic import atomic_path, write_text_atomic
+from urbanrep.atomic import write_parquet_atomic, write_text_atomic
 from urbanrep.bundle import CityBundle, read_bundle, write_bundle
 from urbanrep.bundle.spec import MANIFEST
 from urbanrep.datasets import load_dataset
@@ -124,11 +124,6 @@ def train_stage(graph: HeteroData | str | Path, run_dir: str | Path | None, conf
     return UrbanRep(config).fit(data, run_dir=run_dir, resume=resume)
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
-
-
 def embed_stage(model_dir: str | Path, bundle: CityBundle, out_dir: str | Path,
                 config: RunConfig | None = None) -> pd.DataFrame:
     """Apply the model in ``model_dir`` to ``bundle``; write embeddings and fusion weights to ``out_dir``."""
@@ -139,8 +134,8 @@ def embed_stage(model_dir: str | Path, bundle: CityBundle, out_dir: str | Path,
     emb, weights = embed_graph(api._require_model(), data, api.config.train.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_parquet(emb.reset_index(), out / EMBEDDINGS)
-    _write_parquet(weights.reset_index(), out / FUSION_WEIGHTS)
+    write_parquet_atomic(emb.reset_index(), out / EMBEDDINGS)
+    write_parquet_atomic(weights.reset_index(), out / FUSION_WEIGHTS)
     log.info("embedded %d regions of %s with the model in %s", len(emb), bundle.name, model_dir)
     return emb
 
@@ -168,7 +163,7 @@ def evaluate_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | 
     write_metrics(result.metrics, run_dir / METRICS_FILE)
     if json_path is not None and Path(json_path) != run_dir / METRICS_FILE:
         write_metrics(result.metrics, json_path)
-    _write_parquet(result.predictions, run_dir / PREDICTIONS_FILE)
+    write_parquet_atomic(result.predictions, run_dir / PREDICTIONS_FILE)
     return result.metrics
 
 

@@ -29,10 +29,10 @@ def _default_run_dir(dataset: str | None) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Any:
     from urbanrep.runconfig import load_run_config
 
-    return load_run_config(getattr(args, "config", None), getattr(args, "set", None))
+    return load_run_config(getattr(args, "config", None), [*(getattr(args, "set", None) or []), *(extra or [])])
 
 
 def _tqdm_reporter(stage: str, total: int | None) -> Any:
@@ -68,7 +68,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run_pipeline(args.dataset, data_root=args.data_root, run_dir=out, config=config, resume=args.resume)
     print(result.bundle_summary)
     if result.metrics:
-        _print_metrics(result.metrics)
+        print_metrics(result.metrics)
     for stage, why in result.skipped.items():
         print(f"skipped {stage}: {why}")
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.stages.items())
@@ -122,7 +122,8 @@ def _bundle_for_run(args: argparse.Namespace) -> Any:
     raise UrbanRepError(f"run folder {args.run_dir} holds no {BUNDLE_DIR}/; pass the city with --bundle NAME_OR_PATH")
 
 
-def _print_metrics(metrics: dict[str, Any]) -> None:
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """Print an evaluation report (``metrics.json``) as a few aligned lines."""
     print(f"evaluation ({metrics.get('protocol')} protocol, {metrics.get('regressor')}):")
     for task, vals in metrics.get("tasks", {}).items():
         std = f" ± {vals['r2_std']:.3f}" if vals.get("r2_std") else ""
@@ -139,14 +140,9 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from urbanrep.pipeline import evaluate_stage
 
-    overrides = list(args.set or [])
-    if args.protocol:
-        overrides.append(f"evaluate.protocol={args.protocol}")
-    from urbanrep.runconfig import load_run_config
-
-    config = load_run_config(args.config, overrides)
+    config = _config(args, [f"evaluate.protocol={args.protocol}"] if args.protocol else None)
     metrics = evaluate_stage(args.run_dir, _bundle_for_run(args), config, json_path=args.json)
-    _print_metrics(metrics)
+    print_metrics(metrics)
     if args.json:
         print(f"metrics written to {args.json}")
     return 0
@@ -164,6 +160,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for p in written:
         print(p)
     return 0
+
+
+def _add_run_folder_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("run_dir", help=f"run folder {what}")
+    p.add_argument("--bundle", default=None, help="dataset name or bundle path (default: run_dir/bundle)")
+    p.add_argument("--data-root", default=None, help="folder holding the source data sets")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -205,9 +207,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
 
     p = sub.add_parser("evaluate", help="downstream regression and clustering of a run's embeddings",
                        description="Evaluate run_dir/embeddings.parquet on the city's targets and labels.")
-    p.add_argument("run_dir", help="run folder holding embeddings.parquet")
-    p.add_argument("--bundle", default=None, help="dataset name or bundle path (default: run_dir/bundle)")
-    p.add_argument("--data-root", default=None, help="folder holding the source data sets")
+    _add_run_folder_args(p, "holding embeddings.parquet")
     p.add_argument("--protocol", choices=["strict", "paper"], default=None,
                    help="strict (default: repeated shuffled k-fold, inner-CV alpha) or paper (published setting)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
@@ -216,9 +216,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
 
     p = sub.add_parser("export", help="GIS files, figures and the HTML report of a run",
                        description="Join embeddings, fusion weights and predictions to the region polygons.")
-    p.add_argument("run_dir", help="run folder")
-    p.add_argument("--bundle", default=None, help="dataset name or bundle path (default: run_dir/bundle)")
-    p.add_argument("--data-root", default=None, help="folder holding the source data sets")
+    _add_run_folder_args(p, "holding embeddings.parquet, fusion_weights.parquet, predictions.parquet")
     p.add_argument("--out", default=None, help="folder for the GIS files (default run_dir/gis)")
     p.add_argument("--formats", default=None, help="comma-separated: parquet,gpkg,geojson,csv (default all)")
     _add_config_args(p)
@@ -235,4 +233,4 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p.set_defaults(func=_cmd_run)
 
 
-__all__ = ["UrbanRepError", "add_commands", "install_progress"]
+__all__ = ["UrbanRepError", "add_commands", "install_progress", "print_metrics"]

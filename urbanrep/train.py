@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from urbanrep.atomic import atomic_path
+from urbanrep.atomic import atomic_path, write_bytes_atomic, write_parquet_atomic
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
 from urbanrep.experts.moe import MoEConfig
@@ -233,8 +233,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 def _torch_save_atomic(obj: Any, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _write_loss_csv(path: Path, history: list[dict[str, float]], columns: list[str]) -> None:
@@ -247,11 +246,6 @@ def _write_loss_csv(path: Path, history: list[dict[str, float]], columns: list[s
 def _append_loss_row(path: Path, row: dict[str, float], columns: list[str]) -> None:
     with path.open("a", newline="") as fh:
         csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore").writerow(row)
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
 
 
 def save_model(model: RegionModel, path: str | Path, train_config: TrainConfig | None = None) -> None:
@@ -471,7 +465,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
                          stopped_early=stopped, run_dir=run_dir)
     if run_dir is not None:
         emb_df = result.embeddings_frame().reset_index()
-        _write_parquet(emb_df, run_dir / EMBEDDINGS)
-        _write_parquet(result.fusion_weights_frame().reset_index(), run_dir / FUSION_WEIGHTS)
+        write_parquet_atomic(emb_df, run_dir / EMBEDDINGS)
+        write_parquet_atomic(result.fusion_weights_frame().reset_index(), run_dir / FUSION_WEIGHTS)
         save_model(model, run_dir / MODEL_FILE, tc)
     return result
