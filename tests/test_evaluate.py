@@ -241,11 +241,8 @@ def test_baselines_ignore_targets(nyc_bundle: CityBundle) -> None:
     pd.testing.assert_frame_equal(raw_feature_baseline(nyc_bundle), raw_feature_baseline(no_targets))
 
 
-def test_checkin_similarity_never_read(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from data_prep import get_converter
-
-    leaky = "hrep_checkin_similarity"
-    assert (data_root / "nyc_manhattan180" / "features" / f"{leaky}.npy").exists()  # the guard is not vacuous
+def _forbid_reading(monkeypatch: pytest.MonkeyPatch, leaky: str) -> list[str]:
+    """Make ``np.load`` and ``open`` fail on any path containing ``leaky``; returns the np.load paths seen."""
     seen: list[str] = []
     real_load, real_open = np.load, builtins.open
 
@@ -260,6 +257,15 @@ def test_checkin_similarity_never_read(data_root: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(np, "load", guarded_load)
     monkeypatch.setattr(builtins, "open", guarded_open)
+    return seen
+
+
+def test_checkin_similarity_never_read(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_prep import get_converter
+
+    leaky = "hrep_checkin_similarity"
+    assert (data_root / "nyc_manhattan180" / "features" / f"{leaky}.npy").exists()  # the guard is not vacuous
+    seen = _forbid_reading(monkeypatch, leaky)
     bundle = get_converter("nyc_manhattan180")(data_root / "nyc_manhattan180")
     for name in available_baselines(bundle):
         baseline_embedding(name, bundle)
@@ -320,18 +326,7 @@ def test_checkin_similarity_never_reaches_training(data_root: Path, monkeypatch:
     from data_prep import get_converter
 
     leaky = "hrep_checkin_similarity"
-    real_load, real_open = np.load, builtins.open
-
-    def guarded_load(file: Any, *a: Any, **k: Any) -> Any:
-        assert leaky not in str(file), f"read the target-derived {file}"
-        return real_load(file, *a, **k)
-
-    def guarded_open(file: Any, *a: Any, **k: Any) -> Any:
-        assert leaky not in str(file), f"opened the target-derived {file}"
-        return real_open(file, *a, **k)
-
-    monkeypatch.setattr(np, "load", guarded_load)
-    monkeypatch.setattr(builtins, "open", guarded_open)
+    _forbid_reading(monkeypatch, leaky)
     bundle = get_converter("nyc_manhattan180")(data_root / "nyc_manhattan180")
     names = " ".join([*bundle.aggregates, *(str(v) for v in vars(bundle).values() if isinstance(v, str | Path))])
     assert "checkin" not in names.lower().replace("_", "").replace("-", "")
