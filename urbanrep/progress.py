@@ -1,10 +1,11 @@
 """Progress reporting without drawing: library code reports, the CLI decides how to show it.
 
-Library stages wrap their long loops in :func:`progress`::
+Library stages open a bar around their long loops::
 
-    with progress("training", total=epochs) as bar:
-        for epoch in ...:
-            bar.update(1, loss=f"{loss:.3f}")
+    bar = start_progress("training", total=epochs)
+    for epoch in ...:
+        bar.update(1, loss=f"{loss:.3f}")
+    bar.close()
 
 By default nothing is shown. The CLI installs a reporter (tqdm bars with the stage name and an
 ETA when stderr is a terminal) through :func:`set_reporter`; tests and notebooks may install
@@ -13,11 +14,10 @@ their own.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["ProgressBar", "progress", "set_reporter", "start_progress"]
+__all__ = ["ProgressBar", "set_reporter", "start_progress"]
 
 
 class ProgressBar(Protocol):
@@ -50,15 +50,6 @@ def set_reporter(reporter: Reporter | None) -> Reporter | None:
 
 
 def start_progress(stage: str, total: int | None = None) -> ProgressBar:
-    """A progress bar for ``stage``; the caller closes it (prefer :func:`progress` in new code)."""
+    """A progress bar for ``stage`` with ``total`` steps (None: unknown); the caller closes it."""
     return _reporter(stage, total) if _reporter is not None else _Silent()
 
-
-@contextlib.contextmanager
-def progress(stage: str, total: int | None = None) -> Iterator[ProgressBar]:
-    """A progress bar for ``stage`` with ``total`` steps (None: unknown), closed on exit."""
-    bar = start_progress(stage, total)
-    try:
-        yield bar
-    finally:
-        bar.close()
