@@ -68,7 +68,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
     """Learned variants: name -> (description, fn(ModelConfig) -> ModelConfig)."""
     from urbanrep.fusion.spatial import FusionConfig
 
-    def loss(**kw: float) -> Callable[[Any], Any]:
+    def loss(**kw: Any) -> Callable[[Any], Any]:
         return lambda mc: replace(mc, loss=replace(mc.loss, **kw))
 
     return {
@@ -83,8 +83,19 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "abl_no_mobility_loss": ("ablation: mobility-distribution reconstruction off", loss(mobility_weight=0.0)),
         "abl_no_feature_loss": ("ablation: input-retention (feature reconstruction) loss off",
                                 loss(feature_weight=0.0)),
+        "abl_log_retention": ("ablation: input retention of log-scale features only (the earlier default)",
+                              loss(feature_target="log")),
         "ext_similarity_losses": ("extension (proposal): POI and land-use similarity reconstruction on (weight 1)",
                                   loss(poi_similarity_weight=1.0, landuse_similarity_weight=1.0)),
+        # Design candidates compared by experiments/select_design.py on development cities only.
+        "dev_feature1": ("candidate: input-retention loss weight 1 (default 5)", loss(feature_weight=1.0)),
+        "dev_similarity_no_feature": ("candidate: POI/land-use similarity reconstruction (1), input retention off",
+                                      loss(poi_similarity_weight=1.0, landuse_similarity_weight=1.0,
+                                           feature_weight=0.0)),
+        "dev_feature_both": ("candidate: input retention of log-scale and linear-scale features",
+                             loss(feature_target="both")),
+        "dev_fusion_vs_modality": ("candidate: fusion-level contrast of the fused vs each modality embedding",
+                                   lambda mc: replace(mc, loss=replace(mc.loss, fusion_contrast="modality"))),
     }
 
 

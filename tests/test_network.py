@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 import math
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from urbanrep.errors import ConfigError, GraphError
 from urbanrep.experts import ExpertConfig, MoEConfig
+from urbanrep.experts.base import masked_standardize
 from urbanrep.experts.testing import permute_regions, random_region_graph
 from urbanrep.fusion import (
     FusionConfig,
@@ -194,6 +197,35 @@ def test_optional_losses_and_fusion_contrast(synth):
     total, parts = model.loss(synth, model(synth), torch.Generator().manual_seed(0))
     assert {"poi_similarity", "landuse_similarity", "fusion"} <= set(parts)
     assert torch.isfinite(total)
+
+
+def test_retention_target_both_adds_linear_counts(nyc, caplog):
+    """``feature_target='both'``: log-scale target plus the count columns back on a linear scale."""
+    model = _model(tiny(loss_feature_target="both"), nyc)
+    mask = nyc[REGION][mask_key("poi")]
+    target = model.retention_target(nyc, "poi", mask)
+    x = nyc[REGION][feature_key("poi")]
+    names = nyc.feature_names["poi"]
+    assert target.shape == (x.size(0), 2 * x.size(1))
+    j = names.index(next(n for n in names if n.startswith("log1p:") and float(x[mask, names.index(n)].std()) > 0))
+    linear = torch.expm1(x[mask, j].double())
+    expected = (linear - linear.mean()) / linear.std(unbiased=False)
+    assert torch.allclose(target[mask, x.size(1) + j].double(), expected, atol=1e-4)
+    share = next(i for i, n in enumerate(names) if n.startswith("share:") and float(x[mask, i].std()) > 0)
+    s = x[mask, share].double()
+    assert torch.allclose(target[mask, x.size(1) + share].double(), (s - s.mean()) / s.std(unbiased=False),
+                          atol=1e-4)  # shares are kept as they are
+    assert model.feature_heads["poi"].out_features == 2 * x.size(1)
+    total, parts = model.loss(nyc, model(nyc), torch.Generator().manual_seed(0))
+    assert "features" in parts and torch.isfinite(total)
+    bare = copy.copy(nyc)
+    del bare.feature_names
+    with caplog.at_level(logging.WARNING, logger="urbanrep.network"):
+        plain = model.retention_target(bare, "poi", mask)
+    assert "no feature_names" in caplog.text and "poi" in nyc.feature_names
+    assert torch.allclose(plain[:, x.size(1):], masked_standardize(x, mask))
+    with pytest.raises(ConfigError, match="feature_target"):
+        LossConfig(feature_target="linear")
 
 
 def test_all_losses_off_gives_zero(synth):

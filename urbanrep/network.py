@@ -11,6 +11,7 @@ their feature widths) and maps the graph to one embedding per region::
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -52,6 +53,8 @@ from urbanrep.graphs.schema import (
 )
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -227,8 +230,10 @@ class RegionModel(nn.Module):
                                             ("landuse", lc.landuse_similarity_weight))
             if w > 0 and m in self.modalities
         })
+        self._warned_names: set[str] = set()
+        width = 2 if lc.feature_target == "both" else 1
         self.feature_heads = nn.ModuleDict({
-            m: nn.Linear(c, metadata.channels(m)) for m in self.modalities
+            m: nn.Linear(c, width * metadata.channels(m)) for m in self.modalities
             if m != "street_view" and lc.feature_weight > 0
         })
 
@@ -323,13 +328,10 @@ class RegionModel(nn.Module):
             parts[f"{m}_similarity"] = (w, similarity_reconstruction_loss(
                 head(sel(out.embedding)), sel(x), sel(out.masks[m])))
         if self.feature_heads:
-            ec = self.config.expert
             terms = []
             for m, head in self.feature_heads.items():
-                x = data[REGION][feature_key(m)].float()
-                x = signed_log1p(x) if ec.log_inputs else x
                 mk = out.masks[m]
-                target = masked_standardize(x, mk)
+                target = self.retention_target(data, m, mk)
                 terms.append(feature_reconstruction_loss(head(sel(out.embedding)), sel(target), sel(mk)))
             parts["features"] = (lc.feature_weight, torch.stack(terms).mean())
         if lc.balance_weight > 0 and self.config.moe.routing == "topk" and self.config.moe.num_shared > 0:
@@ -339,6 +341,36 @@ class RegionModel(nn.Module):
         else:
             total = torch.stack([w * v.float() for w, v in parts.values()]).sum()
         return total, {k: v.detach() for k, (_, v) in parts.items()}
+
+    def retention_target(self, data: HeteroData, modality: str, mask: Tensor) -> Tensor:
+        """What the input-retention loss reconstructs for one modality (see ``LossConfig.feature_target``).
+
+        Args:
+            data: Region graph.
+            modality: An aggregated modality of the model.
+            mask: ``[N]`` bool, regions with data for it.
+
+        Returns:
+            ``[N, F]`` (``"log"``) or ``[N, 2F]`` (``"both"``) standardised over the present rows.
+
+        A graph without ``feature_names`` for the modality (hand-made, or built before they were
+        stored) gets its features as they are for the linear part, with one warning.
+        """
+        x = data[REGION][feature_key(modality)].float()
+        parts = [masked_standardize(signed_log1p(x) if self.config.expert.log_inputs else x, mask)]
+        if self.config.loss.feature_target == "both":
+            names = (getattr(data, "feature_names", None) or {}).get(modality)
+            if names is None or len(names) != x.size(1):
+                if modality not in self._warned_names:
+                    self._warned_names.add(modality)
+                    log.warning("graph has no feature_names for %r: the linear-scale retention target uses its "
+                                "features as they are (rebuild the graph with build_graph to restore counts "
+                                "from log1p columns)", modality)
+                names = [""] * x.size(1)
+            counts = torch.tensor([n.startswith("log1p:") for n in names], dtype=torch.bool, device=x.device)
+            linear = torch.where(counts, torch.expm1(x.clamp_min(0)), x)
+            parts.append(masked_standardize(linear, mask))
+        return torch.cat(parts, 1)
 
     def _fusion_loss(self, data: HeteroData, out: ModelOutput, generator: torch.Generator | None,
                      sel: Any) -> Tensor:

@@ -182,7 +182,8 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     mods = d.get("modalities")
     return ModelConfig(
         expert=ExpertConfig(**d["expert"]), moe=MoEConfig(**d["moe"]), fusion=FusionConfig(**d["fusion"]),
-        loss=LossConfig(**d["loss"]), uniform_experts=d["uniform_experts"],
+        # Models saved before ``feature_target`` existed reconstructed log-scale features only.
+        loss=LossConfig(**{"feature_target": "log", **d["loss"]}), uniform_experts=d["uniform_experts"],
         modalities=tuple(mods) if mods is not None else None, projection_channels=d["projection_channels"],
         checkpoint_experts=bool(d.get("checkpoint_experts", False)),
     )

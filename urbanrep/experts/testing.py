@@ -185,6 +185,8 @@ def random_region_graph(num_regions: int, modalities: Sequence[str] = ("poi", "m
     reg.pos = torch.as_tensor(pos.astype(np.float32))
     adj = knn_edges(pos, degree)
     _set_edges(data, ADJACENT, adj[0], adj[1], np.ones(len(adj[0])))
+    data.feature_names = {m: [f"{'image_features' if m == 'remote_sensing' else 'count'}:{m}_{j:02d}"
+                              for j in range(dims[m])] for m in modalities if m != "street_view"}
     for m in modalities:
         if m not in ALL_MODALITIES:
             raise ValueError(f"unknown modality {m!r}")

@@ -19,6 +19,7 @@ from urbanrep.errors import ConfigError
 from urbanrep.graphs.schema import AGGREGATED_MODALITIES, IMAGE, IMAGE_IN_REGION, REGION, feature_key
 
 FUSION_CONTRASTS = ("views", "modality")
+FEATURE_TARGETS = ("log", "both")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ class LossConfig:
             mobility) and let modality-specific content (POI mixes, land use) fade; this term
             keeps it linearly readable from the embedding. The default 5 puts this unit-variance
             MSE on the scale of the InfoNCE terms (about log N for a few hundred regions).
+        feature_target: What the input-retention loss reconstructs. ``"log"``: each modality's
+            features after :func:`~urbanrep.experts.base.signed_log1p` (compressed counts);
+            ``"both"``: those, plus the same columns on a linear scale (``log1p:`` count
+            columns turned back into counts), so volumes stay linearly readable too. The
+            default ``"both"`` was chosen on development cities only (Chicago-77, Singapore;
+            ``experiments/select_design.py``), never on the held-out NYC benchmarks.
         balance_weight: Load-balancing loss of sparse (top-k) MoE routing.
         feature_drop: Probability of masking a feature column in an augmented view.
         edge_drop: Probability of dropping an edge in an augmented view.
@@ -61,6 +68,7 @@ class LossConfig:
     poi_similarity_weight: float = 0.0
     landuse_similarity_weight: float = 0.0
     feature_weight: float = 5.0
+    feature_target: str = "both"
     balance_weight: float = 0.01
     feature_drop: float = 0.2
     edge_drop: float = 0.2
@@ -73,6 +81,9 @@ class LossConfig:
                      "poi_similarity_weight", "landuse_similarity_weight", "feature_weight", "balance_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}")
+        if self.feature_target not in FEATURE_TARGETS:
+            raise ConfigError(f"LossConfig.feature_target must be one of {FEATURE_TARGETS}, "
+                              f"got {self.feature_target!r}")
         if self.fusion_contrast not in FUSION_CONTRASTS:
             raise ConfigError(f"LossConfig.fusion_contrast must be one of {FUSION_CONTRASTS}, "
                               f"got {self.fusion_contrast!r}")

@@ -1,0 +1,159 @@
+"""Choose design defaults on development cities only, never on the held-out benchmark.
+
+The quality issue forbids choosing epochs, seeds or hyper-parameters by test score. This
+script is the one place where design candidates (loss weights, contrast modes) are compared,
+and it compares them on **development cities** (default: Chicago-77 and Singapore), under
+the ``strict`` protocol, with a fixed training budget and several training seeds. NYC-180,
+the main benchmark, and the NYC tracts are held out: they are never trained or scored here,
+so their numbers in ``experiments/RESULTS.md`` are not selected on.
+
+Rule (declared before the runs): the score of a candidate is the mean over development
+cities of the mean strict R² over that city's scalar tasks, averaged over training seeds; the
+candidate with the highest score becomes the default. The development cities' own numbers in
+the results table are then optimistic (they were used for selection) and are marked so.
+
+Usage::
+
+    python -m experiments.select_design --out /tmp/select --publish
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.benchmark import CITIES, REPO, load_city, model_variants, train_embedding
+
+log = logging.getLogger("select_design")
+
+#: Candidates, declared before any run (names of experiments.benchmark.model_variants).
+CANDIDATES = ("urbanrep", "abl_no_feature_loss", "dev_feature1", "ext_similarity_losses",
+              "dev_similarity_no_feature", "dev_fusion_vs_modality", "dev_feature_both")
+DEV_CITIES = ("chicago77", "singapore")
+HELD_OUT = ("nyc180", "nyc_tracts")
+
+
+def scalar_tasks(city_name: str) -> list[str]:
+    """The city's scalar regression tasks (clustering and land-use shares are left out of the score)."""
+    return [t for t in CITIES[city_name].tasks if t not in ("nmi", "ari", "landuse_shares")]
+
+
+def strict_scores(emb: Any, bundle: Any, tasks: Sequence[str], strict_seeds: int) -> dict[str, float]:
+    """Strict-protocol R² per task of one embedding."""
+    from urbanrep.evaluate import EvalConfig, evaluate_embeddings
+
+    rep = evaluate_embeddings(emb, bundle, EvalConfig(protocol="strict", seeds=tuple(range(strict_seeds))))
+    return {t: float(rep["tasks"][t]["r2"]) for t in tasks}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train and score every candidate on every development city."""
+    from urbanrep.graphs import GraphConfig, build_graph
+
+    results: dict[str, Any] = {"candidates": {}, "cities": list(args.cities), "seeds": list(args.seeds),
+                               "epochs": args.epochs, "strict_seeds": args.strict_seeds}
+    for city_name in args.cities:
+        bundle = load_city(CITIES[city_name], args.data_root)
+        data, _ = build_graph(bundle, GraphConfig())
+        tasks = scalar_tasks(city_name)
+        for cand in args.candidates:
+            per_seed = []
+            for seed in args.seeds:
+                got = train_embedding(data, cand, seed, args.epochs, args.out / "embeddings" / city_name, args.device)
+                assert got is not None
+                per_seed.append(strict_scores(got[0], bundle, tasks, args.strict_seeds))
+            means = {t: float(np.mean([p[t] for p in per_seed])) for t in tasks}
+            city_score = [float(np.mean(list(p.values()))) for p in per_seed]
+            entry = results["candidates"].setdefault(cand, {"description": model_variants()[cand][0], "cities": {}})
+            entry["cities"][city_name] = {"tasks": means, "score": float(np.mean(city_score)),
+                                          "score_std": float(np.std(city_score))}
+            log.info("%s %s: score %.3f ± %.3f %s", city_name, cand, np.mean(city_score), np.std(city_score),
+                     {t: round(v, 3) for t, v in means.items()})
+    for entry in results["candidates"].values():
+        entry["score"] = float(np.mean([c["score"] for c in entry["cities"].values()]))
+    results["selected"] = max(results["candidates"], key=lambda c: results["candidates"][c]["score"])
+    return results
+
+
+def format_markdown(res: dict[str, Any], command: str) -> str:
+    """The selection table."""
+    cities = res["cities"]
+    lines = ["# Design selection on development cities", "",
+             f"Regenerate with `{command}` ({time.strftime('%Y-%m-%d')}).", "",
+             f"Development cities: {', '.join(cities)} (strict protocol, {res['strict_seeds']} shuffled splits; "
+             f"{res['epochs']} epochs; training seeds {res['seeds']}). Held out, never scored here: "
+             f"{', '.join(HELD_OUT)}. Score = mean over cities of the mean strict R² over each city's scalar "
+             "tasks; the highest score becomes the default.", "",
+             "| candidate | " + " | ".join(f"{c} score" for c in cities) + " | score |",
+             "|---|" + "---|" * (len(cities) + 1)]
+    order = sorted(res["candidates"], key=lambda c: -res["candidates"][c]["score"])
+    for cand in order:
+        e = res["candidates"][cand]
+        cells = [f"{e['cities'][c]['score']:.3f} ± {e['cities'][c]['score_std']:.3f}" for c in cities]
+        name = f"**{cand}**" if cand == res["selected"] else cand
+        lines.append(f"| {name} ({e['description']}) | " + " | ".join(cells) + f" | {e['score']:.3f} |")
+    lines += ["", "Per task (mean over seeds):", "",
+              "| candidate | " + " | ".join(f"{c}:{t}" for c in cities for t in scalar_tasks(c)) + " |",
+              "|---|" + "---|" * sum(len(scalar_tasks(c)) for c in cities)]
+    for cand in order:
+        e = res["candidates"][cand]
+        lines.append(f"| {cand} | " + " | ".join(f"{e['cities'][c]['tasks'][t]:.3f}"
+                                                for c in cities for t in scalar_tasks(c)) + " |")
+    lines += ["", f"Selected: **{res['selected']}**.", ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cities", nargs="+", default=list(DEV_CITIES), choices=[c for c in CITIES if c not in HELD_OUT],
+                   help="development cities (the held-out benchmark cities cannot be chosen)")
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(model_variants()))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=None, help="fixed budget (default: TrainConfig().epochs)")
+    p.add_argument("--strict-seeds", type=int, default=5)
+    p.add_argument("--out", type=Path, required=True, help="output folder outside the repository")
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--publish", action="store_true", help="also write experiments/DESIGN_SELECTION.md")
+    args = p.parse_args(argv)
+    if args.epochs is None:
+        from urbanrep.train import TrainConfig
+
+        args.epochs = TrainConfig().epochs
+    args.out = args.out.resolve()
+    if args.out.is_relative_to(REPO) and not args.out.is_relative_to(REPO / "runs"):
+        p.error(f"--out {args.out} is inside the repository; use a folder outside it (or under runs/)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("urbanrep").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    res = run(args)
+    shown = " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    md = format_markdown(res, f"python -m experiments.select_design {shown}".strip())
+    (args.out / "DESIGN_SELECTION.md").write_text(md)
+    (args.out / "design_selection.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(md)
+    if args.publish:
+        (REPO / "experiments" / "DESIGN_SELECTION.md").write_text(md)
+        (REPO / "experiments" / "design_selection.json").write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
