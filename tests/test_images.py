@@ -242,7 +242,8 @@ def test_checkpoint_from_tiny_model_roundtrips(tiles: list[str], tiny_tiles: np.
     torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in source.model.state_dict().items()}},
                wrapped)
     res2 = encode_images(tiles[:3], _cfg(checkpoint=str(wrapped), seed=5))
-    np.testing.assert_array_equal(res2.features, tiny_tiles[:3])
+    # another batch size may take another BLAS path: equal up to float32 rounding
+    np.testing.assert_allclose(res2.features, tiny_tiles[:3], rtol=1e-5, atol=1e-6)
 
 
 def test_config_errors() -> None:
