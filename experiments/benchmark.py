@@ -145,6 +145,10 @@ NYC_PUBLISHED = {
     },
 }
 
+#: Said of the development cities, whose strict scores chose design defaults (experiments/select_design.py).
+DEV_NOTE = ("Development city: its strict-protocol scores chose the design defaults (experiments/DESIGN_SELECTION.md), "
+            "so its urbanrep rows are optimistic; NYC-180 and the NYC tracts are held out from that selection.")
+
 CITIES: dict[str, City] = {
     "nyc180": City(
         "nyc180", "NYC-180 (Manhattan, 180 regions)", None,
@@ -163,7 +167,8 @@ CITIES: dict[str, City] = {
         "chicago77", "Chicago-77 (community areas)", "chicago77", ("check_in", "crime", "service_call"),
         published={"paper": {"HAFusion (published; best test epoch per task)":
                              {"check_in": 0.870, "crime": 0.631, "service_call": 0.613}}},
-        published_notes=("HAFusion Chicago numbers as published (test-epoch selection), paper protocol.",),
+        published_notes=("HAFusion Chicago numbers as published (test-epoch selection), paper protocol.",
+                         DEV_NOTE),
         targets=(Target("paper", "check_in", ">=", 0.87), Target("paper", "crime", ">=", 0.64),
                  Target("paper", "service_call", ">=", 0.62))),
     "singapore": City(
@@ -172,7 +177,7 @@ CITIES: dict[str, City] = {
                              {"population": 0.427, "landuse_shares_l1": 0.495, "landuse_shares_kl": 0.281,
                               "landuse_shares_cosine": 0.882}}},
         published_notes=("RegionDCL's Singapore numbers come from its own evaluation (not re-run here); they are "
-                         "placed under the paper protocol for reading only.",),
+                         "placed under the paper protocol for reading only.", DEV_NOTE),
         targets=(Target("paper", "population", ">", 0.427), Target("strict", "population", ">", 0.427))),
     "nyc_tracts": City(
         "nyc_tracts", "NYC census tracts (2,325; 5-class land-use input)", "nyc_tracts",
@@ -516,12 +521,19 @@ def format_city(name: str, res: dict[str, Any], strict_seeds: int) -> list[str]:
     return lines
 
 
+def _training_codes(results: dict[str, Any]) -> list[str]:
+    """Code stamps of every learned embedding in the tables."""
+    return sorted({c for city in results["cities"].values() for m in city["methods"].values()
+                   if m["kind"] == "learned" for c in m["train"]["code"]}) or ["unknown"]
+
+
 def format_report(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = ["# urbanrep benchmark results", "",
              f"Regenerate with `{meta['command']}` ({meta['date']}; training {meta['train_wall_s'] / 60:.0f} min "
              f"in all + evaluation, {meta['threads']} CPU thread per process on a shared 2-core machine; "
-             f"model code {meta['code_at_report']}).", "",
+             f"embeddings trained by code {', '.join(_training_codes(results))}; tables written by code "
+             f"{meta['code_at_report']}).", "",
              f"Learned rows (`urbanrep`, `abl_*`): ONE final embedding per training seed for all tasks of a city, "
              f"fixed budget of {meta['epochs']} epochs, default `ModelConfig()`, seeds {meta['seeds']}; cells are "
              f"mean ± std over those seeds. No epoch, seed or hyper-parameter is selected on test folds. "
