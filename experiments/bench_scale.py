@@ -7,7 +7,15 @@ Each (scale, engine) runs in a fresh child process, so peak RSS (VmHWM) is that 
     python experiments/bench_scale.py --scale 100000:0:0 --train-only   # mini-batch training only
 
 The synthetic city (``experiments/synthetic_city.py``) has POIs and trips only by default
-(land use, roads, imagery off: ``--full`` turns them on). The Dask engine runs on a
+(land use, roads, imagery off: ``--full`` turns them on). With ``--parquet DIR`` the city is
+not held in memory: ``write_city_parquet`` streams it to a bundle under ``DIR`` (its own process,
+timed apart: ``generate_s``), and the build reads the POI and trip layers from Parquet row group
+by row group (``read_bundle`` keeps them on disk); ``--reuse`` skips generation when the bundle
+exists:
+
+    python experiments/bench_scale.py --parquet /tmp/cities --scale 1000000:50000000:50000000 \
+        --engines local --json /tmp/bench_1m.json
+ The Dask engine runs on a
 ``LocalCluster`` of ``--workers`` workers x 1 thread (``--processes`` for worker processes;
 threads by default, shapely releases the GIL). ``graph_sha`` in the output proves both engines
 built the same graph.
@@ -48,6 +56,31 @@ def _graph_sha(data: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def _city_dir(args: argparse.Namespace, regions: int, pois: int, trips: int) -> Path:
+    return Path(args.parquet) / f"city_{regions}_{pois}_{trips}_s{args.seed}"
+
+
+def generate(args: argparse.Namespace, scale: str) -> dict[str, Any] | None:
+    """Stream the city of ``scale`` to Parquet in its own process (timed apart from the build)."""
+    r, q, t = (int(v) for v in scale.split(":"))
+    path = _city_dir(args, r, q, t)
+    if args.reuse and (path / "manifest.json").exists():
+        return {"reused": str(path)}
+    cmd = [sys.executable, "-m", "experiments.synthetic_city", "--regions", str(r), "--pois", str(q),
+           "--trips", str(t), "--seed", str(args.seed), "--parquet", "--row-group-size", str(args.row_group_size),
+           "--out", str(path)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("GENERATED ")]
+    if proc.returncode or not line:
+        print(f"{scale}: generation failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    res: dict[str, Any] = json.loads(line[-1][len("GENERATED "):])
+    res["process_wall_s"] = round(time.perf_counter() - t0, 2)
+    res["bytes_on_disk"] = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return res
+
+
 def child(regions: int, pois: int, trips: int, engine: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -56,27 +89,36 @@ def child(regions: int, pois: int, trips: int, engine: str, args: argparse.Names
     from urbanrep.graphs import GraphConfig, build_graph
 
     out: dict[str, Any] = {"regions": regions, "pois": pois, "trips": trips, "engine": engine}
-    extra = dict(num_landuse=2 * regions, road_spacing=150.0, num_street_view=regions,
+    extra: dict[str, Any] = dict(num_landuse=2 * regions, road_spacing=150.0, num_street_view=regions,
                  remote_sensing_tiles=int(regions ** 0.5)) if args.full else \
         dict(num_landuse=0, road_spacing=0.0, num_street_view=0, remote_sensing_tiles=0)
     t0 = time.perf_counter()
-    bundle = make_city(SyntheticCityConfig(num_regions=regions, num_pois=pois, num_trips=trips, seed=args.seed,
-                                           **extra))
-    out["generate_s"] = round(time.perf_counter() - t0, 2)
+    if args.parquet:
+        from urbanrep.bundle import read_bundle
+        from urbanrep.bundle.partitioned import ParquetLayer
+
+        bundle = read_bundle(_city_dir(args, regions, pois, trips), partitioned=True)
+        out["read_s"] = round(time.perf_counter() - t0, 2)
+        out["partitioned"] = {lay: getattr(bundle, lay).row_groups for lay in ("pois", "trips")
+                              if isinstance(getattr(bundle, lay), ParquetLayer)}
+    else:
+        bundle = make_city(SyntheticCityConfig(num_regions=regions, num_pois=pois, num_trips=trips, seed=args.seed,
+                                               **extra))
+        out["generate_s"] = round(time.perf_counter() - t0, 2)
     out["rss_after_generate_mb"] = _rss_mb("VmRSS")
     if not args.train_only:
         if engine == "dask":
             import urbanrep.graphs.build as build_module
             from urbanrep.engine import get_engine
 
-            eng = get_engine("dask", partitions=args.partitions, n_workers=args.workers, threads_per_worker=1,
+            eng: Any = get_engine("dask", partitions=args.partitions, n_workers=args.workers, threads_per_worker=1,
                              processes=args.processes, min_points=0)
             t0 = time.perf_counter()
             eng.client  # noqa: B018 - start the cluster outside the timed build
             out["cluster_start_s"] = round(time.perf_counter() - t0, 2)
             build_module.engine_for = lambda config: eng  # type: ignore[assignment]
         t0 = time.perf_counter()
-        data, report = build_graph(bundle, GraphConfig(engine=engine, dask_partitions=args.partitions))
+        data, report = build_graph(bundle, GraphConfig(engine=engine, dask_partitions=args.partitions))  # type: ignore[arg-type]
         out["build_wall_s"] = round(time.perf_counter() - t0, 2)
         out["timings_s"] = report["timings_s"]
         out["peak_rss_mb_by_stage"] = report["peak_rss_mb"]
@@ -115,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parquet", default=None, metavar="DIR",
+                   help="stream the city to a bundle under DIR and build from its Parquet layers (partitioned)")
+    p.add_argument("--reuse", action="store_true", help="with --parquet: reuse an existing generated bundle")
+    p.add_argument("--row-group-size", type=int, default=2_000_000)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -128,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     raw = list(argv if argv is not None else sys.argv[1:])
     passthrough = [a for i, a in enumerate(raw)
                    if not (a.startswith("--json") or (i and raw[i - 1] == "--json"))]
-    results = []
+    results: list[dict[str, Any]] = []
     for scale in scales:
+        if args.parquet:
+            gen = generate(args, scale)
+            if gen is None:
+                continue
+            print(f"{scale:>24} generated: {json.dumps(gen)}", flush=True)
+            results.append({"scale": scale, "generate": gen})
         for engine in engines:
             cmd = [sys.executable, __file__, *passthrough, "--child", f"{scale}@{engine}"]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -141,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
             stages = ", ".join(f"{k} {v:.1f}s/{res['peak_rss_mb_by_stage'].get(k, float('nan')):.0f}MB"
                                for k, v in res.get("timings_s", {}).items())
-            print(f"{scale:>24} {engine:>5}: build {res.get('build_wall_s', '-')} s, peak {res['peak_rss_mb']} MB, "
+            print(f"{scale:>24} {engine:>5}: " + (f"read {res['read_s']} s, " if "read_s" in res else "")
+                  + f"build {res.get('build_wall_s', '-')} s, peak {res['peak_rss_mb']} MB, "
                   f"sha {res.get('graph_sha', '-')}"
                   + (f", mini-batch epoch {res['minibatch_epoch_s']} s" if "minibatch_epoch_s" in res else "")
                   + (f"\n{'':>32}{stages}" if stages else ""), flush=True)

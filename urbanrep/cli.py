@@ -72,8 +72,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from urbanrep.bundle import read_bundle, validate_bundle
 
-    bundle = read_bundle(args.bundle, validate=False)
-    bundle, report = validate_bundle(bundle)
+    choice = getattr(args, "partitioned", "auto")
+    partitioned: bool | str = "auto" if choice == "auto" else choice == "all"
+    bundle = read_bundle(args.bundle, validate=False, partitioned=partitioned)  # type: ignore[arg-type]
+    # Point layers kept on disk are scanned one row group at a time (never loaded whole).
+    bundle, report = validate_bundle(bundle, scan=True)
     print(bundle.summary_line())
     for line in report.lines():
         print(f"  note: {line}")
@@ -85,7 +88,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if (path / "manifest.json").exists():
-        return _cmd_validate(argparse.Namespace(bundle=path, json=False))
+        return _cmd_validate(argparse.Namespace(bundle=path, json=False, partitioned="auto"))
     if path.suffix == ".pt" or (path / "graph.pt").exists():
         from urbanrep.graphs.build import load_graph
         from urbanrep.graphs.schema import graph_counts
@@ -141,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a city bundle and print its summary; exit 1 if invalid")
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("--json", action="store_true", help="also print the summary and report as JSON")
+    p.add_argument("--partitioned", choices=["auto", "all", "none"], default="auto",
+                   help="keep point layers (pois, trips) on disk and scan them by row groups: 'auto' above "
+                        "256 MiB or for x/y coordinate columns, 'all', or 'none' (load them whole)")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("info", help="summarise a bundle, a graph file or a run folder")

@@ -10,6 +10,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from urbanrep.bundle.partitioned import ParquetLayer
 from urbanrep.bundle.spec import AGGREGATE_KINDS, MODALITIES, RAW_LAYERS
 from urbanrep.errors import BundleError
 
@@ -95,7 +96,8 @@ class CityBundle:
         name: Short dataset name (``"nyc_manhattan180"``).
         regions: GeoDataFrame with a unique ``region_id`` column and polygon geometry.
         pois / trips / landuse / roads / remote_sensing / street_view: optional raw layers
-            (see :mod:`urbanrep.bundle.spec` for their columns).
+            (see :mod:`urbanrep.bundle.spec` for their columns). ``pois`` and ``trips`` may be
+            a :class:`~urbanrep.bundle.partitioned.ParquetLayer` kept on disk (larger than memory).
         aggregates: Aggregated-level data by name.
         targets: Long table ``region_id, target, value`` of downstream targets.
         labels: Long table ``region_id, label, value`` of categorical labels (clustering).
@@ -107,8 +109,8 @@ class CityBundle:
 
     name: str
     regions: gpd.GeoDataFrame
-    pois: gpd.GeoDataFrame | None = None
-    trips: gpd.GeoDataFrame | pd.DataFrame | None = None
+    pois: gpd.GeoDataFrame | ParquetLayer | None = None
+    trips: gpd.GeoDataFrame | pd.DataFrame | ParquetLayer | None = None
     landuse: gpd.GeoDataFrame | None = None
     roads: gpd.GeoDataFrame | None = None
     remote_sensing: gpd.GeoDataFrame | None = None

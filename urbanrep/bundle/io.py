@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import geopandas as gpd
 import pandas as pd
@@ -13,6 +16,13 @@ import pyproj
 
 from urbanrep.atomic import atomic_path
 from urbanrep.bundle.core import Aggregate, CityBundle
+from urbanrep.bundle.partitioned import (
+    PARTITION_BYTES,
+    POINT_ROLES,
+    ParquetLayer,
+    has_xy_points,
+    open_parquet_layer,
+)
 from urbanrep.bundle.spec import LAYERS, MANIFEST, RAW_LAYERS, SCHEMA_VERSION
 from urbanrep.bundle.validate import ValidationReport, validate_bundle
 from urbanrep.errors import BundleError
@@ -49,6 +59,10 @@ def write_bundle(bundle: CityBundle, out_dir: str | Path) -> ValidationReport:
             if df is None:
                 continue
             fname = f"{layer}.parquet"
+            if isinstance(df, ParquetLayer):  # kept on disk: the file is linked (or copied), never loaded
+                _place_file(df.path, tmp / fname)
+                layers[layer] = {"file": fname, **df.manifest_entry()}
+                continue
             df.reset_index(drop=True).to_parquet(tmp / fname, index=False, compression=COMPRESSION)
             layers[layer] = {"file": fname, "records": len(df)}
         aggregates: dict[str, Any] = {}
@@ -81,6 +95,41 @@ def write_bundle(bundle: CityBundle, out_dir: str | Path) -> ValidationReport:
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     log.info("wrote bundle %s to %s", bundle.name, out_dir)
     return report
+
+
+def _place_file(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (same file system), else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+Partitioned = bool | Literal["auto"] | Iterable[str]
+
+
+def _partitioned_layers(root: Path, layers: dict[str, Any], partitioned: Partitioned, threshold: int) -> set[str]:
+    """Names of the point layers to keep on disk (see :func:`read_bundle`)."""
+    present = [name for name in POINT_ROLES if name in layers]
+    if partitioned is True:
+        return set(present)
+    if partitioned is False:
+        return set()
+    if partitioned == "auto":
+        out = set()
+        for name in present:
+            path = root / layers[name]["file"]
+            meta = layers[name]
+            big = path.exists() and path.stat().st_size > threshold
+            if meta.get("partitioned") or big or (path.exists() and has_xy_points(path, name)):
+                out.add(name)
+        return out
+    chosen = set(partitioned)  # type: ignore[arg-type]
+    unknown = chosen - set(POINT_ROLES)
+    if unknown:
+        raise BundleError(f"read_bundle(partitioned=...): {sorted(unknown)} cannot be read in partitions; "
+                          f"only {', '.join(POINT_ROLES)} can")
+    return chosen & set(present)
 
 
 def _read_table(path: Path, geo: bool) -> Any:
@@ -120,8 +169,23 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def read_bundle(path: str | Path, validate: bool = True) -> CityBundle:
+def read_bundle(path: str | Path, validate: bool = True, partitioned: Partitioned = "auto",
+                partition_bytes: int = PARTITION_BYTES) -> CityBundle:
     """Read a bundle folder written by :func:`write_bundle` (or by hand, following the spec).
+
+    Point layers (``pois``, ``trips``) can stay on disk as
+    :class:`~urbanrep.bundle.partitioned.ParquetLayer` (read one row group at a time by the
+    graph build, never loaded whole):
+
+    * ``partitioned="auto"`` (default): a point layer whose file is larger than
+      ``partition_bytes`` (256 MiB, about 10M points), whose manifest entry says
+      ``"partitioned": true``, or that holds plain ``x``/``y`` coordinate columns;
+    * ``True`` / ``False``: every point layer / none;
+    * an iterable of layer names, e.g. ``("trips",)``: those.
+
+    The graph built from a partitioned layer is identical to the one built from the same
+    layer in memory. Validation of a partitioned layer reads its schema and footer only (see
+    :func:`~urbanrep.bundle.validate.validate_bundle` ``scan=True`` for a full pass).
 
     Raises:
         BundleError: if the manifest or a layer file is missing, truncated or corrupt, or the
@@ -133,7 +197,15 @@ def read_bundle(path: str | Path, validate: bool = True) -> CityBundle:
     if "regions" not in layers:
         raise BundleError(f"{root / MANIFEST}: the manifest lists no 'regions' layer")
     kwargs: dict[str, Any] = {}
+    keep_on_disk = _partitioned_layers(root, layers, partitioned, partition_bytes)
     for name, meta in layers.items():
+        if name in keep_on_disk:
+            kwargs[name] = open_parquet_layer(root / meta["file"], name, crs=meta.get("crs") or manifest.get("crs"),
+                                              geometry=meta.get("geometry"))
+            continue
+        if name in POINT_ROLES and has_xy_points(root / meta["file"], name):
+            raise BundleError(f"{root / meta['file']}: layer {name!r} holds plain coordinate columns, which are read "
+                              "in partitions only; read the bundle with partitioned='auto' or partitioned=True")
         geo = name in ("regions", *RAW_LAYERS) and not (name == "trips" and _is_plain_trips(root / meta["file"]))
         kwargs[name] = _read_table(root / meta["file"], geo)
     if manifest.get("crs") and kwargs["regions"].crs is None:

@@ -17,6 +17,13 @@ A bundle is a folder::
     targets.parquet          long: region_id, target, value (float, finite)
     labels.parquet           long: region_id, label, value (str)
 
+Large point layers: ``pois.parquet`` may instead hold float columns ``x``, ``y`` (and
+``category``) and ``trips.parquet`` ``origin_x``, ``origin_y``, ``destination_x``,
+``destination_y`` (plus ``time``, ``count``, ``origin_region``, ``dest_region``), in the CRS
+named by the layer's manifest entry (``"crs"``, default: the bundle's). Such layers, and any
+point layer above 256 MiB or marked ``"partitioned": true``, are kept on disk and read by row
+groups (:mod:`urbanrep.bundle.partitioned`).
+
 See ``docs/bundle_spec.md`` for the full specification.
 """
 

@@ -16,9 +16,11 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyproj
 import shapely
 
 from urbanrep.bundle.core import CityBundle
+from urbanrep.bundle.partitioned import ParquetLayer, batch_points, crs_steps
 from urbanrep.bundle.spec import GEOMETRY_TYPES, RAW_LAYERS, REQUIRED_COLUMNS
 from urbanrep.errors import BundleError
 
@@ -36,10 +38,13 @@ class ValidationReport:
     empty_geometries_skipped: dict[str, int] = field(default_factory=dict)
     outside_regions: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: Per partitioned layer: file, rows, row groups, and (after a scan) bad records per kind.
+    partitioned: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
+            "partitioned": self.partitioned,
             "reprojected": self.reprojected,
             "repaired_geometries": self.repaired_geometries,
             "empty_geometries_skipped": self.empty_geometries_skipped,
@@ -54,6 +59,10 @@ class ValidationReport:
         out += [f"skipped {n} empty/missing geometries in {lay}" for lay, n in self.empty_geometries_skipped.items()]
         out += [f"{n} records of {lay} lie outside every region (kept, ignored by region aggregation)"
                 for lay, n in self.outside_regions.items()]
+        for lay, info in self.partitioned.items():
+            counts = ", ".join(f"{k}={v}" for k, v in info.get("bad_records", {}).items())
+            out.append(f"{lay}: kept on disk ({info['rows']} records in {info['row_groups']} row groups of "
+                       f"{info['file']})" + (f"; scanned: {counts}" if "bad_records" in info else "; not scanned"))
         return out + self.warnings
 
 
@@ -167,8 +176,82 @@ def _count_outside(points: gpd.GeoSeries, regions: gpd.GeoDataFrame) -> int:
     return int(len(points) - len(np.unique(hit)))
 
 
-def validate_bundle(bundle: CityBundle) -> tuple[CityBundle, ValidationReport]:
+def _null_counts(layer: ParquetLayer, columns: list[str]) -> dict[str, int]:
+    """Nulls per column from the Parquet footer statistics (no data read; -1 where unknown)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(layer.path).metadata
+    pos = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    out: dict[str, int] = {}
+    for c in columns:
+        total = 0
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(pos[c]).statistics if c in pos else None
+            if stats is None or not stats.has_null_count:
+                total = -1
+                break
+            total += int(stats.null_count)
+        out[c] = total
+    return out
+
+
+def _scan_parquet_layer(layer: ParquetLayer, regions: gpd.GeoDataFrame) -> dict[str, int]:
+    """Bad records of a partitioned layer, counted one row group at a time (never loaded whole)."""
+    steps = crs_steps(layer.crs, regions.crs, regions.crs) if layer.crs is not None else ()
+    tree = regions.sindex
+    bad = {"missing_coordinates": 0, "non_point_geometries": 0, "outside_regions": 0}
+    if layer.layer == "pois":
+        bad["no_category"] = 0
+    extra = [c for c in ("category", "count") if layer.has(c)]
+    for i, table in layer.iter_row_groups([*layer.point_columns(), *extra]):
+        for _, spec in layer.geometry:
+            x, y, non_point = batch_points(table, spec, steps)
+            missing = np.isnan(x)
+            bad["missing_coordinates"] += int((missing & ~non_point).sum())
+            bad["non_point_geometries"] += int(non_point.sum())
+            pts = shapely.points(x[~missing], y[~missing])
+            hit = tree.query(pts, predicate="intersects")[0]
+            bad["outside_regions"] += int(len(pts) - len(np.unique(hit)))
+        if "category" in extra:
+            bad["no_category"] += int(table.column("category").null_count)
+        if "count" in extra:
+            cnt = np.asarray(table.column("count").to_numpy(zero_copy_only=False), dtype=np.float64)
+            wrong = np.flatnonzero(~np.isfinite(cnt) | (cnt < 0))
+            if len(wrong):
+                raise BundleError(f"layer 'trips' ({layer.path}): row group {i}: 'count' is NaN, inf or negative "
+                                  f"at rows {_listed(wrong)} (within the row group); fix or remove those trips")
+    return bad
+
+
+def _validate_parquet_layer(layer: ParquetLayer, regions: gpd.GeoDataFrame, report: ValidationReport,
+                            scan: bool) -> None:
+    """Schema (checked when the layer was opened), footer counts and, with ``scan``, bad records."""
+    info: dict[str, Any] = {"file": str(layer.path), "rows": layer.rows, "row_groups": layer.row_groups,
+                            "crs": layer.crs}
+    info["null_values"] = _null_counts(layer, [c for c in ("category", "count", "time") if layer.has(c)]
+                                       + layer.point_columns())
+    if layer.crs is not None and not pyproj_equal(layer.crs, regions.crs):
+        info["transformed_per_batch"] = f"{layer.crs} -> regions' CRS"
+    if scan:
+        info["bad_records"] = _scan_parquet_layer(layer, regions)
+        if info["bad_records"]["outside_regions"]:
+            report.outside_regions[layer.layer] = info["bad_records"]["outside_regions"]
+    report.partitioned[layer.layer] = info
+
+
+def pyproj_equal(a: Any, b: Any) -> bool:
+    """True when two CRS inputs are the same CRS."""
+    return bool(pyproj.CRS.from_user_input(a).equals(pyproj.CRS.from_user_input(b)))
+
+
+def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle, ValidationReport]:
     """Validate ``bundle`` and return a normalised copy plus a report of every change.
+
+    Layers kept on disk (:class:`~urbanrep.bundle.partitioned.ParquetLayer`) are never loaded:
+    their schema is checked when they are opened, their row and null counts come from the
+    Parquet footer, and with ``scan=True`` they are read one row group at a time to count
+    missing coordinates, non-point geometries, points outside every region and POIs without a
+    category (``urbanrep validate`` scans).
 
     Raises:
         BundleError: on a missing CRS, an empty regions layer, duplicate or missing region
@@ -188,6 +271,9 @@ def validate_bundle(bundle: CityBundle) -> tuple[CityBundle, ValidationReport]:
     for layer in RAW_LAYERS:
         gdf = getattr(bundle, layer)
         if gdf is None:
+            continue
+        if isinstance(gdf, ParquetLayer):
+            _validate_parquet_layer(gdf, regions, report, scan)
             continue
         if len(gdf) == 0:
             report.warnings.append(f"layer {layer} is empty and was dropped from the bundle")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,19 @@ class Engine(ABC):
         so memory stays ``O(N x C)`` plus one row group. ``categories`` fixes the column
         order (``C = len(categories)``, rows with other values are skipped); without
         ``category`` there is one column.
+        """
+
+    @abstractmethod
+    def map_parquet(self, index: RegionIndex, path: str | Path, columns: Sequence[str],
+                    fn: Callable[[RegionIndex, Any, int], Any]) -> Iterator[Any]:
+        """Run ``fn(index, table, i)`` on every row group ``i`` of a Parquet file; yield the results.
+
+        The generic partitioned reducer behind :meth:`count_parquet` and the graph builders'
+        larger-than-memory paths: each row group (only ``columns``) is read where ``fn`` runs and
+        only ``fn``'s (small, reduced) result travels back. Results arrive in no particular order
+        (file order in-process, completion order on Dask), so callers combine them with an
+        order-independent reduction. ``fn`` must be picklable for remote workers (a module-level
+        function or a :func:`functools.partial` of one).
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op in-process

@@ -10,7 +10,7 @@ reduced where they are read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import shapely
 
+from urbanrep.bundle.partitioned import read_row_group
 from urbanrep.engine.base import Engine, count_batch, locate_xy, point_coords, read_points
 from urbanrep.engine.local import _columns
 
@@ -64,6 +65,11 @@ def _count_row_group(shipped: ShippedIndex, path: str, i: int, num_regions: int,
                      category: str | None, categories: list[Any] | None) -> np.ndarray:
     batch = pq.ParquetFile(path).read_row_group(i, columns=_columns(geometry, category))
     return count_batch(shipped.index, batch, num_regions, geometry, category, categories)
+
+
+def _map_row_group(shipped: ShippedIndex, path: str, i: int, columns: list[str],
+                   fn: Callable[[RegionIndex, Any, int], Any]) -> Any:
+    return fn(shipped.index, read_row_group(path, i, columns), i)
 
 
 class DaskEngine(Engine):
@@ -150,6 +156,18 @@ class DaskEngine(Engine):
             total += fut.result()
             fut.release()
         return total
+
+    def map_parquet(self, index: RegionIndex, path: str | Path, columns: Sequence[str],
+                    fn: Callable[[RegionIndex, Any, int], Any]) -> Iterator[Any]:
+        distributed = _import_distributed()
+        shipped = self._index_future(index)
+        n = pq.ParquetFile(path).num_row_groups
+        futures = [self.client.submit(_map_row_group, shipped, str(path), i, list(columns), fn, pure=False)
+                   for i in range(n)]
+        for fut in distributed.as_completed(futures):  # reduce as results arrive: one partial held at a time
+            result = fut.result()
+            fut.release()
+            yield result
 
     def close(self) -> None:
         if self._client is not None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from urbanrep.bundle.partitioned import read_row_group
 from urbanrep.engine.base import Engine, count_batch, locate_xy, read_points
 
 if TYPE_CHECKING:
@@ -44,3 +45,8 @@ class LocalEngine(Engine):
             batch = pf.read_row_group(i, columns=_columns(geometry, category))
             total += count_batch(index, batch, num_regions, geometry, category, categories)
         return total
+
+    def map_parquet(self, index: RegionIndex, path: str | Path, columns: Sequence[str],
+                    fn: Callable[[RegionIndex, Any, int], Any]) -> Iterator[Any]:
+        for i in range(pq.ParquetFile(path).num_row_groups):
+            yield fn(index, read_row_group(path, i, columns), i)

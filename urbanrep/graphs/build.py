@@ -28,6 +28,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from urbanrep.bundle import CityBundle
+from urbanrep.bundle.partitioned import ParquetLayer, crs_steps
 from urbanrep.bundle.spec import AGGREGATED_MODALITIES, RAW_LAYERS
 from urbanrep.engine import engine_for
 from urbanrep.errors import GraphError
@@ -37,7 +38,13 @@ from urbanrep.graphs.adjacency import adjacency_edges
 from urbanrep.graphs.config import GraphConfig
 from urbanrep.graphs.io import load_graph, save_graph
 from urbanrep.graphs.landuse import build_landuse
-from urbanrep.graphs.mobility import FlowTable, build_mobility, flows_from_trips, matrix_flows
+from urbanrep.graphs.mobility import (
+    FlowTable,
+    build_mobility,
+    flows_from_parquet,
+    flows_from_trips,
+    matrix_flows,
+)
 from urbanrep.graphs.poi import build_poi
 from urbanrep.graphs.remote_sensing import build_remote_sensing
 from urbanrep.graphs.road import build_road
@@ -127,6 +134,14 @@ def _to_metric(df: pd.DataFrame, crs: pyproj.CRS, layer: str) -> pd.DataFrame:
     return out
 
 
+def _hash_file(h: Any, layer: ParquetLayer) -> None:
+    """Hash a partitioned layer's file bytes (streamed; the layer is never loaded)."""
+    h.update(f"parquet-file rows={layer.rows};".encode())
+    with open(layer.path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**24), b""):
+            h.update(block)
+
+
 def _hash_frame(h: Any, df: pd.DataFrame) -> None:
     h.update(repr(list(map(str, df.columns))).encode())
     h.update(str(len(df)).encode())
@@ -149,9 +164,10 @@ def input_hashes(bundle: CityBundle) -> dict[str, Any]:
     """SHA-256 of every table of the bundle as held in memory (regions, layers, aggregates).
 
     Hashes the data itself (values and coordinates, not file bytes), so a bundle read from disk
-    and the same bundle built in memory hash alike.
+    and the same bundle built in memory hash alike. A layer kept on disk
+    (:class:`~urbanrep.bundle.partitioned.ParquetLayer`) is hashed by its file bytes, streamed.
     """
-    tables: dict[str, pd.DataFrame] = {"regions": bundle.regions}
+    tables: dict[str, Any] = {"regions": bundle.regions}
     for layer in RAW_LAYERS:
         df = getattr(bundle, layer)
         if df is not None:
@@ -162,7 +178,10 @@ def input_hashes(bundle: CityBundle) -> dict[str, Any]:
     combined = hashlib.sha256()
     for name, df in tables.items():
         h = hashlib.sha256()
-        _hash_frame(h, df)
+        if isinstance(df, ParquetLayer):
+            _hash_file(h, df)
+        else:
+            _hash_frame(h, df)
         out[name] = h.hexdigest()
         combined.update(f"{name}={out[name]};".encode())
     crs = bundle.crs
@@ -188,6 +207,8 @@ def _dropped_lines(report: dict[str, Any]) -> list[str]:
     messages = {
         "outside_regions": "records outside every region (not counted in any region)",
         "no_category": "POIs without a category (dropped)",
+        "missing_coordinates": "records with missing / non-finite coordinates (dropped)",
+        "non_point_geometries": "records whose geometry is not a point (dropped)",
         "no_class": "records without a class (dropped)",
         "dropped_trips": "trips with an end outside every region or an unknown zone id (dropped)",
         "trips_without_time": "trips without a time (in totals, not in time slices)",
@@ -216,6 +237,9 @@ def _build_modality(mod: str, bundle: CityBundle, config: GraphConfig, ctx: dict
     ids, ids_arr, rank, index, crs = ctx["ids"], ctx["ids_arr"], ctx["rank"], ctx["index"], ctx["crs"]
     layer_name = _LAYER_OF[mod]
     raw = getattr(bundle, layer_name)
+    if isinstance(raw, ParquetLayer) and mod not in ("poi", "mobility"):
+        raise GraphError(f"layer {layer_name!r} ({raw.path}) is held as a partitioned Parquet layer, which only "
+                         "'pois' and 'trips' support; read the bundle with partitioned=('pois', 'trips')")
     if mod == "mobility":
         matrices = bundle.aggregates_for("mobility", "matrix")
         vectors = bundle.aggregates_for("mobility", "vector")
@@ -227,8 +251,11 @@ def _build_modality(mod: str, bundle: CityBundle, config: GraphConfig, ctx: dict
         if source == "raw":
             if raw is None:
                 raise GraphError("mobility_source='raw' but the bundle has no 'trips' layer; use 'auto' or add trips")
-            trips = _to_metric(raw, crs, "trips")
-            flows, rep = flows_from_trips(trips, index, ids, config.time_slices)
+            if isinstance(raw, ParquetLayer):
+                flows, rep = flows_from_parquet(raw, index, ids, config.time_slices, _steps(raw, bundle, crs),
+                                                index.engine)
+            else:
+                flows, rep = flows_from_trips(_to_metric(raw, crs, "trips"), index, ids, config.time_slices)
             if matrices or vectors:
                 rep["unused_aggregates"] = [a.name for a in matrices + vectors]
             return build_mobility(ids, flows=flows, report=rep)
@@ -253,12 +280,19 @@ def _build_modality(mod: str, bundle: CityBundle, config: GraphConfig, ctx: dict
     from urbanrep.graphs._features import choose_source
 
     source = choose_source(setting, raw is not None, aggs, mod, layer_name)
-    layer = _to_metric(raw, crs, layer_name) if source == "raw" else None
     unused = {"unused_raw_records": int(len(raw))} if (source == "aggregate" and raw is not None) else {}
     if mod == "poi":
-        res = build_poi(ids_arr, rank, config.similarity_k, pois=layer, index=index, aggregates=aggs,
-                        knn_exact_max=config.knn_exact_max, seed=config.seed)
-    elif mod == "landuse":
+        pois = raw if isinstance(raw, ParquetLayer) or source != "raw" else _to_metric(raw, crs, layer_name)
+        res = build_poi(ids_arr, rank, config.similarity_k, pois=pois if source == "raw" else None, index=index,
+                        aggregates=aggs, knn_exact_max=config.knn_exact_max, seed=config.seed,
+                        crs_steps=_steps(raw, bundle, crs) if isinstance(raw, ParquetLayer) else (),
+                        engine=index.engine)
+        res.report.update(unused)
+        if source == "raw" and aggs:
+            res.report["unused_aggregates"] = [a.name for a in aggs]
+        return res
+    layer = _to_metric(raw, crs, layer_name) if source == "raw" else None
+    if mod == "landuse":
         res = build_landuse(ids_arr, rank, config.similarity_k, landuse=layer, index=index,
                             region_area=ctx["area"], aggregates=aggs, knn_exact_max=config.knn_exact_max,
                             seed=config.seed)
@@ -276,6 +310,13 @@ def _build_modality(mod: str, bundle: CityBundle, config: GraphConfig, ctx: dict
     if source == "raw" and aggs:
         res.report["unused_aggregates"] = [a.name for a in aggs]
     return res
+
+
+def _steps(layer: ParquetLayer, bundle: CityBundle, metric: pyproj.CRS) -> tuple[tuple[str, str], ...]:
+    """CRS transforms of a partitioned layer's points: layer → regions' CRS → metric CRS."""
+    if layer.crs is None:
+        return ()
+    return crs_steps(layer.crs, bundle.crs, metric)
 
 
 def build_graph(bundle: CityBundle, config: GraphConfig | None = None) -> tuple[HeteroData, dict[str, Any]]:

@@ -19,6 +19,8 @@ non-negative, as given otherwise). A region without any trip (and no aggregate r
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,9 @@ import numpy as np
 import pandas as pd
 
 from urbanrep.bundle import Aggregate
+from urbanrep.bundle.partitioned import ParquetLayer, batch_points
+from urbanrep.engine import Engine, LocalEngine
+from urbanrep.engine.base import locate_xy
 from urbanrep.errors import GraphError
 from urbanrep.graphs._features import masked_report, vector_aggregates
 from urbanrep.graphs._spatial import Edges, ModalityResult, RegionIndex
@@ -121,6 +126,152 @@ def flows_from_trips(trips: pd.DataFrame, index: RegionIndex | None, region_ids:
         "time_slices": table.num_slices,
     }
     return table, report
+
+
+#: Partial OD sums are merged once this many entries are pending (bounds memory between merges).
+_MERGE_ENTRIES = 8_000_000
+
+
+@dataclass(frozen=True)
+class _TripPlan:
+    """What one row group of a partitioned trips layer needs (picklable, shipped to workers)."""
+
+    path: str
+    origin: Any
+    destination: Any
+    steps: tuple[tuple[str, str], ...]
+    region_ids: pd.Index | None
+    num_regions: int
+    num_slices: int  # 0: no time column
+    has_count: bool
+
+
+def _sum_keys(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``keys`` (sorted) and the summed ``weights`` of each."""
+    uniq, inv = np.unique(keys, return_inverse=True)
+    return uniq, np.bincount(inv.reshape(-1), weights=weights, minlength=len(uniq))
+
+
+def _batch_trips(index: RegionIndex, table: Any, i: int, *, plan: _TripPlan
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """One row group of trips reduced to distinct ``(origin, dest, slice)`` keys and summed counts."""
+    t = table.num_rows
+    ends: dict[str, np.ndarray] = {}
+    missing: dict[str, np.ndarray] = {}
+    for end, id_col, spec in (("origin", "origin_region", plan.origin), ("dest", "dest_region", plan.destination)):
+        pos = np.full(t, -1, dtype=np.int64)
+        if plan.region_ids is not None and id_col in table.column_names:
+            pos = np.asarray(plan.region_ids.get_indexer(pd.Index(table.column(id_col).to_pandas())), dtype=np.int64)
+        miss = np.zeros(t, dtype=bool)
+        if spec is not None:
+            todo = np.flatnonzero(pos < 0)
+            if len(todo):
+                x, y, _ = batch_points(table.take(todo) if len(todo) < t else table, spec, plan.steps)
+                pos[todo] = locate_xy(index, x, y)
+                miss[todo] = np.isnan(x)
+        elif plan.region_ids is None:
+            miss[:] = True
+        ends[end], missing[end] = pos, miss
+    if plan.has_count:
+        weight = np.asarray(table.column("count").to_numpy(zero_copy_only=False), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(weight))
+        if len(bad):
+            raise GraphError(f"{plan.path}: row group {i}: trip 'count' is NaN/inf at rows {bad[:10].tolist()} "
+                             "(row numbers within the row group); fill or remove those trips")
+        if len(weight) and weight.min() < 0:
+            raise GraphError("mobility flows have negative counts; trip 'count' and OD 'value' must be >= 0 "
+                             f"({plan.path}, row group {i})")
+    else:
+        weight = np.ones(t, dtype=np.float64)
+    ok = (ends["origin"] >= 0) & (ends["dest"] >= 0)
+    n = plan.num_regions
+    key = ends["origin"][ok] * n + ends["dest"][ok]
+    no_time = 0
+    if plan.num_slices:
+        sl = time_slice(table.column("time").to_pandas(), plan.num_slices)[ok]
+        no_time = int((sl < 0).sum())
+        key = key * (plan.num_slices + 1) + (sl + 1)
+    keys, sums = _sum_keys(key, weight[ok])
+    either_missing = missing["origin"] | missing["dest"]
+    return keys, sums, {
+        "trips": t,
+        "origin_unlocated": int((ends["origin"] < 0).sum()),
+        "dest_unlocated": int((ends["dest"] < 0).sum()),
+        "missing_coordinates": int((either_missing & ~ok).sum()),
+        "dropped_trips": int((~ok).sum()),
+        "trips_without_time": no_time,
+    }
+
+
+def flows_from_parquet(layer: ParquetLayer, index: RegionIndex | None, region_ids: pd.Index, num_slices: int,
+                       steps: Sequence[tuple[str, str]] = (), engine: Engine | None = None
+                       ) -> tuple[FlowTable, dict[str, Any]]:
+    """:func:`flows_from_trips` for a trips layer kept on disk, reduced row group by row group.
+
+    Each row group's trips are located (zone ids first, points where the id is not a region,
+    as in memory) and reduced to distinct ``(origin, dest, slice)`` triples with summed counts;
+    the partial sums are merged as they arrive. Memory: one row group plus the distinct
+    triples (at most the number of OD pairs x slices, the size of the graph's edge list), never
+    one entry per trip. The returned table holds one entry per triple; :func:`build_mobility`
+    gives the same graph from it as from the trips themselves (sums of integer counts are exact).
+
+    Args:
+        layer: The trips layer.
+        index: Region index (metric CRS; needed when the layer has points).
+        region_ids: Region ids in bundle order.
+        num_slices: Time-of-day bins for the ``time`` column.
+        steps: CRS transforms of the points (:func:`urbanrep.bundle.partitioned.crs_steps`).
+        engine: Where the row groups are read and reduced.
+
+    Returns:
+        The flows and a report of what was dropped (as :func:`flows_from_trips`, plus
+        ``missing_coordinates``).
+    """
+    n = len(region_ids)
+    slices = num_slices if layer.has("time") else 0
+    if n * n * (slices + 1) >= 2**62:
+        raise GraphError(f"{n} regions x {slices} time slices overflow the int64 OD keys; use fewer slices")
+    origin, dest = layer.point_spec("origin"), layer.point_spec("destination")
+    if (origin is not None) and index is None:
+        raise ValueError("flows_from_parquet needs the region index for point trips")
+    ids = {"origin_region", "dest_region"} & set(layer.columns)
+    plan = _TripPlan(path=str(layer.path), origin=origin, destination=dest, steps=tuple(steps),
+                     region_ids=region_ids if ids else None, num_regions=n, num_slices=slices,
+                     has_count=layer.has("count"))
+    columns = [*layer.point_columns(), *sorted(ids), *(["time"] if slices else []),
+               *(["count"] if plan.has_count else [])]
+    engine = engine or LocalEngine()
+    report: dict[str, Any] = {}
+    merged_k, merged_w = np.zeros(0, np.int64), np.zeros(0)
+    pending_k: list[np.ndarray] = []
+    pending_w: list[np.ndarray] = []
+    pending = 0
+    for keys, sums, rep in engine.map_parquet(index, layer.path, columns,  # type: ignore[arg-type]
+                                              functools.partial(_batch_trips, plan=plan)):
+        pending_k.append(keys)
+        pending_w.append(sums)
+        pending += len(keys)
+        for k, v in rep.items():
+            report[k] = report.get(k, 0) + v
+        if pending > max(_MERGE_ENTRIES, len(merged_k)):
+            merged_k, merged_w = _sum_keys(np.concatenate([merged_k, *pending_k]), np.concatenate([merged_w, *pending_w]))
+            pending_k, pending_w, pending = [], [], 0
+    if pending_k:
+        merged_k, merged_w = _sum_keys(np.concatenate([merged_k, *pending_k]), np.concatenate([merged_w, *pending_w]))
+    del pending_k, pending_w
+    sl = None
+    if slices:
+        sl = merged_k % (slices + 1) - 1
+        merged_k = merged_k // (slices + 1)
+    table = FlowTable(merged_k // n, merged_k % n, merged_w, sl, slices)
+    out = {"source": "raw", "trips": report.get("trips", 0),
+           "origin_unlocated": report.get("origin_unlocated", 0), "dest_unlocated": report.get("dest_unlocated", 0),
+           "missing_coordinates": report.get("missing_coordinates", 0),
+           "dropped_trips": report.get("dropped_trips", 0),
+           "dropped_reason": "origin or destination outside every region / not a region id / no coordinates",
+           "trips_without_time": report.get("trips_without_time", 0), "time_slices": slices,
+           "partitioned": {"file": str(layer.path), "row_groups": layer.row_groups, "od_entries": int(len(merged_w))}}
+    return table, out
 
 
 def _matrix_flows(agg: Aggregate, region_ids: pd.Index) -> FlowTable:

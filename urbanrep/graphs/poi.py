@@ -9,12 +9,19 @@ vectors), symmetrised.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 
 from urbanrep.bundle import Aggregate
+from urbanrep.bundle.partitioned import ParquetLayer, batch_points
+from urbanrep.engine import Engine, LocalEngine
+from urbanrep.engine.base import locate_xy
+from urbanrep.errors import GraphError
 from urbanrep.graphs._features import (
     category_codes,
     check_counts,
@@ -53,16 +60,94 @@ def poi_counts_from_points(pois: gpd.GeoDataFrame, index: RegionIndex, num_regio
     return counts.astype(np.float64), names, report
 
 
+def _category_strings(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes [P], distinct values as strings)`` of a batch's ``category`` column (-1: missing)."""
+    codes, uniques = pd.factorize(table.column("category").to_pandas(), use_na_sentinel=True)
+    return np.asarray(codes, dtype=np.int64), np.array([str(v) for v in np.asarray(uniques, dtype=object)],
+                                                        dtype=object)
+
+
+def _batch_categories(index: RegionIndex, table: Any, i: int) -> list[str]:
+    return list(_category_strings(table)[1])
+
+
+def _batch_counts(index: RegionIndex, table: Any, i: int, *, spec: Any, steps: Sequence[tuple[str, str]],
+                  names: Sequence[str], num_regions: int) -> tuple[np.ndarray, dict[str, int]]:
+    """Per-region x category counts ``[N, C]`` of one row group, and its record counts."""
+    x, y, non_point = batch_points(table, spec, steps)
+    region = locate_xy(index, x, y)
+    local, uniques = _category_strings(table)
+    lookup = {n: c for c, n in enumerate(names)}
+    remap = np.array([lookup.get(str(u), -1) for u in uniques] + [-1], dtype=np.int64)
+    codes = remap[np.where(local >= 0, local, len(uniques))]
+    ok = (region >= 0) & (codes >= 0)
+    c = len(names)
+    counts = np.bincount(region[ok] * c + codes[ok], minlength=num_regions * c).reshape(num_regions, c)
+    missing = np.isnan(x)
+    return counts.astype(np.float64), {
+        "points": len(x),
+        "missing_coordinates": int(missing.sum()),
+        "non_point_geometries": int(non_point.sum()),
+        "outside_regions": int(((region < 0) & ~missing).sum()),
+        "no_category": int((codes < 0).sum()),
+        "assigned": int(ok.sum()),
+    }
+
+
+def poi_counts_from_parquet(layer: ParquetLayer, index: RegionIndex, num_regions: int,
+                            steps: Sequence[tuple[str, str]] = (), engine: Engine | None = None
+                            ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """:func:`poi_counts_from_points` for a layer kept on disk, reduced row group by row group.
+
+    Two passes over the file: the distinct categories (the ``category`` column only), then the
+    points located and counted per row group (on ``engine``, in-process by default); the
+    partial ``[N, C]`` counts are summed. Memory: ``O(N x C)`` plus one row group. The counts
+    equal those of the in-memory path on the same points (integer sums in float64).
+
+    Args:
+        layer: The POI layer.
+        index: Region index (metric CRS).
+        num_regions: ``N``.
+        steps: CRS transforms of the points (:func:`urbanrep.bundle.partitioned.crs_steps`).
+        engine: Where the row groups are read and reduced.
+
+    Returns:
+        ``(counts [N, C] float64, category names [C], report)``; the report counts the points,
+        those with missing coordinates, outside every region and without a category.
+    """
+    engine = engine or LocalEngine()
+    spec = layer.point_spec("geometry")
+    distinct: set[str] = set()
+    for values in engine.map_parquet(index, layer.path, ["category"], _batch_categories):
+        distinct.update(values)
+    if not distinct:
+        raise GraphError(f"layer 'pois' column 'category' ({layer.path}): every value is missing; "
+                         "the layer needs category values")
+    names = [str(c) for c in np.unique(np.array(sorted(distinct), dtype=object).astype(str))]
+    fn = functools.partial(_batch_counts, spec=spec, steps=tuple(steps), names=names, num_regions=num_regions)
+    columns = [*layer.point_columns(), "category"]
+    total = np.zeros((num_regions, len(names)))
+    report: dict[str, Any] = {}
+    for counts, rep in engine.map_parquet(index, layer.path, columns, fn):
+        total += counts
+        for key, value in rep.items():
+            report[key] = report.get(key, 0) + value
+    report["partitioned"] = {"file": str(layer.path), "row_groups": layer.row_groups}
+    return total, names, report
+
+
 def build_poi(
     region_ids: np.ndarray,
     rank: np.ndarray,
     k: int,
     *,
-    pois: gpd.GeoDataFrame | None = None,
+    pois: gpd.GeoDataFrame | ParquetLayer | None = None,
     index: RegionIndex | None = None,
     aggregates: list[Aggregate] | None = None,
     knn_exact_max: int = EXACT_KNN_MAX,
     seed: int = 0,
+    crs_steps: Sequence[tuple[str, str]] = (),
+    engine: Engine | None = None,
 ) -> ModalityResult:
     """POI features, mask and similarity graph, from raw points or from count aggregates.
 
@@ -70,11 +155,14 @@ def build_poi(
         region_ids: ``[N]`` ids in bundle order.
         rank: Canonical tie-break rank ``[N]``.
         k: Neighbours of the similarity graph.
-        pois: Raw points (metric CRS) with ``category``; used when given.
+        pois: Raw points (metric CRS) with ``category``, or a :class:`ParquetLayer` kept on
+            disk (read by row groups, see :func:`poi_counts_from_parquet`); used when given.
         index: Region index (required with ``pois``).
         aggregates: Vector aggregates of modality ``poi`` (counts), used when ``pois`` is None.
         knn_exact_max: Exact similarity kNN up to this many regions (approximate above).
         seed: Seed of the approximate kNN.
+        crs_steps: CRS transforms of a :class:`ParquetLayer`'s points to the metric CRS.
+        engine: Where a :class:`ParquetLayer` is read and reduced (in-process by default).
 
     Returns:
         :class:`ModalityResult` with ``x`` float32 ``[N, 2C + 1]``.
@@ -83,7 +171,10 @@ def build_poi(
     if pois is not None:
         if index is None:
             raise ValueError("build_poi needs the region index with raw points")
-        counts, names, counts_report = poi_counts_from_points(pois, index, n)
+        if isinstance(pois, ParquetLayer):
+            counts, names, counts_report = poi_counts_from_parquet(pois, index, n, crs_steps, engine)
+        else:
+            counts, names, counts_report = poi_counts_from_points(pois, index, n)
         report: dict[str, Any] = {"source": "raw", **counts_report}
         has_row = np.ones(n, dtype=bool)
     else:
