@@ -249,3 +249,72 @@ def test_progress_reporter_sees_training(nyc_run: Path) -> None:
         set_reporter(prev)
     assert seen.get("training") == 3 == totals["training"]
     assert seen.get("graph building") == totals["graph building"] == 8  # 4 fixed stages + 4 modalities
+
+
+MINIBATCH = ["--set", "train.mode=minibatch", "--set", "minibatch.batch_size=64", "--set", "minibatch.num_neighbors=[5,5]"]
+
+
+def test_minibatch_mode_from_the_command_line(nyc_run: Path, tmp_path: Path) -> None:
+    """``--set train.mode=minibatch`` trains on sampled batches, checkpoints them and resumes."""
+    import torch
+
+    graph, out = nyc_run / "graph.pt", tmp_path / "mb"
+    assert main(["-q", "train", str(graph), "--out", str(out), *TINY, *MINIBATCH, "--set", "train.epochs=2"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["mode"] == "minibatch" and config["minibatch"]["batch_size"] == 64
+    ckpt = torch.load(out / "checkpoints" / "epoch_000002.pt", weights_only=True)
+    assert json.loads(ckpt["minibatch_config"]) == {"batch_size": 64, "num_neighbors": [5, 5]}
+    assert main(["-q", "train", str(graph), "--out", str(out), "--resume", *TINY, *MINIBATCH]) == 0
+    assert list(pd.read_csv(out / "loss.csv")["epoch"]) == [1, 2, 3]
+    straight = tmp_path / "straight"
+    assert main(["-q", "train", str(graph), "--out", str(straight), *TINY, *MINIBATCH]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "embeddings.parquet"),
+                                  pd.read_parquet(straight / "embeddings.parquet"))
+    full = pd.read_parquet(nyc_run / "embeddings.parquet")  # the run's full-graph default differs
+    assert not np.allclose(full.drop(columns="region_id").to_numpy(),
+                           pd.read_parquet(out / "embeddings.parquet").drop(columns="region_id").to_numpy())
+
+
+def test_estimator_minibatch_with_sampled_inference(nyc_run: Path) -> None:
+    from urbanrep.graphs import load_graph
+    from urbanrep.model import UrbanRep
+
+    config = load_run_config(None, [s for s in TINY + MINIBATCH if s != "--set"]
+                             + ["minibatch.inference=sampled", "minibatch.inference_batch_size=50"])
+    data = load_graph(nyc_run / "graph.pt")
+    api = UrbanRep(config).fit(data)
+    assert api.result_ is not None and len(api.result_.history) == 3
+    assert "mode=minibatch" in repr(api)
+    emb = api.transform()
+    assert emb.shape == (180, 16) and np.isfinite(emb.to_numpy()).all()
+    np.testing.assert_allclose(emb.to_numpy(), api.result_.embeddings, atol=1e-6)  # same sampled inference
+
+
+def test_minibatch_launch_mistakes_are_one_line_errors(nyc_run: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    graph = str(nyc_run / "graph.pt")
+    cases = [
+        ["train", graph, "--out", str(tmp_path / "t"), "--nproc", "2", *TINY],  # full-graph mode
+        ["train", graph, "--out", str(tmp_path / "t"), "--set", "train.mode=sampled"],
+        ["train", graph, "--out", str(tmp_path / "t"), "--set", "minibatch.batch_size=0"],
+    ]
+    for argv in cases:
+        capsys.readouterr()
+        assert main(["-q", *argv]) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("urbanrep: error:") and "\n" not in err, (argv, err)
+
+
+@pytest.mark.slow
+def test_train_nproc_two_on_cpu(nyc_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``urbanrep train --nproc 2`` spawns two gloo processes; rank 0's files come back to the caller."""
+    out = tmp_path / "dp"
+    capsys.readouterr()
+    assert main(["-q", "train", str(nyc_run / "graph.pt"), "--out", str(out), "--nproc", "2", *TINY, *MINIBATCH]) == 0
+    assert "trained 3 epochs" in capsys.readouterr().out
+    assert list(pd.read_csv(out / "loss.csv")["epoch"]) == [1, 2, 3]
+    assert main(["-q", "train", str(nyc_run / "graph.pt"), "--out", str(out), "--nproc", "2", "--resume", *TINY,
+                 *MINIBATCH, "--set", "train.epochs=4"]) == 0
+    assert list(pd.read_csv(out / "loss.csv")["epoch"]) == [1, 2, 3, 4]
+    emb = pd.read_parquet(out / "embeddings.parquet")
+    assert len(emb) == 180 and np.isfinite(emb.drop(columns="region_id").to_numpy()).all()

@@ -15,30 +15,60 @@ The sampler is pure numpy (CSR + vectorised per-node sampling), so it needs neit
 nor ``torch-sparse``. Inference is one full-graph forward pass without gradients (``"full"``,
 exact; memory is activations only) or, for graphs whose forward pass itself does not fit,
 batched over sampled subgraphs (``"sampled"``, approximate: seed rows only are kept).
+
+Users reach it through ``TrainConfig(mode="minibatch")`` (``--set train.mode=minibatch``, with
+the ``minibatch:`` section of a run config holding :class:`MiniBatchConfig`), through
+:func:`urbanrep.train.train`, :class:`urbanrep.UrbanRep` and the CLI. With a ``run_dir`` it
+writes the same files as full-graph training (``checkpoints/epoch_NNNNNN.pt`` at epoch ends,
+``loss.csv`` growing by one row per epoch, embeddings, fusion weights, ``model.pt``), and
+``resume=True`` continues from the newest checkpoint, restoring the weights, the optimiser, the
+torch RNGs and the sampler's numpy RNGs, so an interrupted and resumed run ends with the same
+embedding as an uninterrupted one (on CPU). Checkpoints are taken at epoch ends only.
+
+**Data parallelism.** Inside a ``torch.distributed`` process group (torchrun, or
+``--nproc N``; see :mod:`urbanrep.distributed`) every rank draws the same permutation of the
+regions each epoch and takes every ``world_size``-th batch of it (the last round wraps around
+so that every rank takes the same number of steps); gradients are averaged over ranks after
+each backward pass, so the ranks keep identical parameters. Rank 0 writes every file. Neighbour
+sampling, dropout and augmentations use one RNG stream per rank; rank 0's streams are those of
+a single-process run. The number of processes is part of a run's trajectory: resuming with
+another one continues from the checkpoint, but re-seeds the per-rank streams (logged).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch_geometric.data import HeteroData
 
-from urbanrep.errors import ConfigError
+from urbanrep.distributed import GradientAverager, Ranks, all_gather, broadcast, process_group, rank_device
+from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.graphs.schema import IMAGE, IMAGE_IN_REGION, REGION, validate_graph
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
+from urbanrep.progress import start_progress
 from urbanrep.train import (
+    EarlyStopping,
+    LossLog,
     TrainConfig,
     TrainResult,
     _amp_context,
+    _deterministic,
     _num_threads,
+    checkpoint_state,
     optimisation_step,
+    read_checkpoint,
     resolve_device,
+    save_checkpoint,
+    write_run_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -49,7 +79,7 @@ class MiniBatchConfig:
     """Neighbour-sampled mini-batch settings (used with a :class:`~urbanrep.train.TrainConfig`).
 
     Attributes:
-        batch_size: Seed regions per step.
+        batch_size: Seed regions per step (per rank in data-parallel training).
         num_neighbors: Neighbours kept per node at each hop (``-1``: all); the number of hops
             should cover the model's receptive field (expert layers + 1 for the spatial fusion).
         inference: ``"full"``: one exact full-graph forward pass without gradients;
@@ -64,6 +94,8 @@ class MiniBatchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "num_neighbors", tuple(int(k) for k in self.num_neighbors))
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise ConfigError(f"MiniBatchConfig.batch_size must be an integer, got {self.batch_size!r}")
         if self.batch_size < 1 or self.inference_batch_size < 1:
             raise ConfigError("MiniBatchConfig.batch_size and inference_batch_size must be >= 1")
         if not self.num_neighbors or any(k == 0 or k < -1 for k in self.num_neighbors):
@@ -71,6 +103,19 @@ class MiniBatchConfig:
                               "each >= 1 or -1 (all neighbours)")
         if self.inference not in ("full", "sampled"):
             raise ConfigError(f"MiniBatchConfig.inference={self.inference!r}; use 'full' or 'sampled'")
+
+
+#: Seed of the neighbour sampling of ``inference="sampled"`` (training's final embedding and
+#: :meth:`urbanrep.UrbanRep.transform` sample alike).
+INFERENCE_SEED = 0
+
+#: MiniBatchConfig fields that shape the optimisation trajectory: a resumed run must keep them.
+MINIBATCH_TRAJECTORY_FIELDS = ("batch_size", "num_neighbors")
+
+
+def _minibatch_identity(bc: MiniBatchConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in
+            ((k, getattr(bc, k)) for k in MINIBATCH_TRAJECTORY_FIELDS)}
 
 
 class RegionSampler:
@@ -147,66 +192,240 @@ class RegionSampler:
         return sub
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+def _rank_batches(n: int, batch_size: int, rng: np.random.Generator, ranks: Ranks) -> list[np.ndarray]:
+    """This rank's seed batches of one epoch: every ``world_size``-th batch of a shared permutation.
+
+    Every rank draws the same permutation (``rng`` is in the same state on every rank). With
+    ``B`` batches each rank takes ``ceil(B / world_size)`` of them; the last round wraps around
+    to the first batches so every rank steps the same number of times.
+    """
     perm = rng.permutation(n)
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    steps = math.ceil(len(batches) / ranks.world_size)
+    return [batches[(s * ranks.world_size + ranks.rank) % len(batches)] for s in range(steps)]
+
+
+def _rank_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed derived from ``seed`` and ``key`` (independent streams per rank / epoch)."""
+    return int(np.random.SeedSequence([seed, *key]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _rng_state(rng: np.random.Generator) -> str:
+    return json.dumps(rng.bit_generator.state)
+
+
+def _set_rng_state(rng: np.random.Generator, state: str) -> None:
+    rng.bit_generator.state = json.loads(state)
 
 
 def train_minibatch(data: HeteroData, model_config: ModelConfig | None = None,
                     train_config: TrainConfig | None = None,
-                    minibatch_config: MiniBatchConfig | None = None) -> TrainResult:
+                    minibatch_config: MiniBatchConfig | None = None,
+                    run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
     """Train a :class:`RegionModel` on neighbour-sampled mini-batches and embed every region.
 
-    Uses ``epochs``, ``lr``, ``weight_decay``, ``seed``, ``device``, ``amp``, ``grad_clip``,
-    ``log_every`` and ``num_threads`` of ``train_config`` (no checkpoints, no early stopping:
-    use :func:`urbanrep.train.train` for those). ``history`` has one row per epoch (mean loss
-    over its batches).
+    Uses every field of ``train_config`` as :func:`urbanrep.train.train` does (``mode`` is
+    taken to be ``"minibatch"``); one epoch is one pass over all regions in batches of
+    ``minibatch_config.batch_size`` seeds, and ``history`` has one row per epoch (each loss
+    part averaged over the epoch's batches on every rank). Inside a ``torch.distributed``
+    process group (torchrun or :func:`urbanrep.distributed.spawn`; joined here from the
+    environment when it is not initialised yet) the epoch's batches are shared out among the
+    ranks and gradients averaged; every rank returns the same result and rank 0 writes the files.
+
+    Args:
+        data: A region graph (validated here); it stays where it is, batches are moved to the
+            training device one at a time.
+        model_config: Model configuration (defaults when None).
+        train_config: Training configuration (defaults when None).
+        minibatch_config: Batch size, fan-outs and inference mode (defaults when None).
+        run_dir: Folder for checkpoints, ``loss.csv``, embeddings, fusion weights and
+            ``model.pt`` (nothing is written when None).
+        resume: Continue from the newest checkpoint in ``run_dir`` (a fresh start when there is
+            none). Model configuration, seed, optimisation settings, ``batch_size`` and
+            ``num_neighbors`` must match the checkpoint's; the epoch budget may be larger.
+
+    Returns:
+        A :class:`~urbanrep.train.TrainResult` (embeddings ``[N, C]``, fusion weights ``[N, M]``).
 
     Raises:
+        ConfigError: resume without ``run_dir``, or from another run's checkpoint.
         UrbanRepError: the loss becomes NaN/inf (names the epoch and batch).
     """
     mc = model_config or ModelConfig()
-    tc = train_config or TrainConfig()
+    tc = dataclasses.replace(train_config or TrainConfig(), mode="minibatch")
     bc = minibatch_config or MiniBatchConfig()
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs a run_dir holding checkpoints")
     validate_graph(data)
     t0 = time.perf_counter()
     device = resolve_device(tc.device)
-    with _num_threads(tc.num_threads):
-        torch.manual_seed(tc.seed)
-        rng = np.random.default_rng(tc.seed)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(tc.seed)
-        model = RegionModel(mc, GraphMetadata.from_data(data)).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        sampler = RegionSampler(data, bc.num_neighbors)
-        n = sampler.n
-        history: list[dict[str, float]] = []
-        for epoch in range(1, tc.epochs + 1):
-            model.train()
-            sums: dict[str, float] = {}
-            batches = _batches(n, bc.batch_size, rng)
-            for b, seeds in enumerate(batches):
-                sub = sampler.subgraph(data, sampler.sample(seeds, rng)).to(device)
-                total, parts = optimisation_step(model, sub, opt, gen, tc, device, f"epoch {epoch}, batch {b}")
-                for k, v in {"total": total.detach(), **parts}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            row = {"epoch": float(epoch), **{k: v / len(batches) for k, v in sums.items()}}
-            history.append(row)
-            if tc.log_every and epoch % tc.log_every == 0:
-                log.info("epoch %d: loss %.4f (%d batches)", epoch, row["total"], len(batches))
-        emb, weights = embed_minibatch(model, data, bc, device, tc.amp, rng)
+    run_path = Path(run_dir) if run_dir is not None else None
+    with (process_group(device) as ranks, _deterministic(tc.deterministic and device.type == "cpu"),
+          _num_threads(tc.num_threads)):
+        result = _train_minibatch(data, mc, tc, bc, rank_device(device), run_path, resume, ranks)
+    result.wall_time_s = time.perf_counter() - t0
+    log.info("mini-batch trained %d epochs in %.1f s on %s (rank %d of %d)", result.epochs_run,
+             result.wall_time_s, device, ranks.rank, ranks.world_size)
+    return result
+
+
+def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: MiniBatchConfig,
+                     device: torch.device, run_dir: Path | None, resume: bool, ranks: Ranks) -> TrainResult:
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
+    metadata = GraphMetadata.from_data(data)
+    model = RegionModel(mc, metadata).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sampler = RegionSampler(data, bc.num_neighbors)
+    n = sampler.n
+    # Streams: the batch permutation is shared by all ranks; sampling, dropout and augmentations
+    # are per rank (rank 0's torch streams are a single-process run's).
+    perm_rng = np.random.default_rng([tc.seed, 0])
+    gen = torch.Generator(device=device)
+
+    def seed_rank_streams(*key: int) -> np.random.Generator:
+        if key or ranks.rank:
+            torch_seed = _rank_seed(tc.seed, ranks.rank, *key)
+            torch.manual_seed(torch_seed)
+            gen.manual_seed(torch_seed)
+        else:  # rank 0 of a fresh run: the streams of a single-process run
+            gen.manual_seed(tc.seed)
+        return np.random.default_rng([tc.seed, 1, ranks.rank, *key])
+
+    sample_rng = seed_rank_streams()
+    history: list[dict[str, float]] = []
+    start, stopping, saved_epoch = 0, EarlyStopping(), 0
+    found = _read_checkpoint(run_dir, mc, tc, bc, metadata, n, ranks) if resume and run_dir is not None else None
+    if found is not None:
+        ckpt_path, ckpt = found
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        history = [dict(r) for r in ckpt["history"]]
+        start, stopping = int(ckpt["epoch"]), EarlyStopping.from_checkpoint(ckpt)
+        saved_epoch = start
+        _set_rng_state(perm_rng, ckpt["perm_rng"])
+        saved = ckpt["rank_states"]
+        if len(saved) == ranks.world_size:
+            mine = saved[ranks.rank]
+            torch.set_rng_state(mine["rng_cpu"])
+            if device.type == "cuda" and mine.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(mine["rng_cuda"], device)
+            gen.set_state(mine["rng_gen"].to(gen.get_state().device))
+            _set_rng_state(sample_rng, mine["sampler_rng"])
+        else:
+            sample_rng = seed_rank_streams(start)
+            if ranks.is_main:
+                log.warning("checkpoint %s was written by %d processes, this run has %d: weights and optimiser "
+                            "are restored, the per-rank RNG streams re-seeded (the run will not repeat the "
+                            "original one exactly)", ckpt_path, len(saved), ranks.world_size)
+        if ranks.is_main:
+            log.info("resuming from %s (epoch %d)", ckpt_path, start)
+    elif resume and ranks.is_main:
+        log.info("no checkpoint in %s: starting from scratch", run_dir)
+    writes = run_dir if ranks.is_main else None
+    loss_log = LossLog(writes, history)
+    sync = GradientAverager(ranks) if ranks.distributed else None
+
+    def checkpoint(epoch: int) -> None:  # collective: every rank calls it, rank 0 writes
+        nonlocal saved_epoch
+        saved_epoch = epoch
+        mine = {"rng_cpu": torch.get_rng_state(), "rng_gen": gen.get_state().cpu(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "sampler_rng": _rng_state(sample_rng)}
+        rank_states = all_gather(mine, ranks)
+        if writes is None:
+            return
+        state = checkpoint_state(epoch, mc, tc, metadata, n, model, opt, history, stopping)
+        state.update(minibatch_config=json.dumps(_minibatch_identity(bc)), world_size=ranks.world_size,
+                     perm_rng=_rng_state(perm_rng), rank_states=rank_states)
+        save_checkpoint(writes, state, tc.keep_checkpoints)
+
+    bar = start_progress("training (mini-batch)", tc.epochs - start) if ranks.is_main else None
+    for epoch in range(start + 1, tc.epochs + 1):
+        if stopping.stopped:
+            break
+        model.train()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        batches = _rank_batches(n, bc.batch_size, perm_rng, ranks)
+        for b, seeds in enumerate(batches):
+            sub = sampler.subgraph(data, sampler.sample(seeds, sample_rng)).to(device)
+            total, parts = optimisation_step(model, sub, opt, gen, tc, device, f"epoch {epoch}, batch {b}"
+                                             + (f" of rank {ranks.rank}" if ranks.distributed else ""), sync)
+            for k, v in {"total": total.detach(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+                counts[k] = counts.get(k, 0) + 1
+        every = all_gather((sums, counts), ranks)
+        row: dict[str, float] = {"epoch": epoch}
+        for k in ("total", *sorted({k for s, _ in every for k in s} - {"total"})):
+            row[k] = sum(s.get(k, 0.0) for s, _ in every) / sum(c.get(k, 0) for _, c in every)
+        history.append(row)
+        loss_log.append(row)
+        if bar is not None:
+            bar.update(1, loss=f"{row['total']:.4f}")
+        stopping.update(row["total"], tc, epoch)
+        if ranks.is_main and (epoch % tc.log_every == 0 or epoch == 1):
+            log.info("epoch %d/%d: loss %.4f (%d batches x %d ranks)", epoch, tc.epochs, row["total"],
+                     len(batches), ranks.world_size)
+        if run_dir is not None and tc.checkpoint_every and epoch % tc.checkpoint_every == 0:
+            checkpoint(epoch)
+    if bar is not None:
+        bar.close()
+    last = int(history[-1]["epoch"]) if history else 0
+    if run_dir is not None and last and last != saved_epoch:  # decided alike on every rank, not from files
+        checkpoint(last)
+
+    emb, weights = embed_minibatch(model, data, bc, device, tc.amp)  # as transform() will embed
     result = TrainResult(model=model, embeddings=emb, fusion_weights=weights, modalities=model.modalities,
                          region_ids=list(getattr(data, "region_ids", range(n))), history=history,
-                         epochs_run=tc.epochs, wall_time_s=time.perf_counter() - t0)
-    log.info("mini-batch trained %d epochs in %.1f s on %s", tc.epochs, result.wall_time_s, device)
+                         epochs_run=last, stopped_early=stopping.stopped, run_dir=run_dir)
+    if writes is not None:
+        write_run_outputs(result, writes, tc)
     return result
+
+
+def _read_checkpoint(run_dir: Path, mc: ModelConfig, tc: TrainConfig, bc: MiniBatchConfig,
+                     metadata: GraphMetadata, num_regions: int, ranks: Ranks) -> tuple[Path, dict[str, Any]] | None:
+    """Rank 0 reads and checks the newest checkpoint and hands it (or its error) to every rank."""
+    payload: tuple[str, Any] = ("none", None)
+    if ranks.is_main:
+        try:
+            found = read_checkpoint(run_dir, mc, tc, metadata, num_regions)
+            if found is not None:
+                path, ckpt = found
+                if "rank_states" not in ckpt:
+                    raise ConfigError(f"cannot resume from {path}: it was written by full-graph training; "
+                                      "resume with train.mode=full or start a new run_dir")
+                saved = json.loads(ckpt["minibatch_config"])
+                changed = {k: f"{saved.get(k)!r} -> {v!r}" for k, v in _minibatch_identity(bc).items()
+                           if saved.get(k) != v}
+                if changed:
+                    raise ConfigError(f"cannot resume from {path}: MiniBatchConfig fields changed {changed}; "
+                                      "only inference settings may change on resume")
+                payload = ("ok", found)
+        except UrbanRepError as exc:
+            payload = ("error", exc)
+    payload = broadcast(payload, ranks)
+    if payload[0] == "error":
+        raise payload[1]
+    return payload[1] if payload[0] == "ok" else None
 
 
 @torch.no_grad()
 def embed_minibatch(model: RegionModel, data: HeteroData, config: MiniBatchConfig | None = None,
                     device: torch.device | None = None, amp: bool = False,
                     rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings ``[N, C]`` and fusion weights ``[N, M]`` (float32) of every region of ``data``."""
+    """Embeddings ``[N, C]`` and fusion weights ``[N, M]`` (float32) of every region of ``data``.
+
+    Args:
+        model: A trained model.
+        data: A region graph.
+        config: ``inference="full"``: one exact full-graph pass; ``"sampled"``: batches of
+            ``inference_batch_size`` seed regions, each over its sampled subgraph (seed rows kept).
+        device: Where to run (default: the model's device).
+        amp: bf16 autocast on CUDA.
+        rng: Neighbour sampling of ``"sampled"`` inference (default: seeded with
+            :data:`INFERENCE_SEED`, so the same model and graph always give the same embedding).
+    """
     bc = config or MiniBatchConfig()
     device = device or next(model.parameters()).device
     model.eval()
@@ -216,7 +435,7 @@ def embed_minibatch(model: RegionModel, data: HeteroData, config: MiniBatchConfi
             out = model(g)
         return (out.embedding.float().cpu().numpy().astype(np.float32),
                 out.fusion_weights.float().cpu().numpy().astype(np.float32))
-    rng = rng or np.random.default_rng(0)
+    rng = rng or np.random.default_rng(INFERENCE_SEED)
     sampler = RegionSampler(data, bc.num_neighbors)
     emb = np.zeros((sampler.n, model.out_channels), np.float32)
     weights = np.zeros((sampler.n, len(model.modalities)), np.float32)

@@ -9,7 +9,10 @@
 
 ``fit`` builds the bundle's region graph (:func:`urbanrep.graphs.build_graph`) and trains the
 experts, the fusion and the contrastive heads on it (:func:`urbanrep.train.train`); nothing in a
-bundle's targets or labels is read. ``transform`` builds the graph of any bundle with the same
+bundle's targets or labels is read. With ``config.train.mode == "minibatch"`` it trains on
+neighbour-sampled mini-batches (:mod:`urbanrep.minibatch`, settings in ``config.minibatch``), and
+``fit(..., nproc=4)`` runs that data-parallel in 4 local processes (:mod:`urbanrep.distributed`);
+under torchrun every launched process calls ``fit`` with ``nproc=1``. ``transform`` builds the graph of any bundle with the same
 graph configuration and embeds it with the trained weights; the bundle must offer the modalities
 and feature widths the model was trained with (the same city, or a city prepared alike).
 """
@@ -18,24 +21,32 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
 from urbanrep.atomic import write_text_atomic
 from urbanrep.bundle import CityBundle
-from urbanrep.errors import GraphError, UrbanRepError
+from urbanrep.distributed import current_ranks, spawn
+from urbanrep.errors import ConfigError, GraphError, UrbanRepError
 from urbanrep.graphs import build_graph
 from urbanrep.graphs.schema import REGION, feature_key
+from urbanrep.minibatch import MiniBatchConfig, embed_minibatch
 from urbanrep.network import RegionModel
 from urbanrep.runconfig import CONFIG_FILE, RunConfig, read_run_config
 from urbanrep.train import (
+    EMBEDDINGS,
+    FUSION_WEIGHTS,
     MODEL_FILE,
     TrainResult,
     embeddings_frame,
+    latest_checkpoint,
     load_model,
     resolve_device,
     save_model,
@@ -60,13 +71,17 @@ def _check_widths(model: RegionModel, data: HeteroData) -> None:
                 f"{widths[modality]}; embed bundles prepared like the training city (same categories/classes)")
 
 
-def embed_graph(model: RegionModel, data: HeteroData, device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+def embed_graph(model: RegionModel, data: HeteroData, device: str = "cpu",
+                minibatch: MiniBatchConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Embed every region of ``data`` with a trained model (eval mode, no gradients).
 
     Args:
         model: A trained :class:`~urbanrep.network.RegionModel`.
         data: A region graph with the modalities (and feature widths) the model was trained on.
         device: Where to run (``"auto"``, ``"cpu"``, ``"cuda"``...).
+        minibatch: With ``inference="sampled"``, embed in batches over sampled subgraphs
+            (:func:`urbanrep.minibatch.embed_minibatch`; for graphs whose full forward pass does
+            not fit); otherwise one exact full-graph pass.
 
     Returns:
         ``(embeddings [N, C], fusion_weights [N, M])``, both indexed by ``region_id``.
@@ -75,12 +90,46 @@ def embed_graph(model: RegionModel, data: HeteroData, device: str = "cpu") -> tu
     _check_widths(model, data)
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    with torch.no_grad():
-        out = model(data.to(dev))
+    if minibatch is not None and minibatch.inference == "sampled":
+        emb_np, weights_np = embed_minibatch(model, data, minibatch, dev)
+    else:
+        with torch.no_grad():
+            out = model(data.to(dev))
+        emb_np, weights_np = out.embedding.float().cpu().numpy(), out.fusion_weights.float().cpu().numpy()
     ids = pd.Index(list(data.region_ids), name="region_id")
-    emb = embeddings_frame(list(ids), out.embedding.float().cpu().numpy())
-    weights = pd.DataFrame(out.fusion_weights.float().cpu().numpy(), columns=list(out.modalities), index=ids)
+    emb = embeddings_frame(list(ids), emb_np)
+    weights = pd.DataFrame(weights_np, columns=list(model.modalities), index=ids)
     return emb, weights
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a data-parallel job (or a single process): the one that writes files."""
+    return os.environ.get("RANK", "0") == "0" and current_ranks().is_main
+
+
+def _fit_worker(config: RunConfig, data: HeteroData, run_dir: str, resume: bool, nproc: int) -> None:
+    """One process of ``UrbanRep.fit(..., nproc=N)`` (module level, so that it can be spawned)."""
+    if config.train.num_threads == 0:  # share the cores instead of every process taking all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    UrbanRep(config).fit(data, run_dir=run_dir, resume=resume)
+
+
+def _result_from_run_dir(run_dir: Path) -> TrainResult:
+    """What rank 0 of a spawned run wrote, read back as a :class:`TrainResult` (model on CPU)."""
+    ckpt_path = latest_checkpoint(run_dir)
+    if ckpt_path is None or not (run_dir / MODEL_FILE).exists():
+        raise UrbanRepError(f"the training processes wrote no checkpoint or {MODEL_FILE} into {run_dir}; "
+                            "rerun with nproc=1 to see the error")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model = load_model(run_dir / MODEL_FILE)
+    emb = pd.read_parquet(run_dir / EMBEDDINGS)
+    weights = pd.read_parquet(run_dir / FUSION_WEIGHTS)
+    history = [dict(r) for r in ckpt["history"]]
+    return TrainResult(model=model, embeddings=emb.drop(columns="region_id").to_numpy(np.float32),
+                       fusion_weights=weights[list(model.modalities)].to_numpy(np.float32),
+                       modalities=model.modalities, region_ids=list(emb["region_id"]), history=history,
+                       epochs_run=int(history[-1]["epoch"]) if history else 0, stopped_early=bool(ckpt["stopped"]),
+                       run_dir=run_dir)
 
 
 class UrbanRep:
@@ -104,35 +153,74 @@ class UrbanRep:
 
     def __repr__(self) -> str:
         state = "fitted" if self.model_ is not None else "not fitted"
-        return f"UrbanRep({state}, epochs={self.config.train.epochs}, seed={self.config.train.seed})"
+        return (f"UrbanRep({state}, mode={self.config.train.mode}, epochs={self.config.train.epochs}, "
+                f"seed={self.config.train.seed})")
 
     def build_graph(self, bundle: CityBundle) -> tuple[HeteroData, dict[str, Any]]:
         """The region graph of ``bundle`` under this configuration, and the build report."""
         return build_graph(bundle, self.config.graph)
 
-    def fit(self, bundle: CityBundle | HeteroData, run_dir: str | Path | None = None, resume: bool = False) -> UrbanRep:
+    def fit(self, bundle: CityBundle | HeteroData, run_dir: str | Path | None = None, resume: bool = False,
+            nproc: int = 1) -> UrbanRep:
         """Build the graph of ``bundle`` (or take a prebuilt graph) and train on it.
+
+        ``config.train.mode`` picks full-graph (default) or neighbour-sampled mini-batch
+        training (``config.minibatch``). Inside a torchrun job every process calls ``fit`` and
+        trains its share of each epoch; rank 0 writes the files.
 
         Args:
             bundle: A city bundle, or a region graph from :func:`urbanrep.graphs.build_graph`.
             run_dir: Where checkpoints, ``loss.csv``, ``embeddings.parquet``, ``model.pt`` and
-                ``config.json`` go (nothing is written when None).
+                ``config.json`` go (nothing is written when None, except with ``nproc > 1``,
+                which trains in a temporary folder).
             resume: Continue from the newest checkpoint in ``run_dir``.
+            nproc: Train data-parallel in this many local processes (mini-batch mode only; on
+                CUDA one per GPU, at most ``torch.cuda.device_count()``). The trained model is
+                read back from ``run_dir`` onto the CPU.
 
         Returns:
             ``self``.
+
+        Raises:
+            ConfigError: ``nproc > 1`` without ``train.mode=minibatch``, or more processes than GPUs.
         """
         if isinstance(bundle, HeteroData):
             data, report = bundle, None
         else:
             data, report = self.build_graph(bundle)
-        if run_dir is not None:
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
-            self._write_config(run_dir)
-        self.result_ = train(data, self.config.model, self.config.train, run_dir=run_dir, resume=resume)
+        if nproc > 1:
+            self.result_ = self._fit_spawned(data, run_dir, resume, nproc)
+        else:
+            if run_dir is not None:
+                Path(run_dir).mkdir(parents=True, exist_ok=True)
+                if _is_main_process():
+                    self._write_config(run_dir)
+            self.result_ = train(data, self.config.model, self.config.train, run_dir=run_dir, resume=resume,
+                                 minibatch_config=self.config.minibatch)
         self.model_ = self.result_.model
         self.graph_, self.graph_report_ = data, report
         return self
+
+    def _fit_spawned(self, data: HeteroData, run_dir: str | Path | None, resume: bool, nproc: int) -> TrainResult:
+        tc = self.config.train
+        if tc.mode != "minibatch":
+            raise ConfigError(f"nproc={nproc} trains data-parallel, which needs mini-batch training; "
+                              "set train.mode=minibatch (--set train.mode=minibatch) or use nproc=1")
+        if resolve_device(tc.device).type == "cuda" and nproc > torch.cuda.device_count():
+            raise ConfigError(f"nproc={nproc} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                              "use one process per GPU or train.device=cpu")
+        if tc.device.startswith("cuda:"):
+            raise ConfigError(f"train.device={tc.device!r} pins one GPU; with nproc > 1 use device 'cuda' or "
+                              "'auto' (process k takes GPU k)")
+        with tempfile.TemporaryDirectory(prefix="urbanrep-fit-") as tmp:
+            out = Path(run_dir) if run_dir is not None else Path(tmp)
+            out.mkdir(parents=True, exist_ok=True)
+            self._write_config(out)
+            spawn(_fit_worker, nproc, (self.config, data, str(out), resume, nproc))
+            result = _result_from_run_dir(out)
+            if run_dir is None:
+                result.run_dir = None
+        return result
 
     def _require_model(self) -> RegionModel:
         if self.model_ is None:
@@ -148,9 +236,17 @@ class UrbanRep:
             return self.graph_
         return self.build_graph(bundle)[0]
 
+    def _embed(self, bundle: CityBundle | HeteroData | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        minibatch = self.config.minibatch if self.config.train.mode == "minibatch" else None
+        return embed_graph(self._require_model(), self._graph_of(bundle), self.config.train.device, minibatch)
+
     def transform(self, bundle: CityBundle | HeteroData | None = None) -> pd.DataFrame:
-        """Embeddings ``[N, C]`` indexed by ``region_id`` (None: the training city)."""
-        return embed_graph(self._require_model(), self._graph_of(bundle), self.config.train.device)[0]
+        """Embeddings ``[N, C]`` indexed by ``region_id`` (None: the training city).
+
+        In mini-batch mode with ``minibatch.inference="sampled"`` the regions are embedded in
+        batches over sampled subgraphs; otherwise in one exact full-graph pass.
+        """
+        return self._embed(bundle)[0]
 
     def fit_transform(self, bundle: CityBundle, run_dir: str | Path | None = None) -> pd.DataFrame:
         """:meth:`fit` then the training city's embeddings."""
@@ -160,7 +256,7 @@ class UrbanRep:
 
     def fusion_weights(self, bundle: CityBundle | HeteroData | None = None) -> pd.DataFrame:
         """Per-region fusion weight of each modality ``[N, M]`` indexed by ``region_id``."""
-        return embed_graph(self._require_model(), self._graph_of(bundle), self.config.train.device)[1]
+        return self._embed(bundle)[1]
 
     def evaluate(self, bundle: CityBundle, embeddings: pd.DataFrame | None = None) -> dict[str, Any]:
         """Downstream metrics of the embedding on the bundle's targets and labels.

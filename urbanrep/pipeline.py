@@ -118,10 +118,14 @@ def _read_graph(source: str | Path) -> HeteroData:
 
 
 def train_stage(graph: HeteroData | str | Path, run_dir: str | Path | None, config: RunConfig | None = None,
-                resume: bool = False) -> UrbanRep:
-    """Train on a graph (object, ``.pt`` file or folder holding ``graph.pt``) into ``run_dir``."""
+                resume: bool = False, nproc: int = 1) -> UrbanRep:
+    """Train on a graph (object, ``.pt`` file or folder holding ``graph.pt``) into ``run_dir``.
+
+    ``config.train.mode`` picks full-graph or mini-batch training; ``nproc > 1`` trains
+    mini-batches data-parallel in that many local processes (see :meth:`UrbanRep.fit`).
+    """
     data = graph if isinstance(graph, HeteroData) else _read_graph(graph)
-    return UrbanRep(config).fit(data, run_dir=run_dir, resume=resume)
+    return UrbanRep(config).fit(data, run_dir=run_dir, resume=resume, nproc=nproc)
 
 
 def embed_stage(model_dir: str | Path, bundle: CityBundle, out_dir: str | Path,
@@ -131,7 +135,8 @@ def embed_stage(model_dir: str | Path, bundle: CityBundle, out_dir: str | Path,
     if config is not None:
         api.config = config
     data, report = api.build_graph(bundle)
-    emb, weights = embed_graph(api._require_model(), data, api.config.train.device)
+    minibatch = api.config.minibatch if api.config.train.mode == "minibatch" else None
+    emb, weights = embed_graph(api._require_model(), data, api.config.train.device, minibatch)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(emb.reset_index(), out / EMBEDDINGS)
@@ -187,7 +192,7 @@ def export_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | No
 
 def run_pipeline(dataset: str | Path | None = None, data_root: str | Path | None = None,
                  run_dir: str | Path = "runs/latest", config: RunConfig | None = None,
-                 resume: bool = False) -> RunResult:
+                 resume: bool = False, nproc: int = 1) -> RunResult:
     """Every stage for one data set into ``run_dir``: bundle, graph, training, evaluation, export.
 
     Args:
@@ -197,6 +202,8 @@ def run_pipeline(dataset: str | Path | None = None, data_root: str | Path | None
         run_dir: The run folder (created; files in it are replaced).
         config: Settings of every stage (defaults when None).
         resume: Continue training from the newest checkpoint in ``run_dir``.
+        nproc: Train data-parallel in this many local processes (needs
+            ``config.train.mode == "minibatch"``; every other stage runs in this process).
 
     Returns:
         A :class:`RunResult`; ``run_dir/run.json`` holds the same stage times.
@@ -213,7 +220,7 @@ def run_pipeline(dataset: str | Path | None = None, data_root: str | Path | None
     with _timed(stages, "graph"):
         data, _ = build_graph_file(bundle, run_dir / GRAPH_FILE, config)
     with _timed(stages, "train"):
-        train_stage(data, run_dir, config, resume=resume)
+        train_stage(data, run_dir, config, resume=resume, nproc=nproc)
     metrics = None
     if _has_evaluation_data(bundle):
         with _timed(stages, "evaluate"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,9 +19,14 @@ data root (--data-root, else $URBANREP_DATA, else ../shared/data), converted on 
 nyc_manhattan180 only, the copy embedded in the package (announced in one log line). Any other
 name is an error listing the names that resolve.
 
-Configuration: --config FILE (YAML, TOML or JSON with sections graph, model, train, evaluate,
-export) and any number of --set section.key=value, e.g. --set train.epochs=100
+Configuration: --config FILE (YAML, TOML or JSON with sections graph, model, train, minibatch,
+evaluate, export) and any number of --set section.key=value, e.g. --set train.epochs=100
 --set model.fusion.mode=global --set evaluate.protocol=paper.
+
+Large graphs: --set train.mode=minibatch trains on neighbour-sampled mini-batches (section
+minibatch: batch_size, num_neighbors, inference). Data-parallel over N processes (one per GPU;
+gloo on CPU): add --nproc N, or launch 'torchrun --nproc_per_node=N -m urbanrep train GRAPH
+--out RUN --set train.mode=minibatch'.
 """
 
 
@@ -60,12 +66,24 @@ def install_progress(enabled: bool) -> None:
     set_reporter(_tqdm_reporter if enabled and sys.stderr.isatty() else None)
 
 
+def _launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1") or "1") > 1
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from urbanrep.pipeline import run_pipeline
 
+    if _launched_by_torchrun():
+        raise UrbanRepError("'urbanrep run' runs every stage once and spawns its own training processes: use "
+                            "'urbanrep run --nproc N', or torchrun with 'urbanrep train GRAPH --out RUN'")
     config = _config(args)
     out = Path(args.out) if args.out else _default_run_dir(args.dataset)
-    result = run_pipeline(args.dataset, data_root=args.data_root, run_dir=out, config=config, resume=args.resume)
+    result = run_pipeline(args.dataset, data_root=args.data_root, run_dir=out, config=config, resume=args.resume,
+                          nproc=args.nproc)
     print(result.bundle_summary)
     if result.metrics:
         print_metrics(result.metrics)
@@ -92,9 +110,14 @@ def _cmd_build_graphs(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from urbanrep.pipeline import train_stage
 
-    api = train_stage(args.graph, args.out, _config(args), resume=args.resume)
+    if args.nproc > 1 and _launched_by_torchrun():
+        raise UrbanRepError("--nproc spawns processes itself; under torchrun leave it out (torchrun's "
+                            "--nproc_per_node sets the number of processes)")
+    api = train_stage(args.graph, args.out, _config(args), resume=args.resume, nproc=args.nproc)
     res = api.result_
     assert res is not None
+    if not _is_rank0():  # under torchrun: rank 0 reports
+        return 0
     first, last = res.history[0]["total"], res.history[-1]["total"]
     print(f"trained {res.epochs_run} epochs in {res.wall_time_s:.1f} s; loss {first:.4f} -> {last:.4f}")
     print(f"embeddings: {Path(args.out) / 'embeddings.parquet'} ({res.embeddings.shape[0]} regions x "
@@ -175,6 +198,22 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one setting, e.g. --set train.epochs=100 (repeatable)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _add_nproc_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                   help="train data-parallel in N local processes (one per GPU; gloo on CPU); needs "
+                        "--set train.mode=minibatch. Under torchrun leave it out")
+
+
 def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the pipeline subcommands on the main parser."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -193,6 +232,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p.add_argument("graph", help="graph file (.pt from build-graphs) or a folder holding graph.pt")
     p.add_argument("--out", required=True, help="run folder for checkpoints, loss.csv, model.pt, embeddings")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_nproc_arg(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
@@ -229,6 +269,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     add_dataset_args(p)
     p.add_argument("--out", default=None, help="run folder (default runs/<name>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue training from the newest checkpoint in --out")
+    _add_nproc_arg(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_run)
 

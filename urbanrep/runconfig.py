@@ -15,6 +15,17 @@ file mirrors the constructors::
 
 and ``--set train.epochs=50`` overrides any key on the command line. Unknown keys and wrong
 types are rejected with the valid names listed.
+
+Mini-batch training, for graphs whose full-graph step does not fit in memory (and the mode that
+runs data-parallel over several processes), is one switch plus an optional section::
+
+    train:
+      mode: minibatch       # default: full
+    minibatch:              # urbanrep.minibatch.MiniBatchConfig (used only in mini-batch mode)
+      batch_size: 2048
+      num_neighbors: [10, 10, 5]
+
+or ``--set train.mode=minibatch --set minibatch.batch_size=2048``.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from urbanrep.errors import ConfigError
 from urbanrep.evaluate.protocols import EvalConfig
 from urbanrep.export.gis import DEFAULT_FORMATS, FORMATS
 from urbanrep.graphs.config import GraphConfig
+from urbanrep.minibatch import MiniBatchConfig
 from urbanrep.network import ModelConfig
 from urbanrep.train import TrainConfig
 
@@ -63,7 +75,11 @@ class RunConfig:
     Attributes:
         graph: Graph construction (:class:`urbanrep.graphs.GraphConfig`).
         model: Experts, MoE, fusion and losses (:class:`urbanrep.network.ModelConfig`).
-        train: Training loop (:class:`urbanrep.train.TrainConfig`).
+        train: Training loop (:class:`urbanrep.train.TrainConfig`); ``train.mode`` picks
+            full-graph (default) or mini-batch training.
+        minibatch: Batch size, neighbour fan-outs and inference of mini-batch training
+            (:class:`urbanrep.minibatch.MiniBatchConfig`; read only when
+            ``train.mode == "minibatch"``).
         evaluate: Downstream evaluation (:class:`urbanrep.evaluate.EvalConfig`).
         export: GIS files, figures and the HTML report.
     """
@@ -71,6 +87,7 @@ class RunConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    minibatch: MiniBatchConfig = field(default_factory=MiniBatchConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 

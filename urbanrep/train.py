@@ -14,6 +14,12 @@ epoch so a running job can be watched, and is rewritten from the checkpoint on r
 ``resume=True`` continues from the latest checkpoint and ends with exactly the embedding an
 uninterrupted run would give (on CPU, where kernels are deterministic); it refuses a checkpoint
 written with another model configuration, graph, seed or optimisation setting.
+
+``TrainConfig(mode="minibatch")`` (``--set train.mode=minibatch`` on the command line) hands the
+same call to :func:`urbanrep.minibatch.train_minibatch`: neighbour-sampled mini-batches, the same
+run-folder layout and resume guarantee, and data parallelism over ``torch.distributed`` ranks.
+The checkpoint helpers below (:func:`check_resumable`, :func:`save_checkpoint`,
+:class:`LossLog`, :class:`EarlyStopping`, :func:`write_run_outputs`) are shared by both loops.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -38,6 +44,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from urbanrep.atomic import atomic_path, write_bytes_atomic, write_parquet_atomic
+from urbanrep.distributed import current_ranks, env_world_size
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
 from urbanrep.experts.moe import MoEConfig
@@ -61,7 +68,12 @@ class TrainConfig:
     """Training settings (mirrors :func:`train`).
 
     Attributes:
-        epochs: Fixed budget of full-graph steps.
+        epochs: Fixed budget of epochs (``"full"``: one full-graph step each; ``"minibatch"``:
+            one pass over every region in sampled batches).
+        mode: ``"full"`` (default): full-graph training, exact; ``"minibatch"``: neighbour-
+            sampled mini-batches (:func:`urbanrep.minibatch.train_minibatch`, settings in a
+            :class:`~urbanrep.minibatch.MiniBatchConfig`), for graphs whose full-graph step does
+            not fit in memory, and the only mode that runs data-parallel on several processes.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         seed: Seeds parameter init, dropout and augmentations.
@@ -83,6 +95,7 @@ class TrainConfig:
     """
 
     epochs: int = 300
+    mode: Literal["full", "minibatch"] = "full"
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -101,6 +114,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
+        if self.mode not in ("full", "minibatch"):
+            raise ConfigError(f"TrainConfig.mode={self.mode!r}; use 'full' (default) or 'minibatch'")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("TrainConfig.lr must be > 0 and weight_decay >= 0")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.patience < 1 or self.log_every < 1:
@@ -114,7 +129,7 @@ class TrainConfig:
 
 
 #: TrainConfig fields that shape the optimisation trajectory: a resumed run must keep them.
-TRAJECTORY_FIELDS = ("lr", "weight_decay", "seed", "amp", "grad_clip", "early_stopping", "patience",
+TRAJECTORY_FIELDS = ("mode", "lr", "weight_decay", "seed", "amp", "grad_clip", "early_stopping", "patience",
                      "min_delta", "deterministic")
 
 
@@ -249,6 +264,162 @@ def _append_loss_row(path: Path, row: dict[str, float], columns: list[str]) -> N
         csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore").writerow(row)
 
 
+def check_resumable(path: Path, ckpt: dict[str, Any], mc: ModelConfig, tc: TrainConfig,
+                    metadata: GraphMetadata, num_regions: int) -> None:
+    """Refuse a checkpoint written by another run (model, seed, trajectory settings or graph).
+
+    Args:
+        path: The checkpoint file (named in the errors).
+        ckpt: Its contents.
+        mc: The model configuration of the resuming call.
+        tc: The training configuration of the resuming call.
+        metadata: Modalities and feature widths of the graph being resumed on.
+        num_regions: Regions of that graph.
+
+    Raises:
+        ConfigError: naming what differs and how to proceed.
+    """
+    if _model_identity(json.loads(ckpt["model_config"])) != _model_identity(config_to_dict(mc)):
+        raise ConfigError(f"cannot resume from {path}: it was trained with a different model "
+                          "configuration; use the same config or start a new run_dir")
+    if int(ckpt["seed"]) != tc.seed:
+        raise ConfigError(f"cannot resume from {path}: seed {ckpt['seed']} != {tc.seed}")
+    if "train_config" in ckpt:
+        saved = json.loads(ckpt["train_config"])
+        changed = {k: (saved[k], v) for k, v in _trajectory_config(tc).items() if k in saved and saved[k] != v}
+        if changed:
+            raise ConfigError(f"cannot resume from {path}: TrainConfig fields changed "
+                              f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; only epochs, "
+                              "checkpointing, logging, device and threads may change on resume")
+    if "metadata" in ckpt and ckpt["metadata"] != json.dumps(metadata.to_dict(), sort_keys=True):
+        raise ConfigError(f"cannot resume from {path}: it was trained on a graph with other modalities "
+                          f"or feature widths ({ckpt['metadata']}); resume on the same graph")
+    if "num_regions" in ckpt and int(ckpt["num_regions"]) != num_regions:
+        raise ConfigError(f"cannot resume from {path}: it was trained on {ckpt['num_regions']} regions, "
+                          f"this graph has {num_regions}; resume on the same graph")
+
+
+def read_checkpoint(run_dir: Path, mc: ModelConfig, tc: TrainConfig, metadata: GraphMetadata,
+                    num_regions: int) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``run_dir`` after :func:`check_resumable` (None when there is none).
+
+    Raises:
+        UrbanRepError: the file cannot be read (names it).
+        ConfigError: it belongs to another run.
+    """
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UrbanRepError(f"cannot read checkpoint {path}: {exc}; delete it to resume from the one before, "
+                            "or start a new run_dir") from exc
+    check_resumable(path, ckpt, mc, tc, metadata, num_regions)
+    return path, ckpt
+
+
+@dataclass
+class EarlyStopping:
+    """Training-loss early stopping state (checkpointed with the run).
+
+    Attributes:
+        best: Lowest epoch loss so far.
+        stale: Epochs since ``best`` improved by more than ``min_delta``.
+        stopped: Whether training has stopped.
+    """
+
+    best: float = math.inf
+    stale: int = 0
+    stopped: bool = False
+
+    def update(self, loss: float, tc: TrainConfig, epoch: int) -> bool:
+        """Account for one epoch's loss; returns ``stopped`` (always False when switched off)."""
+        if not tc.early_stopping:
+            return False
+        if loss < self.best - tc.min_delta:
+            self.best, self.stale = loss, 0
+        else:
+            self.stale += 1
+            if self.stale >= tc.patience:
+                self.stopped = True
+                log.info("early stopping at epoch %d: training loss flat for %d epochs", epoch, tc.patience)
+        return self.stopped
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint entries."""
+        return {"best": self.best, "stale": self.stale, "stopped": self.stopped}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> EarlyStopping:
+        """Inverse of :meth:`state`."""
+        return cls(float(ckpt["best"]), int(ckpt["stale"]), bool(ckpt["stopped"]))
+
+
+class LossLog:
+    """``run_dir/loss.csv``: one row per epoch, appended as training goes.
+
+    On resume the file is rewritten from the checkpoint's history, dropping rows of epochs
+    trained after that checkpoint (they will be trained again).
+
+    Args:
+        run_dir: The run folder (None: nothing is written).
+        history: Rows already trained (from a checkpoint).
+    """
+
+    def __init__(self, run_dir: Path | None, history: list[dict[str, float]]) -> None:
+        self.path = run_dir / LOSS_CSV if run_dir is not None else None
+        self.columns: list[str] | None = None
+        if self.path is not None and history:
+            self.columns = list(history[0].keys())
+            _write_loss_csv(self.path, history, self.columns)
+
+    def append(self, row: dict[str, float]) -> None:
+        """Add one epoch's row (the first row fixes the columns)."""
+        if self.path is None:
+            return
+        if self.columns is None:
+            self.columns = list(row.keys())
+            _write_loss_csv(self.path, [row], self.columns)
+        else:
+            _append_loss_row(self.path, row, self.columns)
+
+
+def checkpoint_state(epoch: int, mc: ModelConfig, tc: TrainConfig, metadata: GraphMetadata, num_regions: int,
+                     model: RegionModel, opt: torch.optim.Optimizer, history: list[dict[str, float]],
+                     stopping: EarlyStopping) -> dict[str, Any]:
+    """The entries every checkpoint holds: identity, weights, optimiser, history, early stopping.
+
+    Each training loop adds its RNG states (and, for mini-batches, the sampler's) before
+    :func:`save_checkpoint`.
+    """
+    return {
+        "epoch": epoch, "seed": tc.seed, "model_config": json.dumps(config_to_dict(mc), sort_keys=True),
+        "train_config": json.dumps(_trajectory_config(tc)),
+        "metadata": json.dumps(metadata.to_dict(), sort_keys=True),
+        "num_regions": num_regions,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "history": history, **stopping.state(),
+    }
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
+    """Write ``run_dir/checkpoints/epoch_NNNNNN.pt`` atomically; keep the newest ``keep`` files."""
+    path = run_dir / CHECKPOINT_DIR / f"epoch_{int(state['epoch']):06d}.pt"
+    _torch_save_atomic(state, path)
+    for old in _checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def write_run_outputs(result: TrainResult, run_dir: Path, tc: TrainConfig) -> None:
+    """``embeddings.parquet``, ``fusion_weights.parquet`` and ``model.pt`` of a finished run (atomic)."""
+    write_parquet_atomic(result.embeddings_frame().reset_index(), run_dir / EMBEDDINGS)
+    write_parquet_atomic(result.fusion_weights_frame().reset_index(), run_dir / FUSION_WEIGHTS)
+    save_model(result.model, run_dir / MODEL_FILE, tc)
+
+
 def save_model(model: RegionModel, path: str | Path, train_config: TrainConfig | None = None) -> None:
     """Write the model's weights, configs and graph metadata to ``path`` atomically."""
     payload = {
@@ -281,8 +452,14 @@ def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
+#: Called between ``backward`` and the optimiser step with the model and the local loss; averages
+#: gradients over data-parallel ranks and returns the loss averaged over them.
+GradientSync = Callable[[RegionModel, Tensor], Tensor]
+
+
 def optimisation_step(model: RegionModel, data: HeteroData, opt: torch.optim.Optimizer, gen: torch.Generator,
-                      tc: TrainConfig, device: torch.device, where: str) -> tuple[Tensor, dict[str, Tensor]]:
+                      tc: TrainConfig, device: torch.device, where: str,
+                      sync: GradientSync | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """One gradient step of the training objective on ``data`` (a whole graph or a sampled subgraph).
 
     Args:
@@ -293,22 +470,31 @@ def optimisation_step(model: RegionModel, data: HeteroData, opt: torch.optim.Opt
         tc: Training settings (autocast, gradient clipping).
         device: Where ``model`` and ``data`` live.
         where: Named in the error when the loss is not finite (e.g. ``"epoch 12"``).
+        sync: Data parallelism: averages the gradients over ranks after ``backward`` (and
+            before clipping, so every rank clips and steps alike) and returns the mean loss,
+            which is checked for NaN/inf on every rank at once.
 
     Returns:
-        ``(total, parts)`` as :meth:`RegionModel.loss` returns them.
+        ``(total, parts)`` as :meth:`RegionModel.loss` returns them (this rank's loss).
 
     Raises:
-        UrbanRepError: the loss became NaN or infinite.
+        UrbanRepError: the loss became NaN or infinite (on any rank, with ``sync``).
     """
     model.train()
     opt.zero_grad(set_to_none=True)
     with _amp_context(device, tc.amp):
         out = model(data)
         total, parts = model.loss(data, out, gen)
-    if not torch.isfinite(total):
-        raise UrbanRepError(f"training loss became {float(total.detach())} at {where}; lower TrainConfig.lr "
+    checked = total.detach()
+    if sync is None and not torch.isfinite(checked):
+        raise UrbanRepError(f"training loss became {float(checked)} at {where}; lower TrainConfig.lr "
                             "or check the graph features for extreme values")
     total.backward()
+    if sync is not None:
+        checked = sync(model, checked)
+        if not torch.isfinite(checked):
+            raise UrbanRepError(f"training loss became {float(checked)} (mean over ranks) at {where}; lower "
+                                "TrainConfig.lr or check the graph features for extreme values")
     if tc.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
     opt.step()
@@ -316,18 +502,21 @@ def optimisation_step(model: RegionModel, data: HeteroData, opt: torch.optim.Opt
 
 
 def train(data: HeteroData, model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-          run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
+          run_dir: str | Path | None = None, resume: bool = False, minibatch_config: Any = None) -> TrainResult:
     """Train a :class:`RegionModel` on ``data`` and return its embeddings.
 
     Args:
         data: A region graph (validated here).
         model_config: Model configuration (defaults when None).
-        train_config: Training configuration (defaults when None).
+        train_config: Training configuration (defaults when None). With ``mode="minibatch"``
+            the call goes to :func:`urbanrep.minibatch.train_minibatch`.
         run_dir: Folder for checkpoints, ``loss.csv``, embeddings and fusion weights
             (nothing is written when None).
         resume: Continue from the latest checkpoint in ``run_dir`` (a fresh start when there
             is none). The model configuration and the seed must match the checkpoint's; the
             epoch budget may be larger.
+        minibatch_config: A :class:`urbanrep.minibatch.MiniBatchConfig` (``mode="minibatch"``
+            only; defaults when None).
 
     Returns:
         A :class:`TrainResult`.
@@ -339,8 +528,15 @@ def train(data: HeteroData, model_config: ModelConfig | None = None, train_confi
     """
     mc = model_config or ModelConfig()
     tc = train_config or TrainConfig()
+    if tc.mode == "minibatch":
+        from urbanrep.minibatch import train_minibatch
+
+        return train_minibatch(data, mc, tc, minibatch_config, run_dir=run_dir, resume=resume)
     if resume and run_dir is None:
         raise ConfigError("resume=True needs a run_dir holding checkpoints")
+    if env_world_size() > 1 or current_ranks().distributed:
+        raise ConfigError("full-graph training runs in one process; for data-parallel training over several "
+                          "processes set train.mode=minibatch (--set train.mode=minibatch)")
     validate_graph(data)
     t0 = time.perf_counter()
     device = resolve_device(tc.device)
@@ -360,32 +556,14 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
     if device.type != "cpu":
         data = data.clone().to(device)  # HeteroData.to moves in place: keep the caller's graph where it is
     metadata = GraphMetadata.from_data(data)
+    num_regions = int(data["region"].num_nodes)
     model = RegionModel(mc, metadata).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     history: list[dict[str, float]] = []
-    start, best, stale, stopped = 0, math.inf, 0, False
-    mc_json = json.dumps(config_to_dict(mc), sort_keys=True)
-    ckpt_path = latest_checkpoint(run_dir) if (resume and run_dir is not None) else None
-    if ckpt_path is not None:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if _model_identity(json.loads(ckpt["model_config"])) != _model_identity(config_to_dict(mc)):
-            raise ConfigError(f"cannot resume from {ckpt_path}: it was trained with a different model "
-                              "configuration; use the same config or start a new run_dir")
-        if int(ckpt["seed"]) != tc.seed:
-            raise ConfigError(f"cannot resume from {ckpt_path}: seed {ckpt['seed']} != {tc.seed}")
-        if "train_config" in ckpt:
-            saved = json.loads(ckpt["train_config"])
-            changed = {k: (saved[k], v) for k, v in _trajectory_config(tc).items() if k in saved and saved[k] != v}
-            if changed:
-                raise ConfigError(f"cannot resume from {ckpt_path}: TrainConfig fields changed "
-                                  f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; only epochs, "
-                                  "checkpointing, logging, device and threads may change on resume")
-        if "metadata" in ckpt and ckpt["metadata"] != json.dumps(metadata.to_dict(), sort_keys=True):
-            raise ConfigError(f"cannot resume from {ckpt_path}: it was trained on a graph with other modalities "
-                              f"or feature widths ({ckpt['metadata']}); resume on the same graph")
-        if "num_regions" in ckpt and int(ckpt["num_regions"]) != int(data["region"].num_nodes):
-            raise ConfigError(f"cannot resume from {ckpt_path}: it was trained on {ckpt['num_regions']} regions, "
-                              f"this graph has {data['region'].num_nodes}; resume on the same graph")
+    start, stopping = 0, EarlyStopping()
+    found = read_checkpoint(run_dir, mc, tc, metadata, num_regions) if (resume and run_dir is not None) else None
+    if found is not None:
+        ckpt_path, ckpt = found
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng_cpu"])
@@ -393,64 +571,35 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
             torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
         gen.set_state(ckpt["rng_gen"].to(gen.get_state().device))
         history = [dict(r) for r in ckpt["history"]]
-        start, best, stale, stopped = int(ckpt["epoch"]), float(ckpt["best"]), int(ckpt["stale"]), bool(ckpt["stopped"])
+        start, stopping = int(ckpt["epoch"]), EarlyStopping.from_checkpoint(ckpt)
         log.info("resuming from %s (epoch %d)", ckpt_path, start)
     elif resume:
         log.info("no checkpoint in %s: starting from scratch", run_dir)
-
-    columns: list[str] | None = None
-    loss_csv = run_dir / LOSS_CSV if run_dir is not None else None
-    if loss_csv is not None and history:
-        columns = list(history[0].keys())
-        _write_loss_csv(loss_csv, history, columns)  # drop rows written after the checkpoint
+    loss_log = LossLog(run_dir, history)  # on resume: drops rows written after the checkpoint
 
     def checkpoint(epoch: int) -> None:
         assert run_dir is not None
-        state = {
-            "epoch": epoch, "seed": tc.seed, "model_config": mc_json,
-            "train_config": json.dumps(_trajectory_config(tc)),
-            "metadata": json.dumps(metadata.to_dict(), sort_keys=True),
-            "num_regions": int(data["region"].num_nodes),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "rng_cpu": torch.get_rng_state(), "rng_gen": gen.get_state().cpu(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "history": history, "best": best, "stale": stale, "stopped": stopped,
-        }
-        _torch_save_atomic(state, run_dir / CHECKPOINT_DIR / f"epoch_{epoch:06d}.pt")
-        for old in _checkpoints(run_dir)[:-tc.keep_checkpoints]:
-            old.unlink(missing_ok=True)
+        state = checkpoint_state(epoch, mc, tc, metadata, num_regions, model, opt, history, stopping)
+        state.update(rng_cpu=torch.get_rng_state(), rng_gen=gen.get_state().cpu(),
+                     rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        save_checkpoint(run_dir, state, tc.keep_checkpoints)
 
     bar = start_progress("training", tc.epochs - start)
     for epoch in range(start + 1, tc.epochs + 1):
-        if stopped:
+        if stopping.stopped:
             break
         total, parts = optimisation_step(model, data, opt, gen, tc, device, f"epoch {epoch}")
         row: dict[str, float] = {"epoch": epoch, "total": float(total.detach()),
                                   **{k: float(v) for k, v in parts.items()}}
         history.append(row)
         bar.update(1, loss=f"{row['total']:.4f}")
-        if loss_csv is not None:
-            if columns is None:
-                columns = list(row.keys())
-                _write_loss_csv(loss_csv, [row], columns)
-            else:
-                _append_loss_row(loss_csv, row, columns)
-        if tc.early_stopping:
-            if row["total"] < best - tc.min_delta:
-                best, stale = row["total"], 0
-            else:
-                stale += 1
-                if stale >= tc.patience:
-                    stopped = True
-                    log.info("early stopping at epoch %d: training loss flat for %d epochs", epoch, tc.patience)
+        loss_log.append(row)
+        stopping.update(row["total"], tc, epoch)
         if epoch % tc.log_every == 0 or epoch == 1:
             log.info("epoch %d/%d loss %.4f %s", epoch, tc.epochs, row["total"],
                      " ".join(f"{k}={v:.4f}" for k, v in parts.items()))
         if run_dir is not None and tc.checkpoint_every and epoch % tc.checkpoint_every == 0:
             checkpoint(epoch)
-        if stopped:
-            break
     bar.close()
     last = int(history[-1]["epoch"]) if history else 0
     if run_dir is not None and last and not (run_dir / CHECKPOINT_DIR / f"epoch_{last:06d}.pt").exists():
@@ -463,10 +612,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
     weights = out.fusion_weights.float().cpu().numpy().astype(np.float32)
     result = TrainResult(model=model, embeddings=emb, fusion_weights=weights, modalities=model.modalities,
                          region_ids=list(data.region_ids), history=history, epochs_run=last,
-                         stopped_early=stopped, run_dir=run_dir)
+                         stopped_early=stopping.stopped, run_dir=run_dir)
     if run_dir is not None:
-        emb_df = result.embeddings_frame().reset_index()
-        write_parquet_atomic(emb_df, run_dir / EMBEDDINGS)
-        write_parquet_atomic(result.fusion_weights_frame().reset_index(), run_dir / FUSION_WEIGHTS)
-        save_model(model, run_dir / MODEL_FILE, tc)
+        write_run_outputs(result, run_dir, tc)
     return result
