@@ -42,7 +42,7 @@ def get_engine(name: str = "local", scheduler: str | None = None, partitions: in
         partitions: Dask only: partitions a point layer is split into (at least one per
             worker thread keeps every core busy).
         **options: Passed to the Dask engine (``n_workers``, ``threads_per_worker``,
-            ``processes``, ``min_points``).
+            ``processes``, ``min_points``, ``memory_limit``).
 
     Raises:
         ConfigError: an unknown engine name.

@@ -2,10 +2,14 @@
 
 Points are shipped as coordinate arrays (two float64 per point, not Python geometries), split
 into ``partitions`` contiguous blocks; the region index is scattered once per worker (polygons
-travel as WKB and the STRtree is rebuilt there). Each block is located with exactly the code
-the local engine runs, so both engines return identical arrays. Parquet layers are read by the
-workers themselves, one task per row group (the file must be reachable from every worker), and
-reduced where they are read.
+travel as WKB and the STRtree is rebuilt there). Worker threads share one index (all threads of
+a worker process; with ``processes=False`` every worker of the cluster shares the client's own
+index object, since in-process transfers are not pickled), so the index is
+warmed (:meth:`~urbanrep.graphs._spatial.RegionIndex.warm`) before it is shared: GEOS builds
+a prepared polygon's point locator lazily on first use, which is not thread-safe. Each block is
+located with exactly the code the local engine runs, so both engines return identical arrays.
+Parquet layers are read by the workers themselves, one task per row group (the file must be
+reachable from every worker), and reduced where they are read.
 """
 
 from __future__ import annotations
@@ -37,13 +41,23 @@ def _import_distributed() -> Any:
 
 
 class ShippedIndex:
-    """A :class:`RegionIndex` that pickles as WKB polygons + ranks (rebuilt on the worker)."""
+    """A :class:`RegionIndex` that pickles as WKB polygons + ranks (rebuilt on the worker).
+
+    :attr:`index` is warmed (:meth:`RegionIndex.warm`, serialised) on first access, so the
+    threads of a worker never race on GEOS' lazily built point locators.
+    """
 
     def __init__(self, index: RegionIndex) -> None:
-        self.index = index
+        self._index = index
+
+    @property
+    def index(self) -> RegionIndex:
+        """The region index, warmed: safe to use from several threads at once."""
+        return self._index if self._index.warmed else self._index.warm()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (_rebuild_index, (shapely.to_wkb(self.index.polygons), self.index.rank, self.index.chunk))
+        idx = self._index
+        return (_rebuild_index, (shapely.to_wkb(idx.polygons), idx.rank, idx.chunk))
 
 
 def _rebuild_index(wkb: np.ndarray, rank: np.ndarray, chunk: int) -> ShippedIndex:
@@ -80,6 +94,11 @@ class DaskEngine(Engine):
         partitions: Blocks a point array is split into.
         n_workers / threads_per_worker / processes: ``LocalCluster`` settings (ignored with
             ``scheduler``). ``processes=False`` runs the workers as threads of this process.
+        memory_limit: ``LocalCluster`` memory limit per worker. ``None`` (default): Dask's
+            ``"auto"`` for worker processes, and no limit (``0``) for in-process workers, whose
+            memory monitor measures the whole process (the client's regions and reduced results
+            included) against a per-worker share of RAM and would pause the workers for memory
+            they do not hold.
         min_points: Arrays with fewer points are located in-process (shipping costs more than
             it saves); 0 sends everything to the cluster.
     """
@@ -87,7 +106,8 @@ class DaskEngine(Engine):
     name = "dask"
 
     def __init__(self, scheduler: str | None = None, partitions: int = 8, n_workers: int | None = None,
-                 threads_per_worker: int = 1, processes: bool = True, min_points: int = 50_000) -> None:
+                 threads_per_worker: int = 1, processes: bool = True, min_points: int = 50_000,
+                 memory_limit: str | float | None = None) -> None:
         _import_distributed()
         self.scheduler = scheduler
         self.partitions = max(1, int(partitions))
@@ -95,6 +115,8 @@ class DaskEngine(Engine):
         self.threads_per_worker = int(threads_per_worker)
         self.processes = bool(processes)
         self.min_points = int(min_points)
+        self.memory_limit: str | float = (memory_limit if memory_limit is not None
+                                          else ("auto" if self.processes else 0))
         self._client: Any = None
         self._cluster: Any = None
         self._shipped: dict[int, Any] = {}
@@ -109,13 +131,25 @@ class DaskEngine(Engine):
             else:
                 self._cluster = distributed.LocalCluster(
                     n_workers=self.n_workers, threads_per_worker=self.threads_per_worker,
-                    processes=self.processes, dashboard_address=None)
+                    processes=self.processes, memory_limit=self.memory_limit, dashboard_address=None)
                 self._client = distributed.Client(self._cluster)
         return self._client
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the workers are threads of this process (they then share the client's index)."""
+        if self.scheduler is None:
+            return not self.processes
+        return str(self.scheduler).startswith("inproc://")
 
     def _index_future(self, index: RegionIndex) -> Any:
         key = id(index)
         if key not in self._shipped:
+            if self.in_process:
+                # In-process workers get this very object (inproc transfers are not pickled) and
+                # use it from their threads while this thread may still locate small arrays with
+                # it: build GEOS' lazy structures now, before any sharing.
+                index.warm()
             self._shipped = {key: self.client.scatter(ShippedIndex(index), broadcast=True)}
         return self._shipped[key]
 
