@@ -640,10 +640,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if bad:
             p.error(f"unknown ablation(s) {bad}; choose from {names}")
         args.ablation_list = list(args.ablations)
-    out = args.out.resolve()
-    if out.is_relative_to(REPO) and not out.is_relative_to(REPO / "runs"):
-        p.error(f"--out {out} is inside the repository; use a folder outside it (or under runs/, gitignored)")
+    check_out_folder(p, args.out)
     return args
+
+
+def check_out_folder(parser: argparse.ArgumentParser, out: Path) -> Path:
+    """``out`` resolved; a parser error when it lies inside the repository (outside ``runs/``)."""
+    out = out.resolve()
+    if out.is_relative_to(REPO) and not out.is_relative_to(REPO / "runs"):
+        parser.error(f"--out {out} is inside the repository; use a folder outside it (or under runs/, gitignored)")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.benchmark import CITIES, REPO, load_city, model_variants, train_embedding
+from experiments.benchmark import CITIES, REPO, check_out_folder, load_city, model_variants, train_embedding
 
 log = logging.getLogger("select_design")
 
@@ -129,9 +129,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         from urbanrep.train import TrainConfig
 
         args.epochs = TrainConfig().epochs
-    args.out = args.out.resolve()
-    if args.out.is_relative_to(REPO) and not args.out.is_relative_to(REPO / "runs"):
-        p.error(f"--out {args.out} is inside the repository; use a folder outside it (or under runs/)")
+    args.out = check_out_folder(p, args.out)
     return args
 
 
