@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import shapely
-import torch
+from helpers import assert_same_graph
 from shapely.geometry import box
 
 from urbanrep.engine import LocalEngine, count_by_region, get_engine, od_counts
@@ -85,17 +85,6 @@ def test_engine_options_checked() -> None:
         GraphConfig(dask_partitions=0)
 
 
-def _assert_same_graph(a, b) -> None:
-    assert a.node_types == b.node_types and a.edge_types == b.edge_types
-    for store_a, store_b in zip(a.stores, b.stores, strict=True):
-        assert set(store_a.keys()) == set(store_b.keys())
-        for key, value in store_a.items():
-            if torch.is_tensor(value):
-                assert torch.equal(value, store_b[key]), key
-            else:
-                assert value == store_b[key], key
-
-
 def test_dask_graph_equals_local_on_singapore(data_root: Path, dask_engine, monkeypatch) -> None:
     """Real bundle (Singapore subzones + 4347 raw POIs): same graph on both engines."""
     if not (data_root / "singapore").is_dir():
@@ -115,7 +104,7 @@ def test_dask_graph_equals_local_on_singapore(data_root: Path, dask_engine, monk
     monkeypatch.setattr(build_module, "engine_for", lambda config: dask_engine if config.engine == "dask" else None)
     on_dask, _ = build_graph(bundle, GraphConfig(engine="dask"))
     assert calls and sum(calls) == len(bundle.pois)  # every POI went through the Dask engine
-    _assert_same_graph(local, on_dask)
+    assert_same_graph(local, on_dask)
 
 
 def test_regions_geodataframe_crs_free_index() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import Killed, assert_same_run
 
 from urbanrep.distributed import Ranks
 from urbanrep.errors import ConfigError, UrbanRepError
@@ -139,20 +140,6 @@ def test_minibatch_run_dir_outputs(nyc_graph, tmp_path: Path) -> None:
     assert res.run_dir == tmp_path and res.epochs_run == 2
 
 
-class _Killed(Exception):
-    """Stands in for the process being killed."""
-
-
-def _assert_same_run(a, b, dir_a: Path, dir_b: Path) -> None:
-    assert np.array_equal(a.embeddings, b.embeddings)
-    assert np.array_equal(a.fusion_weights, b.fusion_weights)
-    assert a.history == b.history
-    for k, v in a.model.state_dict().items():
-        assert torch.equal(v, b.model.state_dict()[k]), k
-    assert (dir_a / LOSS_CSV).read_text() == (dir_b / LOSS_CSV).read_text()
-    pd.testing.assert_frame_equal(pd.read_parquet(dir_a / EMBEDDINGS), pd.read_parquet(dir_b / EMBEDDINGS))
-
-
 def test_minibatch_resume_after_kill_equals_uninterrupted(nyc_graph, tmp_path: Path, monkeypatch) -> None:
     """Killed in epoch 3 (checkpoints each epoch), resumed to 4: bit-for-bit the uninterrupted run.
 
@@ -167,19 +154,19 @@ def test_minibatch_resume_after_kill_equals_uninterrupted(nyc_graph, tmp_path: P
     def dying_loss(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 8:  # epoch 3, batch 2
-            raise _Killed
+            raise Killed
         return real_loss(self, *args, **kwargs)
 
     run = tmp_path / "killed"
     monkeypatch.setattr(RegionModel, "loss", dying_loss)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         train_minibatch(nyc_graph, SMALL, tc, BATCHES, run_dir=run)
     monkeypatch.setattr(RegionModel, "loss", real_loss)
     assert latest_checkpoint(run).name == "epoch_000002.pt"
     assert len(pd.read_csv(run / LOSS_CSV)) == 2 and not (run / EMBEDDINGS).exists()
     resumed = train_minibatch(nyc_graph, SMALL, tc, BATCHES, run_dir=run, resume=True)
     assert resumed.epochs_run == 4
-    _assert_same_run(full, resumed, tmp_path / "full", run)
+    assert_same_run(full, resumed, tmp_path / "full", run)
 
 
 def test_minibatch_resume_with_larger_budget_and_sampled_inference(nyc_graph, tmp_path: Path) -> None:
@@ -189,7 +176,7 @@ def test_minibatch_resume_with_larger_budget_and_sampled_inference(nyc_graph, tm
     train_minibatch(nyc_graph, SMALL, dataclasses.replace(FAST, epochs=2), BATCHES, run_dir=tmp_path / "split")
     resumed = train(nyc_graph, SMALL, dataclasses.replace(FAST, epochs=4), tmp_path / "split", resume=True,
                     minibatch_config=sampled)
-    _assert_same_run(full, resumed, tmp_path / "full", tmp_path / "split")
+    assert_same_run(full, resumed, tmp_path / "full", tmp_path / "split")
 
 
 def test_minibatch_resume_refuses_a_different_run(nyc_graph, tmp_path: Path) -> None:

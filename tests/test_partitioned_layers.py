@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pyproj
 import pytest
 import shapely
-import torch
+from helpers import assert_same_graph
 from shapely.geometry import box
 
 from urbanrep.bundle import CityBundle, read_bundle, validate_bundle, write_bundle
@@ -23,17 +23,6 @@ from urbanrep.errors import BundleError
 from urbanrep.graphs import GraphConfig, build_graph
 
 CRS = "EPSG:32618"
-
-
-def _assert_same_graph(a, b) -> None:
-    assert a.node_types == b.node_types and a.edge_types == b.edge_types
-    for store_a, store_b in zip(a.stores, b.stores, strict=True):
-        assert set(store_a.keys()) == set(store_b.keys())
-        for key, value in store_a.items():
-            if torch.is_tensor(value):
-                assert value.dtype == store_b[key].dtype and torch.equal(value, store_b[key]), key
-            else:
-                assert value == store_b[key], key
 
 
 def _city(n: int = 8, pois: int = 3000, trips: int = 2500, seed: int = 0):
@@ -127,7 +116,7 @@ def test_xy_layers_give_the_in_memory_graph(city, reference, tmp_path, monkeypat
     assert bundle.pois.row_groups == 8 and bundle.trips.row_groups == 7
     data, report = _build(bundle, engine, monkeypatch)
     ref, ref_report = reference
-    _assert_same_graph(ref, data)
+    assert_same_graph(ref, data)
     poi_df, trip_df = city[1], city[2]
     missing = int(poi_df["x"].isna().sum())
     # Every bad record is counted: in memory, validation dropped the missing geometries.
@@ -161,12 +150,12 @@ def test_geoparquet_wkb_layers_in_row_groups(city, reference, tmp_path, monkeypa
     monkeypatch.setattr(gpd, "read_parquet", no_loading)
     monkeypatch.setattr(gpd.GeoDataFrame, "from_arrow", no_loading, raising=False)
     data, _ = _build(bundle, None, monkeypatch)
-    _assert_same_graph(reference[0], data)
+    assert_same_graph(reference[0], data)
     # Only the trips on disk: the POIs in memory, same graph again.
     monkeypatch.undo()
     mixed = read_bundle(root, partitioned=("trips",))
     assert isinstance(mixed.trips, ParquetLayer) and isinstance(mixed.pois, gpd.GeoDataFrame)
-    _assert_same_graph(reference[0], _build(mixed, None, monkeypatch)[0])
+    assert_same_graph(reference[0], _build(mixed, None, monkeypatch)[0])
 
 
 def test_other_crs_is_transformed_per_batch(city, tmp_path, monkeypatch) -> None:
@@ -185,7 +174,7 @@ def test_other_crs_is_transformed_per_batch(city, tmp_path, monkeypatch) -> None
     bundle = read_bundle(_xy_bundle(tmp_path / "ll", moved, ll_pois, ll_trips, crs="EPSG:4326"))
     assert pyproj.CRS.from_user_input(bundle.pois.crs).to_epsg() == 4326
     data, _ = _build(bundle, None, monkeypatch)
-    _assert_same_graph(ref, data)
+    assert_same_graph(ref, data)
 
 
 def test_nyc_raw_trips_partitioned(tmp_path, monkeypatch, request) -> None:
@@ -200,13 +189,13 @@ def test_nyc_raw_trips_partitioned(tmp_path, monkeypatch, request) -> None:
     bundle = read_bundle(root, partitioned=True)
     assert isinstance(bundle.trips, ParquetLayer) and bundle.trips.row_groups == 8
     data, report = _build(bundle, None, monkeypatch, **config)
-    _assert_same_graph(ref, data)
+    assert_same_graph(ref, data)
     assert data["region", "mobility", "region"].edge_attr.shape[1] == 7
     for key in ("trips", "dropped_trips", "trips_without_time", "origin_unlocated", "dest_unlocated"):
         assert report["mobility"][key] == ref_report["mobility"][key], key
     if pytest.importorskip("distributed", reason="Dask not installed"):
         on_dask, _ = _build(bundle, request.getfixturevalue("dask_engine"), monkeypatch, **config)
-        _assert_same_graph(ref, on_dask)
+        assert_same_graph(ref, on_dask)
 
 
 def test_validate_scans_by_row_group(city, tmp_path, capsys) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import Killed, assert_same_run
 
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts import ExpertConfig, MoEConfig
@@ -88,20 +89,6 @@ def test_same_seed_same_embedding(nyc):
     assert not np.allclose(a.embeddings, c.embeddings)
 
 
-class _Killed(Exception):
-    """Stands in for the process being killed."""
-
-
-def _assert_same_run(a, b, dir_a: Path, dir_b: Path) -> None:
-    assert np.array_equal(a.embeddings, b.embeddings)
-    assert np.array_equal(a.fusion_weights, b.fusion_weights)
-    assert a.history == b.history
-    for k, v in a.model.state_dict().items():
-        assert torch.equal(v, b.model.state_dict()[k]), k
-    assert (dir_a / LOSS_CSV).read_text() == (dir_b / LOSS_CSV).read_text()
-    pd.testing.assert_frame_equal(pd.read_parquet(dir_a / EMBEDDINGS), pd.read_parquet(dir_b / EMBEDDINGS))
-
-
 def test_resume_after_kill_equals_uninterrupted(nyc, tmp_path, monkeypatch):
     """Killed in epoch 6 (last checkpoint: epoch 4), resumed to 7: bit-for-bit the uninterrupted run."""
     tc = dataclasses.replace(FAST, epochs=7, checkpoint_every=2)
@@ -113,12 +100,12 @@ def test_resume_after_kill_equals_uninterrupted(nyc, tmp_path, monkeypatch):
     def dying_loss(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 6:
-            raise _Killed
+            raise Killed
         return real_loss(self, *args, **kwargs)
 
     run = tmp_path / "killed"
     monkeypatch.setattr(RegionModel, "loss", dying_loss)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         train(nyc, SMALL, tc, run)
     monkeypatch.setattr(RegionModel, "loss", real_loss)
     assert latest_checkpoint(run).name == "epoch_000004.pt"
@@ -126,7 +113,7 @@ def test_resume_after_kill_equals_uninterrupted(nyc, tmp_path, monkeypatch):
     assert not (run / EMBEDDINGS).exists()
     resumed = train(nyc, SMALL, tc, run, resume=True)
     assert resumed.epochs_run == 7
-    _assert_same_run(full, resumed, tmp_path / "full", run)
+    assert_same_run(full, resumed, tmp_path / "full", run)
 
 
 def test_resume_with_larger_budget_equals_uninterrupted(nyc, tmp_path):
@@ -138,7 +125,7 @@ def test_resume_with_larger_budget_equals_uninterrupted(nyc, tmp_path):
     assert sorted(p.name for p in (tmp_path / "split" / CHECKPOINT_DIR).glob("*.pt")) == \
         ["epoch_000002.pt", "epoch_000003.pt"]
     resumed = train(nyc, SMALL, dataclasses.replace(FAST, epochs=5), tmp_path / "split", resume=True)
-    _assert_same_run(full, resumed, tmp_path / "full", tmp_path / "split")
+    assert_same_run(full, resumed, tmp_path / "full", tmp_path / "split")
 
 
 def test_resume_refuses_a_different_run(nyc, tmp_path):
