@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from urbanrep.atomic import write_parquet_atomic, write_text_atomic
 
 log = logging.getLogger("experiments.benchmark")
 
@@ -251,10 +252,8 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
             "loss_last10pct_mean": float(np.mean(tail)), "loss_prev10pct_mean": float(np.mean(mid)),
             "loss_parts_last": {k: v for k, v in hist[-1].items() if k not in ("epoch", "total")}}
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    emb.reset_index().to_parquet(tmp, index=False)
-    tmp.replace(path)
-    meta_path.write_text(json.dumps(meta, indent=1))
+    write_parquet_atomic(emb.reset_index(), path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return emb, meta, path
 
 
@@ -360,7 +359,7 @@ def cached_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds: int) -
         return dict(json.loads(ev_path.read_text()))
     ev: dict[str, Any] = dict(evaluate_all(emb, bundle, strict_seeds))
     ev["retention"] = input_retention(emb, bundle)
-    ev_path.write_text(json.dumps(ev))
+    write_text_atomic(ev_path, json.dumps(ev))
     return ev
 
 
@@ -683,13 +682,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                "cities": cities}
     md = format_report(results)
     js = json.dumps(_json_safe(results), indent=1, allow_nan=False) + "\n"
-    (args.out / "RESULTS.md").write_text(md)
-    (args.out / "results.json").write_text(js)
-    log.info("wrote %s and %s", args.out / "RESULTS.md", args.out / "results.json")
-    if args.publish:
-        for fname in ("RESULTS.md", "results.json"):
-            shutil.copyfile(args.out / fname, REPO / "experiments" / fname)
-        log.info("published experiments/RESULTS.md and experiments/results.json")
+    for folder in [args.out] + ([REPO / "experiments"] if args.publish else []):
+        write_text_atomic(folder / "RESULTS.md", md)
+        write_text_atomic(folder / "results.json", js)
+        log.info("wrote %s and %s", folder / "RESULTS.md", folder / "results.json")
     return 0
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from experiments.benchmark import CITIES, REPO, check_out_folder, load_city, model_variants, train_embedding
+from urbanrep.atomic import write_text_atomic
 
 log = logging.getLogger("select_design")
 
@@ -144,12 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = run(args)
     shown = " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     md = format_markdown(res, f"python -m experiments.select_design {shown}".strip())
-    (args.out / "DESIGN_SELECTION.md").write_text(md)
-    (args.out / "design_selection.json").write_text(json.dumps(res, indent=1) + "\n")
+    js = json.dumps(res, indent=1) + "\n"
+    for folder in [args.out] + ([REPO / "experiments"] if args.publish else []):
+        write_text_atomic(folder / "DESIGN_SELECTION.md", md)
+        write_text_atomic(folder / "design_selection.json", js)
     print(md)
-    if args.publish:
-        (REPO / "experiments" / "DESIGN_SELECTION.md").write_text(md)
-        (REPO / "experiments" / "design_selection.json").write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
 
