@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +84,6 @@ class Engine(ABC):
     def locate(self, index: RegionIndex, points: Any) -> np.ndarray:
         """Region position of each point (int64 ``[P]``, -1 outside every region or missing)."""
 
-    @abstractmethod
     def locate_parquet(self, index: RegionIndex, path: str | Path,
                        geometry: str | Sequence[str] = "geometry") -> np.ndarray:
         """:meth:`locate` over a Parquet point layer read by row groups (file order kept).
@@ -91,8 +91,9 @@ class Engine(ABC):
         ``geometry`` names a WKB point column, or an ``(x, y)`` pair of coordinate columns, in
         the index's CRS.
         """
+        parts = dict(self.map_parquet(index, path, point_columns(geometry), partial(_locate_group, geometry)))
+        return np.concatenate([parts[i] for i in sorted(parts)]) if parts else np.zeros(0, np.int64)
 
-    @abstractmethod
     def count_parquet(self, index: RegionIndex, path: str | Path, num_regions: int,
                       geometry: str | Sequence[str] = "geometry", category: str | None = None,
                       categories: Sequence[Any] | None = None) -> np.ndarray:
@@ -103,6 +104,12 @@ class Engine(ABC):
         order (``C = len(categories)``, rows with other values are skipped); without
         ``category`` there is one column.
         """
+        cats = list(categories) if categories is not None else None
+        total = np.zeros((num_regions, len(cats or []) if category else 1))
+        count = partial(_count_group, num_regions, geometry, category, cats)
+        for part in self.map_parquet(index, path, point_columns(geometry, category), count):
+            total += part  # integer counts in float64: the order partial sums arrive in does not matter
+        return total
 
     @abstractmethod
     def map_parquet(self, index: RegionIndex, path: str | Path, columns: Sequence[str],
@@ -138,3 +145,18 @@ def count_batch(index: RegionIndex, batch: Any, num_regions: int, geometry: str 
     values = batch.column(category).to_pandas()
     cat_codes = np.asarray(values.map({c: i for i, c in enumerate(cats)}).fillna(-1), dtype=np.int64)
     return count_by_region(codes, num_regions, cat_codes, len(cats))
+
+
+def point_columns(geometry: str | Sequence[str], category: str | None = None) -> list[str]:
+    """Columns to read for a point layer: the WKB column or the ``(x, y)`` pair, plus ``category``."""
+    cols = [geometry] if isinstance(geometry, str) else list(geometry)
+    return cols + ([category] if category else [])
+
+
+def _locate_group(geometry: str | Sequence[str], index: RegionIndex, batch: Any, i: int) -> tuple[int, np.ndarray]:
+    return i, locate_xy(index, *read_points(batch, geometry))
+
+
+def _count_group(num_regions: int, geometry: str | Sequence[str], category: str | None,
+                 categories: list[Any] | None, index: RegionIndex, batch: Any, i: int) -> np.ndarray:
+    return count_batch(index, batch, num_regions, geometry, category, categories)

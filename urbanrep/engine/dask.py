@@ -23,8 +23,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from urbanrep.bundle.partitioned import read_row_group
-from urbanrep.engine.base import Engine, count_batch, locate_xy, point_coords, read_points
-from urbanrep.engine.local import _columns
+from urbanrep.engine.base import Engine, locate_xy, point_coords
 
 if TYPE_CHECKING:
     from urbanrep.graphs._spatial import RegionIndex
@@ -68,17 +67,6 @@ def _rebuild_index(wkb: np.ndarray, rank: np.ndarray, chunk: int) -> ShippedInde
 
 def _locate_block(shipped: ShippedIndex, xy: np.ndarray) -> np.ndarray:
     return locate_xy(shipped.index, xy[0], xy[1])
-
-
-def _locate_row_group(shipped: ShippedIndex, path: str, i: int, geometry: Any) -> np.ndarray:
-    batch = pq.ParquetFile(path).read_row_group(i, columns=_columns(geometry))
-    return locate_xy(shipped.index, *read_points(batch, geometry))
-
-
-def _count_row_group(shipped: ShippedIndex, path: str, i: int, num_regions: int, geometry: Any,
-                     category: str | None, categories: list[Any] | None) -> np.ndarray:
-    batch = pq.ParquetFile(path).read_row_group(i, columns=_columns(geometry, category))
-    return count_batch(shipped.index, batch, num_regions, geometry, category, categories)
 
 
 def _map_row_group(shipped: ShippedIndex, path: str, i: int, columns: list[str],
@@ -165,31 +153,6 @@ class DaskEngine(Engine):
         blocks = [np.stack([x[a:b], y[a:b]]) for a, b in spans]
         futures = self.client.map(_locate_block, [shipped] * len(blocks), self.client.scatter(blocks), pure=False)
         return np.concatenate(self.client.gather(futures))
-
-    def locate_parquet(self, index: RegionIndex, path: str | Path,
-                       geometry: str | Sequence[str] = "geometry") -> np.ndarray:
-        n = pq.ParquetFile(path).num_row_groups
-        if not n:
-            return np.zeros(0, np.int64)
-        shipped = self._index_future(index)
-        futures = [self.client.submit(_locate_row_group, shipped, str(path), i, geometry, pure=False)
-                   for i in range(n)]
-        return np.concatenate(self.client.gather(futures))
-
-    def count_parquet(self, index: RegionIndex, path: str | Path, num_regions: int,
-                      geometry: str | Sequence[str] = "geometry", category: str | None = None,
-                      categories: Sequence[Any] | None = None) -> np.ndarray:
-        distributed = _import_distributed()
-        shipped = self._index_future(index)
-        cats = list(categories) if categories is not None else None
-        total = np.zeros((num_regions, len(cats or []) if category else 1))
-        futures = [self.client.submit(_count_row_group, shipped, str(path), i, num_regions, geometry, category,
-                                      cats, pure=False)
-                   for i in range(pq.ParquetFile(path).num_row_groups)]
-        for fut in distributed.as_completed(futures):  # partial sums as they arrive: O(N x C) memory
-            total += fut.result()
-            fut.release()
-        return total
 
     def map_parquet(self, index: RegionIndex, path: str | Path, columns: Sequence[str],
                     fn: Callable[[RegionIndex, Any, int], Any]) -> Iterator[Any]:
