@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from data_prep import get_converter
 from urbanrep.atomic import write_text_atomic
 from urbanrep.bundle import write_bundle
+from urbanrep.converters import get_converter
 from urbanrep.datasets import resolve_data_root
 
 MAX_BYTES = 2_000_000

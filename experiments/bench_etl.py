@@ -120,8 +120,8 @@ def run_synthetic(regions: int, pois: int, trips: int, args: argparse.Namespace)
 
 def run_nyc(data_root: Path | None) -> list[dict[str, Any]]:
     """Every NYC-180 graph variant, timed (the converter's bundle, built in this process)."""
-    from data_prep import get_converter
     from urbanrep.bundle import validate_bundle
+    from urbanrep.converters import get_converter
     from urbanrep.datasets import default_data_root
     from urbanrep.graphs import GraphConfig, build_graph, graph_counts
 

@@ -42,8 +42,8 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def nyc_bundle(data_root: Path) -> CityBundle:
     """The NYC-180 bundle converted from the data root and validated."""
-    from data_prep import get_converter
     from urbanrep.bundle import validate_bundle
+    from urbanrep.converters import get_converter
 
     bundle, _ = validate_bundle(get_converter("nyc_manhattan180")(data_root / "nyc_manhattan180"))
     return bundle

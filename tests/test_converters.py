@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import shapely
 
-from data_prep import get_converter
-from data_prep._common import long_targets, restrict_to_regions
-from data_prep._osm import _roads, read_osm
-from data_prep.sao_paulo import REFERENCE_DATE, read_transit_trips
 from urbanrep.bundle import CityBundle, read_bundle, write_bundle
+from urbanrep.converters import get_converter
+from urbanrep.converters._common import long_targets, restrict_to_regions
+from urbanrep.converters._osm import _roads, read_osm
+from urbanrep.converters.sao_paulo import REFERENCE_DATE, read_transit_trips
 from urbanrep.datasets import resolve_data_root
 from urbanrep.errors import BundleError
 

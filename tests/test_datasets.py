@@ -89,3 +89,6 @@ def test_wheel_contains_package_data(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     expected = {p.relative_to(REPO).as_posix() for p in embedded_path().rglob("*") if p.is_file()}
     assert expected and expected <= set(names), sorted(expected - set(names))
+    top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"urbanrep"}, top_level  # no bare data_prep (or other) package in site-packages
+    assert "urbanrep/converters/nyc_manhattan180.py" in names

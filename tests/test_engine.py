@@ -90,7 +90,7 @@ def test_dask_graph_equals_local_on_singapore(data_root: Path, dask_engine, monk
     if not (data_root / "singapore").is_dir():
         pytest.skip("singapore data not in the data root")
     import urbanrep.graphs.build as build_module
-    from data_prep import get_converter
+    from urbanrep.converters import get_converter
 
     bundle = get_converter("singapore")(data_root / "singapore")
     local, _ = build_graph(bundle, GraphConfig())

@@ -261,7 +261,7 @@ def _forbid_reading(monkeypatch: pytest.MonkeyPatch, leaky: str) -> list[str]:
 
 
 def test_checkin_similarity_never_read(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from data_prep import get_converter
+    from urbanrep.converters import get_converter
 
     leaky = "hrep_checkin_similarity"
     assert (data_root / "nyc_manhattan180" / "features" / f"{leaky}.npy").exists()  # the guard is not vacuous
@@ -323,7 +323,7 @@ def test_training_never_sees_targets_or_labels(nyc_bundle: CityBundle) -> None:
 
 def test_checkin_similarity_never_reaches_training(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Converting NYC-180, building its graph and training never read the check-in-derived matrix."""
-    from data_prep import get_converter
+    from urbanrep.converters import get_converter
 
     leaky = "hrep_checkin_similarity"
     _forbid_reading(monkeypatch, leaky)

@@ -43,7 +43,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def nyc_graph():
     """NYC-180 region graph from the real bundle aggregates (skips without the data root)."""
-    from data_prep import get_converter
+    from urbanrep.converters import get_converter
     from urbanrep.datasets import resolve_data_root
 
     src = resolve_data_root() / "nyc_manhattan180"

@@ -1,7 +1,7 @@
 """urbanrep.graphs: the region-graph schema, every builder on the real data, permutation
 invariance, the gap cases and determinism.
 
-Real data: the seven converters of ``data_prep`` over the shared data root (``$URBANREP_DATA``,
+Real data: the seven converters of ``urbanrep.converters`` over the shared data root (``$URBANREP_DATA``,
 default ``../shared/data``); every bundle is converted and built once per session. Expected
 values are computed independently of the builders (GeoPandas ``sjoin`` / ``overlay``, networkx,
 numpy on the published ``.npy`` files) so that the tests can fail.
@@ -71,8 +71,8 @@ class RealData:
 
     def bundle(self, name: str) -> CityBundle:
         if name not in self._bundles:
-            from data_prep import get_converter
             from urbanrep.bundle import validate_bundle
+            from urbanrep.converters import get_converter
 
             if not (self.root / name).is_dir():
                 pytest.skip(f"data root {self.root} has no {name}/")

@@ -244,7 +244,7 @@ def test_train_config_validation():
 
 
 def _bundle_graph(data_root: Path, name: str):
-    from data_prep import get_converter
+    from urbanrep.converters import get_converter
     from urbanrep.graphs import GraphConfig, build_graph
 
     if not (data_root / name).is_dir():

@@ -48,8 +48,8 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from data_prep import get_converter
     from urbanrep.bundle import write_bundle
+    from urbanrep.converters import get_converter
     from urbanrep.datasets import resolve_data_root
 
     root = resolve_data_root(args.data_root)
@@ -125,7 +125,7 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
-    from data_prep import CONVERTERS
+    from urbanrep.converters import CONVERTERS
 
     parser = argparse.ArgumentParser(
         prog="urbanrep",

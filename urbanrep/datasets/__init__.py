@@ -51,7 +51,7 @@ def embedded_path(name: str = DEFAULT_DATASET) -> Path:
 
 def available_names(data_root: Path) -> list[str]:
     """Dataset names that resolve right now (data-root converters plus embedded copies)."""
-    from data_prep import CONVERTERS
+    from urbanrep.converters import CONVERTERS
 
     names = [n for n in CONVERTERS if (data_root / n).is_dir()]
     names += [n for n in EMBEDDED if n not in names and (embedded_path(n) / MANIFEST).exists()]
@@ -60,7 +60,7 @@ def available_names(data_root: Path) -> list[str]:
 
 def load_dataset(name_or_path: str | None = None, data_root: str | Path | None = None) -> CityBundle:
     """Resolve a dataset name or bundle path to a validated :class:`CityBundle`."""
-    from data_prep import CONVERTERS, get_converter
+    from urbanrep.converters import CONVERTERS, get_converter
 
     name = name_or_path or DEFAULT_DATASET
     as_path = Path(name).expanduser()

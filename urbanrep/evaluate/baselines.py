@@ -1,7 +1,7 @@
 """Reference embeddings: raw per-region features of a bundle and published embeddings.
 
 Raw-feature baselines are built from a bundle's inputs only — its aggregates and raw layers —
-and never from its targets or labels (and ``data_prep`` never reads target-derived files such
+and never from its targets or labels (and ``urbanrep.converters`` never reads target-derived files such
 as NYC's check-in similarity). Their optional standardisation and PCA are unsupervised and fit
 on all regions of the city (transductive, as the learned embeddings are); they use no target.
 

@@ -39,8 +39,14 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from data_prep._common import long_targets, read_table, read_vector, require_columns, restrict_to_regions
 from urbanrep.bundle import Aggregate, CityBundle
+from urbanrep.converters._common import (
+    long_targets,
+    read_table,
+    read_vector,
+    require_columns,
+    restrict_to_regions,
+)
 from urbanrep.errors import BundleError
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from data_prep._common import load_npy, matrix_table, targets_long, vector_table
 from urbanrep.bundle import Aggregate, CityBundle
+from urbanrep.converters._common import load_npy, matrix_table, targets_long, vector_table
 from urbanrep.errors import BundleError
 
 NAME = "nyc_manhattan180"

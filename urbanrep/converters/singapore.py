@@ -32,8 +32,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from data_prep._common import long_targets, read_vector, require_columns
 from urbanrep.bundle import CityBundle
+from urbanrep.converters._common import long_targets, read_vector, require_columns
 
 NAME = "singapore"
 SUBZONES = "converted_singapore_subzones_374.gpkg"

@@ -39,8 +39,8 @@ import pandas as pd
 import pyproj
 import shapely
 
-from data_prep._common import long_targets, read_table
 from urbanrep.bundle import CityBundle
+from urbanrep.converters._common import long_targets, read_table
 from urbanrep.errors import BundleError
 
 NAME = "imagery_samples"

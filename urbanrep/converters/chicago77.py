@@ -32,8 +32,15 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from data_prep._common import load_npy, matrix_table, read_vector, require_columns, targets_long, vector_table
 from urbanrep.bundle import Aggregate, CityBundle
+from urbanrep.converters._common import (
+    load_npy,
+    matrix_table,
+    read_vector,
+    require_columns,
+    targets_long,
+    vector_table,
+)
 from urbanrep.errors import BundleError
 
 NAME = "chicago77"

@@ -12,7 +12,7 @@ Source folder layout (``<data root>/sao_paulo``)::
 
 Layers:
 
-* ``roads`` - ``highway=*`` ways of the pbf (see :mod:`data_prep._osm`). The extract also
+* ``roads`` - ``highway=*`` ways of the pbf (see :mod:`urbanrep.converters._osm`). The extract also
   holds 28 POI-tagged objects (fuel stations, malls, parking...), incidental to a road-only
   extract; they are not a POI census and no ``pois`` layer is made (the count is in the
   provenance).
@@ -42,9 +42,15 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from data_prep._common import long_targets, read_table, read_vector, require_columns, restrict_to_regions
-from data_prep._osm import read_osm
 from urbanrep.bundle import CityBundle
+from urbanrep.converters._common import (
+    long_targets,
+    read_table,
+    read_vector,
+    require_columns,
+    restrict_to_regions,
+)
+from urbanrep.converters._osm import read_osm
 from urbanrep.errors import BundleError
 
 log = logging.getLogger(__name__)

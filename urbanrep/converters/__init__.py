@@ -1,4 +1,4 @@
-"""Converters: one thin module per source folder in the data root, each returning a CityBundle.
+"""Converters (``urbanrep.converters``): one thin module per source folder in the data root, each returning a CityBundle.
 
 Every converter module exposes ``convert(source_dir: Path) -> CityBundle`` where ``source_dir``
 is ``<data root>/<name>``. Converters read and rename; they hold no modelling logic.
@@ -15,13 +15,13 @@ from urbanrep.errors import UrbanRepError
 
 #: Converter names (= folder names in the data root) mapped to their module.
 CONVERTERS: dict[str, str] = {
-    "nyc_manhattan180": "data_prep.nyc_manhattan180",
-    "chicago77": "data_prep.chicago77",
-    "nyc_tracts": "data_prep.nyc_tracts",
-    "singapore": "data_prep.singapore",
-    "helsinki_osm": "data_prep.helsinki_osm",
-    "sao_paulo": "data_prep.sao_paulo",
-    "imagery_samples": "data_prep.imagery_samples",
+    "nyc_manhattan180": "urbanrep.converters.nyc_manhattan180",
+    "chicago77": "urbanrep.converters.chicago77",
+    "nyc_tracts": "urbanrep.converters.nyc_tracts",
+    "singapore": "urbanrep.converters.singapore",
+    "helsinki_osm": "urbanrep.converters.helsinki_osm",
+    "sao_paulo": "urbanrep.converters.sao_paulo",
+    "imagery_samples": "urbanrep.converters.imagery_samples",
 }
 
 
