@@ -42,7 +42,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", boom)
     with pytest.raises(OSError):
-        write_bundle(b, tmp_path / "b")
+        write_bundle(b, tmp_path / "b", overwrite=True)
     with pytest.raises(OSError):
         write_bundle(b, tmp_path / "new")
     assert not (tmp_path / "new").exists()

@@ -51,15 +51,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from urbanrep.bundle import write_bundle
     from urbanrep.converters import get_converter
     from urbanrep.datasets import resolve_data_root
+    from urbanrep.folders import BUNDLE, claim_folder
 
+    convert = get_converter(args.name)  # an unknown name: one line listing the converters, exit 1
+    claim_folder(args.out, BUNDLE, overwrite=args.overwrite, create=False)  # before converting: fail fast
     root = resolve_data_root(args.data_root)
     src = root / args.name
-    convert = get_converter(args.name)
     if not src.is_dir():
         raise UrbanRepError(f"{src} does not exist: point --data-root (or URBANREP_DATA) at the folder holding {args.name}/")
     t0 = time.perf_counter()
     bundle = convert(src)
-    report = write_bundle(bundle, args.out)
+    report = write_bundle(bundle, args.out, overwrite=args.overwrite)
     for line in report.lines():
         log.info("%s", line)
     from urbanrep.bundle import read_bundle
@@ -134,11 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=1, help="more log output")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from urbanrep import pipeline_cli
 
     p = sub.add_parser("prepare", help="convert a source data set from the data root into a city bundle")
-    p.add_argument("name", choices=list(CONVERTERS), help="source data set (a folder in the data root)")
+    p.add_argument("name", metavar="NAME", help=f"source data set (a folder in the data root): {', '.join(CONVERTERS)}")
     p.add_argument("--data-root", default=None, help="folder holding the source data sets")
-    p.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
+    p.add_argument("--out", required=True, help="bundle folder to write atomically: new, empty or (with "
+                   "--overwrite) a bundle urbanrep wrote")
+    pipeline_cli.add_overwrite_arg(p, "bundle")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("validate", help="check a city bundle and print its summary; exit 1 if invalid")
@@ -152,8 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a bundle, a graph file or a run folder")
     p.add_argument("path")
     p.set_defaults(func=_cmd_info)
-
-    from urbanrep import pipeline_cli
 
     pipeline_cli.add_commands(sub, _add_dataset_args)
     return parser
@@ -179,9 +182,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UrbanRepError as exc:
         print(f"urbanrep: error: {exc}", file=sys.stderr)
         return 1
+    except (OSError, MemoryError, RuntimeError) as exc:
+        message = system_error_message(exc)
+        if message is None:
+            raise
+        print(f"urbanrep: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("urbanrep: interrupted", file=sys.stderr)
         return 130
+
+
+def system_error_message(exc: BaseException) -> str | None:
+    """One line for a failure of the machine rather than of urbanrep (disk full, no memory, no permission).
+
+    Returns None for any other error (a bug: its traceback is shown).
+    """
+    import errno
+
+    text = str(exc)
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
+            return (f"no space left on the device{where}; free some space or write to another disk (--out). "
+                    "Files are written atomically: nothing half-written was left behind")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"permission denied{where}: {exc.strerror or text}; choose a folder you may write (--out)"
+        return None
+    oom = ("can't allocate memory", "out of memory", "cannot allocate memory", "unable to allocate")
+    if isinstance(exc, MemoryError) or any(s in text.lower() for s in oom):
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return (f"out of memory ({first[:200]}); use narrower layers (--set model.expert.hidden_channels=64), "
+                "mini-batch training (--set train.mode=minibatch) or a machine with more memory")
+    return None
 
 
 def _json_default(obj: Any) -> Any:

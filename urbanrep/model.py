@@ -35,6 +35,7 @@ from urbanrep.atomic import write_text_atomic
 from urbanrep.bundle import CityBundle
 from urbanrep.distributed import current_ranks, spawn
 from urbanrep.errors import ConfigError, GraphError, UrbanRepError
+from urbanrep.folders import RUN, claim_folder
 from urbanrep.graphs import build_graph
 from urbanrep.graphs.schema import REGION, feature_key
 from urbanrep.minibatch import MiniBatchConfig, embed_minibatch
@@ -192,7 +193,7 @@ class UrbanRep:
             self.result_ = self._fit_spawned(data, run_dir, resume, nproc)
         else:
             if run_dir is not None:
-                Path(run_dir).mkdir(parents=True, exist_ok=True)
+                claim_folder(run_dir, RUN, keep=True)  # never a folder holding foreign files
                 if _is_main_process():
                     self._write_config(run_dir)
             self.result_ = train(data, self.config.model, self.config.train, run_dir=run_dir, resume=resume,
@@ -214,7 +215,7 @@ class UrbanRep:
                               "'auto' (process k takes GPU k)")
         with tempfile.TemporaryDirectory(prefix="urbanrep-fit-") as tmp:
             out = Path(run_dir) if run_dir is not None else Path(tmp)
-            out.mkdir(parents=True, exist_ok=True)
+            claim_folder(out, RUN, keep=True)
             self._write_config(out)
             spawn(_fit_worker, nproc, (self.config, data, str(out), resume, nproc))
             result = _result_from_run_dir(out)

@@ -37,6 +37,15 @@ from urbanrep.bundle import CityBundle, read_bundle, write_bundle
 from urbanrep.bundle.spec import MANIFEST
 from urbanrep.datasets import load_dataset
 from urbanrep.errors import UrbanRepError
+from urbanrep.folders import (
+    RUN,
+    FolderError,
+    claim_folder,
+    folder_lock,
+    is_owned,
+    remove_outputs,
+    remove_temporaries,
+)
 from urbanrep.graphs import build_graph, load_graph, save_graph
 from urbanrep.model import UrbanRep, embed_graph
 from urbanrep.runconfig import RunConfig
@@ -46,8 +55,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BUNDLE_DIR", "GRAPH_FILE", "METRICS_FILE", "PREDICTIONS_FILE", "RUN_SUMMARY", "RunResult",
-    "build_graph_file", "embed_stage", "evaluate_stage", "export_stage", "resolve_bundle", "run_pipeline",
-    "train_stage",
+    "build_graph_file", "check_graph_target", "embed_stage", "evaluate_stage", "export_stage", "owned_run_folder",
+    "require_run_folder", "resolve_bundle", "run_pipeline", "train_stage",
 ]
 
 BUNDLE_DIR = "bundle"
@@ -55,6 +64,11 @@ GRAPH_FILE = "graph.pt"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"
 RUN_SUMMARY = "run.json"
+#: What training writes into a run folder (replaced only with overwrite, continued with resume).
+TRAIN_OUTPUTS = ("config.json", "checkpoints", "loss.csv", "model.pt", EMBEDDINGS, FUSION_WEIGHTS)
+#: What evaluation and export write (stale once the embedding changes).
+EVAL_OUTPUTS = (METRICS_FILE, PREDICTIONS_FILE)
+EXPORT_OUTPUTS = ("gis", "figures", "report.html")
 
 
 @dataclass
@@ -99,10 +113,49 @@ def resolve_bundle(source: str | Path | None, data_root: str | Path | None = Non
     return load_dataset(None if source is None else str(source), data_root)
 
 
-def build_graph_file(bundle: CityBundle, out: str | Path, config: RunConfig | None = None
-                     ) -> tuple[HeteroData, dict[str, Any]]:
-    """Build ``bundle``'s region graph and write it (and ``graph.json`` beside it) to ``out``."""
+def check_graph_target(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse to write a graph over a file urbanrep did not write (or over its own, unless ``overwrite``).
+
+    A graph file is urbanrep's when the manifest beside it (``graph.json`` for ``graph.pt``) is a
+    graph manifest. A new parent folder is created and marked as a run folder, so that
+    ``urbanrep train GRAPH --out <that folder>`` may continue in it.
+    """
+    from urbanrep.graphs.io import manifest_path
+
+    out = Path(out)
+    mpath = manifest_path(out)
+    if out.is_dir():
+        raise FolderError(f"{out} is a folder; give the graph file to write, e.g. {out / GRAPH_FILE}")
+    existing = [p for p in (out, mpath) if p.exists()]
+    if existing:
+        ours = False
+        if mpath.is_file():
+            try:
+                ours = json.loads(mpath.read_text(encoding="utf-8")).get("format") is not None and \
+                    "counts" in json.loads(mpath.read_text(encoding="utf-8"))
+            except (OSError, ValueError, AttributeError):
+                ours = False
+        if not ours:
+            raise FolderError(f"{', '.join(map(str, existing))} exists and was not written by urbanrep; choose "
+                              "another --out (urbanrep never overwrites files it did not write)")
+        if not overwrite:
+            raise FolderError(f"{out} already holds an urbanrep graph; pass --overwrite to replace it, or choose "
+                              "another --out")
+    parent = out.parent
+    if not parent.exists() or (parent.is_dir() and not any(parent.iterdir())):
+        claim_folder(parent, RUN, keep=True)
+    return out
+
+
+def build_graph_file(bundle: CityBundle, out: str | Path, config: RunConfig | None = None,
+                     overwrite: bool = True) -> tuple[HeteroData, dict[str, Any]]:
+    """Build ``bundle``'s region graph and write it (and ``graph.json`` beside it) to ``out``.
+
+    Args:
+        overwrite: Replace a graph urbanrep wrote at ``out`` before (never a foreign file).
+    """
     config = config or RunConfig()
+    check_graph_target(out, overwrite=overwrite)
     data, report = build_graph(bundle, config.graph)
     save_graph(data, report, out)
     return data, report
@@ -117,28 +170,128 @@ def _read_graph(source: str | Path) -> HeteroData:
     return load_graph(path)
 
 
+def _memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes (None where unknown)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_size(config: RunConfig) -> None:
+    """Refuse, before any stage runs, layer widths whose weights alone cannot fit in memory.
+
+    Every ``*channels`` setting ``c`` implies at least one ``c x c`` float32 weight matrix, held
+    four times in training (weights, gradients and two Adam moments).
+
+    Raises:
+        ConfigError: naming the setting, the memory it needs and the machine's memory.
+    """
+    import dataclasses
+
+    from urbanrep.errors import ConfigError
+
+    total = _memory_bytes()
+    if total is None:
+        return
+
+    def walk(obj: Any, prefix: str) -> Iterator[tuple[str, int]]:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                yield from walk(value, f"{prefix}{f.name}.")
+            elif f.name.endswith("channels") and isinstance(value, int):
+                yield f"{prefix}{f.name}", value
+
+    for key, channels in walk(config.model, "model."):
+        need = 4 * 4 * channels * channels
+        if need > total:
+            raise ConfigError(f"{key}={channels} needs at least {need / 2**30:.0f} GiB for one layer's weights in "
+                              f"training, more than this machine's {total / 2**30:.0f} GiB of memory; use a width "
+                              "such as 64-512")
+
+
+def _is_worker_rank() -> bool:
+    """True in a torchrun process other than rank 0 (which writes no files and takes no lock)."""
+    import os
+
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
 def train_stage(graph: HeteroData | str | Path, run_dir: str | Path | None, config: RunConfig | None = None,
-                resume: bool = False, nproc: int = 1) -> UrbanRep:
+                resume: bool = False, nproc: int = 1, overwrite: bool = False) -> UrbanRep:
     """Train on a graph (object, ``.pt`` file or folder holding ``graph.pt``) into ``run_dir``.
 
     ``config.train.mode`` picks full-graph or mini-batch training; ``nproc > 1`` trains
     mini-batches data-parallel in that many local processes (see :meth:`UrbanRep.fit`).
+    ``run_dir`` must be new, empty or a run folder of urbanrep's; one that already holds a
+    trained model needs ``resume`` (continue) or ``overwrite`` (start over, removing the earlier
+    training, evaluation and export outputs). The folder is locked while training runs.
     """
+    check_model_size(config or RunConfig())
     data = graph if isinstance(graph, HeteroData) else _read_graph(graph)
-    return UrbanRep(config).fit(data, run_dir=run_dir, resume=resume, nproc=nproc)
+    if run_dir is None or _is_worker_rank():
+        return UrbanRep(config).fit(data, run_dir=run_dir, resume=resume, nproc=nproc)
+    with owned_run_folder(run_dir, overwrite=overwrite, keep=resume, outputs=TRAIN_OUTPUTS) as folder:
+        if not resume:
+            remove_outputs(folder, (*TRAIN_OUTPUTS, *EVAL_OUTPUTS, *EXPORT_OUTPUTS, RUN_SUMMARY))
+        return UrbanRep(config).fit(data, run_dir=folder, resume=resume, nproc=nproc)
+
+
+@contextmanager
+def owned_run_folder(run_dir: str | Path, overwrite: bool = False, keep: bool = False,
+                     outputs: tuple[str, ...] | None = None) -> Iterator[Path]:
+    """Claim ``run_dir`` as a run folder (see :func:`urbanrep.folders.claim_folder`) and lock it.
+
+    Args:
+        outputs: The outputs whose presence needs ``overwrite`` or ``keep`` (None: any output).
+
+    Yields:
+        The folder, locked; urbanrep's temporaries left by killed writes are removed.
+    """
+    run_dir = Path(run_dir)
+    if is_owned(run_dir, RUN):  # ours: a concurrent run is reported by the lock first
+        with folder_lock(run_dir):
+            _claim_run(run_dir, overwrite, keep, outputs)
+            remove_temporaries(run_dir)
+            yield run_dir
+        return
+    _claim_run(run_dir, overwrite, keep, outputs)
+    with folder_lock(run_dir):
+        remove_temporaries(run_dir)
+        yield run_dir
+
+
+def _claim_run(run_dir: Path, overwrite: bool, keep: bool, outputs: tuple[str, ...] | None) -> None:
+    if outputs is None or overwrite or keep:
+        claim_folder(run_dir, RUN, overwrite=overwrite, keep=keep)
+        return
+    claim_folder(run_dir, RUN, keep=True)  # marker and foreign files checked; then only ``outputs`` count
+    present = [name for name in outputs if (run_dir / name).exists()]
+    if present:
+        raise FolderError(f"{run_dir} already holds an urbanrep run ({', '.join(present)}); pass --overwrite to "
+                          "replace it, or --resume to continue it, or choose another --out")
 
 
 def embed_stage(model_dir: str | Path, bundle: CityBundle, out_dir: str | Path,
-                config: RunConfig | None = None) -> pd.DataFrame:
-    """Apply the model in ``model_dir`` to ``bundle``; write embeddings and fusion weights to ``out_dir``."""
+                config: RunConfig | None = None, overwrite: bool = False) -> pd.DataFrame:
+    """Apply the model in ``model_dir`` to ``bundle``; write embeddings and fusion weights to ``out_dir``.
+
+    ``out_dir`` must be new, empty or urbanrep's own; earlier embeddings there are replaced
+    only with ``overwrite``.
+    """
+    from urbanrep.folders import EMBED
+
+    claim_folder(out_dir, EMBED, overwrite=overwrite, create=False)
     api = UrbanRep.load(model_dir)
     if config is not None:
         api.config = config
     data, report = api.build_graph(bundle)
     minibatch = api.config.minibatch if api.config.train.mode == "minibatch" else None
     emb, weights = embed_graph(api._require_model(), data, api.config.train.device, minibatch)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out_dir, EMBED, overwrite=overwrite)
     write_parquet_atomic(emb.reset_index(), out / EMBEDDINGS)
     write_parquet_atomic(weights.reset_index(), out / FUSION_WEIGHTS)
     log.info("embedded %d regions of %s with the model in %s", len(emb), bundle.name, model_dir)
@@ -151,33 +304,92 @@ def _has_evaluation_data(bundle: CityBundle) -> bool:
     return has_targets or has_labels
 
 
+def require_run_folder(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, or an error saying it does not exist or is not a folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UrbanRepError(f"run folder {run_dir} does not exist; pass a folder written by 'urbanrep run' or "
+                            "'urbanrep train'")
+    if not run_dir.is_dir():
+        raise UrbanRepError(f"{run_dir} is a file, not a run folder; pass a folder written by 'urbanrep run' or "
+                            "'urbanrep train'")
+    return run_dir
+
+
+def _check_json_target(path: Path) -> None:
+    """Refuse to overwrite a file that is not a metrics report urbanrep wrote."""
+    if not path.exists():
+        return
+    try:
+        ours = {"protocol", "tasks"} <= set(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise FolderError(f"{path} exists and is not a metrics report urbanrep wrote; choose another --json file "
+                          "(urbanrep never overwrites files it did not write)")
+
+
 def evaluate_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | None = None,
                    json_path: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate ``run_dir/embeddings.parquet`` on the bundle's targets; write metrics and predictions."""
+    """Evaluate ``run_dir/embeddings.parquet`` on the bundle's targets.
+
+    Without ``json_path`` the metrics and out-of-fold predictions replace ``run_dir``'s
+    ``metrics.json`` and ``predictions.parquet`` (the earlier ones are removed first, under the
+    run folder's lock); with ``json_path`` the metrics go to that file only and the run folder
+    is left as it is.
+    """
     from urbanrep.evaluate import run_evaluation
 
     config = config or RunConfig()
-    run_dir = Path(run_dir)
+    run_dir = require_run_folder(run_dir)
     path = run_dir / EMBEDDINGS
     if not path.exists():
         raise UrbanRepError(f"{path} does not exist; train first ('urbanrep train' or 'urbanrep run')")
-    emb = pd.read_parquet(path).set_index("region_id")
-    result = run_evaluation(emb, bundle, config.evaluate)
     from urbanrep.evaluate.report import write_report as write_metrics
 
-    write_metrics(result.metrics, run_dir / METRICS_FILE)
-    if json_path is not None and Path(json_path) != run_dir / METRICS_FILE:
+    if json_path is not None:
+        _check_json_target(Path(json_path))
+        emb = pd.read_parquet(path).set_index("region_id")
+        result = run_evaluation(emb, bundle, config.evaluate)
         write_metrics(result.metrics, json_path)
-    write_parquet_atomic(result.predictions, run_dir / PREDICTIONS_FILE)
+        return result.metrics
+    with owned_run_folder(run_dir, keep=True):
+        remove_outputs(run_dir, EVAL_OUTPUTS)
+        emb = pd.read_parquet(path).set_index("region_id")
+        result = run_evaluation(emb, bundle, config.evaluate)
+        write_metrics(result.metrics, run_dir / METRICS_FILE)
+        if len(result.predictions):  # every task skipped (too few regions): no predictions to write
+            write_parquet_atomic(result.predictions, run_dir / PREDICTIONS_FILE)
     return result.metrics
 
 
 def export_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | None = None,
                  out_dir: str | Path | None = None) -> list[Path]:
-    """GIS files (and, as configured, figures and the HTML report) of a run folder."""
-    from urbanrep.export import export_run
+    """GIS files (and, as configured, figures and the HTML report) of a run folder.
+
+    The run folder is locked while the export runs; earlier export outputs of urbanrep's own
+    are removed first, so nothing stale survives (an ``out_dir`` must be new, empty or
+    urbanrep's own).
+    """
+    from urbanrep.folders import GIS
 
     config = config or RunConfig()
+    run_dir = require_run_folder(run_dir)
+    with owned_run_folder(run_dir, keep=True):
+        if out_dir is not None and Path(out_dir).resolve() != (run_dir / "gis").resolve():
+            claim_folder(out_dir, GIS, keep=True)
+            stale = [p.name for p in Path(out_dir).iterdir() if GIS.owns(p.name) and p.is_file()
+                     and not p.name.startswith(".")]
+            remove_outputs(out_dir, stale, GIS)
+            remove_outputs(run_dir, EXPORT_OUTPUTS[1:])
+        else:
+            remove_outputs(run_dir, EXPORT_OUTPUTS)
+        return _export(run_dir, bundle, config, out_dir)
+
+
+def _export(run_dir: Path, bundle: CityBundle, config: RunConfig, out_dir: str | Path | None) -> list[Path]:
+    from urbanrep.export import export_run
+
     written = export_run(run_dir, bundle.regions, out_dir, formats=config.export.formats)
     if config.export.report:
         from urbanrep.export import write_report
@@ -192,16 +404,20 @@ def export_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | No
 
 def run_pipeline(dataset: str | Path | None = None, data_root: str | Path | None = None,
                  run_dir: str | Path = "runs/latest", config: RunConfig | None = None,
-                 resume: bool = False, nproc: int = 1) -> RunResult:
+                 resume: bool = False, nproc: int = 1, overwrite: bool = False) -> RunResult:
     """Every stage for one data set into ``run_dir``: bundle, graph, training, evaluation, export.
 
     Args:
         dataset: Dataset name or bundle path (None: NYC Manhattan-180); see
             :func:`urbanrep.datasets.load_dataset` for the resolution order.
         data_root: Folder of the source data sets (default ``$URBANREP_DATA`` or ``../shared/data``).
-        run_dir: The run folder (created; files in it are replaced).
+        run_dir: The run folder: new, empty, or a run folder of urbanrep's (never one holding
+            files urbanrep did not write). It is locked for the whole run: a second run into
+            it fails at once, naming this process.
         config: Settings of every stage (defaults when None).
-        resume: Continue training from the newest checkpoint in ``run_dir``.
+        resume: Continue training from the newest checkpoint in ``run_dir`` (an earlier run's
+            evaluation and export outputs are removed before those stages run again).
+        overwrite: Replace an earlier run in ``run_dir`` (its outputs are removed first).
         nproc: Train data-parallel in this many local processes (needs
             ``config.train.mode == "minibatch"``; every other stage runs in this process).
 
@@ -209,23 +425,33 @@ def run_pipeline(dataset: str | Path | None = None, data_root: str | Path | None
         A :class:`RunResult`; ``run_dir/run.json`` holds the same stage times.
     """
     config = config or RunConfig()
+    check_model_size(config)  # the configuration is checked before any stage runs
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with owned_run_folder(run_dir, overwrite=overwrite, keep=resume) as run_dir:
+        if not resume:
+            remove_outputs(run_dir, (BUNDLE_DIR, GRAPH_FILE, "graph.json", *TRAIN_OUTPUTS, *EVAL_OUTPUTS,
+                                     *EXPORT_OUTPUTS, RUN_SUMMARY))
+        return _run_stages(dataset, data_root, run_dir, config, resume, nproc)
+
+
+def _run_stages(dataset: str | Path | None, data_root: str | Path | None, run_dir: Path, config: RunConfig,
+                resume: bool, nproc: int) -> RunResult:
     stages: dict[str, float] = {}
     skipped: dict[str, str] = {}
     with _timed(stages, "bundle"):
         bundle = load_dataset(None if dataset is None else str(dataset), data_root)
-        write_bundle(bundle, run_dir / BUNDLE_DIR)
+        write_bundle(bundle, run_dir / BUNDLE_DIR, overwrite=True)
     log.info("%s", bundle.summary_line())
     with _timed(stages, "graph"):
-        data, _ = build_graph_file(bundle, run_dir / GRAPH_FILE, config)
+        data, _ = build_graph_file(bundle, run_dir / GRAPH_FILE, config, overwrite=True)
     with _timed(stages, "train"):
-        train_stage(data, run_dir, config, resume=resume, nproc=nproc)
+        train_stage(data, run_dir, config, resume=resume, nproc=nproc, overwrite=not resume)
     metrics = None
     if _has_evaluation_data(bundle):
         with _timed(stages, "evaluate"):
             metrics = evaluate_stage(run_dir, bundle, config)
     else:
+        remove_outputs(run_dir, EVAL_OUTPUTS)  # an earlier run's metrics must not outlive it
         skipped["evaluate"] = f"bundle {bundle.name} has no targets or labels"
         log.info("evaluation skipped: %s", skipped["evaluate"])
     with _timed(stages, "export"):

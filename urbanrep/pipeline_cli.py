@@ -83,7 +83,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     out = Path(args.out) if args.out else _default_run_dir(args.dataset)
     result = run_pipeline(args.dataset, data_root=args.data_root, run_dir=out, config=config, resume=args.resume,
-                          nproc=args.nproc)
+                          nproc=args.nproc, overwrite=args.overwrite)
     print(result.bundle_summary)
     if result.metrics:
         print_metrics(result.metrics)
@@ -96,11 +96,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_build_graphs(args: argparse.Namespace) -> int:
     from urbanrep.graphs.schema import graph_counts
-    from urbanrep.pipeline import build_graph_file, resolve_bundle
+    from urbanrep.pipeline import build_graph_file, check_graph_target, resolve_bundle
 
+    config = _config(args)
+    check_graph_target(args.out, overwrite=args.overwrite)  # before the bundle is read: fail fast
     bundle = resolve_bundle(args.dataset, args.data_root)
     t0 = time.perf_counter()
-    data, report = build_graph_file(bundle, args.out, _config(args))
+    data, report = build_graph_file(bundle, args.out, config, overwrite=args.overwrite)
     counts = graph_counts(data)
     print(f"graph of {bundle.name} written to {args.out} in {time.perf_counter() - t0:.1f} s")
     print(json.dumps(counts, indent=2, default=str))
@@ -113,7 +115,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and _launched_by_torchrun():
         raise UrbanRepError("--nproc spawns processes itself; under torchrun leave it out (torchrun's "
                             "--nproc_per_node sets the number of processes)")
-    api = train_stage(args.graph, args.out, _config(args), resume=args.resume, nproc=args.nproc)
+    api = train_stage(args.graph, args.out, _config(args), resume=args.resume, nproc=args.nproc,
+                      overwrite=args.overwrite)
     res = api.result_
     assert res is not None
     if not _is_rank0():  # under torchrun: rank 0 reports
@@ -126,18 +129,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from urbanrep.pipeline import embed_stage, resolve_bundle
+    from urbanrep.folders import EMBED, claim_folder
+    from urbanrep.pipeline import embed_stage, require_run_folder, resolve_bundle
 
-    bundle = resolve_bundle(args.dataset, args.data_root)
+    require_run_folder(args.model)
     config = _config(args) if (args.config or args.set) else None
-    emb = embed_stage(args.model, bundle, args.out, config)
+    claim_folder(args.out, EMBED, overwrite=args.overwrite, create=False)  # before the work: fail fast
+    bundle = resolve_bundle(args.dataset, args.data_root)
+    emb = embed_stage(args.model, bundle, args.out, config, overwrite=args.overwrite)
     print(f"embeddings of {len(emb)} regions of {bundle.name} written to {Path(args.out) / 'embeddings.parquet'}")
     return 0
 
 
 def _bundle_for_run(args: argparse.Namespace) -> Any:
-    from urbanrep.pipeline import BUNDLE_DIR, resolve_bundle
+    from urbanrep.pipeline import BUNDLE_DIR, require_run_folder, resolve_bundle
 
+    require_run_folder(args.run_dir)
     if args.bundle is not None:
         return resolve_bundle(args.bundle, args.data_root)
     if (Path(args.run_dir) / BUNDLE_DIR).is_dir():
@@ -208,6 +215,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``: replace an earlier output of urbanrep's own (never files urbanrep did not write)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace the {what} urbanrep wrote there before (a folder holding files urbanrep did not "
+                        "write is always refused and left untouched)")
+
+
 def _add_nproc_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
                    help="train data-parallel in N local processes (one per GPU; gloo on CPU); needs "
@@ -223,6 +237,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
                        epilog=RUN_EPILOG, formatter_class=fmt)
     add_dataset_args(p)
     p.add_argument("--out", required=True, help="graph file to write, e.g. graph.pt (a JSON manifest goes beside it)")
+    add_overwrite_arg(p, "graph")
     _add_config_args(p)
     p.set_defaults(func=_cmd_build_graphs)
 
@@ -232,6 +247,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p.add_argument("graph", help="graph file (.pt from build-graphs) or a folder holding graph.pt")
     p.add_argument("--out", required=True, help="run folder for checkpoints, loss.csv, model.pt, embeddings")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    add_overwrite_arg(p, "training outputs (and the evaluation and export made from them)")
     _add_nproc_arg(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
@@ -242,6 +258,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p.add_argument("model", help="folder holding model.pt and config.json (a run folder)")
     add_dataset_args(p)
     p.add_argument("--out", required=True, help="folder for embeddings.parquet and fusion_weights.parquet")
+    add_overwrite_arg(p, "embeddings")
     _add_config_args(p)
     p.set_defaults(func=_cmd_embed)
 
@@ -267,11 +284,13 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
                                    "training, evaluation, GIS export, maps and the HTML report.",
                        epilog=RUN_EPILOG, formatter_class=fmt)
     add_dataset_args(p)
-    p.add_argument("--out", default=None, help="run folder (default runs/<name>-<timestamp>)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<name>-<timestamp>): new, empty or an "
+                   "urbanrep run folder; locked while the run lasts")
     p.add_argument("--resume", action="store_true", help="continue training from the newest checkpoint in --out")
+    add_overwrite_arg(p, "run")
     _add_nproc_arg(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_run)
 
 
-__all__ = ["UrbanRepError", "add_commands", "install_progress", "print_metrics"]
+__all__ = ["UrbanRepError", "add_commands", "add_overwrite_arg", "install_progress", "print_metrics"]

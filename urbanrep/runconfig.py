@@ -91,6 +91,9 @@ class RunConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
+    def __post_init__(self) -> None:
+        _check_finite_numbers(self, "")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested mapping (round-trips through :meth:`from_mapping`)."""
         out: dict[str, Any] = to_dict(self)
@@ -100,6 +103,24 @@ class RunConfig:
     def from_mapping(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
         """Build from a nested mapping, rejecting unknown keys and wrong types."""
         return from_dict(cls, data, where)
+
+
+def _check_finite_numbers(obj: Any, prefix: str) -> None:
+    """Raise :class:`ConfigError` for a NaN or infinite number anywhere in a (nested) config dataclass."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _check_finite_numbers(value, key + ".")
+            continue
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{key}={value!r} is not a finite number; give a finite value, e.g. "
+                                  f"--set {key}={f.default if isinstance(f.default, (int, float)) else 1}")
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

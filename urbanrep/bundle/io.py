@@ -39,16 +39,26 @@ def _crs_string(crs: Any) -> str:
     return f"EPSG:{epsg}" if epsg is not None else crs.to_wkt()
 
 
-def write_bundle(bundle: CityBundle, out_dir: str | Path) -> ValidationReport:
+def write_bundle(bundle: CityBundle, out_dir: str | Path, overwrite: bool = False) -> ValidationReport:
     """Validate ``bundle`` and write it to ``out_dir`` atomically.
 
-    The folder appears complete or not at all; an existing bundle at ``out_dir`` is replaced.
+    The folder appears complete or not at all. ``out_dir`` must be new or empty, or a bundle
+    urbanrep wrote (replaced only with ``overwrite=True``); a folder holding any file urbanrep
+    did not write is refused and left untouched.
 
     Returns:
         The validation report (also stored in the manifest under ``"validation"``).
+
+    Raises:
+        BundleError: the bundle is invalid (see :func:`~urbanrep.bundle.validate.validate_bundle`).
+        urbanrep.folders.FolderError: ``out_dir`` holds foreign files, or an earlier bundle
+            without ``overwrite``.
     """
-    bundle, report = validate_bundle(bundle)
+    from urbanrep.folders import BUNDLE, claim_folder
+
     out_dir = Path(out_dir)
+    claim_folder(out_dir, BUNDLE, overwrite=overwrite, create=False)
+    bundle, report = validate_bundle(bundle)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         layers: dict[str, Any] = {}
@@ -108,6 +118,29 @@ def _place_file(src: Path, dst: Path) -> None:
 Partitioned = bool | Literal["auto"] | Iterable[str]
 
 
+def bundle_file(root: Path, entry: str, meta: Any) -> Path:
+    """The file a manifest entry names, which must lie inside the bundle folder.
+
+    Args:
+        root: The bundle folder.
+        entry: The manifest entry (``"layers.targets"``, ``"aggregates.od"``), named in errors.
+        meta: The entry's mapping (its ``"file"`` is a path relative to ``root``).
+
+    Raises:
+        BundleError: the entry has no file name, or its path (symbolic links followed) leads
+            outside the bundle folder.
+    """
+    name = meta.get("file") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"{root / MANIFEST}: entry {entry!r} names no file (\"file\": ...); fix the manifest")
+    base = root.resolve()
+    path = (root / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(base):
+        raise BundleError(f"{root / MANIFEST}: entry {entry!r} points to {name!r}, outside the bundle folder; every "
+                          f"bundle file must lie inside {root} (copy the file into the bundle and name it relative to it)")
+    return root / name
+
+
 def _partitioned_layers(root: Path, layers: dict[str, Any], partitioned: Partitioned, threshold: int) -> set[str]:
     """Names of the point layers to keep on disk (see :func:`read_bundle`)."""
     present = [name for name in POINT_ROLES if name in layers]
@@ -135,6 +168,8 @@ def _partitioned_layers(root: Path, layers: dict[str, Any], partitioned: Partiti
 def _read_table(path: Path, geo: bool) -> Any:
     if not path.exists():
         raise BundleError(f"bundle file {path} is missing; re-create the bundle (urbanrep prepare) or fix the manifest")
+    if geo:
+        _require_geoparquet(path)
     try:
         if geo:
             return gpd.read_parquet(path)
@@ -144,6 +179,23 @@ def _read_table(path: Path, geo: bool) -> Any:
             f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {exc}); "
             "re-create it with urbanrep prepare"
         ) from exc
+
+
+def _require_geoparquet(path: Path) -> None:
+    """Raise unless ``path`` is a GeoParquet file (a readable Parquet footer with ``geo`` metadata)."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:
+        raise BundleError(f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                          "re-create it with urbanrep prepare") from exc
+    if b"geo" not in (schema.metadata or {}):
+        raise BundleError(
+            f"{path} is a plain Parquet file without GeoParquet metadata, so its geometry and CRS are unknown "
+            f"(columns: {', '.join(schema.names[:8])}); write it from a GeoDataFrame with a CRS, e.g. "
+            "gdf.set_crs('EPSG:4326').to_parquet(path), or build the bundle with urbanrep.write_bundle"
+        )
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -196,6 +248,10 @@ def read_bundle(path: str | Path, validate: bool = True, partitioned: Partitione
     layers = manifest["layers"]
     if "regions" not in layers:
         raise BundleError(f"{root / MANIFEST}: the manifest lists no 'regions' layer")
+    for name, meta in layers.items():  # confined before anything is opened
+        bundle_file(root, f"layers.{name}", meta)
+    for name, meta in manifest.get("aggregates", {}).items():
+        bundle_file(root, f"aggregates.{name}", meta)
     kwargs: dict[str, Any] = {}
     keep_on_disk = _partitioned_layers(root, layers, partitioned, partition_bytes)
     for name, meta in layers.items():
