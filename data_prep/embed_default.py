@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     src = resolve_data_root(args.data_root) / "nyc_manhattan180"
     out = Path(args.out)
-    write_bundle(get_converter("nyc_manhattan180")(src), out)
+    write_bundle(get_converter("nyc_manhattan180")(src), out, overwrite=True)  # the package copy, replaced
     write_text_atomic(out / "NOTICE.md", NOTICE)
     size = bundle_size(out)
     print(f"wrote {out}: {size} bytes")
