@@ -18,7 +18,6 @@ import shapely
 from urbanrep.bundle import CityBundle, read_bundle, write_bundle
 from urbanrep.converters import get_converter
 from urbanrep.converters._common import long_targets, restrict_to_regions
-from urbanrep.converters._osm import _roads, read_osm
 from urbanrep.converters.sao_paulo import REFERENCE_DATE, read_transit_trips
 from urbanrep.datasets import resolve_data_root
 from urbanrep.errors import BundleError
@@ -229,27 +228,6 @@ def test_imagery_samples(imagery: CityBundle) -> None:
 
 
 # --------------------------------------------------------------------------- helpers on generated data
-
-def test_roads_split_at_unlocated_nodes() -> None:
-    nan = np.nan
-    xy = np.array([[0, 0], [1, 0], [nan, nan], [2, 0], [3, 0],   # way 0: two runs
-                   [5, 5], [nan, nan],                          # way 1: one located node -> skipped
-                   [7, 7], [7, 7],                              # way 2: zero length -> skipped
-                   [9, 9], [9, 10]], dtype=np.float64)          # way 3: one run
-    way = np.array([0, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3])
-    stats: dict[str, int] = {}
-    roads = _roads(xy, way, [("primary", 10), ("service", 11), ("steps", 12), ("footway", 13)], stats)
-    assert roads["osm_id"].tolist() == [10, 10, 13]
-    assert [list(g.coords) for g in roads.geometry] == [[(0, 0), (1, 0)], [(2, 0), (3, 0)], [(9, 9), (9, 10)]]
-    assert stats["road_ways_skipped_unlocated"] == 2 and stats["road_ways_clipped"] == 1
-
-
-def test_read_osm_rejects_unknown_layer(tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="unknown OSM layers"):
-        read_osm(tmp_path / "x.osm.pbf", layers=("rivers",))
-    with pytest.raises(BundleError, match="missing OSM file"):
-        read_osm(tmp_path / "x.osm.pbf")
-
 
 def test_join_helpers_count_and_drop() -> None:
     df = pd.DataFrame({"id": [1, 2, 9], "v": [1.0, np.nan, 3.0]})

@@ -53,6 +53,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from urbanrep.datasets import resolve_data_root
     from urbanrep.folders import BUNDLE, claim_folder
 
+    if args.name == "osm":
+        return _cmd_prepare_osm(args)
+    given = [f"--{'name' if o == 'bundle_name' else o.replace('_', '-')}" for o in _OSM_OPTIONS
+             if getattr(args, o, None) is not None]
+    if given:
+        raise UrbanRepError(f"{', '.join(given)} belong to 'urbanrep prepare osm', not to 'prepare {args.name}'")
     convert = get_converter(args.name)  # an unknown name: one line listing the converters, exit 1
     claim_folder(args.out, BUNDLE, overwrite=args.overwrite, create=False)  # before converting: fail fast
     root = resolve_data_root(args.data_root)
@@ -66,6 +72,62 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         log.info("%s", line)
     from urbanrep.bundle import read_bundle
 
+    print(read_bundle(args.out, validate=False).summary_line())
+    log.info("bundle written to %s in %.1f s", args.out, time.perf_counter() - t0)
+    return 0
+
+
+#: Options of 'urbanrep prepare osm' (dest names), refused with any other source name.
+_OSM_OPTIONS = ("pbf", "regions", "boundary", "bbox", "id_column", "targets", "target_columns", "targets_kind",
+                "vocabulary", "no_buildings", "bundle_name")
+
+
+def _add_prepare_osm(q: Any) -> None:
+    q.add_argument("--pbf", default=None, help="the OpenStreetMap extract (.osm.pbf); required with 'osm'")
+    q.add_argument("--regions", default=None,
+                   help="h3:<resolution 0-15> (region_id = H3 index), square:<metres> (region_id = "
+                        "<size>m_E<i>_N<j> in the UTM zone), or a polygon file (default h3:9)")
+    q.add_argument("--boundary", default=None, help="polygon file of the area to cover (regions are clipped to it)")
+    q.add_argument("--bbox", default=None, help="area to cover as W,S,E,N in degrees (default: the extract's "
+                                                "header bbox; for a polygon file, the polygons)")
+    q.add_argument("--id-column", default=None, help="region id column of a polygon file (default region_id, "
+                                                     "else the row number)")
+    q.add_argument("--targets", default=None, help="targets: a CSV/Parquet table with region_id and numeric columns, "
+                                                   "or a vector file moved onto the regions by area")
+    q.add_argument("--target-columns", default=None, help="comma-separated target columns (default: every numeric "
+                                                          "column except id-like ones)")
+    q.add_argument("--targets-kind", choices=["extensive", "intensive"], default=None,
+                   help="vector-file targets: extensive = counts (area-weighted sums, the default), intensive = "
+                        "rates (area-weighted means)")
+    q.add_argument("--vocabulary", default=None, help="category vocabulary (default urbanrep-osm, the latest "
+                                                      "version; pin one as urbanrep-osm/1)")
+    q.add_argument("--no-buildings", action="store_true", default=None,
+                   help="leave building footprints out of the land-use layer")
+    q.add_argument("--name", dest="bundle_name", default=None, help="bundle name (default: the extract's file name)")
+
+
+def _cmd_prepare_osm(args: argparse.Namespace) -> int:
+    from urbanrep.bundle import read_bundle, write_bundle
+    from urbanrep.folders import BUNDLE, claim_folder
+    from urbanrep.prepare import prepare_osm
+
+    if args.pbf is None:
+        raise UrbanRepError("'urbanrep prepare osm' needs --pbf FILE (an OpenStreetMap extract, e.g. from Geofabrik)")
+    if args.boundary is not None and args.bbox is not None:
+        raise UrbanRepError("give --boundary or --bbox, not both")
+    claim_folder(args.out, BUNDLE, overwrite=args.overwrite, create=False)  # before reading: fail fast
+    t0 = time.perf_counter()
+    bundle = prepare_osm(
+        args.pbf, args.regions or "h3:9", boundary=args.boundary, bbox=args.bbox, id_column=args.id_column,
+        targets=args.targets, target_columns=args.target_columns.split(",") if args.target_columns else None,
+        targets_kind=args.targets_kind or "extensive", vocabulary=args.vocabulary or "urbanrep-osm",
+        buildings=not args.no_buildings, name=args.bundle_name)
+    for layer, info in bundle.provenance.get("unmapped_tags", {}).items():
+        log.info("%s: %d objects with tags the vocabulary does not map were left out (%s)", layer, info["total"],
+                 ", ".join(f"{k} x{v}" for k, v in list(info["by_tag"].items())[:5]))
+    report = write_bundle(bundle, args.out, overwrite=args.overwrite)
+    for line in report.lines():
+        log.info("%s", line)
     print(read_bundle(args.out, validate=False).summary_line())
     log.info("bundle written to %s in %.1f s", args.out, time.perf_counter() - t0)
     return 0
@@ -138,12 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from urbanrep import pipeline_cli
 
-    p = sub.add_parser("prepare", help="convert a source data set from the data root into a city bundle")
-    p.add_argument("name", metavar="NAME", help=f"source data set (a folder in the data root): {', '.join(CONVERTERS)}")
+    p = sub.add_parser("prepare", help="make a city bundle: any city from an OpenStreetMap extract ('prepare osm'), "
+                       "or convert a data set from the data root",
+                       description="Make a city bundle. 'urbanrep prepare osm --pbf city.osm.pbf --regions h3:9 --out DIR' "
+                                   "works for any city; the other names convert a data set from the data root.")
+    p.add_argument("name", metavar="NAME", help=f"'osm' (any city, see the OSM options below) or a source data set "
+                                                f"in the data root: {', '.join(CONVERTERS)}")
     p.add_argument("--data-root", default=None, help="folder holding the source data sets")
     p.add_argument("--out", required=True, help="bundle folder to write atomically: new, empty or (with "
                    "--overwrite) a bundle urbanrep wrote")
     pipeline_cli.add_overwrite_arg(p, "bundle")
+    _add_prepare_osm(p.add_argument_group("OpenStreetMap ('urbanrep prepare osm')"))
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("validate", help="check a city bundle and print its summary; exit 1 if invalid")

@@ -104,6 +104,11 @@ class CityBundle:
         target_groups: Names of multi-column targets (e.g. land-use shares) mapped to the
             target names that make them up, in order.
         provenance: Sources, licences and notes, kept in the manifest.
+        categories: Fixed class lists of raw layers (``"pois"``, ``"landuse"``, ``"roads"``), e.g.
+            from a shipped vocabulary (:mod:`urbanrep.vocabulary`): the graph then has one feature
+            column per listed class, in this order, whether or not the city has it, so that
+            cities prepared with the same lists get the same feature columns. Values of the
+            layer outside its list are an error. Empty: the classes present in the data.
         root: Folder the bundle was read from (image paths are relative to it), if any.
     """
 
@@ -120,6 +125,7 @@ class CityBundle:
     labels: pd.DataFrame | None = None
     target_groups: dict[str, list[str]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    categories: dict[str, list[str]] = field(default_factory=dict)
     root: Path | None = None
 
     @property

@@ -100,6 +100,7 @@ def write_bundle(bundle: CityBundle, out_dir: str | Path, overwrite: bool = Fals
             "aggregates": aggregates,
             "target_groups": bundle.target_groups,
             "provenance": bundle.provenance,
+            **({"categories": bundle.categories} if bundle.categories else {}),
             "validation": report.as_dict(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
@@ -276,6 +277,7 @@ def read_bundle(path: str | Path, validate: bool = True, partitioned: Partitione
         aggregates=aggregates,
         target_groups=manifest.get("target_groups", {}),
         provenance=manifest.get("provenance", {}),
+        categories=manifest.get("categories", {}),
         root=root.resolve(),
         **kwargs,
     )

@@ -72,4 +72,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "street_view": (),
 }
 
+#: Layers with a class column, and that column (the keys of ``CityBundle.categories``).
+CATEGORY_COLUMNS: dict[str, str] = {"pois": "category", "landuse": "class", "roads": "class"}
+
 ID_COLUMNS = ("region_id", "origin_region", "dest_region")

@@ -21,7 +21,7 @@ import shapely
 
 from urbanrep.bundle.core import CityBundle
 from urbanrep.bundle.partitioned import ParquetLayer, batch_points, crs_steps
-from urbanrep.bundle.spec import GEOMETRY_TYPES, RAW_LAYERS, REQUIRED_COLUMNS
+from urbanrep.bundle.spec import CATEGORY_COLUMNS, GEOMETRY_TYPES, RAW_LAYERS, REQUIRED_COLUMNS
 from urbanrep.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -259,6 +259,7 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
             regions, a raw layer missing required columns, or wrong geometry types.
     """
     report = ValidationReport()
+    _check_category_lists(bundle.categories)
     _check_region_ids(bundle.regions)
     regions = _normalise_geo(bundle.regions, "regions", None, report)
     crs = regions.crs
@@ -294,6 +295,8 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
                 n_out = _count_outside(gdf.geometry, regions)
                 if n_out:
                     report.outside_regions[layer] = n_out
+        if layer in bundle.categories:
+            check_categories(gdf, layer, bundle.categories[layer])
         num_cols = [c for c in gdf.columns if c not in ("feature",) and pd.api.types.is_numeric_dtype(gdf[c])
                     and not pd.api.types.is_bool_dtype(gdf[c])]
         check_finite(gdf, f"layer {layer!r}", num_cols)
@@ -339,6 +342,35 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
         if absent:
             raise BundleError(f"target group {group!r} names targets that are absent: {_listed(absent)}")
     return replace(bundle, **changes), report
+
+
+def _check_category_lists(categories: dict[str, Any]) -> None:
+    for layer, names in categories.items():
+        if layer not in CATEGORY_COLUMNS:
+            raise BundleError(f"categories: layer {layer!r} has no category column; fixed category lists are for "
+                              f"{', '.join(CATEGORY_COLUMNS)}")
+        if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) for n in names):
+            raise BundleError(f"categories[{layer!r}] must be a non-empty list of class names (strings)")
+        if len(set(names)) != len(names):
+            raise BundleError(f"categories[{layer!r}] lists a class twice")
+
+
+def check_categories(layer_df: pd.DataFrame, layer: str, names: list[str]) -> None:
+    """Raise when a layer holds classes outside its fixed category list (missing values are allowed).
+
+    Args:
+        layer_df: The layer (a table with its category column).
+        layer: ``"pois"``, ``"landuse"`` or ``"roads"``.
+        names: The fixed class list (``CityBundle.categories[layer]``).
+    """
+    column = CATEGORY_COLUMNS[layer]
+    values = layer_df[column].dropna().astype(str)
+    outside = values[~values.isin(names)]
+    if len(outside):
+        counts = outside.value_counts()
+        raise BundleError(f"layer {layer!r} column {column!r}: {len(outside)} records have classes outside the "
+                          f"bundle's fixed category list ({_listed(counts.index)}); map them to listed classes "
+                          "(urbanrep.vocabulary) or leave 'categories' out of the bundle")
 
 
 def _validate_trips(

@@ -10,7 +10,7 @@ Regions are the grid cells that intersect the extract's header bbox (the other c
 grid have no OSM data); ``region_id`` is the grid ``id``. The regions keep the grid's CRS
 (EPSG:4326); every OSM layer is EPSG:4326 too (the ETL works in a metric CRS of its choice).
 
-Layers (read by :func:`urbanrep.converters._osm.read_osm`, see there for the rules):
+Layers (read by :func:`urbanrep.osm.read_osm`, see there for the rules):
 
 * ``pois``: nodes and areas tagged amenity/shop/tourism/leisure/historic/office/craft/
   healthcare, ``category`` = ``"key=value"``;
@@ -37,8 +37,8 @@ import shapely
 
 from urbanrep.bundle import CityBundle
 from urbanrep.converters._common import long_targets, read_vector, require_columns
-from urbanrep.converters._osm import read_osm
 from urbanrep.errors import BundleError
+from urbanrep.osm import read_osm
 
 NAME = "helsinki_osm"
 PBF = "Helsinki.osm.pbf"

@@ -12,7 +12,7 @@ Source folder layout (``<data root>/sao_paulo``)::
 
 Layers:
 
-* ``roads`` - ``highway=*`` ways of the pbf (see :mod:`urbanrep.converters._osm`). The extract also
+* ``roads`` - ``highway=*`` ways of the pbf (see :mod:`urbanrep.osm`). The extract also
   holds 28 POI-tagged objects (fuel stations, malls, parking...), incidental to a road-only
   extract; they are not a POI census and no ``pois`` layer is made (the count is in the
   provenance).
@@ -50,8 +50,8 @@ from urbanrep.converters._common import (
     require_columns,
     restrict_to_regions,
 )
-from urbanrep.converters._osm import read_osm
 from urbanrep.errors import BundleError
+from urbanrep.osm import read_osm
 
 log = logging.getLogger(__name__)
 

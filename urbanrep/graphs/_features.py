@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -71,21 +72,40 @@ def count_features(counts: np.ndarray, names: list[str], total_name: str = "tota
     return x, cols
 
 
-def category_codes(values: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
-    """Integer codes of a category column (sorted category names, -1 for missing).
+def category_codes(values: pd.Series, where: str, categories: Sequence[str] | None = None
+                   ) -> tuple[np.ndarray, list[str]]:
+    """Integer codes of a category column (-1 for missing).
 
     Values are compared as strings (``1`` and ``"1"`` are one category). One hash pass over
     the rows (``pandas.factorize``); only the distinct values are turned into strings.
 
+    Args:
+        values: ``[P]`` category values.
+        where: Layer and column, for error messages.
+        categories: Fixed class list (the bundle's ``categories``): the names are this list,
+            in this order, present in the data or not. ``None``: the sorted distinct values.
+
     Returns:
         ``(codes [P] int64, names [C])``.
+
+    Raises:
+        GraphError: if every value is missing (without a fixed list), or a value is outside
+            the fixed list.
     """
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     as_str = np.array([str(v) for v in np.asarray(uniques, dtype=object)], dtype=object)
+    codes = np.asarray(codes, dtype=np.int64)
+    if categories is not None:
+        lookup = {str(c): i for i, c in enumerate(categories)}
+        remap = np.array([lookup.get(v, -1) for v in as_str] + [-1], dtype=np.int64)
+        outside = sorted(v for v in as_str if v not in lookup)
+        if outside:
+            raise GraphError(f"{where}: classes {outside[:10]} are not in the bundle's fixed category list; "
+                             "map them to listed classes (urbanrep.vocabulary) or drop the bundle's 'categories'")
+        return remap[np.where(codes >= 0, codes, len(as_str))], [str(c) for c in categories]
     if not len(as_str):
         raise GraphError(f"{where}: every value is missing; the layer needs category values")
     names, remap = np.unique(as_str.astype(str), return_inverse=True)
-    codes = np.asarray(codes, dtype=np.int64)
     codes = np.where(codes >= 0, remap.reshape(-1)[np.maximum(codes, 0)], -1).astype(np.int64)
     return codes, [str(c) for c in names]
 

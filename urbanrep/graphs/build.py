@@ -276,7 +276,8 @@ def _build_modality(mod: str, bundle: CityBundle, config: GraphConfig, ctx: dict
             raise GraphError("the road modality needs a raw 'roads' layer; road aggregates are not supported yet")
         return build_road(ids_arr, _to_metric(raw, crs, "roads"), index, ctx["area"],
                           max_classes=config.max_road_classes, node_precision=config.road_node_precision,
-                          betweenness_samples=config.road_betweenness_samples, seed=config.seed)
+                          betweenness_samples=config.road_betweenness_samples, seed=config.seed,
+                          categories=bundle.categories.get("roads"))
     from urbanrep.graphs._features import choose_source
 
     source = choose_source(setting, raw is not None, aggs, mod, layer_name)
@@ -286,7 +287,7 @@ def _build_modality(mod: str, bundle: CityBundle, config: GraphConfig, ctx: dict
         res = build_poi(ids_arr, rank, config.similarity_k, pois=pois if source == "raw" else None, index=index,
                         aggregates=aggs, knn_exact_max=config.knn_exact_max, seed=config.seed,
                         crs_steps=_steps(raw, bundle, crs) if isinstance(raw, ParquetLayer) else (),
-                        engine=index.engine)
+                        engine=index.engine, categories=bundle.categories.get("pois"))
         res.report.update(unused)
         if source == "raw" and aggs:
             res.report["unused_aggregates"] = [a.name for a in aggs]
@@ -295,7 +296,7 @@ def _build_modality(mod: str, bundle: CityBundle, config: GraphConfig, ctx: dict
     if mod == "landuse":
         res = build_landuse(ids_arr, rank, config.similarity_k, landuse=layer, index=index,
                             region_area=ctx["area"], aggregates=aggs, knn_exact_max=config.knn_exact_max,
-                            seed=config.seed)
+                            seed=config.seed, categories=bundle.categories.get("landuse"))
     else:
         feats = ok = None
         img_report: dict[str, Any] = {}

@@ -11,6 +11,7 @@ without a row) is masked; the similarity graph is the cosine kNN of the class ve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import geopandas as gpd
@@ -23,19 +24,20 @@ from urbanrep.graphs._spatial import ModalityResult, RegionIndex
 from urbanrep.graphs.similarity import EXACT_KNN_MAX, cosine_knn_graph
 
 
-def landuse_areas(landuse: gpd.GeoDataFrame, index: RegionIndex, num_regions: int
-                  ) -> tuple[np.ndarray, list[str], dict[str, int]]:
+def landuse_areas(landuse: gpd.GeoDataFrame, index: RegionIndex, num_regions: int,
+                  categories: Sequence[str] | None = None) -> tuple[np.ndarray, list[str], dict[str, int]]:
     """Area (m²) of each land-use class inside each region.
 
     Args:
         landuse: Polygons (metric CRS) with a ``class`` column.
         index: Spatial index of the regions.
         num_regions: ``N``.
+        categories: Fixed class list (columns in this order); ``None``: the distinct values.
 
     Returns:
         ``(areas [N, C] float64, class names [C], report)``.
     """
-    codes, names = category_codes(landuse["class"], "layer 'landuse' column 'class'")
+    codes, names = category_codes(landuse["class"], "layer 'landuse' column 'class'", categories)
     geoms = np.asarray(landuse.geometry.values, dtype=object)
     i, j = index.tree.query(geoms, predicate="intersects")
     keep = codes[i] >= 0
@@ -64,6 +66,7 @@ def build_landuse(
     aggregates: list[Aggregate] | None = None,
     knn_exact_max: int = EXACT_KNN_MAX,
     seed: int = 0,
+    categories: Sequence[str] | None = None,
 ) -> ModalityResult:
     """Land-use features, mask and similarity graph, from raw polygons or aggregates.
 
@@ -77,6 +80,7 @@ def build_landuse(
         aggregates: Vector aggregates of modality ``landuse`` (counts or shares per class).
         knn_exact_max: Exact similarity kNN up to this many regions (approximate above).
         seed: Seed of the approximate kNN.
+        categories: Fixed class list of raw polygons (the bundle's ``categories["landuse"]``).
 
     Returns:
         :class:`ModalityResult` with ``x`` float32 ``[N, C + 2]`` (raw) or ``[N, C + 1]``.
@@ -85,7 +89,7 @@ def build_landuse(
     if landuse is not None:
         if index is None or region_area is None:
             raise ValueError("build_landuse needs the region index and areas with raw polygons")
-        values, names, counts_report = landuse_areas(landuse, index, n)
+        values, names, counts_report = landuse_areas(landuse, index, n, categories)
         report: dict[str, Any] = {"source": "raw", **counts_report}
         has_row = np.ones(n, dtype=bool)
     else:

@@ -33,20 +33,21 @@ from urbanrep.graphs._spatial import ModalityResult, RegionIndex
 from urbanrep.graphs.similarity import EXACT_KNN_MAX, cosine_knn_graph
 
 
-def poi_counts_from_points(pois: gpd.GeoDataFrame, index: RegionIndex, num_regions: int
-                           ) -> tuple[np.ndarray, list[str], dict[str, int]]:
+def poi_counts_from_points(pois: gpd.GeoDataFrame, index: RegionIndex, num_regions: int,
+                           categories: Sequence[str] | None = None) -> tuple[np.ndarray, list[str], dict[str, int]]:
     """Count raw POIs per region and category by a point-in-polygon join.
 
     Args:
         pois: Points (metric CRS) with a ``category`` column.
         index: Spatial index of the regions.
         num_regions: ``N``.
+        categories: Fixed category list (columns in this order); ``None``: the distinct values.
 
     Returns:
         ``(counts [N, C] float64, category names [C], report)``; the report counts the points,
         those outside every region and those without a category.
     """
-    codes, names = category_codes(pois["category"], "layer 'pois' column 'category'")
+    codes, names = category_codes(pois["category"], "layer 'pois' column 'category'", categories)
     region = index.locate(pois.geometry)
     ok = (region >= 0) & (codes >= 0)
     c = len(names)
@@ -95,8 +96,8 @@ def _batch_counts(index: RegionIndex, table: Any, i: int, *, spec: Any, steps: S
 
 
 def poi_counts_from_parquet(layer: ParquetLayer, index: RegionIndex, num_regions: int,
-                            steps: Sequence[tuple[str, str]] = (), engine: Engine | None = None
-                            ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+                            steps: Sequence[tuple[str, str]] = (), engine: Engine | None = None,
+                            categories: Sequence[str] | None = None) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     """:func:`poi_counts_from_points` for a layer kept on disk, reduced row group by row group.
 
     Two passes over the file: the distinct categories (the ``category`` column only), then the
@@ -110,6 +111,7 @@ def poi_counts_from_parquet(layer: ParquetLayer, index: RegionIndex, num_regions
         num_regions: ``N``.
         steps: CRS transforms of the points (:func:`urbanrep.bundle.partitioned.crs_steps`).
         engine: Where the row groups are read and reduced.
+        categories: Fixed category list; values outside it are an error.
 
     Returns:
         ``(counts [N, C] float64, category names [C], report)``; the report counts the points,
@@ -120,10 +122,17 @@ def poi_counts_from_parquet(layer: ParquetLayer, index: RegionIndex, num_regions
     distinct: set[str] = set()
     for values in engine.map_parquet(index, layer.path, ["category"], _batch_categories):
         distinct.update(values)
-    if not distinct:
+    if categories is not None:
+        outside = sorted(distinct - {str(c) for c in categories})
+        if outside:
+            raise GraphError(f"layer 'pois' column 'category' ({layer.path}): classes {outside[:10]} are not in "
+                             "the bundle's fixed category list; map them to listed classes (urbanrep.vocabulary)")
+        names = [str(c) for c in categories]
+    elif not distinct:
         raise GraphError(f"layer 'pois' column 'category' ({layer.path}): every value is missing; "
                          "the layer needs category values")
-    names = [str(c) for c in np.unique(np.array(sorted(distinct), dtype=object).astype(str))]
+    else:
+        names = [str(c) for c in np.unique(np.array(sorted(distinct), dtype=object).astype(str))]
     fn = functools.partial(_batch_counts, spec=spec, steps=tuple(steps), names=names, num_regions=num_regions)
     columns = [*layer.point_columns(), "category"]
     total = np.zeros((num_regions, len(names)))
@@ -148,6 +157,7 @@ def build_poi(
     seed: int = 0,
     crs_steps: Sequence[tuple[str, str]] = (),
     engine: Engine | None = None,
+    categories: Sequence[str] | None = None,
 ) -> ModalityResult:
     """POI features, mask and similarity graph, from raw points or from count aggregates.
 
@@ -163,6 +173,7 @@ def build_poi(
         seed: Seed of the approximate kNN.
         crs_steps: CRS transforms of a :class:`ParquetLayer`'s points to the metric CRS.
         engine: Where a :class:`ParquetLayer` is read and reduced (in-process by default).
+        categories: Fixed category list of raw points (the bundle's ``categories["pois"]``).
 
     Returns:
         :class:`ModalityResult` with ``x`` float32 ``[N, 2C + 1]``.
@@ -172,9 +183,9 @@ def build_poi(
         if index is None:
             raise ValueError("build_poi needs the region index with raw points")
         if isinstance(pois, ParquetLayer):
-            counts, names, counts_report = poi_counts_from_parquet(pois, index, n, crs_steps, engine)
+            counts, names, counts_report = poi_counts_from_parquet(pois, index, n, crs_steps, engine, categories)
         else:
-            counts, names, counts_report = poi_counts_from_points(pois, index, n)
+            counts, names, counts_report = poi_counts_from_points(pois, index, n, categories)
         report: dict[str, Any] = {"source": "raw", **counts_report}
         has_row = np.ones(n, dtype=bool)
     else:

@@ -18,6 +18,7 @@ both directions, weight = number of such segments. Regions without road length a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import geopandas as gpd
@@ -90,6 +91,7 @@ def build_road(
     node_precision: float = 0.01,
     betweenness_samples: int = 0,
     seed: int = 0,
+    categories: Sequence[str] | None = None,
 ) -> ModalityResult:
     """Road features, mask and road connectivity between regions.
 
@@ -102,19 +104,23 @@ def build_road(
         node_precision: Vertex snapping distance in metres.
         betweenness_samples: Sampled sources for betweenness (0 = skip).
         seed: Seed of the betweenness sample.
+        categories: Fixed class list (the bundle's ``categories["roads"]``): one length feature
+            per listed class, in this order, and no ``"other"`` (``max_classes`` is not used).
 
     Returns:
         :class:`ModalityResult` with ``x`` float32 ``[N, C + 6 (+1)]``.
     """
     n = len(region_ids)
-    codes, names = category_codes(roads["class"], "layer 'roads' column 'class'")
+    codes, names = category_codes(roads["class"], "layer 'roads' column 'class'", categories)
     parts, parent = shapely.get_parts(np.asarray(roads.geometry.values, dtype=object), return_index=True)
     pcode = codes[parent]
     plen = shapely.length(parts)
-    # Keep the longest classes; the rest become "other".
-    by_class = np.bincount(pcode[pcode >= 0], weights=plen[pcode >= 0], minlength=len(names))
-    order = np.lexsort((np.arange(len(names)), -by_class))
-    kept = order[:max_classes]
+    if categories is not None:  # fixed columns: every listed class, in order
+        kept = np.arange(len(names))
+    else:  # keep the longest classes; the rest become "other"
+        by_class = np.bincount(pcode[pcode >= 0], weights=plen[pcode >= 0], minlength=len(names))
+        order = np.lexsort((np.arange(len(names)), -by_class))
+        kept = order[:max_classes]
     remap = np.full(len(names), len(kept), dtype=np.int64)
     remap[kept] = np.arange(len(kept))
     cls_names = [names[i] for i in kept] + (["other"] if len(names) > len(kept) else [])
