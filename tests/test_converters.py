@@ -144,8 +144,13 @@ def test_singapore(singapore: CityBundle) -> None:
     assert singapore.regions["region_id"].tolist() == list(range(374))
     assert singapore.regions["name"].duplicated().any()  # why region_id is an index
     assert singapore.modalities == ["poi"]
-    assert len(singapore.pois) == 4347
-    assert singapore.pois["category"].nunique() == 103
+    # 4,347 points, 103 Geofabrik classes -> vocabulary classes; 39 man_made towers are unmapped.
+    assert len(singapore.pois) == 4347 - 39
+    assert singapore.pois["fclass"].nunique() == 103 - 5
+    assert singapore.provenance["pois_unmapped_by_fclass"] == {"comms_tower": 19, "tower": 13,
+                                                                "observation_tower": 4, "water_tower": 2, "lighthouse": 1}
+    assert set(singapore.pois["category"]) <= set(singapore.categories["pois"])
+    assert (singapore.pois.loc[singapore.pois["fclass"] == "playground", "category"] == "playground").all()
     t = singapore.target_table()
     assert t["population"].count() == 364
     assert (t["population"] == 0).sum() == singapore.provenance["population_zeros_kept"] == 45
@@ -171,12 +176,14 @@ def test_helsinki_osm_layers(helsinki: CityBundle) -> None:
     box = shapely.box(*helsinki.provenance["extract_bbox_lonlat"]).buffer(1e-4)
     pois, roads, lu = helsinki.pois, helsinki.roads, helsinki.landuse
     assert (pois.geom_type == "Point").all() and pois.within(box).all()
-    assert pois["category"].str.fullmatch(r"[a-z_]+=.+").all()
-    assert (pois["category"] == "amenity=restaurant").sum() > 100
+    assert pois["osm_tag"].str.fullmatch(r"[a-z_]+=.+").all()
+    assert set(pois["category"]) <= set(helsinki.categories["pois"])
+    assert (pois["category"] == "restaurant").sum() > 100
     assert (roads.geom_type == "LineString").all() and roads.within(box).all()
-    assert {"primary", "footway", "residential"} <= set(roads["class"])
+    assert {"primary", "pedestrian", "residential"} <= set(roads["class"])
     assert set(lu["osm_key"]) == {"landuse", "building"}
-    assert lu.loc[lu["osm_key"] == "building", "class"].str.startswith("building:").all()
+    assert lu.loc[lu["osm_key"] == "building", "class"].str.startswith("building_").all()
+    assert set(lu["class"]) <= set(helsinki.categories["landuse"])
     assert (lu["osm_key"] == "building").sum() == helsinki.provenance["osm_counts"]["buildings_areas"]
 
 

@@ -69,7 +69,8 @@ def _check_widths(model: RegionModel, data: HeteroData) -> None:
         if modality in widths and have != widths[modality]:
             raise GraphError(
                 f"modality {modality!r} has {have} features in this graph but the model was trained on "
-                f"{widths[modality]}; embed bundles prepared like the training city (same categories/classes)")
+                f"{widths[modality]}; give both cities the same fixed category lists: prepare them with "
+                f"'urbanrep prepare osm' (vocabulary urbanrep-osm) or set the same CityBundle.categories")
 
 
 def embed_graph(model: RegionModel, data: HeteroData, device: str = "cpu",

@@ -82,6 +82,24 @@ class OsmLayers:
     unmapped: dict[str, dict[str, int]] = field(default_factory=dict)
     vocabulary: str | None = None
 
+    def keep_intersecting(self, area: Any) -> None:
+        """Keep the features intersecting ``area`` (shapely, EPSG:4326); count the others in :attr:`stats`."""
+        shapely.prepare(area)
+        for layer in LAYER_NAMES:
+            df = getattr(self, layer)
+            if df is not None and len(df):
+                keep = shapely.intersects(area, np.asarray(df.geometry.values, dtype=object))
+                self.stats[f"{layer}_outside_boundary"] = int((~keep).sum())
+                setattr(self, layer, df.loc[keep].reset_index(drop=True))
+
+    def extent(self) -> tuple[float, float, float, float] | None:
+        """``(west, south, east, north)`` of every feature read (``None`` when nothing was read)."""
+        boxes = [df.total_bounds for lay in LAYER_NAMES if (df := getattr(self, lay)) is not None and len(df)]
+        if not boxes:
+            return None
+        b = np.vstack(boxes)
+        return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+
 
 def _import_osmium() -> Any:
     try:
@@ -314,12 +332,7 @@ def read_osm(path: str | Path, layers: Collection[str] = LAYER_NAMES, *,
         for name, counts in out.unmapped.items():
             stats[f"{name}_unmapped"] = sum(counts.values())
     if area_filter is not None:
-        for layer in LAYER_NAMES:
-            df = getattr(out, layer)
-            if df is not None and len(df):
-                keep = shapely.intersects(area_filter, np.asarray(df.geometry.values, dtype=object))
-                stats[f"{layer}_outside_boundary"] = int((~keep).sum())
-                setattr(out, layer, df.loc[keep].reset_index(drop=True))
+        out.keep_intersecting(area_filter)
     log.info("read %s: %s", path, stats)
     return out
 

@@ -35,7 +35,7 @@ import shapely
 
 from urbanrep.bundle import CityBundle
 from urbanrep.errors import BundleError
-from urbanrep.osm import read_osm
+from urbanrep.osm import header_bbox, read_osm
 from urbanrep.regions import as_regions, make_regions, resolve_boundary
 from urbanrep.vocabulary import DEFAULT_VOCABULARY, load_vocabulary
 
@@ -95,25 +95,38 @@ def prepare_osm(
     """
     pbf = Path(pbf)
     vocab = load_vocabulary(vocabulary)
+    layers = ("pois", "roads", "landuse", *(("buildings",) if buildings else ()))
     user_polygons = isinstance(regions, gpd.GeoDataFrame) or not str(regions).startswith(("h3:", "square:"))
+    spec = as_regions(regions) if isinstance(regions, gpd.GeoDataFrame) else regions
+    osm = None
     if user_polygons and boundary is None and bbox is None:
-        gdf = make_regions(as_regions(regions) if isinstance(regions, gpd.GeoDataFrame) else regions,
-                           None, id_column)  # type: ignore[arg-type]
+        gdf = make_regions(spec, None, id_column)  # type: ignore[arg-type]
         area = resolve_boundary(boundary=gdf)
         area_note = "the regions themselves"
+    elif boundary is None and bbox is None and header_bbox(pbf) is None:
+        # No header bbox: cover what the extract holds (one read, then kept to the regions).
+        osm = read_osm(pbf, layers, vocabulary=vocab)
+        extent = osm.extent()
+        if extent is None:
+            raise BundleError(f"{pbf} holds no POI, road, land-use or building to cover; give --bbox or --boundary")
+        area = resolve_boundary(bbox=extent)
+        area_note = f"the extent of the features in {pbf.name} (its header has no bbox)"
+        gdf = make_regions(spec, area, id_column)
     else:
         area = resolve_boundary(boundary=boundary, bbox=bbox, pbf=pbf)
         area_note = (f"boundary file {boundary}" if isinstance(boundary, str | Path) else
                      "the boundary GeoDataFrame" if boundary is not None else
                      f"bbox {list(map(float, bbox.split(',') if isinstance(bbox, str) else bbox))}" if bbox is not None
                      else f"the header bbox of {pbf.name}")
-        gdf = make_regions(as_regions(regions) if isinstance(regions, gpd.GeoDataFrame) else regions, area, id_column)
+        gdf = make_regions(spec, area, id_column)
     if gdf.empty:
         raise BundleError(f"no region over {area_note}")
     gdf = gdf.reset_index(drop=True)
-    layers = ("pois", "roads", "landuse", *(("buildings",) if buildings else ()))
     cover = shapely.union_all(np.asarray(gdf.to_crs("EPSG:4326").geometry.values, dtype=object))
-    osm = read_osm(pbf, layers, boundary=cover, vocabulary=vocab)
+    if osm is None:
+        osm = read_osm(pbf, layers, boundary=cover, vocabulary=vocab)
+    else:
+        osm.keep_intersecting(cover)
     assert osm.pois is not None and osm.roads is not None and osm.landuse is not None
     landuse = osm.landuse.assign(osm_key="landuse")
     if buildings and osm.buildings is not None and len(osm.buildings):
@@ -284,10 +297,11 @@ def _interpolate(src: gpd.GeoDataFrame, regions: gpd.GeoDataFrame, cols: list[st
     elif not points.any():
         i, j = tree.query(geoms, predicate="intersects")
         inter = shapely.area(shapely.intersection(geoms[i], tree.geometries[j]))
-        if kind == "extensive":
-            weight = np.divide(inter, shapely.area(geoms[i]), out=np.zeros(len(i)), where=shapely.area(geoms[i]) > 0)
-        else:
-            weight = inter
+        src_area = shapely.area(geoms[i])
+        share = np.divide(inter, src_area, out=np.zeros(len(i)), where=src_area > 0)
+        # Overlaps below 1e-9 of a source polygon are reprojection noise along shared edges, not data.
+        share[share < 1e-9] = 0
+        weight = share if kind == "extensive" else np.where(share > 0, inter, 0)
         method = ("area-weighted sum (each source value split by the share of its area in the region)"
                   if kind == "extensive" else "area-weighted mean of the overlapping source polygons")
     else:

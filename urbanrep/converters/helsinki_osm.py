@@ -13,14 +13,19 @@ grid have no OSM data); ``region_id`` is the grid ``id``. The regions keep the g
 Layers (read by :func:`urbanrep.osm.read_osm`, see there for the rules):
 
 * ``pois``: nodes and areas tagged amenity/shop/tourism/leisure/historic/office/craft/
-  healthcare, ``category`` = ``"key=value"``;
-* ``roads``: ``highway=*`` ways clipped to the located nodes of the extract, ``class`` = value;
-* ``landuse``: ``landuse=*`` areas with ``class`` = the value, **plus building footprints**
-  with ``class`` = ``"building:<value>"``. Buildings go in the land-use layer because they are
+  healthcare, ``category`` = the class of the shipped vocabulary ``urbanrep-osm``
+  (:mod:`urbanrep.vocabulary`; the tag stays in ``osm_tag``);
+* ``roads``: ``highway=*`` ways clipped to the located nodes of the extract, ``class`` = the
+  vocabulary's road class;
+* ``landuse``: ``landuse=*`` areas with ``class`` = the vocabulary's land-use class, **plus
+  building footprints** with ``class`` = ``building_*`` (the vocabulary's building classes). Buildings go in the land-use layer because they are
   polygons describing what the ground is used for, and the bundle has no building layer.
   Building footprints lie inside land-use polygons, so per-class area shares computed from
-  this layer overlap and need not sum to one; an ETL that wants them apart splits on the
-  ``"building:"`` prefix (the ``osm_key`` column says ``landuse`` or ``building`` as well).
+  this layer overlap and need not sum to one; the ``osm_key`` column says ``landuse`` or
+  ``building``.
+
+The bundle fixes its class lists to the vocabulary (``categories``), so its feature columns are
+those of every city prepared with ``urbanrep prepare osm`` and of Singapore.
 
 Target: ``population`` (residents per cell, 2020).
 """
@@ -39,8 +44,10 @@ from urbanrep.bundle import CityBundle
 from urbanrep.converters._common import long_targets, read_vector, require_columns
 from urbanrep.errors import BundleError
 from urbanrep.osm import read_osm
+from urbanrep.vocabulary import load_vocabulary
 
 NAME = "helsinki_osm"
+VOCABULARY = "urbanrep-osm/1"
 PBF = "Helsinki.osm.pbf"
 GRID = "helsinki_population_grid_2020.gpkg"
 PROVENANCE_BASE: dict[str, Any] = {
@@ -50,9 +57,9 @@ PROVENANCE_BASE: dict[str, Any] = {
     "licences": {"OpenStreetMap": "ODbL 1.0, (c) OpenStreetMap contributors", "HSY population grid": "CC BY 4.0"},
     "layer_rules": {
         "pois": "nodes and areas with amenity/shop/tourism/leisure/historic/office/craft/healthcare; "
-                "category = key=value of the first of those keys; areas as point_on_surface",
-        "roads": "highway=* ways as LineStrings clipped to the extract's located nodes; class = highway value",
-        "landuse": "landuse=* areas (class = value) and building=* areas (class = 'building:<value>'); "
+                "category = vocabulary class (osm_tag keeps key=value); areas as point_on_surface",
+        "roads": "highway=* ways as LineStrings clipped to the extract's located nodes; class = vocabulary class",
+        "landuse": "landuse=* areas and building=* areas (building_* classes), class = vocabulary class; "
                    "buildings overlap land-use polygons",
     },
     "targets": {"population": "residents per 250 m cell, 2020 (HSY)"},
@@ -76,7 +83,7 @@ def read_regions(src: Path, bbox: tuple[float, float, float, float]) -> tuple[gp
 
 def convert(src: Path) -> CityBundle:
     """Build the Helsinki bundle from ``<data root>/helsinki_osm``."""
-    osm = read_osm(src / PBF)
+    osm = read_osm(src / PBF, vocabulary=VOCABULARY)
     if osm.bbox is None:
         raise BundleError(f"{src / PBF} has no bounding box in its header; cannot choose the grid cells it covers")
     cells, n_grid = read_regions(src, osm.bbox)
@@ -92,8 +99,11 @@ def convert(src: Path) -> CityBundle:
         "extract_bbox_lonlat": list(osm.bbox),
         "regions": f"{len(cells)} of the {n_grid} grid cells intersect the extract bbox; the others are not used",
         "osm_counts": osm.stats,
+        "vocabulary": VOCABULARY,
+        "unmapped_tags": osm.unmapped,
         "targets_left_out": left_out,
     }
     return CityBundle(name=NAME, regions=cells[["region_id", "geometry"]], pois=osm.pois, roads=osm.roads,
                       landuse=gpd.GeoDataFrame(landuse, geometry="geometry", crs=osm.landuse.crs),
-                      targets=targets, provenance=provenance)
+                      targets=targets, provenance=provenance,
+                      categories=load_vocabulary(VOCABULARY).categories(["pois", "landuse", "roads"]))

@@ -12,7 +12,9 @@ Source folder layout (``<data root>/sao_paulo``)::
 
 Layers:
 
-* ``roads`` - ``highway=*`` ways of the pbf (see :mod:`urbanrep.osm`). The extract also
+* ``roads`` - ``highway=*`` ways of the pbf (see :mod:`urbanrep.osm`), ``class`` = the road
+  class of the shipped vocabulary ``urbanrep-osm`` (the bundle fixes its road columns to that
+  vocabulary, like every city prepared with ``urbanrep prepare osm``). The extract also
   holds 28 POI-tagged objects (fuel stations, malls, parking...), incidental to a road-only
   extract; they are not a POI census and no ``pois`` layer is made (the count is in the
   provenance).
@@ -52,10 +54,12 @@ from urbanrep.converters._common import (
 )
 from urbanrep.errors import BundleError
 from urbanrep.osm import read_osm
+from urbanrep.vocabulary import load_vocabulary
 
 log = logging.getLogger(__name__)
 
 NAME = "sao_paulo"
+VOCABULARY = "urbanrep-osm/1"
 HEX_ZIP = "spo_hexgrid_EPSG32723.gpkg.zip"
 HEX_GPKG = "spo_hexgrid_EPSG32723.gpkg"
 HEX_CSV = "spo_hexgrid.csv"
@@ -224,7 +228,7 @@ def convert(src: Path) -> CityBundle:
     table = read_table(src / HEX_CSV, ["id", *TARGETS.values()], dtype={"id": str})
     table, join = restrict_to_regions(table, "id", ids, HEX_CSV)
     targets, left_out = long_targets(table, "id", TARGETS)
-    osm = read_osm(src / PBF, layers=("pois", "roads"))
+    osm = read_osm(src / PBF, layers=("pois", "roads"), vocabulary=VOCABULARY)
     if osm.roads is None or osm.pois is None:
         raise BundleError(f"{src / PBF}: the OSM reader returned no roads/pois layer")
     trips, trip_counts = read_transit_trips(src / GTFS)
@@ -233,8 +237,9 @@ def convert(src: Path) -> CityBundle:
         "joins": {HEX_CSV: join},
         "targets_left_out": left_out,
         "osm_counts": osm.stats,
+        "vocabulary": VOCABULARY,
         "pois_not_used": f"{len(osm.pois)} POI-tagged objects in the road-only extract; no pois layer made",
         "gtfs_counts": trip_counts,
     }
     return CityBundle(name=NAME, regions=regions, roads=osm.roads, trips=trips, targets=targets,
-                      provenance=provenance)
+                      provenance=provenance, categories=load_vocabulary(VOCABULARY).categories(["roads"]))

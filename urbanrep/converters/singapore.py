@@ -9,7 +9,13 @@ Subzone names are not unique (islands such as Sudong or the Southern Group are s
 several polygons, 53 rows share 15 names), so ``region_id`` is the row index 0..373 of the gpkg
 and the name is kept as the ``name`` column of the regions.
 
-POIs become the raw ``pois`` layer with ``category`` = ``fclass`` (``code`` kept as well).
+POIs become the raw ``pois`` layer with ``category`` = the class of the shipped vocabulary
+``urbanrep-osm`` that the Geofabrik ``fclass`` maps to (:mod:`urbanrep.vocabulary`; ``fclass``
+and ``code`` are kept as columns), and the bundle fixes its POI columns to that vocabulary's
+classes, so that Singapore, Helsinki and any city prepared with ``urbanrep prepare osm`` share
+feature columns (a model trained on one embeds the others). Classes the vocabulary does not map
+(towers, lighthouses: ``man_made`` objects, 39 points) are left out and counted per ``fclass``
+in the provenance.
 
 Targets:
 
@@ -34,8 +40,10 @@ import pandas as pd
 
 from urbanrep.bundle import CityBundle
 from urbanrep.converters._common import long_targets, read_vector, require_columns
+from urbanrep.vocabulary import load_vocabulary
 
 NAME = "singapore"
+VOCABULARY = "urbanrep-osm/1"
 SUBZONES = "converted_singapore_subzones_374.gpkg"
 POIS = "converted_singapore_poi_4347.gpkg"
 LANDUSE_COLS = [f"land_use_{i}" for i in range(5)]
@@ -65,15 +73,22 @@ def read_regions(src: Path) -> gpd.GeoDataFrame:
     return out
 
 
-def read_pois(src: Path) -> gpd.GeoDataFrame:
-    """The POI points, ``category`` = Geofabrik ``fclass``."""
+def read_pois(src: Path) -> tuple[gpd.GeoDataFrame, dict[str, int]]:
+    """The POI points with ``category`` = vocabulary class of the Geofabrik ``fclass``.
+
+    Returns:
+        ``(pois, unmapped)``: the mapped points and, per ``fclass``, the points left out.
+    """
     path = src / POIS
     gdf = read_vector(path)
     require_columns(gdf, ["fclass"], str(path))
-    cols: dict[str, Any] = {"category": gdf["fclass"].astype(str).to_numpy()}
+    fclass = gdf["fclass"].astype(str).to_numpy()
+    classes, unmapped = load_vocabulary(VOCABULARY).layer("pois").map_fclass(fclass)
+    keep = np.array([c is not None for c in classes], dtype=bool)
+    cols: dict[str, Any] = {"category": np.asarray(classes, dtype=object)[keep], "fclass": fclass[keep]}
     if "code" in gdf.columns:
-        cols["code"] = gdf["code"].to_numpy()
-    return gpd.GeoDataFrame(cols, geometry=gdf.geometry.to_numpy(), crs=gdf.crs)
+        cols["code"] = gdf["code"].to_numpy()[keep]
+    return gpd.GeoDataFrame(cols, geometry=gdf.geometry.to_numpy()[keep], crs=gdf.crs), dict(unmapped.most_common())
 
 
 def convert(src: Path) -> CityBundle:
@@ -92,6 +107,10 @@ def convert(src: Path) -> CityBundle:
         "population_zeros_kept": int((subzones["population"] == 0).sum()),
         "target_counts": {"population": len(pop), "landuse_shares": int(has_lu.sum())},
     }
-    return CityBundle(name=NAME, regions=regions, pois=read_pois(src),
+    pois, unmapped = read_pois(src)
+    provenance["vocabulary"] = VOCABULARY
+    provenance["pois_unmapped_by_fclass"] = unmapped
+    return CityBundle(name=NAME, regions=regions, pois=pois,
+                      categories=load_vocabulary(VOCABULARY).categories(["pois"]),
                       targets=pd.concat([pop, lu], ignore_index=True),
                       target_groups={"landuse_shares": list(LANDUSE_TARGETS)}, provenance=provenance)

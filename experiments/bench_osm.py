@@ -1,0 +1,83 @@
+"""Speed of the streaming OpenStreetMap reader (urbanrep.osm.read_osm) on the extracts in the data root.
+
+For each extract: the number of nodes, ways and relations in the file (one bare osmium pass,
+not timed with the reader), then the best of ``--repeat`` timed :func:`read_osm` passes with
+every layer and the vocabulary, and ``urbanrep prepare osm``'s whole path (regions h3:9 +
+read + bundle) once. Prints file nodes per second, POIs per second and the wall times.
+
+    python -m experiments.bench_osm [--data-root DIR] [--repeat 3] [PBF ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from urbanrep.datasets import resolve_data_root
+
+DEFAULT = ("helsinki_osm/Helsinki.osm.pbf", "sao_paulo/spo_osm.pbf")
+
+
+def count_objects(path: Path) -> dict[str, int]:
+    """Nodes, ways and relations in the file (osmium, no location cache)."""
+    import osmium
+
+    class Counter(osmium.SimpleHandler):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = self.w = self.r = 0
+
+        def node(self, _: object) -> None:
+            self.n += 1
+
+        def way(self, _: object) -> None:
+            self.w += 1
+
+        def relation(self, _: object) -> None:
+            self.r += 1
+
+    c = Counter()
+    c.apply_file(str(path))
+    return {"nodes": c.n, "ways": c.w, "relations": c.r}
+
+
+def bench(path: Path, repeat: int) -> dict[str, float]:
+    from urbanrep.osm import read_osm
+    from urbanrep.prepare import prepare_osm
+
+    counts = count_objects(path)
+    best = float("inf")
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = read_osm(path, vocabulary="urbanrep-osm")
+        best = min(best, time.perf_counter() - t0)
+    assert out is not None and out.pois is not None and out.roads is not None
+    t0 = time.perf_counter()
+    bundle = prepare_osm(path, "h3:9")
+    prep = time.perf_counter() - t0
+    return {**counts, "bytes": path.stat().st_size, "read_s": best, "nodes_per_s": counts["nodes"] / best,
+            "pois": len(out.pois), "pois_per_s": len(out.pois) / best, "roads": len(out.roads),
+            "prepare_h3_9_s": prep, "regions": len(bundle.regions)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("pbf", nargs="*", help="extracts (default: the ones in the data root)")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    root = resolve_data_root(args.data_root)
+    paths = [Path(p) for p in args.pbf] or [root / p for p in DEFAULT if (root / p).exists()]
+    print("| extract | MB | nodes | ways | relations | read_osm s | file nodes/s | POIs | POIs/s | prepare h3:9 s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        r = bench(path, args.repeat)
+        print(f"| {path.name} | {r['bytes'] / 1e6:.2f} | {r['nodes']:,} | {r['ways']:,} | {r['relations']:,} | "
+              f"{r['read_s']:.3f} | {r['nodes_per_s']:,.0f} | {r['pois']:,} | {r['pois_per_s']:,.0f} | "
+              f"{r['prepare_h3_9_s']:.2f} ({r['regions']} regions) |")
+
+
+if __name__ == "__main__":
+    main()
