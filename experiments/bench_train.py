@@ -101,7 +101,7 @@ def run_one(num_regions: int, epochs: int, threads: int, modalities: tuple[str, 
     logger.setLevel(logging.INFO)
     t1 = time.perf_counter()
     res = train(data, ModelConfig(checkpoint_experts=checkpoint_experts),
-                TrainConfig(epochs=epochs, device="cpu", log_every=1, seed=seed))
+                TrainConfig(epochs=epochs, device="cpu", log_every=1, seed=seed, num_threads=threads))
     wall = time.perf_counter() - t1
     logger.removeHandler(clock)
     stamps = [t1, *clock.stamps]

@@ -280,3 +280,53 @@ def test_train_on_gpu_with_amp(synth):
     assert np.isfinite(res.embeddings).all() and res.embeddings.dtype == np.float32
     assert next(res.model.parameters()).is_cuda
     assert not synth["region"].pos.is_cuda  # the caller's graph stays where it was
+
+
+def test_thread_choice(synth, monkeypatch):
+    """One thread for small graphs, OMP_NUM_THREADS and train.num_threads respected, the load caps big graphs."""
+    import urbanrep.train as tr
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads, why = tr.choose_threads(synth, TrainConfig(), cpu)
+    assert threads == 1 and "too small" in why
+    assert tr.choose_threads(synth, TrainConfig(num_threads=3), cpu) == (3, "train.num_threads=3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert tr.choose_threads(synth, TrainConfig(), cpu) == (0, "OMP_NUM_THREADS=2")  # 0: torch's setting stays
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(tr, "SMALL_GRAPH_WORK", 1)
+    monkeypatch.setattr(tr, "_free_cores", lambda: (8, 6.6))  # 8 cores, 6.6 busy: 1 free (+ rounding)
+    assert tr.choose_threads(synth, TrainConfig(), cpu)[0] == min(torch.get_num_threads(), 1)
+    monkeypatch.setattr(tr, "_free_cores", lambda: (8, 0.2))
+    threads, why = tr.choose_threads(synth, TrainConfig(), cpu)
+    assert threads == min(torch.get_num_threads(), 8) and "load average 0.2" in why
+
+
+def test_progress_lines_carry_an_eta(synth, monkeypatch, caplog):
+    """A line at epoch 1, whenever LOG_INTERVAL_S has passed, and at the end; each with s/epoch and ETA."""
+    import logging
+
+    import urbanrep.train as tr
+
+    caplog.set_level(logging.INFO, logger="urbanrep.train")
+    monkeypatch.setattr(tr, "LOG_INTERVAL_S", 0.0)  # every epoch is "10 s later"
+    train(synth, SMALL, dataclasses.replace(FAST, epochs=3, num_threads=1))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("s/epoch" in line and "ETA" in line for line in lines) and lines[-1].endswith("ETA 0 s")
+    chosen = [r.getMessage() for r in caplog.records if "torch thread" in r.getMessage()]
+    assert chosen and "train.num_threads=1" in chosen[0]
+    assert tr.format_seconds(42) == "42 s" and tr.format_seconds(185) == "3 min 05 s"
+    assert tr.format_seconds(3720) == "1 h 02 min"
+
+
+def test_progress_logging_shows_info_lines_without_logging_setup():
+    """From Python with no logging configured, progress_logging (UrbanRep.fit's default) prints to stderr."""
+    import subprocess
+    import sys
+
+    code = ("import logging\nfrom urbanrep.progress import progress_logging\n"
+            "with progress_logging():\n    logging.getLogger('urbanrep.train').info('epoch 1/3 ETA 2 s')\n"
+            "logging.getLogger('urbanrep.train').info('after')\n")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "urbanrep: epoch 1/3 ETA 2 s" in err and "after" not in err

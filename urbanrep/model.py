@@ -40,6 +40,7 @@ from urbanrep.graphs import build_graph
 from urbanrep.graphs.schema import REGION, feature_key
 from urbanrep.minibatch import MiniBatchConfig, embed_minibatch
 from urbanrep.network import RegionModel
+from urbanrep.progress import progress_logging
 from urbanrep.runconfig import CONFIG_FILE, RunConfig, read_run_config
 from urbanrep.train import (
     EMBEDDINGS,
@@ -163,7 +164,7 @@ class UrbanRep:
         return build_graph(bundle, self.config.graph)
 
     def fit(self, bundle: CityBundle | HeteroData, run_dir: str | Path | None = None, resume: bool = False,
-            nproc: int = 1) -> UrbanRep:
+            nproc: int = 1, progress: bool = True) -> UrbanRep:
         """Build the graph of ``bundle`` (or take a prebuilt graph) and train on it.
 
         ``config.train.mode`` picks full-graph (default) or neighbour-sampled mini-batch
@@ -179,6 +180,9 @@ class UrbanRep:
             nproc: Train data-parallel in this many local processes (mini-batch mode only; on
                 CUDA one per GPU, at most ``torch.cuda.device_count()``). The trained model is
                 read back from ``run_dir`` onto the CPU.
+            progress: Print the training progress (epochs, s/epoch, ETA) and the thread choice
+                to stderr as the CLI does, unless logging is configured already (then the
+                ``urbanrep`` log records go where it says).
 
         Returns:
             ``self``.
@@ -186,19 +190,20 @@ class UrbanRep:
         Raises:
             ConfigError: ``nproc > 1`` without ``train.mode=minibatch``, or more processes than GPUs.
         """
-        if isinstance(bundle, HeteroData):
-            data, report = bundle, None
-        else:
-            data, report = self.build_graph(bundle)
-        if nproc > 1:
-            self.result_ = self._fit_spawned(data, run_dir, resume, nproc)
-        else:
-            if run_dir is not None:
-                claim_folder(run_dir, RUN, keep=True)  # never a folder holding foreign files
-                if _is_main_process():
-                    self._write_config(run_dir)
-            self.result_ = train(data, self.config.model, self.config.train, run_dir=run_dir, resume=resume,
-                                 minibatch_config=self.config.minibatch)
+        with progress_logging(progress):
+            if isinstance(bundle, HeteroData):
+                data, report = bundle, None
+            else:
+                data, report = self.build_graph(bundle)
+            if nproc > 1:
+                self.result_ = self._fit_spawned(data, run_dir, resume, nproc)
+            else:
+                if run_dir is not None:
+                    claim_folder(run_dir, RUN, keep=True)  # never a folder holding foreign files
+                    if _is_main_process():
+                        self._write_config(run_dir)
+                self.result_ = train(data, self.config.model, self.config.train, run_dir=run_dir, resume=resume,
+                                     minibatch_config=self.config.minibatch)
         self.model_ = self.result_.model
         self.graph_, self.graph_report_ = data, report
         return self

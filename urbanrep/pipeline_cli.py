@@ -38,7 +38,9 @@ def _default_run_dir(dataset: str | None) -> Path:
 def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Any:
     from urbanrep.runconfig import load_run_config
 
-    return load_run_config(getattr(args, "config", None), [*(getattr(args, "set", None) or []), *(extra or [])])
+    threads = [f"train.num_threads={args.threads}"] if getattr(args, "threads", None) else []
+    return load_run_config(getattr(args, "config", None),
+                           [*(getattr(args, "set", None) or []), *threads, *(extra or [])])
 
 
 def _tqdm_reporter(stage: str, total: int | None) -> Any:
@@ -228,6 +230,13 @@ def _add_nproc_arg(p: argparse.ArgumentParser) -> None:
                         "--set train.mode=minibatch. Under torchrun leave it out")
 
 
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads for training (= --set train.num_threads=N). Default: OMP_NUM_THREADS when "
+                        "set, else 1 for graphs too small for more to pay (every benchmark city), else the "
+                        "cores the load average leaves free; the log says what was chosen")
+
+
 def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the pipeline subcommands on the main parser."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -249,6 +258,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     add_overwrite_arg(p, "training outputs (and the evaluation and export made from them)")
     _add_nproc_arg(p)
+    _add_threads_arg(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
@@ -289,6 +299,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p.add_argument("--resume", action="store_true", help="continue training from the newest checkpoint in --out")
     add_overwrite_arg(p, "run")
     _add_nproc_arg(p)
+    _add_threads_arg(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_run)
 

@@ -9,15 +9,20 @@ Library stages open a bar around their long loops::
 
 By default nothing is shown. The CLI installs a reporter (tqdm bars with the stage name and an
 ETA when stderr is a terminal) through :func:`set_reporter`; tests and notebooks may install
-their own.
+their own. Long stages also log progress lines (training: epochs, s/epoch, ETA, at least every
+10 s); :func:`progress_logging` shows them on stderr from Python when the caller has configured no
+logging (``UrbanRep.fit`` does that by default).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-__all__ = ["ProgressBar", "set_reporter", "start_progress"]
+__all__ = ["ProgressBar", "progress_logging", "set_reporter", "start_progress"]
 
 
 class ProgressBar(Protocol):
@@ -53,3 +58,26 @@ def start_progress(stage: str, total: int | None = None) -> ProgressBar:
     """A progress bar for ``stage`` with ``total`` steps (None: unknown); the caller closes it."""
     return _reporter(stage, total) if _reporter is not None else _Silent()
 
+
+
+@contextlib.contextmanager
+def progress_logging(enabled: bool = True) -> Iterator[None]:
+    """Show urbanrep's INFO log lines (progress, ETA, choices made) on stderr for the duration.
+
+    Does nothing when ``enabled`` is False or when logging is already configured for the
+    ``urbanrep`` logger or the root logger (the caller's handlers and levels then decide).
+    """
+    logger = logging.getLogger("urbanrep")
+    if not enabled or logger.hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("urbanrep: %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
