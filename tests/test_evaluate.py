@@ -586,3 +586,23 @@ def test_benchmark_targets_relative_to_best_raw() -> None:
     assert paper["met"] and paper["gap"] == pytest.approx(0.1)
     assert strict["reference"] == {"baseline": "raw_poi", "value": 0.66}  # raw baselines only, not GURPP
     assert not strict["met"] and strict["required"] == pytest.approx(0.71)
+
+
+@pytest.mark.parametrize(("name", "folds"), [("hafusion", 10), ("mgfn", 5), ("mtgc", 5)])
+def test_peer_protocols_reproduce_the_published_scorers(name: str, folds: int) -> None:
+    """--protocol hafusion|mgfn|mtgc = the peers' tasks.py: Ridge(1), unshuffled KFold(k), clip at 0, pooled R²."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import KFold
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(180, 8))
+    y = np.clip(x @ rng.normal(size=8) * 10 + rng.normal(size=180) * 5, 0, None)
+    config = EvalConfig(protocol=name)
+    assert config.n_folds == folds and config.clip and config.repeat_seeds == (0,)
+    assert "unshuffled" in config.describe() and name in config.as_dict()["protocol"]
+    ours = regression_mod.oof_predictions_array(x, y, config)[0]
+    theirs = np.concatenate([Ridge(alpha=1).fit(x[tr], y[tr]).predict(x[te]) for tr, te in KFold(folds).split(x)])
+    theirs[theirs < 0] = 0
+    np.testing.assert_allclose(ours, theirs)
+    assert regression_mod.regression_metrics(y, ours[None])["r2"] == pytest.approx(r2_score(y, theirs))

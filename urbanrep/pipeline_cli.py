@@ -275,8 +275,10 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p = sub.add_parser("evaluate", help="downstream regression and clustering of a run's embeddings",
                        description="Evaluate run_dir/embeddings.parquet on the city's targets and labels.")
     _add_run_folder_args(p, "holding embeddings.parquet")
-    p.add_argument("--protocol", choices=["strict", "paper"], default=None,
-                   help="strict (default: repeated shuffled k-fold, inner-CV alpha) or paper (published setting)")
+    p.add_argument("--protocol", choices=["strict", "paper", "hafusion", "mgfn", "mtgc"], default=None,
+                   help="strict (default: repeated shuffled k-fold, inner-CV alpha), paper (the published NYC-180 "
+                        "setting) or a peer's published scorer: hafusion (Ridge(1), unshuffled KFold(10), clip "
+                        "at 0), mgfn or mtgc (the same with KFold(5); KMeans(12, random_state=3))")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     _add_config_args(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -36,7 +36,7 @@ def cluster_scores(x: np.ndarray, labels: np.ndarray, config: EvalConfig) -> dic
                               "set EvalConfig.n_clusters or check the labels")
     if len(labels) <= k:
         raise EvaluationError(f"{len(labels)} labelled regions cannot form {k} clusters; set EvalConfig.n_clusters lower")
-    seeds = (config.cluster_seed,) if config.protocol == "paper" else config.seeds
+    seeds = (config.cluster_seed,) if config.published else config.seeds
     nmi, ari = [], []
     for seed in seeds:
         pred = KMeans(k, random_state=seed, n_init=config.cluster_n_init).fit_predict(x)

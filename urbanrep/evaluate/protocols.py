@@ -16,6 +16,15 @@ Two protocols are built in:
     inside one sklearn :class:`~sklearn.pipeline.Pipeline`; pooled out-of-fold metrics per
     repeat, reported as mean and standard deviation over the repeats.
 
+Named peer protocols reproduce each published scorer of this benchmark exactly (read from the
+peers' public ``tasks.py``): ``"hafusion"`` (HAFusion, ICDE 2024: ``Ridge(alpha=1)``, unshuffled
+``KFold(10)``, negative predictions clipped to 0, pooled out-of-fold metrics; it publishes no
+clustering, so ``KMeans(12, random_state=3, n_init=10)`` as its peers), ``"mgfn"`` (MGFN, IJCAI
+2022: the same with unshuffled ``KFold(5)``; ``KMeans(12, random_state=3)``) and ``"mtgc"`` (MTGC:
+as MGFN, ``KMeans(12, random_state=3, n_init=10)``). None of them shuffles, drops zero-valued
+targets or scales the embedding. ``"paper"`` is the HAFusion setting. Every published protocol
+runs once (no repeats), so it reports no standard deviation.
+
 Optional spatial-block folds (``spatial_blocks=k``) group regions into ``k`` blocks by
 ``KMeans`` on their centroids (metric CRS) and split with ``GroupKFold``, so that no test region
 has its block-mates in the training fold.
@@ -40,7 +49,28 @@ from sklearn.preprocessing import StandardScaler
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.evaluate.softmax import SoftmaxRegression, neg_kl_scorer
 
-PROTOCOLS: tuple[str, ...] = ("strict", "paper")
+PROTOCOLS: tuple[str, ...] = ("strict", "paper", "hafusion", "mgfn", "mtgc")
+#: Outer folds of each published protocol (all unshuffled ``KFold``).
+PUBLISHED_FOLDS: dict[str, int] = {"paper": 10, "hafusion": 10, "mgfn": 5, "mtgc": 5}
+#: Each protocol in words (the report and ``--help`` show them).
+PROTOCOL_TEXT: dict[str, str] = {
+    "strict": "shuffled {folds}-fold cross-validation repeated over {repeats} seeds; a StandardScaler and "
+              "the ridge alpha (RidgeCV) are fit on the training folds only; negative predictions {clip}; "
+              "R², MAE and RMSE on the pooled out-of-fold predictions of each repeat, mean and standard "
+              "deviation over the repeats",
+    "paper": "the published NYC-180 setting (HAFusion): Ridge(alpha=1) on the raw embedding, unshuffled "
+             "{folds}-fold cross-validation, run once; negative predictions {clip}; R², MAE and RMSE on the "
+             "pooled out-of-fold predictions",
+    "hafusion": "HAFusion's scorer (ICDE 2024, tasks_NY): Ridge(alpha=1) on the raw embedding, unshuffled "
+                "{folds}-fold cross-validation, run once; negative predictions {clip}; R², MAE and RMSE on the "
+                "pooled out-of-fold predictions",
+    "mgfn": "MGFN's scorer (IJCAI 2022, tasks.py): Ridge(alpha=1) on the raw embedding, unshuffled {folds}-fold "
+            "cross-validation, run once; negative predictions {clip}; R², MAE and RMSE on the pooled "
+            "out-of-fold predictions; KMeans(12, random_state=3) against the community districts",
+    "mtgc": "MTGC's scorer (tasks.py): Ridge(alpha=1) on the raw embedding, unshuffled {folds}-fold "
+            "cross-validation, run once; negative predictions {clip}; R², MAE and RMSE on the pooled "
+            "out-of-fold predictions; KMeans(12, random_state=3, n_init=10) against the community districts",
+}
 REGRESSORS: tuple[str, ...] = ("ridge", "lasso", "rf", "mlp")
 LANDUSE_MODELS: tuple[str, ...] = ("softmax", "ridge", "mlp")
 #: Default ridge grid of the strict protocol (inner CV on the training fold).
@@ -58,7 +88,8 @@ class EvalConfig:
     """How embeddings are evaluated; mirrors :func:`urbanrep.evaluate.evaluate_embeddings`.
 
     Attributes:
-        protocol: ``"strict"`` (default) or ``"paper"`` (see the module docstring).
+        protocol: ``"strict"`` (default), ``"paper"`` or a peer's published scorer,
+            ``"hafusion"``, ``"mgfn"`` or ``"mtgc"`` (see the module docstring).
         regressors: Probes to run, from :data:`REGRESSORS`. The first one fills ``"tasks"`` in
             the report; every one of them appears under ``"probes"``.
         folds: Outer folds; ``None`` = protocol default (paper 10, strict 5).
@@ -141,21 +172,35 @@ class EvalConfig:
             raise ConfigError("EvalConfig.alphas and softmax_alphas must be non-empty grids of positive values")
 
     @property
+    def published(self) -> bool:
+        """A published scorer (``paper`` or a peer's): bare ridge, unshuffled folds, one run."""
+        return self.protocol in PUBLISHED_FOLDS
+
+    @property
     def n_folds(self) -> int:
         """Outer folds after applying the protocol default."""
         if self.folds is not None:
             return self.folds
-        return 10 if self.protocol == "paper" else 5
+        return PUBLISHED_FOLDS.get(self.protocol, 5)
 
     @property
     def repeat_seeds(self) -> tuple[int, ...]:
-        """One seed per repeat: the configured seeds (strict) or a single 0 (paper)."""
-        return (0,) if self.protocol == "paper" else self.seeds
+        """One seed per repeat: the configured seeds (strict) or a single 0 (published protocols)."""
+        return (0,) if self.published else self.seeds
 
     @property
     def clip(self) -> bool:
         """Whether negative predictions are set to 0."""
-        return self.protocol == "paper" if self.clip_negative is None else self.clip_negative
+        return self.published if self.clip_negative is None else self.clip_negative
+
+    def describe(self) -> str:
+        """The protocol in words, with this configuration's folds, repeats and clipping."""
+        text = PROTOCOL_TEXT[self.protocol].format(
+            folds=self.n_folds, repeats=len(self.repeat_seeds),
+            clip="are set to 0" if self.clip else "are kept")
+        if self.spatial_blocks:
+            text += f"; folds keep {self.spatial_blocks} spatial blocks (KMeans on centroids) together"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view of the configuration (the report echoes it)."""
@@ -166,7 +211,7 @@ class EvalConfig:
             "clip_negative": self.clip, "n_clusters": self.n_clusters, "cluster_seed": self.cluster_seed,
             "cluster_n_init": self.cluster_n_init, "landuse_model": self.landuse_model,
             "softmax_alphas": list(self.softmax_alphas),
-            "kl_epsilon": self.kl_epsilon,
+            "kl_epsilon": self.kl_epsilon, "description": self.describe(),
         }
 
 
@@ -182,7 +227,7 @@ def make_regressor(name: str, config: EvalConfig, seed: int) -> BaseEstimator:
         An sklearn estimator (a :class:`~sklearn.pipeline.Pipeline` except for the bare paper ridge).
     """
     if name == "ridge":
-        if config.protocol == "paper":
+        if config.published:
             return Ridge(alpha=1.0 if config.ridge_alpha is None else config.ridge_alpha)
         if config.ridge_alpha is not None:
             return Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=config.ridge_alpha))])
@@ -207,7 +252,7 @@ def make_share_model(config: EvalConfig, seed: int) -> BaseEstimator:
     (:func:`urbanrep.evaluate.landuse.to_distribution`), a no-op for the softmax probe.
     """
     if config.landuse_model == "softmax":
-        if config.protocol == "paper":
+        if config.published:
             return SoftmaxRegression(alpha=1.0 if config.ridge_alpha is None else config.ridge_alpha)
         pipe = Pipeline([("scale", StandardScaler()), ("softmax", SoftmaxRegression())])
         return GridSearchCV(pipe, {"softmax__alpha": list(config.softmax_alphas)}, scoring=neg_kl_scorer,
@@ -258,11 +303,11 @@ def outer_splits(n: int, config: EvalConfig, seed: int,
         if len(np.unique(groups)) < k:
             raise EvaluationError(f"the regions with a value fall into {len(np.unique(groups))} spatial blocks, "
                                   f"fewer than {k} folds; raise EvalConfig.spatial_blocks or lower folds")
-        if config.protocol == "paper":
+        if config.published:
             splitter = GroupKFold(n_splits=k)
         else:
             splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
         return [(tr, te) for tr, te in splitter.split(idx, groups=groups)]
-    if config.protocol == "paper":
+    if config.published:
         return [(tr, te) for tr, te in KFold(k).split(idx)]
     return [(tr, te) for tr, te in KFold(k, shuffle=True, random_state=seed).split(idx)]
