@@ -379,15 +379,17 @@ def test_writer_and_reader_validate(real: RealData, tmp_path: Path) -> None:
     with pytest.raises(GraphError, match="schema_version"):
         save_graph(bad, report, tmp_path / "bad.pt")
     assert not (tmp_path / "bad.pt").exists()
-    torch.save(bad, tmp_path / "offschema.pt")  # written around save_graph
-    with pytest.raises(GraphError, match="schema_version"):
+    torch.save(bad, tmp_path / "offschema.pt")  # written around save_graph, as a legacy pickle
+    with pytest.raises(GraphError, match="trust-legacy-pickle"):
         load_graph(tmp_path / "offschema.pt")
+    with pytest.raises(GraphError, match="schema_version"):
+        load_graph(tmp_path / "offschema.pt", trust_legacy_pickle=True)
     (tmp_path / "corrupt.pt").write_bytes(b"not a torch file")
-    with pytest.raises(GraphError, match="cannot read"):
+    with pytest.raises(GraphError, match="not a region graph file"):
         load_graph(tmp_path / "corrupt.pt")
     torch.save({"a": torch.zeros(1)}, tmp_path / "dict.pt")
     with pytest.raises(GraphError, match="not a region graph"):
-        load_graph(tmp_path / "dict.pt")
+        load_graph(tmp_path / "dict.pt", trust_legacy_pickle=True)
     with pytest.raises(GraphError, match="does not exist"):
         load_graph(tmp_path / "missing.pt")
 

@@ -158,7 +158,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         from urbanrep.graphs.schema import graph_counts
 
         gpath = path if path.suffix == ".pt" else path / "graph.pt"
-        print(json.dumps(graph_counts(load_graph(gpath)), indent=2))
+        data = load_graph(gpath, trust_legacy_pickle=getattr(args, "trust_legacy_pickle", False))
+        print(json.dumps(graph_counts(data), indent=2))
         if path.is_dir():
             _print_run(path)
         return 0
@@ -169,15 +170,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _print_run(run_dir: Path) -> None:
-    import pandas as pd
+    from urbanrep.safe_files import read_json, read_parquet
 
-    emb = pd.read_parquet(run_dir / "embeddings.parquet")
+    emb = read_parquet(run_dir / "embeddings.parquet", "re-run training to rewrite it")
     print(f"run {run_dir}: {len(emb)} regions x {emb.shape[1] - 1} embedding dims")
     mpath = run_dir / "metrics.json"
     if mpath.exists():
         from urbanrep.pipeline_cli import print_metrics
 
-        print_metrics(json.loads(mpath.read_text()))
+        print_metrics(read_json(mpath, "re-run 'urbanrep evaluate' to rewrite it"))
     for p in sorted(run_dir.iterdir()):
         print(f"  {p.name}{'/' if p.is_dir() else ''}")
 
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarise a bundle, a graph file or a run folder")
     p.add_argument("path")
+    pipeline_cli.add_trust_legacy_pickle_arg(p)
     p.set_defaults(func=_cmd_info)
 
     pipeline_cli.add_commands(sub, _add_dataset_args)

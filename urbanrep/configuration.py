@@ -13,6 +13,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from urbanrep.errors import ConfigError
+from urbanrep.safe_files import one_line, read_text
 
 T = TypeVar("T")
 
@@ -98,7 +99,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "pass a YAML, TOML or JSON config file", ConfigError)
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -107,7 +108,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             data = yaml.safe_load(text) or {}
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+        raise ConfigError(f"cannot parse config file {path}: {one_line(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
@@ -120,7 +121,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=100")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not a YAML scalar ({one_line(exc, 120)})") from exc
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:

@@ -49,6 +49,7 @@ from urbanrep.folders import (
 from urbanrep.graphs import build_graph, load_graph, save_graph
 from urbanrep.model import UrbanRep, embed_graph
 from urbanrep.runconfig import RunConfig
+from urbanrep.safe_files import read_parquet
 from urbanrep.train import EMBEDDINGS, FUSION_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -161,13 +162,13 @@ def build_graph_file(bundle: CityBundle, out: str | Path, config: RunConfig | No
     return data, report
 
 
-def _read_graph(source: str | Path) -> HeteroData:
+def _read_graph(source: str | Path, trust_legacy_pickle: bool = False) -> HeteroData:
     path = Path(source)
     if path.is_dir():
         path = path / GRAPH_FILE
     if not path.exists():
         raise UrbanRepError(f"graph file {path} does not exist; write it with 'urbanrep build-graphs BUNDLE --out {path}'")
-    return load_graph(path)
+    return load_graph(path, trust_legacy_pickle=trust_legacy_pickle)
 
 
 def _memory_bytes() -> int | None:
@@ -221,7 +222,8 @@ def _is_worker_rank() -> bool:
 
 
 def train_stage(graph: HeteroData | str | Path, run_dir: str | Path | None, config: RunConfig | None = None,
-                resume: bool = False, nproc: int = 1, overwrite: bool = False) -> UrbanRep:
+                resume: bool = False, nproc: int = 1, overwrite: bool = False,
+                trust_legacy_pickle: bool = False) -> UrbanRep:
     """Train on a graph (object, ``.pt`` file or folder holding ``graph.pt``) into ``run_dir``.
 
     ``config.train.mode`` picks full-graph or mini-batch training; ``nproc > 1`` trains
@@ -229,9 +231,10 @@ def train_stage(graph: HeteroData | str | Path, run_dir: str | Path | None, conf
     ``run_dir`` must be new, empty or a run folder of urbanrep's; one that already holds a
     trained model needs ``resume`` (continue) or ``overwrite`` (start over, removing the earlier
     training, evaluation and export outputs). The folder is locked while training runs.
+    ``trust_legacy_pickle`` opens a graph file of urbanrep <= 0.1 (see :func:`~urbanrep.graphs.load_graph`).
     """
     check_model_size(config or RunConfig())
-    data = graph if isinstance(graph, HeteroData) else _read_graph(graph)
+    data = graph if isinstance(graph, HeteroData) else _read_graph(graph, trust_legacy_pickle)
     if run_dir is None or _is_worker_rank():
         return UrbanRep(config).fit(data, run_dir=run_dir, resume=resume, nproc=nproc)
     with owned_run_folder(run_dir, overwrite=overwrite, keep=resume, outputs=TRAIN_OUTPUTS) as folder:
@@ -349,13 +352,13 @@ def evaluate_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | 
 
     if json_path is not None:
         _check_json_target(Path(json_path))
-        emb = pd.read_parquet(path).set_index("region_id")
+        emb = read_parquet(path, "re-run training to rewrite it").set_index("region_id")
         result = run_evaluation(emb, bundle, config.evaluate)
         write_metrics(result.metrics, json_path)
         return result.metrics
     with owned_run_folder(run_dir, keep=True):
         remove_outputs(run_dir, EVAL_OUTPUTS)
-        emb = pd.read_parquet(path).set_index("region_id")
+        emb = read_parquet(path, "re-run training to rewrite it").set_index("region_id")
         result = run_evaluation(emb, bundle, config.evaluate)
         write_metrics(result.metrics, run_dir / METRICS_FILE)
         if len(result.predictions):  # every task skipped (too few regions): no predictions to write

@@ -118,7 +118,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UrbanRepError("--nproc spawns processes itself; under torchrun leave it out (torchrun's "
                             "--nproc_per_node sets the number of processes)")
     api = train_stage(args.graph, args.out, _config(args), resume=args.resume, nproc=args.nproc,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, trust_legacy_pickle=args.trust_legacy_pickle)
     res = api.result_
     assert res is not None
     if not _is_rank0():  # under torchrun: rank 0 reports
@@ -237,6 +237,14 @@ def _add_threads_arg(p: argparse.ArgumentParser) -> None:
                         "cores the load average leaves free; the log says what was chosen")
 
 
+def add_trust_legacy_pickle_arg(p: argparse.ArgumentParser) -> None:
+    """The opt-in for graph files of urbanrep <= 0.1 (pickles, which run code when opened)."""
+    p.add_argument("--trust-legacy-pickle", action="store_true",
+                   help="open a graph file written by urbanrep <= 0.1 (a pickle) by unpickling it. A pickle can run "
+                        "any code when opened: use this only for a file you wrote yourself, and rebuild it with "
+                        "'urbanrep build-graphs' to get a file that opens safely")
+
+
 def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the pipeline subcommands on the main parser."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -257,6 +265,7 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p.add_argument("--out", required=True, help="run folder for checkpoints, loss.csv, model.pt, embeddings")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     add_overwrite_arg(p, "training outputs (and the evaluation and export made from them)")
+    add_trust_legacy_pickle_arg(p)
     _add_nproc_arg(p)
     _add_threads_arg(p)
     _add_config_args(p)
@@ -306,4 +315,5 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p.set_defaults(func=_cmd_run)
 
 
-__all__ = ["UrbanRepError", "add_commands", "add_overwrite_arg", "install_progress", "print_metrics"]
+__all__ = ["UrbanRepError", "add_commands", "add_overwrite_arg", "add_trust_legacy_pickle_arg", "install_progress",
+           "print_metrics"]

@@ -143,11 +143,13 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     """The configuration a run folder was made with (``run_dir/config.json``)."""
     import json
 
+    from urbanrep.safe_files import read_text
+
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{path} does not exist; pass a run folder written by 'urbanrep run' or 'urbanrep train'")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "re-run training to rewrite it", ConfigError))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"cannot parse {path}: {exc}; re-run training to rewrite it") from exc
     return RunConfig.from_mapping(data, str(path))

@@ -60,6 +60,7 @@ from urbanrep.fusion.spatial import FusionConfig
 from urbanrep.graphs.schema import validate_graph
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
 from urbanrep.progress import start_progress
+from urbanrep.safe_files import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -419,11 +420,10 @@ def read_checkpoint(run_dir: Path, mc: ModelConfig, tc: TrainConfig, metadata: G
     path = latest_checkpoint(run_dir)
     if path is None:
         return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UrbanRepError(f"cannot read checkpoint {path}: {exc}; delete it to resume from the one before, "
-                            "or start a new run_dir") from exc
+    ckpt = load_weights_only(path, "checkpoint", "delete it to resume from the one before, or start a new run_dir")
+    if not isinstance(ckpt, dict):
+        raise UrbanRepError(f"checkpoint {path} holds a {type(ckpt).__name__}, not an urbanrep checkpoint; delete it "
+                            "to resume from the one before, or start a new run_dir")
     check_resumable(path, ckpt, mc, tc, metadata, num_regions)
     return path, ckpt
 
@@ -545,10 +545,10 @@ def load_model(path: str | Path, device: str = "cpu") -> RegionModel:
     path = Path(path)
     if not path.exists():
         raise UrbanRepError(f"model file {path} does not exist; train first (urbanrep train)")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise UrbanRepError(f"cannot read model file {path}: {exc}; retrain to recreate it") from exc
+    payload = load_weights_only(path, "model file", "retrain to recreate it", map_location=device)
+    if not isinstance(payload, dict) or not {"state_dict", "model_config", "metadata"} <= set(payload):
+        raise UrbanRepError(f"{path} is not an urbanrep model file (no state_dict / model_config / metadata); "
+                            "retrain to recreate it")
     model = RegionModel(model_config_from_dict(json.loads(payload["model_config"])),
                         GraphMetadata.from_dict(json.loads(payload["metadata"])))
     model.load_state_dict(payload["state_dict"])
