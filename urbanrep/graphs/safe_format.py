@@ -40,7 +40,7 @@ def _encode(value: Any, where: str) -> Any:
     if type(value) in _SCALARS:
         return value
     if type(value) is list:
-        return [_encode(v, where) for v in value]
+        return [v if type(v) in _SCALARS else _encode(v, where) for v in value]
     if type(value) is tuple:
         return {_TUPLE: [_encode(v, where) for v in value]}
     if type(value) is dict:
@@ -56,7 +56,7 @@ def _encode(value: Any, where: str) -> Any:
 
 def _decode(value: Any) -> Any:
     if type(value) is list:
-        return [_decode(v) for v in value]
+        return [_decode(v) if type(v) in (list, dict) else v for v in value]
     if type(value) is dict:
         if set(value) == {_TUPLE} and type(value[_TUPLE]) is list:
             return tuple(_decode(v) for v in value[_TUPLE])
