@@ -315,8 +315,8 @@ def _png_ok(path: Path, min_colors: int = 8) -> None:
 
 def test_figures(run_dir: Path, regions: gpd.GeoDataFrame, tmp_path: Path) -> None:
     figs = make_figures(run_dir, regions, out_dir=tmp_path / "figs")
-    expected = {"embedding_pca", "pred_vs_obs_crime", "pred_vs_obs_check_in", "loss",
-                *(f"fusion_weight_{m}" for m in MODALITIES)}
+    expected = {"embedding_pca", "pred_vs_obs_crime", "pred_vs_obs_check_in", "loss", "pred_map_crime",
+                "pred_map_check_in", *(f"fusion_weight_{m}" for m in MODALITIES)}
     assert set(figs) == expected
     for name, path in figs.items():
         assert path.parent == tmp_path / "figs" and path.suffix == ".png"
@@ -342,8 +342,11 @@ def test_report_html(run_dir: Path, regions: gpd.GeoDataFrame) -> None:
     assert f"{metrics['tasks']['check_in']['mae']:.1f}" in text
     assert "NMI" in text and "0.6100" in text and "strict" in text
     assert "hidden_channels" in text and "nyc_manhattan180" in text
-    assert text.count('src="data:image/png;base64,') == 9  # 1 PCA map + 5 weights + 2 scatters + loss
-    assert "http://" not in text and "https://" not in text and "<script" not in text
+    # 1 PCA map + 5 weights + 2 prediction/error maps + 2 scatters + loss
+    assert text.count('src="data:image/png;base64,') == 11
+    assert "http://" not in text and "https://" not in text and "<script src" not in text  # offline, no CDN
+    assert "unshuffled" not in text and "shuffled 5-fold" in text  # the strict protocol in words
+    assert "Interactive map" in text and text.count('<path data-i="') == 180
     assert (run_dir / "figures" / "embedding_pca.png").exists()
     linked = write_report(run_dir, regions, embed_images=False)
     assert 'src="figures/loss.png"' in linked.read_text(encoding="utf-8")
@@ -381,3 +384,71 @@ def test_report_renders_in_headless_chromium(run_dir: Path, regions: gpd.GeoData
         # the embedding map (saturated PCA colours) must be on screen: many strongly coloured pixels
         hsv = np.asarray(im.convert("HSV"))
         assert ((hsv[..., 1] > 120) & (hsv[..., 2] > 60)).sum() > 20_000, "no figure visible"
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium with the network off (every host unresolvable, proxy to a closed port)."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+           "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_report_scatter_r2_is_the_table_r2(run_dir: Path, regions: gpd.GeoDataFrame) -> None:
+    """One R² per target: the scatter titles carry metrics.json's R², not one of the averaged points."""
+    from urbanrep.export.maps import plot_predictions
+
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    reported = {"crime": {"r2": 0.123456, "r2_std": 0.01}}
+    titles: list[str] = []
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.set_title
+
+    def spy(self, label, *a, **k):  # type: ignore[no-untyped-def]
+        titles.append(label)
+        return real(self, label, *a, **k)
+
+    matplotlib.axes.Axes.set_title = spy  # type: ignore[method-assign]
+    try:
+        plot_predictions(preds, run_dir / "figs", reported)
+    finally:
+        matplotlib.axes.Axes.set_title = real  # type: ignore[method-assign]
+    assert any(t.startswith("crime: R² = 0.123 ± 0.010") for t in titles), titles
+
+
+def test_report_targets_flags_and_protocol(run_dir: Path, regions: gpd.GeoDataFrame, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    preds = pd.read_parquet(run / "predictions.parquet")
+    preds.loc[preds.index[:3], "predicted"] = -1.0  # three negative predictions of crime counts
+    preds.loc[preds.index[3], "observed"] = 0.0
+    preds.to_parquet(run / "predictions.parquet", index=False)
+    info = {"crime": {"definition": "crime records in the region", "unit": "crimes (count)", "kind": "count"}}
+    text = write_report(run, regions, targets=info).read_text(encoding="utf-8")
+    assert "crime records in the region" in text and "crimes (count)" in text
+    assert "3 of 180" in text and "3 out-of-fold prediction(s) are negative" in text
+    assert "crime: 1 region(s) have the value 0" in text
+
+
+def test_report_interactive_map_works_offline_in_headless_chromium(run_dir: Path, regions: gpd.GeoDataFrame,
+                                                                   tmp_path: Path) -> None:
+    """The report's map script runs with the network off and builds the hover panel of a region."""
+    if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        pytest.skip(f"{CHROMIUM} not found: install it with 'apt-get install -y chromium' to render the report")
+    report = write_report(run_dir, regions)
+    url = report.resolve().as_uri() + "#region=42"  # same handler as hovering region 42
+    proc = _chromium(tmp_path, "--dump-dom", url)
+    dom = proc.stdout
+    assert 'data-map-ready="1"' in dom, f"map script did not run (rc={proc.returncode}): {proc.stderr[-2000:]}"
+    panel = dom[dom.index('id="urbanrep-map-info"'):]
+    panel = panel[:panel.index("</div>")]
+    assert 'data-region="42"' in panel and "region 42" in panel
+    assert "crime" in panel and "check_in" in panel and "fusion weights" in panel and "mobility" in panel
+    assert 'class="hl"' in dom  # the hovered region is outlined
+    shot = tmp_path / "map.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,1400", url)
+    assert shot.exists()
+    if os.environ.get("URBANREP_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["URBANREP_KEEP_SCREENSHOT"])

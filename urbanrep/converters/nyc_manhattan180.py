@@ -35,6 +35,20 @@ PROVENANCE = {
                 "GURPP (github luck-seu, MIT)", "MTGC (github eugenia-cell)",
                 "NYC Open Data", "NYC TLC trip records", "Foursquare check-ins"],
     "excluded": list(LEAKY_FILES),
+    # What each target is, as the benchmark's publications describe it (shown in the HTML report).
+    "targets": {
+        "crime": {"definition": "crime records in the region (NYC Open Data; MVURE/MGFN label crime_counts_label)",
+                  "unit": "crimes (count)", "kind": "count"},
+        "check_in": {"definition": "Foursquare check-ins in the region (MVURE/MGFN label check_in_label)",
+                     "unit": "check-ins (count)", "kind": "count"},
+        "service_call": {"definition": "311 service requests from the region (NYC Open Data; HAFusion label "
+                                       "serviceCall_counts)", "unit": "calls (count)", "kind": "count"},
+        "carbon": {"definition": "carbon emission of the region as published by GURPP (carbon_counts); the "
+                                 "source does not state the unit or year", "unit": "as published (unstated)",
+                   "kind": "amount"},
+        "income": {"definition": "income of the region's residents as published by GURPP (income_counts); 0 "
+                                 "where the source has no value", "unit": "US dollars", "kind": "amount"},
+    },
 }
 
 

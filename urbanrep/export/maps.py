@@ -1,4 +1,10 @@
-"""Figures of a run: embedding map, fusion-weight maps, predicted vs observed, loss curve.
+"""Figures of a run: embedding map, fusion-weight maps, prediction and error maps, predicted vs
+observed, loss curve.
+
+Maps are drawn in a metric CRS (the regions' own, or their UTM zone when they are in degrees),
+with a scale bar and the CRS named in the corner. Scatter plots carry the R² that
+``metrics.json`` reports for the target (the same number as the report's table), not one
+recomputed from the plotted points, which average the out-of-fold predictions of the repeats.
 
 Drawing uses matplotlib's object API (``matplotlib.figure.Figure`` rendered by the Agg canvas),
 never ``pyplot`` state, so it works headless and does not change the caller's backend.
@@ -70,6 +76,36 @@ def _map_axes(fig: Figure, title: str) -> Any:
     return ax
 
 
+def metric_regions(regions: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The regions in a metric CRS: their own when projected, else their UTM zone."""
+    if regions.crs is None or not regions.crs.is_geographic:
+        return regions
+    return regions.to_crs(regions.estimate_utm_crs())
+
+
+def _nice_length(span: float) -> float:
+    """A round scale-bar length (1, 2 or 5 x 10^k metres) of about a fifth of ``span``."""
+    target = max(span / 5.0, 1e-9)
+    base = 10 ** np.floor(np.log10(target))
+    return float(max(m * base for m in (1, 2, 5) if m * base <= target * 1.5))
+
+
+def _finish_map(ax: Any, gdf: gpd.GeoDataFrame) -> None:
+    """Scale bar (bottom left) and the CRS (bottom right) of a map drawn in a metric CRS."""
+    minx, miny, maxx, maxy = gdf.total_bounds
+    crs = gdf.crs
+    if crs is not None and not crs.is_geographic:
+        factor = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+        length_m = _nice_length((maxx - minx) * factor)
+        length = length_m / factor
+        x0, y0 = minx + 0.03 * (maxx - minx), miny - 0.04 * (maxy - miny)
+        ax.plot([x0, x0 + length], [y0, y0], color="black", linewidth=3, solid_capstyle="butt")
+        label = f"{length_m / 1000:g} km" if length_m >= 1000 else f"{length_m:g} m"
+        ax.text(x0 + length / 2, y0 + 0.012 * (maxy - miny), label, ha="center", va="bottom", fontsize=8)
+    name = "unknown CRS" if crs is None else (f"{crs.name} ({crs.to_string()})" if crs.to_epsg() else crs.name)
+    ax.text(1.0, 0.0, f"CRS: {name}", transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="#444444")
+
+
 def embedding_rgb(embeddings: pd.DataFrame) -> pd.DataFrame:
     """Project an embedding to 3 principal components scaled to RGB in ``[0, 1]``.
 
@@ -103,13 +139,14 @@ def plot_embedding_map(regions: gpd.GeoDataFrame, embeddings: pd.DataFrame, path
     Regions without an embedding are grey. Similar colours mean similar embeddings.
     """
     rgb = embedding_rgb(embeddings)
-    gdf = join_regions(regions, rgb, "embeddings")
+    gdf = metric_regions(join_regions(regions, rgb, "embeddings"))
     colors = gdf[["r", "g", "b"]].to_numpy(dtype=np.float64, copy=True)
     missing = ~np.isfinite(colors).all(axis=1)
     colors[missing] = 0.85
     fig = _new_figure(_map_size(gdf, legend=False))
     ax = _map_axes(fig, "Embedding\nPCA components 1-3 as RGB")
     gdf.plot(ax=ax, color=[tuple(c) for c in colors], edgecolor="white", linewidth=0.3)
+    _finish_map(ax, gdf)
     if missing.any():
         ax.text(0.01, 0.01, f"grey: {int(missing.sum())} region(s) without embedding",
                 transform=ax.transAxes, fontsize=8)
@@ -127,7 +164,7 @@ def plot_fusion_weights(regions: gpd.GeoDataFrame, weights: pd.DataFrame, out_di
     Returns:
         ``{"fusion_weight_<modality>": path}``.
     """
-    gdf = join_regions(regions, weights, "fusion_weights")
+    gdf = metric_regions(join_regions(regions, weights, "fusion_weights"))
     out: dict[str, Path] = {}
     for modality in [c for c in gdf.columns if c not in ("region_id", "geometry")]:
         values = pd.to_numeric(gdf[modality], errors="coerce")
@@ -142,6 +179,7 @@ def plot_fusion_weights(regions: gpd.GeoDataFrame, weights: pd.DataFrame, out_di
             legend_kwds={"label": "weight", "shrink": 0.7},
             missing_kwds={"color": MISSING_COLOR, "label": "modality absent"},
         )
+        _finish_map(ax, gdf)
         name = f"fusion_weight_{_slug(modality)}"
         out[name] = _save(fig, Path(out_dir) / f"{name}.png")
     return out
@@ -157,17 +195,22 @@ def r2(observed: np.ndarray, predicted: np.ndarray) -> float:
     return float(r2_score(observed[ok], predicted[ok]))
 
 
-def plot_predictions(predictions: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
-    """Predicted vs observed scatter per target, R² of the plotted points in the title.
+def plot_predictions(predictions: pd.DataFrame, out_dir: str | Path,
+                     reported: dict[str, dict[str, Any]] | None = None) -> dict[str, Path]:
+    """Predicted vs observed scatter per target, with the reported R² in the title.
 
     Args:
         predictions: Long out-of-fold predictions ``region_id, target, observed, predicted``
             (repeated rows per region and target are averaged, as in the GIS export).
         out_dir: Folder for ``pred_vs_obs_<target>.png``.
+        reported: ``metrics.json``'s ``tasks``; the title shows its R² (± std over repeats),
+            the one number the report gives for the target. Without it, the R² of the plotted
+            points.
 
     Returns:
         ``{"pred_vs_obs_<target>": path}``.
     """
+    repeats = int(predictions.groupby(["region_id", "target"]).size().max()) if len(predictions) else 1
     wide = predictions_wide(predictions)
     targets = [c[len("obs_"):] for c in wide.columns if c.startswith("obs_")]
     out: dict[str, Path] = {}
@@ -185,10 +228,57 @@ def plot_predictions(predictions: pd.DataFrame, out_dir: str | Path) -> dict[str
         hi = float(max(obs[ok].max(), pred[ok].max()))
         ax.plot([lo, hi], [lo, hi], linestyle="--", color="#555555", linewidth=1, label="predicted = observed")
         ax.set_xlabel(f"observed {target}")
-        ax.set_ylabel(f"predicted {target} (out-of-fold)")
-        ax.set_title(f"{target}: R² = {r2(obs, pred):.3f} (n = {int(ok.sum())})")
+        ax.set_ylabel(f"predicted {target} (out-of-fold" + (f", mean of {repeats} repeats)" if repeats > 1 else ")"))
+        task = (reported or {}).get(target) or {}
+        if isinstance(task.get("r2"), int | float):
+            std = f" ± {task['r2_std']:.3f}" if task.get("r2_std") else ""
+            ax.set_title(f"{target}: R² = {task['r2']:.3f}{std} (n = {int(ok.sum())})")
+        else:
+            ax.set_title(f"{target}: R² = {r2(obs, pred):.3f} (n = {int(ok.sum())})")
         ax.legend(loc="upper left", fontsize=8)
         name = f"pred_vs_obs_{_slug(target)}"
+        out[name] = _save(fig, Path(out_dir) / f"{name}.png")
+    return out
+
+
+def plot_prediction_maps(regions: gpd.GeoDataFrame, predictions: pd.DataFrame, out_dir: str | Path
+                         ) -> dict[str, Path]:
+    """Per target, two maps side by side: the out-of-fold prediction and its error.
+
+    The prediction map shares its colour scale with the observed values' range; the error map
+    (predicted - observed) is diverging and centred on 0 (red: over-predicted, blue: under).
+    Regions without a prediction are grey.
+
+    Returns:
+        ``{"pred_map_<target>": path}``.
+    """
+    wide = predictions_wide(predictions)
+    gdf = metric_regions(join_regions(regions, wide, "predictions"))
+    targets = [c[len("obs_"):] for c in wide.columns if c.startswith("obs_")]
+    out: dict[str, Path] = {}
+    for target in targets:
+        obs = pd.to_numeric(gdf[f"obs_{target}"], errors="coerce")
+        pred = pd.to_numeric(gdf[f"pred_{target}"], errors="coerce")
+        if not np.isfinite(pred).any():
+            continue
+        err = pred - obs
+        w, h = _map_size(gdf, legend=True)
+        fig = _new_figure((min(2 * w, 16.0), h))
+        ax_p, ax_e = fig.subplots(1, 2)
+        lo, hi = float(np.nanmin(obs)), float(np.nanmax(obs))
+        bound = float(np.nanmax(np.abs(err))) or 1.0
+        for ax, col, values, kw in (
+            (ax_p, "value", pred, {"cmap": "viridis", "vmin": lo, "vmax": hi}),
+            (ax_e, "value", err, {"cmap": "RdBu_r", "vmin": -bound, "vmax": bound}),
+        ):
+            ax.set_axis_off()
+            gdf.assign(**{col: values}).plot(
+                column=col, ax=ax, legend=True, edgecolor="white", linewidth=0.3,
+                legend_kwds={"shrink": 0.7}, missing_kwds={"color": MISSING_COLOR}, **kw)
+            _finish_map(ax, gdf)
+        ax_p.set_title(f"{target}: out-of-fold prediction")
+        ax_e.set_title(f"{target}: error (predicted - observed)\nMAE {np.nanmean(np.abs(err)):.4g}")
+        name = f"pred_map_{_slug(target)}"
         out[name] = _save(fig, Path(out_dir) / f"{name}.png")
     return out
 
@@ -245,7 +335,8 @@ def make_figures(
 
     Returns:
         Figure name → PNG path, in drawing order: ``embedding_pca``,
-        ``fusion_weight_<modality>``..., ``pred_vs_obs_<target>``..., ``loss``.
+        ``fusion_weight_<modality>``..., ``pred_map_<target>``..., ``pred_vs_obs_<target>``...,
+        ``loss``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -271,7 +362,16 @@ def make_figures(
         figures.update(plot_fusion_weights(regions, weights, out))
     preds = read("predictions.parquet")
     if preds is not None:
-        figures.update(plot_predictions(preds, out))
+        import json
+
+        metrics_path = run_dir / "metrics.json"
+        try:
+            reported = json.loads(metrics_path.read_text()).get("tasks") if metrics_path.exists() else None
+        except (OSError, ValueError, AttributeError):
+            reported = None  # the report names an unreadable metrics.json itself
+        if regions is not None:
+            figures.update(plot_prediction_maps(regions, preds, out))
+        figures.update(plot_predictions(preds, out, reported if isinstance(reported, dict) else None))
     loss = read("loss.csv")
     if loss is not None and len(loss):
         figures["loss"] = plot_loss(loss, out / "loss.png")

@@ -1,9 +1,12 @@
 """Static, self-contained HTML report of a run folder.
 
-``report.html`` holds the run information (``config.json``), the metrics (``metrics.json``),
-summaries of the embedding and fusion weights, and every figure of
+``report.html`` holds the run information (``config.json``), the metrics (``metrics.json``)
+with the protocol in words, each target's definition and unit (from the bundle's provenance,
+which the converters fill in) with flags for zero-valued targets and negative predictions of
+counts, summaries of the embedding and fusion weights, an interactive region map
+(:mod:`urbanrep.export.interactive`: inline SVG and script) and every figure of
 :func:`urbanrep.export.maps.make_figures` embedded as base64 PNG, so the single file can be
-mailed or archived without the folder. No script, no external style sheet, no network access.
+mailed or archived without the folder. No external script, style sheet or font: it works offline.
 """
 
 from __future__ import annotations
@@ -187,7 +190,11 @@ def _caption(name: str) -> str:
     if name.startswith("fusion_weight_"):
         return f"Fusion weight of modality {name[len('fusion_weight_'):]} per region (grey: modality absent)."
     if name.startswith("pred_vs_obs_"):
-        return f"Out-of-fold predicted vs observed {name[len('pred_vs_obs_'):]}; dashed line: perfect prediction."
+        return (f"Out-of-fold predicted vs observed {name[len('pred_vs_obs_'):]} (each point: a region's mean over "
+                "the repeats); dashed line: perfect prediction. The R² in the title is the one in the table.")
+    if name.startswith("pred_map_"):
+        return (f"{name[len('pred_map_'):]}: out-of-fold prediction (left, colour scale of the observed range) and "
+                "error = predicted - observed (right; red over-, blue under-predicted).")
     return name
 
 
@@ -205,17 +212,97 @@ def _figures_html(figures: dict[str, Path], run_dir: Path, embed: bool) -> str:
     return '<div class="figs">' + "\n".join(items) + "</div>"
 
 
+def _protocol_html(metrics: dict[str, Any] | None) -> str:
+    if not metrics or "protocol" not in metrics:
+        return ""
+    described = (metrics.get("config") or {}).get("description") if isinstance(metrics.get("config"), dict) else None
+    if not described:
+        from urbanrep.evaluate.protocols import PROTOCOLS, EvalConfig
+
+        proto = metrics["protocol"]
+        described = EvalConfig(protocol=proto).describe() if proto in PROTOCOLS else None
+    if not described:
+        return ""
+    probe = metrics.get("regressor")
+    return (f"<p><b>How these numbers were made.</b> Probe: {_esc(probe or 'ridge')} regression from the embedding "
+            f"to each target; {_esc(described)}. The probes never feed back into the model, and the model never saw "
+            "a target.</p>")
+
+
+def target_info(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per-target ``definition``, ``unit`` and ``kind`` from ``run_dir/bundle/manifest.json`` (empty if none)."""
+    manifest = run_dir / "bundle" / "manifest.json"
+    try:
+        info = json.loads(manifest.read_text(encoding="utf-8")).get("provenance", {}).get("targets", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _targets_html(predictions: pd.DataFrame | None, info: dict[str, dict[str, Any]]) -> str:
+    """Definition, unit, counts and flags per target."""
+    if predictions is None or predictions.empty:
+        return ""
+    from urbanrep.export.gis import predictions_wide
+
+    wide = predictions_wide(predictions)
+    rows, flags = [], []
+    for target in [c[len("obs_"):] for c in wide.columns if c.startswith("obs_")]:
+        obs = wide[f"obs_{target}"].to_numpy(dtype=np.float64)
+        pred_long = predictions.loc[predictions["target"].astype(str) == target, "predicted"].to_numpy(np.float64)
+        meta = info.get(target) or {}
+        finite = obs[np.isfinite(obs)]
+        is_count = meta.get("kind") == "count" or (
+            "kind" not in meta and len(finite) > 0 and (finite >= 0).all() and np.allclose(finite, np.round(finite)))
+        zeros = int((finite == 0).sum())
+        negative = int((pred_long < 0).sum())
+        rows.append([_esc(target), _esc(meta.get("definition", "not given by the bundle")),
+                     _esc(meta.get("unit", "not given")), str(len(finite)), str(zeros),
+                     f"{negative} of {len(pred_long)}" if is_count else "–"])
+        if zeros:
+            flags.append(f"{target}: {zeros} region(s) have the value 0 (a true zero or a missing value coded as 0 "
+                         "by the source; they are kept in the evaluation).")
+        if is_count and negative:
+            flags.append(f"{target} is a count, but {negative} out-of-fold prediction(s) are negative (a linear "
+                         "probe is not bounded; the 'paper' and peer protocols clip them to 0).")
+    table = _table(["target", "definition", "unit", "regions", "zeros", "negative predictions"], rows, key_cols=3)
+    flag_html = ("<ul>" + "".join(f'<li class="note">{_esc(f)}</li>' for f in flags) + "</ul>") if flags else ""
+    return "<h3>Targets</h3>" + table + flag_html
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:
+        raise ExportError(f"cannot read {path}: {exc}; re-run the pipeline to rewrite it") from exc
+
+
 def render_report(
     run_dir: str | Path,
     figures: dict[str, Path],
     regions: gpd.GeoDataFrame | None = None,
     title: str | None = None,
     embed_images: bool = True,
+    targets: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """Build the report HTML of ``run_dir`` with the given figures (no file written)."""
+    """Build the report HTML of ``run_dir`` with the given figures (no file written).
+
+    ``targets`` maps a target to its ``definition``, ``unit`` and ``kind`` (``"count"`` turns
+    on the negative-prediction flag); default: the run's ``bundle/manifest.json`` provenance.
+    """
     run_dir = Path(run_dir)
     metrics = _read_json(run_dir / "metrics.json")
     config = _read_json(run_dir / "config.json")
+    predictions = _read_table(run_dir / "predictions.parquet")
+    info = targets if targets is not None else target_info(run_dir)
+    interactive = '<p class="note">No region polygons were given: no interactive map.</p>'
+    if regions is not None:
+        from urbanrep.export.interactive import interactive_map_html
+
+        interactive = interactive_map_html(regions, _read_table(run_dir / "embeddings.parquet"),
+                                           _read_table(run_dir / "fusion_weights.parquet"), predictions)
     title = title or f"urbanrep run: {run_dir.resolve().name}"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     maps_note = "" if regions is not None else (
@@ -232,7 +319,11 @@ def render_report(
 <h1>{_esc(title)}</h1>
 <p class="sub">Run folder <code>{_esc(run_dir.resolve())}</code> · report written {stamp} · urbanrep {__version__}</p>
 <h2>Metrics</h2>
+{_protocol_html(metrics)}
 {_metrics_html(metrics)}
+{_targets_html(predictions, info)}
+<h2>Interactive map</h2>
+{interactive}
 <h2>Embedding and fusion</h2>
 {_tables_html(run_dir, regions)}
 <h2>Figures</h2>
@@ -250,6 +341,7 @@ def write_report(
     regions: gpd.GeoDataFrame | None = None,
     title: str | None = None,
     embed_images: bool = True,
+    targets: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Draw the run's figures and write a static ``run_dir/report.html`` atomically.
 
@@ -261,6 +353,7 @@ def write_report(
         title: Page title; default ``"urbanrep run: <folder name>"``.
         embed_images: Embed the PNGs as base64 (a self-contained file, the default) or link
             them by relative path (``figures/<name>.png``).
+        targets: Per target ``definition``, ``unit``, ``kind`` (see :func:`render_report`).
 
     Returns:
         Path of ``report.html``.
@@ -268,6 +361,6 @@ def write_report(
     run_dir = Path(run_dir)
     figures = make_figures(run_dir, regions)
     path = run_dir / REPORT_NAME
-    write_text_atomic(path, render_report(run_dir, figures, regions, title, embed_images))
+    write_text_atomic(path, render_report(run_dir, figures, regions, title, embed_images, targets))
     log.info("wrote report %s (%d figures)", path, len(figures))
     return path
