@@ -40,14 +40,13 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def regions(data_root: Path) -> gpd.GeoDataFrame:
-    """The 180 real Manhattan polygons (EPSG:4326), region_id 0..179."""
-    gdf = gpd.read_file(data_root / "nyc_manhattan180" / "regions" / "mh-180.shp")
-    return gdf[["region_id", "geometry"]]
+def regions(nyc_bundle) -> gpd.GeoDataFrame:
+    """The 180 real Manhattan polygons (EPSG:4326), region_id 0..179 (data root or embedded copy)."""
+    return nyc_bundle.regions[["region_id", "geometry"]].reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
-def tables(regions: gpd.GeoDataFrame, data_root: Path) -> dict[str, pd.DataFrame]:
+def tables(regions: gpd.GeoDataFrame, nyc_bundle) -> dict[str, pd.DataFrame]:
     """Synthetic run tables for the real regions: some regions lack embeddings / a modality."""
     rng = np.random.default_rng(7)
     ids = regions["region_id"].to_numpy()
@@ -69,8 +68,8 @@ def tables(regions: gpd.GeoDataFrame, data_root: Path) -> dict[str, pd.DataFrame
     w = w / np.nansum(w, axis=1, keepdims=True)
     weights = pd.DataFrame(w, columns=MODALITIES).assign(region_id=ids)[["region_id", *MODALITIES]]
     rows = []
-    for target, fname in TARGETS.items():
-        obs = np.load(data_root / "nyc_manhattan180" / "targets" / fname).reshape(-1).astype(float)
+    for target in TARGETS:
+        obs = nyc_bundle.target_table()[target].to_numpy(dtype=float)
         pred = np.clip(obs + rng.normal(scale=0.4 * obs.std(), size=n), 0, None)
         rows.append(pd.DataFrame({"region_id": ids, "target": target, "observed": obs, "predicted": pred}))
     predictions = pd.concat(rows, ignore_index=True)
@@ -220,9 +219,9 @@ def test_all_formats_round_trip(regions: gpd.GeoDataFrame, tables: dict[str, pd.
     assert (tmp_path / "crs.txt").read_text().strip() == ("EPSG:4326" if crs is None else crs)
 
 
-def test_string_ids_projected_subset(data_root: Path, tmp_path: Path) -> None:
+def test_string_ids_projected_subset(regions: gpd.GeoDataFrame, tmp_path: Path) -> None:
     """A cut of 12 real polygons in EPSG:32618 with string region ids; GeoParquet + GeoJSON only."""
-    regs = gpd.read_file(data_root / "nyc_manhattan180" / "regions" / "mh-180.shp").iloc[40:52]
+    regs = regions.iloc[40:52]
     regs = regs.assign(region_id="mh-" + regs["region_id"].astype(str))[["region_id", "geometry"]].to_crs(32618)
     vals = pd.DataFrame({"region_id": regs["region_id"].iloc[::2], "score": np.arange(6.0)})
     paths = export_gis(regs, {"score": vals}, tmp_path, formats=("parquet", "geojson"))

@@ -104,6 +104,28 @@ class RunConfig:
         """Build from a nested mapping, rejecting unknown keys and wrong types."""
         return from_dict(cls, data, where)
 
+    @classmethod
+    def from_overrides(cls, *overrides: str, path: str | Path | None = None, **dotted: Any) -> RunConfig:
+        """Build from dotted overrides, as ``--set`` on the command line.
+
+        >>> RunConfig.from_overrides("train.epochs=50", "model.fusion.mode=global")
+        >>> RunConfig.from_overrides(**{"train.epochs": 50, "evaluate.protocol": "paper"})
+
+        Args:
+            overrides: ``section.key=value`` strings (values parsed as on the command line).
+            path: Optional config file read first (YAML, TOML or JSON).
+            dotted: ``"section.key": value`` pairs (Python values: lists for tuples, numbers, bools).
+
+        Raises:
+            ConfigError: unknown key or wrong type (the message names it and the valid keys).
+        """
+        import json
+
+        pairs = list(overrides)
+        for key, value in dotted.items():
+            pairs.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
+        return load_run_config(path, pairs)
+
 
 def _check_finite_numbers(obj: Any, prefix: str) -> None:
     """Raise :class:`ConfigError` for a NaN or infinite number anywhere in a (nested) config dataclass."""

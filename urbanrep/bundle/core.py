@@ -48,6 +48,63 @@ class Aggregate:
                 f"aggregate {self.name!r}: unknown kind {self.kind!r}; valid kinds: {', '.join(AGGREGATE_KINDS)}"
             )
 
+    @classmethod
+    def from_vectors(cls, name: str, modality: str, region_ids: Any, values: Any,
+                     columns: list[str] | None = None, description: str = "") -> Aggregate:
+        """A vector aggregate from a per-region array.
+
+        Args:
+            name: File stem under ``aggregates/`` (e.g. ``"poi_counts"``).
+            modality: One of :data:`urbanrep.bundle.spec.MODALITIES`.
+            region_ids: ``[N]`` region ids, row order of ``values``.
+            values: ``[N]`` or ``[N, F]`` numbers (one row per region).
+            columns: ``F`` column names (default ``<name>_0``, ``<name>_1``...).
+            description: Free text for the manifest.
+        """
+        arr = np.asarray(values)
+        arr = arr[:, None] if arr.ndim == 1 else arr
+        ids = list(region_ids)
+        if arr.ndim != 2 or arr.shape[0] != len(ids):
+            raise BundleError(f"aggregate {name!r}: values of shape {arr.shape} do not have one row per region "
+                              f"({len(ids)} region ids); pass an [N] or [N, F] array in region_ids order")
+        cols = list(columns) if columns is not None else [f"{name}_{i}" for i in range(arr.shape[1])]
+        if len(cols) != arr.shape[1]:
+            raise BundleError(f"aggregate {name!r}: {len(cols)} column names for {arr.shape[1]} value columns")
+        table = pd.DataFrame(arr, columns=cols)
+        table.insert(0, "region_id", ids)
+        return cls(name, modality, "vector", table, description)
+
+    @classmethod
+    def from_matrix(cls, name: str, modality: str, region_ids: Any, matrix: Any,
+                    description: str = "") -> Aggregate:
+        """A matrix aggregate (e.g. OD trips) from a dense ``[N, N]`` or ``[S, N, N]`` array.
+
+        Args:
+            name: File stem under ``aggregates/`` (e.g. ``"od_trips"``).
+            modality: One of :data:`urbanrep.bundle.spec.MODALITIES` (``"mobility"`` for OD flows).
+            region_ids: ``[N]`` region ids: row ``i`` / column ``j`` of the matrix is region ``i`` / ``j``.
+            matrix: ``[N, N]`` (origin x destination) or ``[S, N, N]`` (``S`` slices, e.g. time of day).
+            description: Free text for the manifest.
+
+        Only the non-zero pairs are stored (absent pairs are zero).
+        """
+        m = np.asarray(matrix)
+        ids = np.asarray(list(region_ids))
+        sliced = m.ndim == 3
+        m = m if sliced else m[None]
+        if m.ndim != 3 or m.shape[1:] != (len(ids), len(ids)):
+            raise BundleError(f"aggregate {name!r}: matrix of shape {np.asarray(matrix).shape} is not [N, N] or "
+                              f"[S, N, N] with N = {len(ids)} region ids")
+        s, o, d = np.nonzero(m)
+        table = pd.DataFrame({"origin_region": ids[o], "dest_region": ids[d], "value": m[s, o, d]})
+        if sliced:
+            table["slice"] = s.astype(np.int16)
+        return cls(name, modality, "matrix", table, description)
+
+    def __repr__(self) -> str:
+        return (f"Aggregate({self.name!r}, modality={self.modality!r}, kind={self.kind!r}, "
+                f"table={self.table.shape[0]}x{self.table.shape[1]})")
+
     def value_columns(self) -> list[str]:
         """Numeric value columns of a vector aggregate (everything but ``region_id``)."""
         return [c for c in self.table.columns if c != "region_id"]
@@ -127,6 +184,10 @@ class CityBundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     categories: dict[str, list[str]] = field(default_factory=dict)
     root: Path | None = None
+
+    def __repr__(self) -> str:
+        """The one-line summary (``print(bundle)``), never whole frames."""
+        return f"CityBundle({self.summary_line()})"
 
     @property
     def crs(self) -> Any:

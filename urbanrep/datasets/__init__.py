@@ -79,7 +79,11 @@ def load_dataset(name_or_path: str | None = None, data_root: str | Path | None =
             log.info("%s: %s", name, line)
         return bundle
     if name in EMBEDDED and (embedded_path(name) / MANIFEST).exists():
-        log.info("data root %s has no %s: using the copy embedded in the urbanrep package", root, name)
+        if root.is_dir():
+            log.info("data root %s has no %s: using the copy embedded in the urbanrep package", root, name)
+        else:
+            log.info("%s: using the copy embedded in the urbanrep package (no data root at %s; set --data-root "
+                     "or URBANREP_DATA to use one)", name, root)
         return read_bundle(embedded_path(name))
     raise UrbanRepError(
         f"cannot find dataset {name!r}: not a bundle folder, not in the data root {root}"
