@@ -318,6 +318,21 @@ def test_planted_payload_never_runs(case: str, world: dict[str, Path], tmp_path:
     assert not marker.exists()
 
 
+def test_planted_payload_in_source_data(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``urbanrep prepare`` reads source .npy files with allow_pickle=False."""
+    marker = tmp_path / "MARKER"
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "nyc_manhattan180", root / "nyc_manhattan180")
+    np.save(root / "nyc_manhattan180" / "features" / "hafusion_poi_dist.npy",
+            np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    capsys.readouterr()
+    argv = ["-q", "prepare", "nyc_manhattan180", "--data-root", str(root), "--out", str(tmp_path / "b")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("urbanrep: error:") and "\n" not in err and "hafusion_poi_dist.npy" in err, err
+    assert not marker.exists()
+
+
 def test_planted_payload_in_the_image_cache_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A cache is rebuildable: a poisoned part is skipped with a warning naming it; nothing runs."""
     from urbanrep.images.cache import FeatureCache

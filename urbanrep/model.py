@@ -42,6 +42,7 @@ from urbanrep.minibatch import MiniBatchConfig, embed_minibatch
 from urbanrep.network import RegionModel
 from urbanrep.progress import progress_logging
 from urbanrep.runconfig import CONFIG_FILE, RunConfig, read_run_config
+from urbanrep.safe_files import load_weights_only
 from urbanrep.train import (
     EMBEDDINGS,
     FUSION_WEIGHTS,
@@ -123,7 +124,7 @@ def _result_from_run_dir(run_dir: Path) -> TrainResult:
     if ckpt_path is None or not (run_dir / MODEL_FILE).exists():
         raise UrbanRepError(f"the training processes wrote no checkpoint or {MODEL_FILE} into {run_dir}; "
                             "rerun with nproc=1 to see the error")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = load_weights_only(ckpt_path, "checkpoint", "rerun the training")
     model = load_model(run_dir / MODEL_FILE)
     emb = pd.read_parquet(run_dir / EMBEDDINGS)
     weights = pd.read_parquet(run_dir / FUSION_WEIGHTS)
