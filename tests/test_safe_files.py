@@ -147,6 +147,7 @@ def test_legacy_pickle_graphs_need_the_explicit_flag(nyc: Any, tmp_path: Path, c
     assert "can run any code" in caplog.text
     _assert_identical(nyc, loaded)
 
+    capsys.readouterr()
     assert main(["-q", "info", str(legacy)]) == 1
     err_text = capsys.readouterr().err.strip()
     assert err_text.startswith("urbanrep: error:") and "\n" not in err_text and "--trust-legacy-pickle" in err_text
