@@ -5,7 +5,12 @@ not timed with the reader), then the best of ``--repeat`` timed :func:`read_osm`
 every layer and the vocabulary, and ``urbanrep prepare osm``'s whole path (regions h3:9 +
 read + bundle) once. Prints file nodes per second, POIs per second and the wall times.
 
-    python -m experiments.bench_osm [--data-root DIR] [--repeat 3] [PBF ...]
+    python -m experiments.bench_osm [--data-root DIR] [--repeat 3] [--tile 8] [PBF ...]
+
+The real extracts at hand are small (Helsinki: 24k nodes), so fixed costs (thread pool, two
+passes for areas) weigh on their rate. ``--tile N`` also measures a larger file made of N x N
+copies of the Helsinki extract side by side (coordinates shifted by the extract's size, ids
+offset per copy: real OSM content, N² times the objects; written to a temporary folder).
 """
 
 from __future__ import annotations
@@ -42,6 +47,38 @@ def count_objects(path: Path) -> dict[str, int]:
     return {"nodes": c.n, "ways": c.w, "relations": c.r}
 
 
+def tiled_extract(src: Path, n: int, out: Path) -> Path:
+    """Write ``n x n`` shifted copies of ``src`` (nodes, then ways, then relations) to ``out``."""
+    import osmium
+
+    from urbanrep.osm import header_bbox
+
+    box = header_bbox(src)
+    assert box is not None, f"{src} has no header bbox"
+    dx, dy = box[2] - box[0], box[3] - box[1]
+    step = 10 ** 11  # id offset per copy (above any OSM id)
+    tiles = [(i, j) for i in range(n) for j in range(n)]
+    if out.exists():
+        out.unlink()
+    writer = osmium.SimpleWriter(str(out))
+    try:
+        for kind in (osmium.osm.NODE, osmium.osm.WAY, osmium.osm.RELATION):
+            for t, (i, j) in enumerate(tiles):
+                off = t * step
+                for obj in osmium.FileProcessor(str(src), kind):
+                    if obj.is_node():
+                        loc = obj.location
+                        writer.add_node(obj.replace(id=obj.id + off, location=(loc.lon + i * dx, loc.lat + j * dy)))
+                    elif obj.is_way():
+                        writer.add_way(obj.replace(id=obj.id + off, nodes=[r.ref + off for r in obj.nodes]))
+                    else:
+                        members = [(m.type, m.ref + off, m.role) for m in obj.members]
+                        writer.add_relation(obj.replace(id=obj.id + off, members=members))
+    finally:
+        writer.close()
+    return out
+
+
 def bench(path: Path, repeat: int) -> dict[str, float]:
     from urbanrep.osm import read_osm
     from urbanrep.prepare import prepare_osm
@@ -67,9 +104,15 @@ def main() -> None:
     parser.add_argument("pbf", nargs="*", help="extracts (default: the ones in the data root)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tile", type=int, default=0, help="also time N x N copies of the Helsinki extract")
     args = parser.parse_args()
     root = resolve_data_root(args.data_root)
     paths = [Path(p) for p in args.pbf] or [root / p for p in DEFAULT if (root / p).exists()]
+    if args.tile > 1:
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="bench_osm_"))
+        paths.append(tiled_extract(root / DEFAULT[0], args.tile, tmp / f"helsinki_x{args.tile * args.tile}.osm.pbf"))
     print("| extract | MB | nodes | ways | relations | read_osm s | file nodes/s | POIs | POIs/s | prepare h3:9 s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:

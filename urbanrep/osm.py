@@ -292,10 +292,10 @@ def read_osm(path: str | Path, layers: Collection[str] = LAYER_NAMES, *,
                     continue
                 for layer, cls, tag in kinds:
                     poly_wkb[layer].append(wkb)
-                    poly_rows[layer].append((cls, tag, osm_type, obj.orig_id()))
+                    poly_rows[layer].append((str(cls), tag, osm_type, obj.orig_id()))
                 if poi_cls is not None and poi_cls[0] is not None:
                     poi_area_wkb.append(wkb)
-                    poi_area_rows.append((poi_cls[0], poi_cls[1], osm_type, obj.orig_id()))
+                    poi_area_rows.append((str(poi_cls[0]), poi_cls[1], osm_type, obj.orig_id()))
     except RuntimeError as exc:
         raise BundleError(f"cannot read OSM file {path}: {exc}; is it a valid .osm.pbf?") from exc
     finally:

@@ -238,8 +238,8 @@ def square_grid(boundary: gpd.GeoDataFrame | Any, size: float, crs: Any = None, 
     if count > MAX_CELLS:
         raise BundleError(f"square:{size:g} over this boundary gives {count} cells (more than {MAX_CELLS}); "
                           "choose a larger size")
-    jj, ii = np.meshgrid(np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
-    ii, jj = ii.ravel(), jj.ravel()
+    grid_j, grid_i = np.meshgrid(np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
+    ii, jj = grid_i.ravel(), grid_j.ravel()
     boxes = shapely.box(ii * size, jj * size, (ii + 1) * size, (jj + 1) * size)
     label = f"{size:g}"
     ids = np.array([f"{label}m_E{i}_N{j}" for i, j in zip(ii, jj, strict=True)], dtype=object)
