@@ -30,6 +30,7 @@ TINY = ["--set", "train.epochs=3", "--set", "train.num_threads=1", "--set", "mod
         "--set", "export.report=false", "--set", "export.figures=false"]
 #: About 0.55 km x 0.45 km of central Helsinki (inside the extract).
 SMALL = "24.940,60.166,24.950,60.170"
+OTHER = "24.936,60.171,24.952,60.178"
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +196,12 @@ def test_cli_prepare_osm_square_grid_and_user_polygons_then_run(pbf: Path, tmp_p
     assert main(["-q", "run", str(tmp_path / "poly"), "--out", str(tmp_path / "run"), *TINY]) == 0
     emb = pd.read_parquet(tmp_path / "run" / "embeddings.parquet")
     assert list(emb["region_id"]) == list(sq.regions["region_id"])
+    # The trained model embeds another area prepared the same way (other regions, same columns).
+    assert main(["-q", "prepare", "osm", "--pbf", str(pbf), "--regions", "h3:10", "--bbox", OTHER,
+                 "--out", str(tmp_path / "other")]) == 0
+    assert main(["-q", "embed", str(tmp_path / "run"), str(tmp_path / "other"), "--out", str(tmp_path / "emb")]) == 0
+    other = pd.read_parquet(tmp_path / "emb" / "embeddings.parquet")
+    assert list(other["region_id"]) == list(read_bundle(tmp_path / "other").regions["region_id"])
     # Bad input: one line, exit 1.
     assert main(["-q", "prepare", "osm", "--pbf", str(pbf), "--regions", "hex:9", "--out", str(tmp_path / "x")]) == 1
     assert main(["-q", "prepare", "osm", "--pbf", str(tmp_path / "none.pbf"), "--out", str(tmp_path / "x")]) == 1

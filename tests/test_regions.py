@@ -117,6 +117,11 @@ def test_srai_style_index_is_accepted() -> None:
     assert list(make_regions(srai_style, resolve_boundary(bbox=BBOX))["region_id"]) == list(cells["region_id"])
     with pytest.raises(BundleError, match="region_id"):
         as_regions(cells.drop(columns="region_id"))
+    # A bundle takes srai's form too, and every output stays region_id-indexed.
+    from urbanrep.bundle import CityBundle, validate_bundle
+
+    bundle, _ = validate_bundle(CityBundle(name="srai", regions=srai_style))
+    assert list(bundle.region_ids) == list(cells["region_id"])
 
 
 def test_region_specs(tmp_path: Path) -> None:

@@ -151,7 +151,8 @@ class CityBundle:
 
     Attributes:
         name: Short dataset name (``"nyc_manhattan180"``).
-        regions: GeoDataFrame with a unique ``region_id`` column and polygon geometry.
+        regions: GeoDataFrame with a unique ``region_id`` column and polygon geometry (a
+            GeoDataFrame indexed by ``region_id``, as srai makes them, is taken as well).
         pois / trips / landuse / roads / remote_sensing / street_view: optional raw layers
             (see :mod:`urbanrep.bundle.spec` for their columns). ``pois`` and ``trips`` may be
             a :class:`~urbanrep.bundle.partitioned.ParquetLayer` kept on disk (larger than memory).
@@ -184,6 +185,12 @@ class CityBundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     categories: dict[str, list[str]] = field(default_factory=dict)
     root: Path | None = None
+
+    def __post_init__(self) -> None:
+        # srai's regionalizers index their regions by region_id: take that form as well.
+        if (isinstance(self.regions, pd.DataFrame) and "region_id" not in self.regions.columns
+                and self.regions.index.name == "region_id"):
+            self.regions = self.regions.reset_index()
 
     def __repr__(self) -> str:
         """The one-line summary (``print(bundle)``), never whole frames."""
