@@ -7,7 +7,7 @@ tags map onto it; a bundle that declares the lists (``CityBundle.categories``) g
 those columns, in that order, whether or not the city has every class.
 
 The shipped vocabulary ``urbanrep-osm/1`` (``urbanrep/vocabulary/urbanrep-osm-1.json``) maps
-OpenStreetMap tags (``amenity=cafe``) and Geofabrik ``fclass`` names (``cafe``) onto 39 POI
+OpenStreetMap tags (``amenity=cafe``) and Geofabrik ``fclass`` names (``cafe``) onto 40 POI
 categories, 16 land-use/building classes and 9 road classes. Released versions never change;
 a changed vocabulary is a new file with the next version number.
 
