@@ -97,7 +97,27 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                              loss(feature_target="both")),
         "dev_fusion_vs_modality": ("candidate: fusion-level contrast of the fused vs each modality embedding",
                                    lambda mc: replace(mc, loss=replace(mc.loss, fusion_contrast="modality"))),
+        # Issue 14 candidates (declared before their runs; experiments/DESIGN_SELECTION.md).
+        "dev_width144": ("candidate: 144-d embedding and hidden width (the peers' width)", _width(144)),
+        "dev_epochs600": ("candidate: training budget 600 epochs (default 300)", lambda mc: mc),
+        "dev_flow32": ("candidate: input retention also of 32 flow-profile components (where trips go)",
+                       loss(flow_components=32)),
+        "dev_noise_prior": ("candidate: noise prior on fusion weights and input retention (spatial coherence)",
+                            lambda mc: replace(mc, fusion=replace(mc.fusion, prior="coherence"))),
+        "dev_feature10": ("candidate: input-retention loss weight 10 (default 5)", loss(feature_weight=10.0)),
+        "dev_fusion_cross": ("candidate: fusion-level contrast of the other modalities' fusion vs each modality",
+                             loss(fusion_contrast="cross")),
     }
+
+
+#: Training-budget overrides of variants that differ in their training, not in their model.
+TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"dev_epochs600": {"epochs": 600}}
+
+
+def _width(c: int) -> Callable[[Any], Any]:
+    """Variant: every width (experts, projection, fusion scorer) set to ``c``."""
+    return lambda mc: replace(mc, expert=replace(mc.expert, hidden_channels=c, out_channels=c),
+                              projection_channels=c, fusion=replace(mc.fusion, hidden_channels=c))
 
 
 QUICK_ABLATIONS = ("abl_uniform_experts", "abl_global_fusion", "abl_no_mobility_loss", "abl_no_feature_loss")
@@ -226,7 +246,8 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     from urbanrep.train import TrainConfig, config_to_dict, embeddings_frame, train
 
     mc = model_variants()[variant][1](ModelConfig())
-    tc = TrainConfig(epochs=epochs, seed=seed, device=device)
+    tc = replace(TrainConfig(epochs=epochs, seed=seed, device=device), **TRAIN_OVERRIDES.get(variant, {}))
+    epochs = tc.epochs
     if "num_threads" in {f.name for f in dataclasses.fields(TrainConfig)}:
         tc = replace(tc, num_threads=torch.get_num_threads())
     # The cache is keyed by variant, seed, budget and graph shape, not by code: configs gain

@@ -26,17 +26,20 @@ from urbanrep.experts.base import (
     expert_from_config,
     get_expert,
     masked_standardize,
+    num_regions,
     reset_modules,
     signed_log1p,
 )
 from urbanrep.experts.moe import ModalityMoE, MoEConfig
 from urbanrep.experts.shared import GCNStack, SharedExpert, UniformExpert
 from urbanrep.experts.street_view import StreetViewExpert
+from urbanrep.fusion.information import modality_coherence, noise_prior
 from urbanrep.fusion.losses import (
     LossConfig,
     augment_graph,
     dense_od,
     feature_reconstruction_loss,
+    flow_profile_components,
     info_nce,
     mobility_reconstruction_loss,
     sample_nodes,
@@ -151,6 +154,7 @@ class ModelOutput:
         aux_loss: Scalar load-balancing loss of the gates (0 for dense routing).
         gates: ``{modality: [N, 1 + k]}`` MoE gate weights.
         modalities: Modality order of the columns of ``fusion_weights``.
+        prior: ``[M]`` noise prior of each modality (``fusion.prior="coherence"``), else None.
     """
 
     embedding: Tensor
@@ -160,13 +164,14 @@ class ModelOutput:
     aux_loss: Tensor
     gates: dict[str, Tensor]
     modalities: tuple[str, ...]
+    prior: Tensor | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
 
     def keys(self) -> list[str]:
         """Field names."""
-        return ["embedding", "modality_embeddings", "masks", "fusion_weights", "aux_loss", "gates", "modalities"]
+        return ["embedding", "modality_embeddings", "masks", "fusion_weights", "aux_loss", "gates", "modalities", "prior"]
 
 
 def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -233,9 +238,10 @@ class RegionModel(nn.Module):
         self._warned_names: set[str] = set()
         width = 2 if lc.feature_target == "both" else 1
         self.feature_heads = nn.ModuleDict({
-            m: nn.Linear(c, width * metadata.channels(m)) for m in self.modalities
-            if m != "street_view" and lc.feature_weight > 0
+            m: nn.Linear(c, width * metadata.channels(m) + (lc.flow_components if m == "mobility" else 0))
+            for m in self.modalities if m != "street_view" and lc.feature_weight > 0
         })
+        self._flow_cache: tuple[Tensor, Tensor] | None = None
 
     @property
     def out_channels(self) -> int:
@@ -276,8 +282,11 @@ class RegionModel(nn.Module):
             aux = aux + a
         zs = torch.stack([z[m] for m in self.modalities], 1)
         ms = torch.stack([masks[m] for m in self.modalities], 1)
-        fused, weights = self.fusion(zs, ms, data[ADJACENT].edge_index, data[REGION].pos)
-        return ModelOutput(fused, z, masks, weights, aux, gates, self.modalities)
+        prior = None
+        if self.config.fusion.prior == "coherence":
+            prior = noise_prior(modality_coherence(data, self.modalities, self.config.expert.log_inputs))
+        fused, weights = self.fusion(zs, ms, data[ADJACENT].edge_index, data[REGION].pos, prior)
+        return ModelOutput(fused, z, masks, weights, aux, gates, self.modalities, prior)
 
     def loss(self, data: HeteroData, out: ModelOutput, generator: torch.Generator | None = None
              ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -333,7 +342,12 @@ class RegionModel(nn.Module):
                 mk = out.masks[m]
                 target = self.retention_target(data, m, mk)
                 terms.append(feature_reconstruction_loss(head(sel(out.embedding)), sel(target), sel(mk)))
-            parts["features"] = (lc.feature_weight, torch.stack(terms).mean())
+            stacked = torch.stack(terms)
+            if out.prior is not None:  # noise-like modalities are not worth the embedding's width
+                w = out.prior[[self.modalities.index(m) for m in self.feature_heads]].to(stacked.dtype)
+                parts["features"] = (lc.feature_weight, (stacked * w).sum() / w.sum())
+            else:
+                parts["features"] = (lc.feature_weight, stacked.mean())
         if lc.balance_weight > 0 and self.config.moe.routing == "topk" and self.config.moe.num_shared > 0:
             parts["balance"] = (lc.balance_weight, out.aux_loss)
         if not parts:
@@ -370,17 +384,38 @@ class RegionModel(nn.Module):
             counts = torch.tensor([n.startswith("log1p:") for n in names], dtype=torch.bool, device=x.device)
             linear = torch.where(counts, torch.expm1(x.clamp_min(0)), x)
             parts.append(masked_standardize(linear, mask))
+        if modality == "mobility" and self.config.loss.flow_components > 0:
+            parts.append(self.flow_target(data) * mask.unsqueeze(-1).to(x.dtype))
         return torch.cat(parts, 1)
+
+    def flow_target(self, data: HeteroData) -> Tensor:
+        """``[N, K]`` leading components of the regions' flow profiles (zeros without OD edges).
+
+        A graph constant: computed once per mobility edge tensor and kept while that tensor is
+        the one trained on (see :func:`~urbanrep.fusion.losses.flow_profile_components`).
+        """
+        k, n = self.config.loss.flow_components, num_regions(data)
+        et = MODALITY_EDGE["mobility"]
+        if et not in data.edge_types:
+            return data[REGION].pos.new_zeros(n, k)
+        ei = data[et].edge_index
+        if self._flow_cache is None or self._flow_cache[0] is not ei:
+            w = getattr(data[et], "edge_weight", None)
+            w = torch.ones(ei.size(1), device=ei.device) if w is None else w
+            self._flow_cache = (ei, flow_profile_components(ei, w, n, k))
+        return self._flow_cache[1]
 
     def _fusion_loss(self, data: HeteroData, out: ModelOutput, generator: torch.Generator | None,
                      sel: Any) -> Tensor:
         lc = self.config.loss
         present = sel(torch.stack([out.masks[m] for m in self.modalities], 1).any(1))
-        if lc.fusion_contrast == "views":
+        if lc.fusion_contrast == "views" or (lc.fusion_contrast == "cross" and len(self.modalities) < 2):
             v1 = self(augment_graph(data, lc.feature_drop, lc.edge_drop, generator)).embedding
             v2 = self(augment_graph(data, lc.feature_drop, lc.edge_drop, generator)).embedding
             return info_nce(self.contrast_head(sel(v1)[present]), self.contrast_head(sel(v2)[present]),
                             lc.temperature)
+        if lc.fusion_contrast == "cross" and len(self.modalities) >= 2:
+            return self._cross_fusion_loss(out, sel)
         fused = self.contrast_head(sel(out.embedding))
         terms = []
         for m in self.modalities:
@@ -389,6 +424,22 @@ class RegionModel(nn.Module):
                 terms.append(info_nce(fused[mk], self.contrast_head(sel(out.modality_embeddings[m]))[mk],
                                       lc.temperature))
         return torch.stack(terms).mean() if terms else fused.sum() * 0.0
+
+    def _cross_fusion_loss(self, out: ModelOutput, sel: Any) -> Tensor:
+        """Fusion of the other modalities (renormalised region weights) vs each modality, InfoNCE."""
+        w = out.fusion_weights
+        zs = torch.stack([out.modality_embeddings[m] for m in self.modalities], 1)
+        terms = []
+        for i, m in enumerate(self.modalities):
+            others = torch.cat([w[:, :i], w[:, i].new_zeros(w.size(0), 1), w[:, i + 1:]], 1)
+            total = others.sum(1, keepdim=True)
+            fused_others = ((others / total.clamp_min(1e-12)).unsqueeze(-1) * zs).sum(1)
+            rows = sel(out.masks[m] & (total.squeeze(1) > 1e-6))
+            if int(rows.sum()) >= 2:
+                terms.append(info_nce(self.contrast_head(sel(fused_others))[rows],
+                                      self.contrast_head(sel(out.modality_embeddings[m]))[rows],
+                                      self.config.loss.temperature))
+        return torch.stack(terms).mean() if terms else out.embedding.sum() * 0.0
 
     def _point_loss(self, data: HeteroData, generator: torch.Generator | None) -> Tensor:
         lc = self.config.loss

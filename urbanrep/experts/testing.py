@@ -323,3 +323,41 @@ def permute_regions(data: HeteroData, perm: Any) -> HeteroData:
             ei[1] = inv[ei[1]]
         out[et].edge_index = ei
     return out
+
+
+def with_noise_modality(data: HeteroData, like: str = "poi", slot: str = "road", width: int = 16,
+                        seed: int = 0) -> HeteroData:
+    """A copy of ``data`` with a pure-noise aggregated modality added (a check of the fusion).
+
+    The new modality, in the unused modality slot ``slot``, holds seeded standard Gaussian
+    features on the regions where ``like`` has data (same mask), zeros elsewhere; its expert
+    reads them over region adjacency (the graph gets no edges of its own for it). A fusion
+    whose weights track information should give it a weight near 0.
+
+    Args:
+        data: A region graph without ``slot``.
+        like: The modality whose mask the noise copies.
+        slot: An aggregated modality name the graph does not use.
+        width: Noise feature columns.
+        seed: Seed of the noise.
+
+    Returns:
+        The new graph (``data`` is not modified); valid under the schema.
+
+    Raises:
+        ValueError: when ``slot`` is already used or ``like`` is absent.
+    """
+    if slot in list(data.modalities) or like not in list(data.modalities):
+        raise ValueError(f"need a graph with {like!r} and without {slot!r}; it has {list(data.modalities)}")
+    out = data.clone()
+    mask = data[REGION][mask_key(like)].clone()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(mask.numel(), width, generator=gen) * mask.unsqueeze(-1).float()
+    out[REGION][feature_key(slot)] = x
+    out[REGION][mask_key(slot)] = mask
+    out.modalities = [*list(data.modalities), slot]
+    names = dict(getattr(data, "feature_names", None) or {})
+    names[slot] = [f"noise_{i}" for i in range(width)]
+    out.feature_names = names
+    validate_graph(out)
+    return out

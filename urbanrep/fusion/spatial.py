@@ -12,6 +12,7 @@ from torch_geometric.utils import scatter
 from urbanrep.errors import ConfigError
 
 FUSION_MODES = ("spatial", "global")
+FUSION_PRIORS = ("none", "coherence")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class FusionConfig:
         pos_frequencies: Octaves of the sinusoidal positional encoding (0: no position).
         use_neighbors: Include the neighbour mean of each modality embedding.
         dropout: Dropout inside the scoring network.
+        prior: ``"coherence"``: add ``log`` of each modality's noise prior (from the spatial
+            coherence of its input, :mod:`urbanrep.fusion.information`) to the scores, and
+            weight the input-retention loss by it, so noise-like modalities get weights near 0;
+            ``"none"``: learned scores only.
     """
 
     mode: str = "spatial"
@@ -33,10 +38,13 @@ class FusionConfig:
     pos_frequencies: int = 4
     use_neighbors: bool = True
     dropout: float = 0.0
+    prior: str = "none"
 
     def __post_init__(self) -> None:
         if self.mode not in FUSION_MODES:
             raise ConfigError(f"FusionConfig.mode must be one of {FUSION_MODES}, got {self.mode!r}")
+        if self.prior not in FUSION_PRIORS:
+            raise ConfigError(f"FusionConfig.prior must be one of {FUSION_PRIORS}, got {self.prior!r}")
         if self.hidden_channels < 1 or self.pos_frequencies < 0:
             raise ConfigError("FusionConfig.hidden_channels must be >= 1 and pos_frequencies >= 0")
 
@@ -123,7 +131,8 @@ class SpatialFusion(nn.Module):
             h = h + self.lin_p(positional_encoding(pos, self.pos_frequencies).to(z.dtype)).unsqueeze(1)
         return self.score(self.dropout(torch.tanh(h))).squeeze(-1)
 
-    def forward(self, z: Tensor, mask: Tensor, edge_index: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, mask: Tensor, edge_index: Tensor, pos: Tensor,
+                prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Fuse modality embeddings.
 
         Args:
@@ -131,6 +140,8 @@ class SpatialFusion(nn.Module):
             mask: ``[N, M]`` bool, modality present at the region.
             edge_index: ``[2, E]`` region adjacency.
             pos: ``[N, 2]`` region centroids.
+            prior: Optional ``[M]`` positive prior weights; ``log(prior)`` is added to every
+                region's scores (the softmax then multiplies the weights by ``prior``).
 
         Returns:
             ``(fused [N, C], weights [N, M])``; weights sum to 1 over present modalities (over
@@ -138,7 +149,10 @@ class SpatialFusion(nn.Module):
         """
         any_present = mask.any(-1, keepdim=True)
         usable = mask | ~any_present  # a region without data falls back to every (context-only) modality
-        logits = self.logits(z, edge_index, pos).masked_fill(~usable, float("-inf"))
+        logits = self.logits(z, edge_index, pos)
+        if prior is not None:
+            logits = logits + prior.to(logits.dtype).log()
+        logits = logits.masked_fill(~usable, float("-inf"))
         weights = torch.softmax(logits, -1)
         weights = torch.where(usable, weights, torch.zeros_like(weights))
         return (weights.unsqueeze(-1) * z).sum(1), weights

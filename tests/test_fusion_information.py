@@ -1,0 +1,88 @@
+"""Fusion weights that track information: the noise prior, flow-profile retention, cross contrast."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from urbanrep.experts.testing import random_region_graph, with_noise_modality
+from urbanrep.fusion.information import modality_coherence, noise_prior, spatial_coherence
+from urbanrep.fusion.losses import LossConfig, flow_profile_components
+from urbanrep.fusion.spatial import FusionConfig
+from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE, REGION
+from urbanrep.network import ModelConfig
+from urbanrep.train import TrainConfig, train
+
+
+def _grid_edges(side: int) -> torch.Tensor:
+    idx = torch.arange(side * side).view(side, side)
+    pairs = [torch.stack([idx[:, :-1].flatten(), idx[:, 1:].flatten()]),
+             torch.stack([idx[:-1, :].flatten(), idx[1:, :].flatten()])]
+    e = torch.cat(pairs, 1)
+    return torch.cat([e, e.flip(0)], 1)
+
+
+def test_coherence_separates_smooth_fields_from_noise():
+    side = 20
+    edges = _grid_edges(side)
+    yy, xx = torch.meshgrid(torch.linspace(0, 3, side), torch.linspace(0, 3, side), indexing="ij")
+    smooth = torch.stack([torch.sin(xx) + yy, torch.cos(yy) * xx], -1).view(-1, 2)
+    noise = torch.randn(side * side, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(side * side, dtype=torch.bool)
+    assert float(spatial_coherence(smooth, mask, edges, log_inputs=False)) > 0.9
+    assert float(spatial_coherence(noise, mask, edges, log_inputs=False)) < 0.05
+    prior = noise_prior(torch.tensor([0.9, 0.0, 0.05]))
+    assert prior.tolist() == pytest.approx([1.0, 0.01, 0.5])
+
+
+def test_coherence_of_real_modalities_and_a_noise_modality(nyc):
+    noisy = with_noise_modality(nyc)
+    mods = tuple(noisy.modalities)
+    coh = dict(zip(mods, modality_coherence(noisy, mods).tolist(), strict=True))
+    assert coh["road"] < 0.05  # the noise slot
+    assert all(coh[m] > 0.1 for m in mods if m != "road")
+
+
+def test_noise_modality_gets_almost_no_fusion_weight(nyc):
+    """A pure-noise modality (same mask as POI) ends with a mean fusion weight <= 0.05."""
+    noisy = with_noise_modality(nyc, seed=1)
+    res = train(noisy, ModelConfig(fusion=FusionConfig(prior="coherence")),
+                TrainConfig(epochs=40, seed=0, num_threads=1))
+    weights = dict(zip(res.modalities, res.fusion_weights.mean(0).tolist(), strict=True))
+    assert weights["road"] <= 0.05, weights
+
+
+def test_flow_components_exact_and_randomised_agree(monkeypatch):
+    import urbanrep.fusion.losses as losses
+
+    data = random_region_graph(300, modalities=("mobility",), seed=3)
+    et = MODALITY_EDGE["mobility"]
+    ei, w = data[et].edge_index, data[et].edge_weight
+    exact = flow_profile_components(ei, w, 300, 8)
+    monkeypatch.setattr(losses, "EXACT_SVD_MAX_NODES", 10)
+    approx = flow_profile_components(ei, w, 300, 8)
+    again = flow_profile_components(ei, w, 300, 8)
+    assert exact.shape == approx.shape == (300, 8)
+    assert torch.equal(approx, again)  # seeded: deterministic
+    # about the same leading subspace (random flows have a flat spectrum, so not exactly)
+    q1, q2 = torch.linalg.qr(exact[:, :4].double()).Q, torch.linalg.qr(approx[:, :4].double()).Q
+    cos = torch.linalg.svdvals(q1.t() @ q2)
+    assert cos.max() > 0.95 and cos.mean() > 0.85
+    small = flow_profile_components(ei[:, :3] % 3, w[:3], 3, 8)
+    assert small.shape == (3, 8) and torch.equal(small[:, 2:], torch.zeros(3, 6))
+
+
+@pytest.mark.parametrize("contrast", ["cross", "views"])
+def test_flow_retention_and_cross_contrast_train(contrast):
+    data = random_region_graph(60, modalities=("poi", "mobility", "landuse"), seed=0)
+    mc = ModelConfig(loss=LossConfig(flow_components=8, fusion_contrast=contrast),
+                     fusion=FusionConfig(prior="coherence"))
+    res = train(data, mc, TrainConfig(epochs=3, seed=0, num_threads=1))
+    assert res.embeddings.shape == (60, 64)
+    assert "features" in res.history[-1] and "fusion" in res.history[-1]
+    one = random_region_graph(60, modalities=("poi",), seed=0)
+    res1 = train(one, replace(mc, loss=replace(mc.loss, fusion_contrast="cross")), TrainConfig(epochs=2, seed=0))
+    assert res1.embeddings.shape == (60, 64)
+    assert ADJACENT in data.edge_types and data[REGION].num_nodes == 60
