@@ -102,6 +102,9 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_epochs600": ("candidate: training budget 600 epochs (default 300)", lambda mc: mc),
         "dev_flow32": ("candidate: input retention also of 32 flow-profile components (where trips go)",
                        loss(flow_components=32)),
+        "dev_epochs150": ("candidate: training budget 150 epochs (default 300)", lambda mc: mc),
+        "dev_no_fusion_e150": ("candidate: fusion-level contrast off, 150 epochs", loss(fusion_weight=0.0)),
+        "dev_flow8": ("candidate: input retention also of 8 flow-profile components", loss(flow_components=8)),
         "dev_noise_prior": ("candidate: noise prior on fusion weights and input retention (spatial coherence)",
                             lambda mc: replace(mc, fusion=replace(mc.fusion, prior="coherence"))),
         "dev_feature10": ("candidate: input-retention loss weight 10 (default 5)", loss(feature_weight=10.0)),
@@ -111,7 +114,8 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
 
 
 #: Training-budget overrides of variants that differ in their training, not in their model.
-TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"dev_epochs600": {"epochs": 600}}
+TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"dev_epochs600": {"epochs": 600}, "dev_epochs150": {"epochs": 150},
+                                               "dev_no_fusion_e150": {"epochs": 150}}
 
 
 def _width(c: int) -> Callable[[Any], Any]:

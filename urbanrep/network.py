@@ -313,13 +313,20 @@ class RegionModel(nn.Module):
         parts: dict[str, tuple[float, Tensor]] = {}
         if lc.aggregated_weight > 0 and len(self.modalities) >= 2:
             proj = {m: self.contrast_head(sel(out.modality_embeddings[m])) for m in self.modalities}
-            terms = []
+            terms, pair_w = [], []
             for a, b in itertools.combinations(self.modalities, 2):
                 both = sel(out.masks[a] & out.masks[b])
                 if int(both.sum()) >= 2:
                     terms.append(info_nce(proj[a][both], proj[b][both], lc.temperature))
+                    if out.prior is not None:  # aligning with a noise-like modality teaches nothing
+                        pair_w.append(out.prior[self.modalities.index(a)] * out.prior[self.modalities.index(b)])
             if terms:
-                parts["aggregated"] = (lc.aggregated_weight, torch.stack(terms).mean())
+                stacked = torch.stack(terms)
+                if pair_w:
+                    w = torch.stack(pair_w).to(stacked.dtype)
+                    parts["aggregated"] = (lc.aggregated_weight, (stacked * w).sum() / w.sum())
+                else:
+                    parts["aggregated"] = (lc.aggregated_weight, stacked.mean())
         if lc.fusion_weight > 0:
             parts["fusion"] = (lc.fusion_weight, self._fusion_loss(data, out, generator, sel))
         if lc.point_weight > 0 and "street_view" in self.modalities:

@@ -12,7 +12,9 @@ never a target, so it can steer the model on any city:
   (:class:`~urbanrep.fusion.spatial.SpatialFusion`), so a modality whose input is noise gets a
   weight near 0 while structured modalities keep their learned, region-specific weights;
 * the input-retention loss weights each modality's reconstruction by the same prior, so the
-  fused embedding does not spend its width on reproducing noise.
+  fused embedding does not spend its width on reproducing noise, and the aggregated-level
+  contrast weights each modality pair by the product of their priors (aligning a modality
+  with noise teaches it nothing).
 
 A pure-noise modality scores about 0 (``± 1 / sqrt(regions x columns)``); the real modalities of
 the benchmark cities score 0.2-0.8.
