@@ -104,6 +104,10 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                        loss(flow_components=32)),
         "dev_epochs150": ("candidate: training budget 150 epochs (default 300)", lambda mc: mc),
         "dev_no_fusion_e150": ("candidate: fusion-level contrast off, 150 epochs", loss(fusion_weight=0.0)),
+        "dev_no_fusion_ens2": ("candidate: fusion-level contrast off, ensemble of 2 members (128-d)",
+                               lambda mc: replace(mc, ensemble=2, loss=replace(mc.loss, fusion_weight=0.0))),
+        "dev_no_fusion_ens3": ("candidate: fusion-level contrast off, ensemble of 3 members (192-d)",
+                               lambda mc: replace(mc, ensemble=3, loss=replace(mc.loss, fusion_weight=0.0))),
         "dev_flow8": ("candidate: input retention also of 8 flow-profile components", loss(flow_components=8)),
         "dev_noise_prior": ("candidate: noise prior on fusion weights and input retention (spatial coherence)",
                             lambda mc: replace(mc, fusion=replace(mc.fusion, prior="coherence"))),
@@ -249,6 +253,8 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     from urbanrep.network import ModelConfig
     from urbanrep.train import TrainConfig, config_to_dict, embeddings_frame, train
 
+    if variant.startswith(PEER_PREFIX):
+        return _train_peer(data, variant, seed, epochs, cache, cached_only)
     mc = model_variants()[variant][1](ModelConfig())
     tc = replace(TrainConfig(epochs=epochs, seed=seed, device=device), **TRAIN_OVERRIDES.get(variant, {}))
     epochs = tc.epochs
@@ -279,6 +285,49 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     cache.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(emb.reset_index(), path)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
+    return emb, meta, path
+
+
+PEER_PREFIX = "peer_"
+
+
+def variant_description(variant: str) -> str:
+    """One line for the tables: a model variant's description, or a peer's."""
+    if variant.startswith(PEER_PREFIX):
+        from experiments.peers import PEERS
+
+        return f"in-harness peer: {PEERS[variant[len(PEER_PREFIX):]].description}"
+    return model_variants()[variant][0]
+
+
+def _train_peer(data: Any, variant: str, seed: int, epochs: int, cache: Path,
+                cached_only: bool) -> tuple[pd.DataFrame, dict[str, Any], Path] | None:
+    """Train a peer model (experiments/peers) with the same budget and seed, cached like ours."""
+    from experiments.peers import fit_peer
+
+    key = _config_hash({"modalities": list(data.modalities), "n": int(len(data.region_ids))})
+    path = cache / f"{variant}_s{seed}_e{epochs}_{key}.parquet"
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        return pd.read_parquet(path).set_index("region_id"), json.loads(meta_path.read_text()), path
+    if cached_only:
+        return None
+    t0 = time.perf_counter()
+    emb = fit_peer(variant[len(PEER_PREFIX):], data, seed=seed, epochs=epochs)
+    report = dict(emb.attrs.get("peer", {}))
+    losses = [float(v) for v in report.get("losses", [])] or [float("nan")]
+    tail = losses[-max(1, len(losses) // 10):]
+    mid = losses[-max(2, len(losses) // 5):-max(1, len(losses) // 10)] or tail
+    meta = {"variant": variant, "seed": seed, "epochs": epochs, "wall_s": round(time.perf_counter() - t0, 1),
+            "code": _code_version(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "peer_report": _json_safe(report), "loss_first": losses[0], "loss_last": losses[-1],
+            "loss_last10pct_mean": float(np.mean(tail)), "loss_prev10pct_mean": float(np.mean(mid))}
+    emb = emb.copy()
+    emb.attrs = {}
+    emb.index.name = "region_id"
+    cache.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(emb.reset_index(), path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=1, default=str))
     return emb, meta, path
 
 
@@ -406,6 +455,7 @@ def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
     variants = ["urbanrep"] + [a for a in args.ablation_list if _applicable(a, list(data.modalities))]
     if city.name not in args.ablation_cities:
         variants = ["urbanrep"]
+    variants += [f"{PEER_PREFIX}{p}" for p in args.peers]
     methods: dict[str, dict[str, Any]] = {}
     for v in variants:
         per_seed: dict[str, list[dict[str, float]]] = {"paper": [], "strict": []}
@@ -430,7 +480,7 @@ def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
                      {k: round(x, 3) for k, x in ev["paper"].items() if not k.endswith("_std")})
         if args.train_only:
             continue
-        methods[v] = {"kind": "learned", "description": model_variants()[v][0],
+        methods[v] = {"kind": "learned", "description": variant_description(v),
                       "paper": aggregate(per_seed["paper"]), "strict": aggregate(per_seed["strict"]),
                       "train": {"seeds": list(args.seeds), "epochs": args.epochs,
                                 "trained_at": sorted({m.get("trained_at", "") for m in metas} - {""}),
@@ -630,6 +680,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ablation-cities", nargs="*", default=["nyc180", "chicago77"],
                    help="cities on which the ablations run (others: full model only)")
     p.add_argument("--strict-seeds", type=int, default=None, help="shuffled splits of the strict protocol (10)")
+    p.add_argument("--peers", nargs="*", default=["hafusion", "hrep"],
+                   help="in-harness peer models (experiments/peers), trained with the same seeds and budget")
     p.add_argument("--quick", action="store_true",
                    help="NYC-180 + Chicago-77 unless --cities, 3 ablations, 5 strict splits")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")

@@ -86,3 +86,22 @@ def test_flow_retention_and_cross_contrast_train(contrast):
     res1 = train(one, replace(mc, loss=replace(mc.loss, fusion_contrast="cross")), TrainConfig(epochs=2, seed=0))
     assert res1.embeddings.shape == (60, 64)
     assert ADJACENT in data.edge_types and data[REGION].num_nodes == 60
+
+
+def test_ensemble_concatenates_members_and_round_trips(tmp_path):
+    from urbanrep.train import load_model, save_model
+
+    data = random_region_graph(40, modalities=("poi", "mobility"), seed=1)
+    mc = ModelConfig(ensemble=2, loss=LossConfig(fusion_weight=0.0))
+    res = train(data, mc, TrainConfig(epochs=3, seed=0, num_threads=1))
+    assert res.embeddings.shape == (40, 128) and res.model.out_channels == 128
+    assert res.fusion_weights.shape == (40, 2)
+    halves = res.embeddings[:, :64], res.embeddings[:, 64:]
+    assert not torch.allclose(torch.as_tensor(halves[0]), torch.as_tensor(halves[1]))  # distinct members
+    save_model(res.model, tmp_path / "model.pt", TrainConfig())
+    again = load_model(tmp_path / "model.pt")
+    again.eval()
+    with torch.no_grad():
+        emb = again(data).embedding.numpy()
+    assert emb.shape == (40, 128)
+    assert torch.allclose(torch.as_tensor(emb), torch.as_tensor(res.embeddings), atol=1e-5)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import torch
@@ -122,6 +122,12 @@ class ModelConfig:
             the expert outputs are kept for the backward pass and each expert's forward is
             redone there (same gradients, dropout included; about a third more compute,
             several times less memory on large graphs).
+        ensemble: Independent members (each a whole model: experts, fusion, heads, with its
+            own initialisation) trained side by side on the sum of their objectives; the
+            embedding is their concatenation (``ensemble * expert.out_channels`` wide) and the
+            fusion weights their mean. Linear probes on a few hundred regions vary a lot
+            between training seeds; several members average that out (cost: ``ensemble``
+            times one member).
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -132,8 +138,11 @@ class ModelConfig:
     modalities: tuple[str, ...] | None = None
     projection_channels: int = 64
     checkpoint_experts: bool = False
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
+        if self.ensemble < 1:
+            raise ConfigError(f"ModelConfig.ensemble must be >= 1, got {self.ensemble}")
         if self.modalities is not None:
             bad = [m for m in self.modalities if m not in ALL_MODALITIES]
             if bad:
@@ -155,6 +164,9 @@ class ModelOutput:
         gates: ``{modality: [N, 1 + k]}`` MoE gate weights.
         modalities: Modality order of the columns of ``fusion_weights``.
         prior: ``[M]`` noise prior of each modality (``fusion.prior="coherence"``), else None.
+        members: Each member's own output (``ModelConfig.ensemble > 1``), else None; the
+            fields above are then the concatenated embedding, the first member's modality
+            embeddings and gates, the mean fusion weights and the summed auxiliary loss.
     """
 
     embedding: Tensor
@@ -165,13 +177,15 @@ class ModelOutput:
     gates: dict[str, Tensor]
     modalities: tuple[str, ...]
     prior: Tensor | None = None
+    members: list[ModelOutput] | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
 
     def keys(self) -> list[str]:
         """Field names."""
-        return ["embedding", "modality_embeddings", "masks", "fusion_weights", "aux_loss", "gates", "modalities", "prior"]
+        return ["embedding", "modality_embeddings", "masks", "fusion_weights", "aux_loss", "gates", "modalities", "prior",
+                "members"]
 
 
 def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -203,6 +217,11 @@ class RegionModel(nn.Module):
         if not self.modalities:
             raise ConfigError("the model has no modality to learn from: the graph lists none "
                               "(check the bundle's layers/aggregates)")
+        self.members: nn.ModuleList | None = None
+        if config.ensemble > 1:
+            self.members = nn.ModuleList([RegionModel(replace(config, ensemble=1), metadata)
+                                          for _ in range(config.ensemble)])
+            return
         ec, mc = config.expert, config.moe
         c = ec.out_channels
         self.backbones = nn.ModuleList([GCNStack(ec.hidden_channels, c, ec.num_layers, ec.dropout)
@@ -245,11 +264,15 @@ class RegionModel(nn.Module):
 
     @property
     def out_channels(self) -> int:
-        """Embedding width."""
-        return self.config.expert.out_channels
+        """Embedding width (``ensemble * expert.out_channels``)."""
+        return self.config.ensemble * self.config.expert.out_channels
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""
+        if self.members is not None:
+            for member in self.members:
+                cast(RegionModel, member).reset_parameters()
+            return
         reset_modules(self.backbones, *self.experts.values(), self.fusion, *self._head_linears())
 
     def _head_linears(self) -> list[nn.Module]:
@@ -270,6 +293,13 @@ class RegionModel(nn.Module):
     def forward(self, data: HeteroData) -> ModelOutput:
         """Embed every region of ``data``; see :class:`ModelOutput` for shapes."""
         self.check_graph(data)
+        if self.members is not None:
+            outs = [cast(ModelOutput, member(data)) for member in self.members]
+            first = outs[0]
+            return ModelOutput(torch.cat([o.embedding for o in outs], -1), first.modality_embeddings, first.masks,
+                               torch.stack([o.fusion_weights for o in outs]).mean(0),
+                               torch.stack([o.aux_loss for o in outs]).sum(), first.gates, self.modalities,
+                               first.prior, outs)
         z, masks, gates = {}, {}, {}
         aux = data[REGION].pos.new_zeros(())
         for m in self.modalities:
@@ -302,6 +332,15 @@ class RegionModel(nn.Module):
             ``aggregated``, ``fusion``, ``point``, ``mobility``, ``poi_similarity``,
             ``landuse_similarity``, ``balance`` (only the parts switched on and applicable).
         """
+        if self.members is not None:
+            assert out.members is not None, "an ensemble's loss needs the output of its own forward"
+            totals, member_parts = [], []
+            for member, member_out in zip(self.members, out.members, strict=True):
+                t, p = cast(RegionModel, member).loss(data, member_out, generator)
+                totals.append(t)
+                member_parts.append(p)
+            k = len(member_parts)
+            return torch.stack(totals).sum(), {key: sum(p[key] for p in member_parts) / k for key in member_parts[0]}
         lc = self.config.loss
         n = out.embedding.size(0)
         dev = out.embedding.device

@@ -217,11 +217,13 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     """Inverse of :func:`config_to_dict` for :class:`ModelConfig`."""
     mods = d.get("modalities")
     return ModelConfig(
-        expert=ExpertConfig(**d["expert"]), moe=MoEConfig(**d["moe"]), fusion=FusionConfig(**d["fusion"]),
-        # Models saved before ``feature_target`` existed reconstructed log-scale features only.
-        loss=LossConfig(**{"feature_target": "log", **d["loss"]}), uniform_experts=d["uniform_experts"],
+        # Models saved before an option existed were trained without it (its off value here).
+        expert=ExpertConfig(**d["expert"]), moe=MoEConfig(**d["moe"]),
+        fusion=FusionConfig(**{"prior": "none", **d["fusion"]}),
+        loss=LossConfig(**{"feature_target": "log", "flow_components": 0, **d["loss"]}),
+        uniform_experts=d["uniform_experts"],
         modalities=tuple(mods) if mods is not None else None, projection_channels=d["projection_channels"],
-        checkpoint_experts=bool(d.get("checkpoint_experts", False)),
+        checkpoint_experts=bool(d.get("checkpoint_experts", False)), ensemble=int(d.get("ensemble", 1)),
     )
 
 
