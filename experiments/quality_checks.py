@@ -145,7 +145,7 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
     lines.append("| drop | " + " | ".join(f"{nz['drop'][c]:+.3f}" if c in nz["drop"] else "" for c in cols) + " |")
     lines += ["", f"Noise check: **{'passed' if nz['passed'] else 'FAILED'}** (weight <= 0.05 and no strict R² "
               "drop > 0.01).", "", "## Subsets of modalities", ""]
-    for name, sub in res["subsets"].items():
+    for sub in res["subsets"].values():
         lines += [f"### `model.modalities={sub['modalities']}`", "",
                   "| embedding | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
                   "| urbanrep | " + " | ".join(f"{sub['mean'][c]:.3f} ± {sub['std'][c]:.3f}" for c in cols) + " |"]

@@ -42,6 +42,25 @@ DEV_CITIES = ("chicago77", "singapore")
 HELD_OUT = ("nyc180", "nyc_tracts")
 
 
+#: What a candidate changes, where a city lacks it: on such a city its training is the default's,
+#: operation for operation (e.g. flow-profile retention without mobility, any fusion or
+#: cross-modal option with one modality), so its default-run embedding is reused, not retrained.
+def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
+    """Whether ``candidate`` trains exactly like the default on a graph with ``modalities``."""
+    single = len(modalities) < 2
+    if candidate in ("dev_flow32", "dev_flow8"):
+        return "mobility" not in modalities
+    if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior"):
+        return single
+    return False
+
+
+#: Two-stage rule (declared 2026-12-06 before any stage-2 run): every candidate is trained on
+#: Chicago-77 first; one whose Chicago score is more than PRUNE_MARGIN below the default's is
+#: not trained on the slower cities and cannot be selected (it is listed as pruned).
+PRUNE_CITY, PRUNE_MARGIN = "chicago77", 0.03
+
+
 def scalar_tasks(city_name: str) -> list[str]:
     """The city's scalar regression tasks (clustering and land-use shares are left out of the score)."""
     return [t for t in CITIES[city_name].tasks if t not in ("nmi", "ari", "landuse_shares")]
@@ -61,26 +80,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     results: dict[str, Any] = {"candidates": {}, "cities": list(args.cities), "seeds": list(args.seeds),
                                "epochs": args.epochs, "strict_seeds": args.strict_seeds}
-    for city_name in args.cities:
+    pruned: dict[str, float] = {}
+    cities = sorted(args.cities, key=lambda c: c != PRUNE_CITY)
+    for city_name in cities:
         bundle = load_city(CITIES[city_name], args.data_root)
         data, _ = build_graph(bundle, GraphConfig())
         tasks = scalar_tasks(city_name)
         for cand in args.candidates:
+            if cand in pruned:
+                continue
             per_seed = []
+            trained_as = "urbanrep" if same_as_default(cand, list(data.modalities)) else cand
             for seed in args.seeds:
-                got = train_embedding(data, cand, seed, args.epochs, args.out / "embeddings" / city_name, args.device)
+                got = train_embedding(data, trained_as, seed, args.epochs, args.out / "embeddings" / city_name,
+                                      args.device)
                 assert got is not None
                 per_seed.append(strict_scores(got[0], bundle, tasks, args.strict_seeds))
             means = {t: float(np.mean([p[t] for p in per_seed])) for t in tasks}
             city_score = [float(np.mean(list(p.values()))) for p in per_seed]
             entry = results["candidates"].setdefault(cand, {"description": model_variants()[cand][0], "cities": {}})
             entry["cities"][city_name] = {"tasks": means, "score": float(np.mean(city_score)),
-                                          "score_std": float(np.std(city_score))}
+                                          "score_std": float(np.std(city_score)),
+                                          "same_as_default": trained_as != cand}
             log.info("%s %s: score %.3f ± %.3f %s", city_name, cand, np.mean(city_score), np.std(city_score),
                      {t: round(v, 3) for t, v in means.items()})
-    for entry in results["candidates"].values():
+        if city_name == PRUNE_CITY and "urbanrep" in results["candidates"] and len(cities) > 1:
+            ref = results["candidates"]["urbanrep"]["cities"][city_name]["score"]
+            for cand, entry in results["candidates"].items():
+                if entry["cities"][city_name]["score"] < ref - PRUNE_MARGIN:
+                    pruned[cand] = entry["cities"][city_name]["score"] - ref
+    for cand, entry in results["candidates"].items():
         entry["score"] = float(np.mean([c["score"] for c in entry["cities"].values()]))
-    results["selected"] = max(results["candidates"], key=lambda c: results["candidates"][c]["score"])
+        entry["pruned"] = cand in pruned
+    results["pruned"] = {c: round(d, 4) for c, d in pruned.items()}
+    eligible = [c for c in results["candidates"] if c not in pruned]
+    results["selected"] = max(eligible, key=lambda c: results["candidates"][c]["score"])
     return results
 
 
@@ -95,19 +129,35 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
              "tasks; the highest score becomes the default.", "",
              "| candidate | " + " | ".join(f"{c} score" for c in cities) + " | score |",
              "|---|" + "---|" * (len(cities) + 1)]
-    order = sorted(res["candidates"], key=lambda c: -res["candidates"][c]["score"])
+    order = sorted(res["candidates"], key=lambda c: (res["candidates"][c]["pruned"], -res["candidates"][c]["score"]))
+
+    def city_cell(e: dict[str, Any], c: str) -> str:
+        if c not in e["cities"]:
+            return "pruned"
+        got = e["cities"][c]
+        same = " (= default here)" if got.get("same_as_default") else ""
+        return f"{got['score']:.3f} ± {got['score_std']:.3f}{same}"
+
     for cand in order:
         e = res["candidates"][cand]
-        cells = [f"{e['cities'][c]['score']:.3f} ± {e['cities'][c]['score_std']:.3f}" for c in cities]
+        cells = [city_cell(e, c) for c in cities]
         name = f"**{cand}**" if cand == res["selected"] else cand
-        lines.append(f"| {name} ({e['description']}) | " + " | ".join(cells) + f" | {e['score']:.3f} |")
+        total = "pruned" if e["pruned"] else f"{e['score']:.3f}"
+        lines.append(f"| {name} ({e['description']}) | " + " | ".join(cells) + f" | {total} |")
     lines += ["", "Per task (mean over seeds):", "",
               "| candidate | " + " | ".join(f"{c}:{t}" for c in cities for t in scalar_tasks(c)) + " |",
               "|---|" + "---|" * sum(len(scalar_tasks(c)) for c in cities)]
     for cand in order:
         e = res["candidates"][cand]
-        lines.append(f"| {cand} | " + " | ".join(f"{e['cities'][c]['tasks'][t]:.3f}"
+        lines.append(f"| {cand} | " + " | ".join(f"{e['cities'][c]['tasks'][t]:.3f}" if c in e["cities"] else ""
                                                 for c in cities for t in scalar_tasks(c)) + " |")
+    if res.get("pruned"):
+        lines += ["", f"Pruned on {PRUNE_CITY} (score more than {PRUNE_MARGIN} below the default's, so not trained "
+                  "on the other cities and not eligible): "
+                  + ", ".join(f"{c} ({d:+.3f})" for c, d in res["pruned"].items()) + "."]
+    lines += ["", "`(= default here)`: the candidate changes nothing the city has (e.g. flow retention without "
+              "mobility, a fusion option with one modality), so it trains exactly as the default there and "
+              "reuses the default's runs."]
     lines += ["", f"Selected: **{res['selected']}**.", ""]
     return "\n".join(lines)
 
