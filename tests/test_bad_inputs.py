@@ -14,11 +14,21 @@ import sys
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import pytest
+import shapely.ops
+from shapely.geometry import Point, Polygon, box
 
 from tests.conftest import grid_bundle
-from urbanrep.bundle import read_bundle, write_bundle
+from urbanrep.bundle import (
+    Aggregate,
+    CityBundle,
+    ValidationReport,
+    read_bundle,
+    validate_bundle,
+    write_bundle,
+)
 from urbanrep.cli import main
 from urbanrep.errors import BundleError, UrbanRepError
 
@@ -321,3 +331,258 @@ def test_one_and_two_region_cities_run_end_to_end(tmp_path: Path, n: int) -> Non
     assert (run / "gis" / "embeddings.parquet").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert "population" in metrics["skipped"]  # too few regions to evaluate: said, not a traceback
+
+
+# --- 3. one validation, everywhere ------------------------------------------------------------------
+
+def _write_unchecked(bundle: CityBundle, path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Write ``bundle`` to disk as it is (a bad bundle made by hand or by another tool)."""
+    import urbanrep.bundle.io as bio
+
+    with monkeypatch.context() as m:
+        m.setattr(bio, "validate_bundle", lambda b: (b, ValidationReport()))
+        write_bundle(bundle, path)
+    return path
+
+
+def _same_error_everywhere(bundle: CityBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture[str]) -> str:
+    """validate, write_bundle, read_bundle, build-graphs and UrbanRep.fit/transform: one check, one message."""
+    from urbanrep import UrbanRep
+    from urbanrep.graphs import build_graph
+    from urbanrep.runconfig import load_run_config
+
+    messages = []
+    with pytest.raises(BundleError) as exc:
+        validate_bundle(bundle)
+    messages.append(str(exc.value))
+    with pytest.raises(BundleError) as exc:
+        write_bundle(bundle, tmp_path / "refused")
+    messages.append(str(exc.value))
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(BundleError) as exc:
+        build_graph(bundle)
+    messages.append(str(exc.value))
+    config = load_run_config(None, [s for s in TINY if s != "--set"])
+    with pytest.raises(BundleError) as exc:
+        UrbanRep(config).fit(bundle)
+    messages.append(str(exc.value))
+    fitted = UrbanRep(config).fit(grid_bundle(2))
+    with pytest.raises(BundleError) as exc:
+        fitted.transform(bundle)
+    messages.append(str(exc.value))
+    on_disk = _write_unchecked(bundle, tmp_path / "bad", monkeypatch)
+    with pytest.raises(BundleError) as exc:
+        read_bundle(on_disk)
+    messages.append(str(exc.value))
+    assert len(set(messages)) == 1, messages
+    for argv in (["validate", str(on_disk)], ["build-graphs", str(on_disk), "--out", str(tmp_path / "g.pt")],
+                 ["run", str(on_disk), "--out", str(tmp_path / "run"), *TINY]):
+        assert _err(capsys, argv) == f"urbanrep: error: {messages[0]}"
+    assert not (tmp_path / "g.pt").exists()
+    return messages[0]
+
+
+def _nyc_grid(crs: str = "EPSG:4326", swap: bool = False, x0: float = -74.01, y0: float = 40.70) -> CityBundle:
+    """A 2 x 2 grid of ~1 km cells (default: lower Manhattan), in lon/lat, with POIs."""
+    d = 0.01
+    cells = [box(x0 + i * d, y0 + j * d, x0 + (i + 1) * d, y0 + (j + 1) * d) for j in range(2) for i in range(2)]
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(x0, x0 + 2 * d, 40), rng.uniform(y0, y0 + 2 * d, 40)
+    regions = gpd.GeoDataFrame({"region_id": ["a", "b", "c", "d"]}, geometry=cells, crs=crs)
+    pts = gpd.points_from_xy(lat, lon) if swap else gpd.points_from_xy(lon, lat)
+    pois = gpd.GeoDataFrame({"category": rng.choice(["food", "shop"], 40)}, geometry=pts, crs=crs)
+    return CityBundle(name="nyc_grid", regions=regions, pois=pois)
+
+
+def test_metre_coordinates_labelled_wgs84(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    b = _nyc_grid().regions.to_crs("EPSG:32618").set_crs("EPSG:4326", allow_override=True)
+    bundle = CityBundle(name="m", regions=b)
+    msg = _same_error_everywhere(bundle, tmp_path, monkeypatch, capsys)
+    assert msg.startswith("layer 'regions': coordinates (x 583") and "are not degrees, but the layer is labelled " \
+        "EPSG:4326 (WGS 84); they look like metres or feet of a projected CRS" in msg
+
+
+def test_degrees_labelled_with_a_metric_crs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = _nyc_grid("EPSG:3857")
+    msg = _same_error_everywhere(bundle, tmp_path, monkeypatch, capsys)
+    assert msg == ("layer 'regions' is labelled EPSG:3857 (WGS 84 / Pseudo-Mercator) (metre) but its coordinates "
+                   "(x -74.01..-73.99, y 40.7..40.72) look like longitude/latitude degrees: the whole layer would span "
+                   "0.02 metre; label it as degrees: gdf.set_crs('EPSG:4326', allow_override=True)")
+
+
+def test_coordinates_outside_the_crs_area_of_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    regions = _nyc_grid().regions.to_crs("EPSG:32618").set_crs("EPSG:2263", allow_override=True)  # UTM as NY feet
+    msg = _same_error_everywhere(CityBundle(name="m", regions=regions), tmp_path, monkeypatch, capsys)
+    assert "far outside the area where EPSG:2263 (NAD83 / New York Long Island (ftUS)) is used" in msg
+    assert "the CRS label is wrong" in msg
+
+
+def test_swapped_latitude_longitude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    msg = _same_error_everywhere(_nyc_grid(swap=True), tmp_path, monkeypatch, capsys)
+    assert msg.startswith("layer 'pois': every coordinate (x 40.7") and "lies south of 60°S (Antarctica)" in msg
+    paris = _nyc_grid(swap=True, x0=2.33, y0=48.84)  # swapped, Paris lands in east Africa: a plausible place
+    msg = _same_error_everywhere(paris, tmp_path / "paris", monkeypatch, capsys)
+    assert msg == ("layer 'pois': 100 % of its points fall outside the regions, but with x and y swapped they fall "
+                   "inside: its coordinates are in (latitude, longitude) order; GeoPandas wants x = longitude, "
+                   "y = latitude: build the points with gpd.points_from_xy(lon, lat)")
+    swapped_regions = _nyc_grid().regions
+    swapped_regions.geometry = swapped_regions.geometry.map(lambda g: shapely.ops.transform(lambda x, y: (y, x), g))
+    with pytest.raises(BundleError, match=r"south of 60°S \(Antarctica\).*\(latitude, longitude\) order"):
+        validate_bundle(CityBundle(name="s", regions=swapped_regions))
+    with pytest.raises(BundleError, match=r"latitudes beyond ±90 .* \(latitude, longitude\) order"):
+        validate_bundle(CityBundle(name="s", regions=swapped_regions.set_geometry(
+            swapped_regions.geometry.translate(xoff=0, yoff=-30))))
+
+
+def test_overlapping_regions_refused_above_tolerance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    b = grid_bundle(2)
+    geoms = list(b.regions.geometry)
+    geoms[1] = box(500, 0, 2000, 1000)  # r1 covers half of r0
+    b.regions = b.regions.set_geometry(gpd.GeoSeries(geoms, crs=b.regions.crs))
+    msg = _same_error_everywhere(b, tmp_path, monkeypatch, capsys)
+    assert msg == ("regions layer: regions overlap: 'r0' and 'r1' by 500000 m² (50.0 % of the smaller); regions must "
+                   "not overlap by more than 1 % (a point in the overlap would count for one of them only): fix the "
+                   "polygons, e.g. clip or dissolve them")
+
+
+def test_slightly_overlapping_regions_are_cut_and_reported(tmp_path: Path) -> None:
+    from urbanrep.graphs import build_graph
+
+    b = grid_bundle(2)
+    geoms = list(b.regions.geometry)
+    geoms[1] = box(995, 0, 2000, 1000)  # 5 m x 1000 m sliver over r0 (0.5 %)
+    b.regions = b.regions.set_geometry(gpd.GeoSeries(geoms, crs=b.regions.crs))
+    b.pois = gpd.GeoDataFrame({"category": ["food"]}, geometry=[Point(997, 500)], crs=b.regions.crs)
+    fixed, report = validate_bundle(b)
+    assert report.overlaps["pairs"] == 1 and report.overlaps["area_m2"] == pytest.approx(5000)
+    assert ("regions: 1 pair(s) of regions overlapped by 5000 m² in all (below the 1 % tolerance; largest: 'r0' and "
+            "'r1', 5000 m² (0.5 % of the smaller)); each overlap was cut from the later region of the pair") \
+        in report.lines()[0]
+    assert fixed.regions.geometry.area.tolist() == pytest.approx([1e6, 1e6, 1e6, 1e6])  # r1 lost the sliver
+    data, _ = build_graph(b)
+    x = data["region"]["x_poi"].numpy()
+    assert x[:, -1].tolist() == pytest.approx([np.log1p(1), 0, 0, 0])  # the POI counts for r0 only
+
+
+def test_invalid_polygons_are_repaired_with_the_area_change_reported() -> None:
+    b = grid_bundle(2)
+    geoms = list(b.regions.geometry)
+    geoms[3] = Polygon([(1000, 1000), (2000, 2000), (2000, 1000), (1000, 2000)])  # bow-tie
+    b.regions = b.regions.set_geometry(gpd.GeoSeries(geoms, crs=b.regions.crs))
+    fixed, report = validate_bundle(b)
+    assert report.repaired_geometries == {"regions": 1}
+    assert report.repaired_area["regions"]["after"] == pytest.approx(500_000)
+    line = next(x for x in report.lines() if x.startswith("repaired"))
+    assert line == ("repaired 1 invalid geometries in regions (make_valid): their area changed from 0 to 500000 "
+                    "(+100.0 %), most for region 'r3' (0 -> 500000)")
+    assert fixed.regions.geometry.iloc[3].is_valid
+
+
+def test_duplicate_od_pairs_are_summed_and_counted() -> None:
+    from tests.helpers import assert_same_graph
+    from urbanrep.graphs import build_graph
+
+    b = grid_bundle(2)
+    od = b.aggregates["od"].table
+    doubled = pd.concat([od, od.iloc[:2].assign(value=[10.0, 20.0])], ignore_index=True)
+    b.aggregates["od"] = Aggregate("od", "mobility", "matrix", doubled)
+    fixed, report = validate_bundle(b)
+    assert report.summed_duplicates == {"od": 2}
+    assert "aggregate 'od': 2 duplicate (origin_region, dest_region[, slice]) rows were summed into one row per pair" \
+        in report.lines()
+    summed = fixed.aggregates["od"].table
+    assert len(summed) == len(od) and summed["value"].tolist()[:2] == [11.0, 22.0]
+    ref = grid_bundle(2)
+    ref.aggregates["od"] = Aggregate("od", "mobility", "matrix", summed)
+    assert_same_graph(build_graph(b)[0], build_graph(ref)[0])
+
+
+@pytest.mark.parametrize("case", ["poi_aggregate", "od_value", "trip_count"])
+def test_negative_counts(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    b = grid_bundle(2)
+    if case == "poi_aggregate":
+        b.aggregates["poi_counts"] = Aggregate("poi_counts", "poi", "vector", pd.DataFrame(
+            {"region_id": ["r0", "r1"], "food": [3.0, -1.0]}))
+        expected = ("POI aggregate(s) ['poi_counts'] has negative values in rows [1]: it must hold counts, areas or "
+                    "shares (>= 0); fix the aggregate or drop it from the bundle")
+    elif case == "od_value":
+        b.aggregates["od"].table.loc[0, "value"] = -2.0
+        expected = ("aggregate 'od': mobility flows have negative counts at rows 0; trip 'count' and OD 'value' must "
+                    "be >= 0")
+    else:
+        b.trips = pd.DataFrame({"origin_region": ["r0", "r1"], "dest_region": ["r1", "r2"], "count": [1, -3]})
+        expected = "layer 'trips': mobility flows have negative counts at rows 1; trip 'count' and OD 'value' must be >= 0"
+    assert _same_error_everywhere(b, tmp_path, monkeypatch, capsys) == expected
+
+
+def test_missing_categories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    b = grid_bundle(2)
+    b.pois = b.pois.assign(category=None)
+    msg = _same_error_everywhere(b, tmp_path, monkeypatch, capsys)
+    assert msg == "layer 'pois' column 'category': every value is missing; the layer needs category values"
+    some = grid_bundle(2)
+    some.pois.loc[:4, "category"] = None
+    _, report = validate_bundle(some)
+    assert report.no_category == {"pois": 5}
+    assert "5 records of pois have no category (the graph build drops them)" in report.lines()
+    from urbanrep.graphs import build_graph
+
+    assert build_graph(some)[1]["poi"]["no_category"] == 5  # the same count in the build report
+
+
+def test_unparseable_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    b = grid_bundle(2)
+    b.trips = pd.DataFrame({"origin_region": ["r0", "r1", "r2"], "dest_region": ["r1", "r2", "r3"],
+                            "time": ["2016-05-01 08:30:00", "yesterday", None]})
+    _, report = validate_bundle(b)
+    assert report.unparseable_times == 1
+    assert "1 trips have a time that cannot be parsed (counted in the totals, not in any time slice)" in report.lines()
+    b.trips["time"] = ["soon", "later", None]
+    msg = _same_error_everywhere(b, tmp_path, monkeypatch, capsys)
+    assert msg == ("layer 'trips' column 'time': no value can be read as a time (e.g. 'soon' at row 0); give ISO 8601 "
+                   "times such as '2016-05-01 08:30:00' or datetime values")
+
+
+def test_string_and_integer_region_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    b = grid_bundle(2)
+    b.regions["region_id"] = [0, 1, 2, 3]
+    b.aggregates["od"].table[["origin_region", "dest_region"]] = [[0, 1], [1, 2], [2, 3]]
+    b.targets["region_id"] = ["0", "1", "2", "3"]
+    msg = _same_error_everywhere(b, tmp_path, monkeypatch, capsys)
+    assert msg == ("targets: region_id values are str ('0', '1', '2') but the regions layer's region_id values are int "
+                   "(0, 1, 2); they match only as text: convert them, df['region_id'] = df['region_id'].astype(int)")
+
+
+def test_mixed_type_region_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    b = grid_bundle(2)
+    b.regions["region_id"] = pd.Series([0, "r1", "r2", "r3"], dtype=object)
+    b.aggregates = {}
+    b.targets = None
+    with pytest.raises(BundleError) as exc:
+        write_bundle(b, tmp_path / "mixed")
+    assert str(exc.value) == ("regions layer: column 'region_id' mixes value types: int (e.g. 0), str (e.g. 'r1'); use "
+                              "one type, e.g. df['region_id'] = df['region_id'].astype(str)")
+    assert not (tmp_path / "mixed").exists()
+
+
+@pytest.mark.parametrize("case", ["no_region_id", "no_category"])
+def test_fit_on_a_bundle_with_mistakes_names_the_fix(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    b = grid_bundle(2)
+    if case == "no_region_id":
+        b.regions = b.regions.rename(columns={"region_id": "zone"})
+        b.aggregates, b.targets = {}, None
+        expected = "regions layer has no 'region_id' column (columns: zone, geometry); add one with a unique id per region"
+    else:
+        b.pois = b.pois.rename(columns={"category": "fclass"})
+        expected = "layer 'pois' lacks required columns ['category'] (has: fclass, geometry)"
+    assert _same_error_everywhere(b, tmp_path, monkeypatch, capsys) == expected

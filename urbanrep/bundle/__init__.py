@@ -3,7 +3,7 @@
 from urbanrep.bundle.core import Aggregate, CityBundle
 from urbanrep.bundle.io import read_bundle, read_manifest, write_bundle
 from urbanrep.bundle.spec import AGGREGATED_MODALITIES, LAYERS, MODALITIES, RAW_LAYERS, SCHEMA_VERSION
-from urbanrep.bundle.validate import ValidationReport, validate_bundle
+from urbanrep.bundle.validate import ValidationReport, ensure_validated, validate_bundle
 
 __all__ = [
     "AGGREGATED_MODALITIES",
@@ -14,6 +14,7 @@ __all__ = [
     "Aggregate",
     "CityBundle",
     "ValidationReport",
+    "ensure_validated",
     "read_bundle",
     "read_manifest",
     "validate_bundle",

@@ -185,6 +185,20 @@ class CityBundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     categories: dict[str, list[str]] = field(default_factory=dict)
     root: Path | None = None
+    _validated: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _fingerprint(self) -> tuple[int, ...]:
+        tables = [self.regions, *(getattr(self, lay) for lay in RAW_LAYERS), self.targets, self.labels, self.categories]
+        tables += [a.table for a in self.aggregates.values()]
+        return tuple(id(t) for t in tables) + (len(self.aggregates),)
+
+    def mark_validated(self) -> None:
+        """Record that :func:`~urbanrep.bundle.validate.validate_bundle` produced this bundle as it is."""
+        self._validated = self._fingerprint()
+
+    def is_validated(self) -> bool:
+        """True when no layer was replaced since :meth:`mark_validated` (see ``ensure_validated``)."""
+        return self._validated is not None and self._validated == self._fingerprint()
 
     def __post_init__(self) -> None:
         # srai's regionalizers index their regions by region_id: take that form as well.

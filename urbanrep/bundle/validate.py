@@ -21,6 +21,7 @@ import shapely
 
 from urbanrep.bundle.core import CityBundle
 from urbanrep.bundle.partitioned import ParquetLayer, batch_points, crs_steps
+from urbanrep.bundle.plausibility import check_crs_plausible, check_overlaps, check_point_order
 from urbanrep.bundle.spec import CATEGORY_COLUMNS, GEOMETRY_TYPES, RAW_LAYERS, REQUIRED_COLUMNS
 from urbanrep.errors import BundleError
 
@@ -38,6 +39,16 @@ class ValidationReport:
     empty_geometries_skipped: dict[str, int] = field(default_factory=dict)
     outside_regions: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: Per layer: area of the repaired geometries before and after ``make_valid`` (layer units²).
+    repaired_area: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Region overlaps below the tolerance, cut from the later region of each pair.
+    overlaps: dict[str, Any] = field(default_factory=dict)
+    #: Per matrix aggregate: duplicate (origin, dest[, slice]) rows summed into one.
+    summed_duplicates: dict[str, int] = field(default_factory=dict)
+    #: Per layer: records without a category / class (the graph build drops them).
+    no_category: dict[str, int] = field(default_factory=dict)
+    #: Trips whose time cannot be parsed (in totals, not in time slices).
+    unparseable_times: int = 0
     #: Per partitioned layer: file, rows, row groups, and (after a scan) bad records per kind.
     partitioned: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -49,13 +60,31 @@ class ValidationReport:
             "repaired_geometries": self.repaired_geometries,
             "empty_geometries_skipped": self.empty_geometries_skipped,
             "outside_regions": self.outside_regions,
+            "repaired_area": self.repaired_area,
+            "overlaps": self.overlaps,
+            "summed_duplicates": self.summed_duplicates,
+            "no_category": self.no_category,
+            "unparseable_times": self.unparseable_times,
             "warnings": self.warnings,
         }
 
     def lines(self) -> list[str]:
         """Human-readable notes, one per change."""
         out = [f"reprojected {lay} to the regions' CRS" for lay in self.reprojected]
-        out += [f"repaired {n} invalid geometries in {lay} (make_valid)" for lay, n in self.repaired_geometries.items()]
+        for lay, n in self.repaired_geometries.items():
+            area = self.repaired_area.get(lay, {})
+            change = (f": their area changed from {area['before']:.6g} to {area['after']:.6g} ({area['change_pct']:+.1f} %)"
+                      + (f", most for {area['largest']}" if area.get("largest") else "")) if area else ""
+            out.append(f"repaired {n} invalid geometries in {lay} (make_valid){change}")
+        if self.overlaps:
+            out.append(self.overlaps["line"])
+        out += [f"aggregate {name!r}: {n} duplicate (origin_region, dest_region[, slice]) rows were summed into one row "
+                "per pair" for name, n in self.summed_duplicates.items()]
+        out += [f"{n} records of {lay} have no {'category' if lay == 'pois' else 'class'} (the graph build drops them)"
+                for lay, n in self.no_category.items()]
+        if self.unparseable_times:
+            out.append(f"{self.unparseable_times} trips have a time that cannot be parsed (counted in the totals, not "
+                       "in any time slice)")
         out += [f"skipped {n} empty/missing geometries in {lay}" for lay, n in self.empty_geometries_skipped.items()]
         out += [f"{n} records of {lay} lie outside every region (kept, ignored by region aggregation)"
                 for lay, n in self.outside_regions.items()]
@@ -100,18 +129,65 @@ def _check_region_ids(regions: gpd.GeoDataFrame) -> None:
     missing = regions.index[ids.isna().to_numpy()]
     if len(missing):
         raise BundleError(f"regions layer: missing region_id at rows {_listed(missing)}; give every region an id")
+    check_id_types(ids, "regions layer", "region_id")
     dup = ids[ids.duplicated(keep=False)].unique()
     if len(dup):
         raise BundleError(f"regions layer: duplicate region_id values {_listed(dup)}; region ids must be unique")
 
 
-def _check_known_ids(values: pd.Series, known: pd.Index, where: str) -> None:
-    unknown = pd.Index(values.unique()).difference(known)
+def _kind_of(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return type(value).__name__
+
+
+def check_id_types(ids: pd.Series, where: str, column: str) -> None:
+    """Raise when an id column mixes types (e.g. integers and strings), which no join can match."""
+    if ids.dtype != object:
+        return
+    kinds = pd.Series([_kind_of(v) for v in ids.dropna().to_numpy()], dtype=object)
+    if kinds.nunique() > 1:
+        examples = ", ".join(f"{k} (e.g. {ids.dropna().iloc[int(np.flatnonzero(kinds.to_numpy() == k)[0])]!r})"
+                             for k in kinds.unique())
+        raise BundleError(f"{where}: column {column!r} mixes value types: {examples}; use one type, e.g. "
+                          f"df[{column!r}] = df[{column!r}].astype(str)")
+
+
+def _check_known_ids(values: pd.Series, known: pd.Index, where: str, column: str = "region_id") -> None:
+    check_id_types(values, where, column)
+    unknown = pd.Index(values.dropna().unique()).difference(known)
     if len(unknown):
+        mismatch = id_type_mismatch(unknown, known, where, column)
+        if mismatch:
+            raise BundleError(mismatch)
         raise BundleError(
             f"{where} refers to region ids not in the regions layer: {_listed(unknown)}; "
             "remove those rows or add the regions"
         )
+
+
+def id_type_mismatch(unknown: pd.Index, known: pd.Index, where: str, column: str) -> str | None:
+    """The message for ids that match the regions' ids only as text (``"7"`` vs ``7``), else None."""
+    as_text = set(map(str, known))
+    if not len(unknown) or not all(str(v) in as_text for v in unknown[:1000]):
+        return None
+    theirs = _kind_of(unknown[0])
+    ours = _kind_of(known[0]) if len(known) else "?"
+    if theirs == ours:
+        return None
+    fix = (f"df[{column!r}] = df[{column!r}].astype(int)" if ours == "int" else
+           f"df[{column!r}] = df[{column!r}].astype({ours})")
+    def shown(values: Any) -> str:
+        return ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in list(values)[:3])
+
+    return (f"{where}: {column} values are {theirs} ({shown(unknown)}) but the regions layer's region_id values "
+            f"are {ours} ({shown(known)}); they match only as text: convert them, {fix}")
 
 
 def _normalise_geo(
@@ -126,6 +202,12 @@ def _normalise_geo(
             "gdf = gdf.set_crs('EPSG:4326') for longitude/latitude, or the EPSG code of its projection"
         )
     geom_cols = [c for c in gdf.columns if isinstance(gdf[c].dtype, gpd.array.GeometryDtype)]
+    for c in geom_cols:  # before any reprojection: do the coordinates fit the CRS they are labelled with?
+        col = gdf[c]
+        col = col[~(col.isna() | col.is_empty).to_numpy()]
+        if isinstance(col, gpd.GeoSeries) and col.crs is None:
+            col = col.set_crs(gdf.crs)
+        check_crs_plausible(col, layer if len(geom_cols) == 1 else f"{layer}.{c}")
     if crs is not None and not gdf.crs.equals(crs):
         log.info("reprojecting layer %s from %s to the regions' CRS %s", layer, gdf.crs.to_string(), crs.to_string())
         gdf = gdf.copy()
@@ -145,12 +227,23 @@ def _normalise_geo(
     invalid = ~gdf.geometry.is_valid.to_numpy()
     if invalid.any():
         gdf = gdf.copy()
-        repaired = shapely.make_valid(gdf.geometry.values[invalid])
+        original = np.asarray(gdf.geometry.values[invalid], dtype=object)
+        repaired = shapely.make_valid(original)
         if layer in ("regions", "landuse"):
             # make_valid can return GeometryCollections; keep their polygonal part.
             repaired = np.array([_polygonal(g) for g in repaired], dtype=object)
         gdf.loc[invalid, gdf.geometry.name] = repaired
         report.repaired_geometries[layer] = int(invalid.sum())
+        before, after = shapely.area(original), shapely.area(repaired)
+        if before.sum() > 0 or after.sum() > 0:
+            k = int(np.argmax(np.abs(after - before)))
+            name = gdf["region_id"].to_numpy()[invalid][k] if "region_id" in gdf.columns else gdf.index[invalid][k]
+            name = name.item() if isinstance(name, np.generic) else name
+            report.repaired_area[layer] = {
+                "before": float(before.sum()), "after": float(after.sum()),
+                "change_pct": float(100 * (after.sum() - before.sum()) / before.sum()) if before.sum() > 0 else 100.0,
+                "largest": f"{'region' if layer == 'regions' else 'record'} {name!r} ({before[k]:.6g} -> {after[k]:.6g})",
+                "units": "square units of the layer's CRS"}
         log.warning("layer %s: repaired %d invalid geometries with make_valid", layer, int(invalid.sum()))
     allowed = GEOMETRY_TYPES.get(layer)
     if allowed is not None:
@@ -259,6 +352,8 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
             regions, a raw layer missing required columns, or wrong geometry types.
     """
     report = ValidationReport()
+    if not isinstance(bundle.regions, gpd.GeoDataFrame):
+        raise BundleError(f"the regions layer must be a GeoDataFrame, got {type(bundle.regions).__name__}")
     _check_category_lists(bundle.categories)
     _check_region_ids(bundle.regions)
     regions = _normalise_geo(bundle.regions, "regions", None, report)
@@ -266,6 +361,10 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
     if regions.geometry.name != "geometry":
         regions = regions.rename_geometry("geometry")
     regions = regions.reset_index(drop=True)
+    regions, overlap = check_overlaps(regions)
+    if overlap is not None:
+        report.overlaps = {"pairs": overlap.pairs, "area_m2": overlap.area_m2, "largest": overlap.largest,
+                           "line": overlap.line()}
     known = pd.Index(regions["region_id"])
     changes: dict[str, Any] = {"regions": regions}
 
@@ -288,7 +387,12 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
         if layer == "trips":
             gdf = _validate_trips(gdf, regions, known, report)
         else:
+            original_crs = gdf.crs if isinstance(gdf, gpd.GeoDataFrame) else None
             gdf = _normalise_geo(gdf, layer, crs, report)
+            if layer in ("pois", "street_view"):
+                check_point_order(gdf.geometry, original_crs, regions, layer)
+            if layer in ("pois", "landuse", "roads"):
+                _check_missing_categories(gdf, layer, report)
             if layer in ("remote_sensing", "street_view") and not ({"image_path", "feature"} & set(gdf.columns)):
                 raise BundleError(f"layer {layer!r} needs an 'image_path' or a 'feature' column")
             if layer in ("pois", "street_view"):
@@ -302,6 +406,7 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
         check_finite(gdf, f"layer {layer!r}", num_cols)
         changes[layer] = gdf
 
+    aggregates = dict(bundle.aggregates)
     for agg in bundle.aggregates.values():
         where = f"aggregate {agg.name!r}"
         t = agg.table
@@ -313,13 +418,18 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
             if len(dup):
                 raise BundleError(f"{where}: duplicate region_id values {_listed(dup)}")
             check_finite(t, where, agg.value_columns())
+            if agg.modality in ("poi", "landuse"):
+                _check_not_negative(t, agg)
         else:
             need = {"origin_region", "dest_region", "value"}
             if not need <= set(t.columns):
                 raise BundleError(f"{where}: matrix aggregates need columns {sorted(need)} (has {list(t.columns)})")
-            _check_known_ids(t["origin_region"], known, where)
-            _check_known_ids(t["dest_region"], known, where)
+            _check_known_ids(t["origin_region"], known, where, "origin_region")
+            _check_known_ids(t["dest_region"], known, where, "dest_region")
             check_finite(t, where, ["value"])
+            new_agg = _check_matrix(agg, report)
+            if new_agg is not agg:
+                aggregates[agg.name] = new_agg
 
     for name, cols in (("targets", ("region_id", "target", "value")), ("labels", ("region_id", "label", "value"))):
         t = getattr(bundle, name)
@@ -341,7 +451,64 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
         absent = [m for m in members if m not in have]
         if absent:
             raise BundleError(f"target group {group!r} names targets that are absent: {_listed(absent)}")
-    return replace(bundle, **changes), report
+    if any(aggregates[k] is not bundle.aggregates[k] for k in aggregates):
+        changes["aggregates"] = aggregates
+    out = replace(bundle, **changes)
+    out.mark_validated()
+    return out, report
+
+
+def ensure_validated(bundle: CityBundle) -> CityBundle:
+    """``bundle`` when :func:`validate_bundle` returned it unchanged since, else its validated copy.
+
+    The graph build and :class:`~urbanrep.model.UrbanRep` call this, so a bundle built in memory
+    gets the same checks (and the same messages) as ``urbanrep validate`` and ``write_bundle``.
+    """
+    if bundle.is_validated():
+        return bundle
+    validated, report = validate_bundle(bundle)
+    for line in report.lines():
+        log.info("%s: %s", bundle.name, line)
+    return validated
+
+
+def _check_missing_categories(gdf: pd.DataFrame, layer: str, report: ValidationReport) -> None:
+    """The graph build's rule: every category missing is an error; some missing are counted (dropped)."""
+    col = "category" if layer == "pois" else "class"
+    missing = int(gdf[col].isna().sum())
+    if missing == len(gdf):
+        raise BundleError(f"layer {layer!r} column {col!r}: every value is missing; the layer needs category values")
+    if missing:
+        report.no_category[layer] = missing
+
+
+def _check_not_negative(t: pd.DataFrame, agg: Any) -> None:
+    values = t[agg.value_columns()].to_numpy(dtype=np.float64)
+    if values.size and values.min() < 0:
+        rows = np.flatnonzero((values < 0).any(axis=1))
+        label = "POI" if agg.modality == "poi" else "land-use"
+        raise BundleError(f"{label} aggregate(s) [{agg.name!r}] has negative values in rows {rows[:10].tolist()}: it "
+                          "must hold counts, areas or shares (>= 0); fix the aggregate or drop it from the bundle")
+
+
+def _check_matrix(agg: Any, report: ValidationReport) -> Any:
+    """Negative flows and slices are errors (as in the graph build); duplicate pairs are summed and counted."""
+    t = agg.table
+    if agg.modality == "mobility" and len(t) and t["value"].min() < 0:
+        rows = np.flatnonzero(t["value"].to_numpy() < 0)
+        raise BundleError(f"aggregate {agg.name!r}: mobility flows have negative counts at rows {_listed(rows)}; "
+                          "trip 'count' and OD 'value' must be >= 0")
+    keys = ["origin_region", "dest_region"] + (["slice"] if "slice" in t.columns else [])
+    if "slice" in t.columns and len(t) and t["slice"].min() < 0:
+        raise BundleError(f"aggregate {agg.name!r}: negative 'slice' values; slices are 0-based integers")
+    dup = t.duplicated(keys, keep=False)
+    if not dup.any():
+        return agg
+    n_rows = int(dup.sum())
+    summed = t.groupby(keys, sort=False, as_index=False, dropna=False)["value"].sum()
+    report.summed_duplicates[agg.name] = n_rows - int(t[dup].drop_duplicates(keys).shape[0])
+    log.warning("aggregate %s: %d duplicate OD rows summed", agg.name, report.summed_duplicates[agg.name])
+    return replace(agg, table=summed[[*keys, "value"]])
 
 
 def _check_category_lists(categories: dict[str, Any]) -> None:
@@ -385,17 +552,38 @@ def _validate_trips(
             f"'origin_region' and 'dest_region' (has: {', '.join(map(str, trips.columns))})"
         )
     if has_points:
+        original_crs = trips.crs if isinstance(trips, gpd.GeoDataFrame) else None
         trips = _normalise_geo(trips, "trips", crs, report)
+        for end in ("origin", "destination"):
+            check_point_order(gpd.GeoSeries(trips[end], crs=crs), original_crs, regions, f"trips.{end}")
         n_out = _count_outside(trips["origin"], regions) + _count_outside(trips["destination"], regions)
         if n_out:
             report.outside_regions["trips (trip ends)"] = n_out
     if has_ids:
         both = pd.concat([trips["origin_region"], trips["dest_region"]]).dropna()
         unknown = pd.Index(both.unique()).difference(known)
+        for col in ("origin_region", "dest_region"):
+            check_id_types(trips[col], "layer 'trips'", col)
+        mismatch = id_type_mismatch(unknown, known, "layer 'trips'", "origin_region/dest_region")
+        if mismatch:
+            raise BundleError(mismatch)
         if len(unknown) and not has_points:
             report.warnings.append(
                 f"trips: {len(unknown)} zone ids are not regions ({_listed(unknown)}); those trips are ignored"
             )
     if "count" in trips.columns:
         check_finite(trips, "layer 'trips'", ["count"])
+        count = pd.to_numeric(trips["count"], errors="coerce").to_numpy(dtype=np.float64)
+        if len(count) and count.min() < 0:
+            raise BundleError(f"layer 'trips': mobility flows have negative counts at rows "
+                              f"{_listed(trips.index[count < 0])}; trip 'count' and OD 'value' must be >= 0")
+    if "time" in trips.columns:
+        given = trips["time"].notna().to_numpy()
+        parsed = pd.to_datetime(trips["time"], errors="coerce", utc=False) if given.any() else trips["time"]
+        bad = given & pd.isna(parsed).to_numpy()
+        if bad.any() and bad.sum() == given.sum():
+            raise BundleError(f"layer 'trips' column 'time': no value can be read as a time (e.g. "
+                              f"{trips['time'][bad].iloc[0]!r} at row {trips.index[bad][0]}); give ISO 8601 times such "
+                              "as '2016-05-01 08:30:00' or datetime values")
+        report.unparseable_times = int(bad.sum())
     return trips

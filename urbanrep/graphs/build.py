@@ -27,7 +27,7 @@ import shapely
 import torch
 from torch_geometric.data import HeteroData
 
-from urbanrep.bundle import CityBundle
+from urbanrep.bundle import CityBundle, ensure_validated
 from urbanrep.bundle.partitioned import ParquetLayer, crs_steps
 from urbanrep.bundle.spec import AGGREGATED_MODALITIES, RAW_LAYERS
 from urbanrep.engine import engine_for
@@ -339,6 +339,7 @@ def build_graph(bundle: CityBundle, config: GraphConfig | None = None) -> tuple[
             is absent, ...), naming the layer and the fix.
     """
     config = config or GraphConfig()
+    bundle = ensure_validated(bundle)  # the checks (and messages) of urbanrep validate, once per bundle
     stages = _Stages(total=4 + len(bundle.modalities))  # regions, hashes, adjacency, modalities, validate
     report: dict[str, Any] = {"bundle": bundle.name, "schema_version": GRAPH_SCHEMA_VERSION}
     with stages("prepare_regions"):
