@@ -17,7 +17,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
-import shapely.ops
+import shapely
 from shapely.geometry import Point, Polygon, box
 
 from tests.conftest import grid_bundle
@@ -379,7 +379,7 @@ def _same_error_everywhere(bundle: CityBundle, tmp_path: Path, monkeypatch: pyte
     for argv in (["validate", str(on_disk)], ["build-graphs", str(on_disk), "--out", str(tmp_path / "g.pt")],
                  ["run", str(on_disk), "--out", str(tmp_path / "run"), *TINY]):
         assert _err(capsys, argv) == f"urbanrep: error: {messages[0]}"
-    assert not (tmp_path / "g.pt").exists()
+    assert not (tmp_path / "g.pt").exists() and not (tmp_path / "run").exists()  # refused before any work
     return messages[0]
 
 
@@ -431,7 +431,7 @@ def test_swapped_latitude_longitude(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                    "inside: its coordinates are in (latitude, longitude) order; GeoPandas wants x = longitude, "
                    "y = latitude: build the points with gpd.points_from_xy(lon, lat)")
     swapped_regions = _nyc_grid().regions
-    swapped_regions.geometry = swapped_regions.geometry.map(lambda g: shapely.ops.transform(lambda x, y: (y, x), g))
+    swapped_regions.geometry = shapely.transform(swapped_regions.geometry.values, lambda xy: xy[:, ::-1])
     with pytest.raises(BundleError, match=r"south of 60°S \(Antarctica\).*\(latitude, longitude\) order"):
         validate_bundle(CityBundle(name="s", regions=swapped_regions))
     with pytest.raises(BundleError, match=r"latitudes beyond ±90 .* \(latitude, longitude\) order"):

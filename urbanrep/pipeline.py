@@ -103,7 +103,7 @@ def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
     t0 = time.perf_counter()
     log.info("stage %s ...", name)
     yield
-    stages[name] = round(time.perf_counter() - t0, 3)
+    stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - t0, 3)
     log.info("stage %s done in %.1f s", name, stages[name])
 
 
@@ -114,12 +114,12 @@ def resolve_bundle(source: str | Path | None, data_root: str | Path | None = Non
     return load_dataset(None if source is None else str(source), data_root)
 
 
-def check_graph_target(out: str | Path, overwrite: bool = False) -> Path:
+def check_graph_target(out: str | Path, overwrite: bool = False, create: bool = False) -> Path:
     """Refuse to write a graph over a file urbanrep did not write (or over its own, unless ``overwrite``).
 
     A graph file is urbanrep's when the manifest beside it (``graph.json`` for ``graph.pt``) is a
-    graph manifest. A new parent folder is created and marked as a run folder, so that
-    ``urbanrep train GRAPH --out <that folder>`` may continue in it.
+    graph manifest. With ``create``, a new or empty parent folder is created and marked as a run
+    folder, so that ``urbanrep train GRAPH --out <that folder>`` may continue in it.
     """
     from urbanrep.graphs.io import manifest_path
 
@@ -132,9 +132,9 @@ def check_graph_target(out: str | Path, overwrite: bool = False) -> Path:
         ours = False
         if mpath.is_file():
             try:
-                ours = json.loads(mpath.read_text(encoding="utf-8")).get("format") is not None and \
-                    "counts" in json.loads(mpath.read_text(encoding="utf-8"))
-            except (OSError, ValueError, AttributeError):
+                manifest = json.loads(mpath.read_text(encoding="utf-8"))
+                ours = isinstance(manifest, dict) and {"format", "counts"} <= set(manifest)
+            except (OSError, ValueError):
                 ours = False
         if not ours:
             raise FolderError(f"{', '.join(map(str, existing))} exists and was not written by urbanrep; choose "
@@ -143,7 +143,7 @@ def check_graph_target(out: str | Path, overwrite: bool = False) -> Path:
             raise FolderError(f"{out} already holds an urbanrep graph; pass --overwrite to replace it, or choose "
                               "another --out")
     parent = out.parent
-    if not parent.exists() or (parent.is_dir() and not any(parent.iterdir())):
+    if create and (not parent.exists() or (parent.is_dir() and not any(parent.iterdir()))):
         claim_folder(parent, RUN, keep=True)
     return out
 
@@ -158,6 +158,7 @@ def build_graph_file(bundle: CityBundle, out: str | Path, config: RunConfig | No
     config = config or RunConfig()
     check_graph_target(out, overwrite=overwrite)
     data, report = build_graph(bundle, config.graph)
+    check_graph_target(out, overwrite=overwrite, create=True)
     save_graph(data, report, out)
     return data, report
 
@@ -430,19 +431,21 @@ def run_pipeline(dataset: str | Path | None = None, data_root: str | Path | None
     config = config or RunConfig()
     check_model_size(config)  # the configuration is checked before any stage runs
     run_dir = Path(run_dir)
+    claim_folder(run_dir, RUN, overwrite=overwrite, keep=resume, create=False)  # refuse before any work
+    stages: dict[str, float] = {}
+    with _timed(stages, "bundle"):
+        bundle = load_dataset(None if dataset is None else str(dataset), data_root)  # validated
     with owned_run_folder(run_dir, overwrite=overwrite, keep=resume) as run_dir:
         if not resume:
             remove_outputs(run_dir, (BUNDLE_DIR, GRAPH_FILE, "graph.json", *TRAIN_OUTPUTS, *EVAL_OUTPUTS,
                                      *EXPORT_OUTPUTS, RUN_SUMMARY))
-        return _run_stages(dataset, data_root, run_dir, config, resume, nproc)
+        return _run_stages(bundle, run_dir, config, resume, nproc, stages)
 
 
-def _run_stages(dataset: str | Path | None, data_root: str | Path | None, run_dir: Path, config: RunConfig,
-                resume: bool, nproc: int) -> RunResult:
-    stages: dict[str, float] = {}
+def _run_stages(bundle: CityBundle, run_dir: Path, config: RunConfig, resume: bool, nproc: int,
+                stages: dict[str, float]) -> RunResult:
     skipped: dict[str, str] = {}
     with _timed(stages, "bundle"):
-        bundle = load_dataset(None if dataset is None else str(dataset), data_root)
         write_bundle(bundle, run_dir / BUNDLE_DIR, overwrite=True)
     log.info("%s", bundle.summary_line())
     with _timed(stages, "graph"):

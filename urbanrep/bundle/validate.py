@@ -10,6 +10,7 @@ geometries are repaired with ``make_valid``, points outside every region are cou
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -579,7 +580,9 @@ def _validate_trips(
                               f"{_listed(trips.index[count < 0])}; trip 'count' and OD 'value' must be >= 0")
     if "time" in trips.columns:
         given = trips["time"].notna().to_numpy()
-        parsed = pd.to_datetime(trips["time"], errors="coerce", utc=False) if given.any() else trips["time"]
+        with warnings.catch_warnings():  # element-wise parsing of mixed formats, as in the graph build
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(trips["time"], errors="coerce") if given.any() else trips["time"]
         bad = given & pd.isna(parsed).to_numpy()
         if bad.any() and bad.sum() == given.sum():
             raise BundleError(f"layer 'trips' column 'time': no value can be read as a time (e.g. "
