@@ -340,8 +340,11 @@ def _write_unchecked(bundle: CityBundle, path: Path, monkeypatch: pytest.MonkeyP
     import urbanrep.bundle.io as bio
 
     with monkeypatch.context() as m:
-        m.setattr(bio, "validate_bundle", lambda b: (b, ValidationReport()))
+        m.setattr(bio, "validate_bundle", lambda b, **kw: (b, ValidationReport()))
         write_bundle(bundle, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["validation"]["regions_sha256"]  # not validated by urbanrep: nothing to trust
+    (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 
 
@@ -449,6 +452,11 @@ def test_overlapping_regions_refused_above_tolerance(tmp_path: Path, monkeypatch
     assert msg == ("regions layer: regions overlap: 'r0' and 'r1' by 500000 m² (50.0 % of the smaller); regions must "
                    "not overlap by more than 1 % (a point in the overlap would count for one of them only): fix the "
                    "polygons, e.g. clip or dissolve them")
+    good = tmp_path / "good"
+    write_bundle(grid_bundle(2), good)  # the manifest trusts regions.parquet only byte for byte
+    b.regions.to_parquet(good / "regions.parquet")
+    with pytest.raises(BundleError, match="regions overlap: 'r0' and 'r1' by 500000 m²"):
+        read_bundle(good)
 
 
 def test_slightly_overlapping_regions_are_cut_and_reported(tmp_path: Path) -> None:
@@ -465,6 +473,9 @@ def test_slightly_overlapping_regions_are_cut_and_reported(tmp_path: Path) -> No
             "'r1', 5000 m² (0.5 % of the smaller)); each overlap was cut from the later region of the pair") \
         in report.lines()[0]
     assert fixed.regions.geometry.area.tolist() == pytest.approx([1e6, 1e6, 1e6, 1e6])  # r1 lost the sliver
+    write_bundle(b, tmp_path / "cut")  # the cut regions are written; reading them back finds no overlap
+    again = read_bundle(tmp_path / "cut", validate=False)
+    assert validate_bundle(again)[1].overlaps == {}
     data, _ = build_graph(b)
     x = data["region"]["x_poi"].numpy()
     assert x[:, -1].tolist() == pytest.approx([np.log1p(1), 0, 0, 0])  # the POI counts for r0 only

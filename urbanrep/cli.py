@@ -34,9 +34,25 @@ class _BarSafeHandler(logging.Handler):
             self.handleError(record)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (not the stream of the first call).
+
+    A handler bound to the stream of an earlier call would write to a closed stream once that
+    stream is replaced (e.g. by a test harness capturing output), and print a logging error.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = _StderrHandler()
     if sys.stderr.isatty() and not quiet:
         handler = _BarSafeHandler()
     handler.setFormatter(logging.Formatter("urbanrep: %(message)s"))
@@ -239,7 +255,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
     _setup_logging(args.verbose, args.quiet)
+    try:
+        return _run(parser, args)
+    finally:  # called in-process (tests, notebooks): leave the caller's logging as it was
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from urbanrep.pipeline_cli import install_progress
 
     install_progress(not args.quiet)

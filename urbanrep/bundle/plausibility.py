@@ -227,14 +227,15 @@ def check_overlaps(regions: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, Overlap
     for j in np.unique(right):
         earlier = geoms[left[right == j]]
         cut = shapely.difference(geoms[j], shapely.union_all(earlier))
-        geoms[j] = _polygonal(cut)
+        geoms[j] = polygonal(cut)
     out[col] = gpd.GeoSeries(geoms, index=out.index, crs=out.crs)
     k = int(np.argmax(inter))
     largest = f"{ids[left[k]]!r} and {ids[right[k]]!r}, {inter[k]:.6g} m² ({100 * share[k]:.3g} % of the smaller)"
     return out, OverlapRepair(pairs=int(left.size), area_m2=float(inter.sum()), largest=largest)
 
 
-def _polygonal(geom: Any) -> Any:
+def polygonal(geom: Any) -> Any:
+    """The polygonal part of a geometry (``make_valid`` and ``difference`` may add points or lines)."""
     if geom.geom_type in ("Polygon", "MultiPolygon"):
         return geom
     parts = [g for g in getattr(geom, "geoms", [geom]) if g.geom_type in ("Polygon", "MultiPolygon")]

@@ -22,7 +22,7 @@ import shapely
 
 from urbanrep.bundle.core import CityBundle
 from urbanrep.bundle.partitioned import ParquetLayer, batch_points, crs_steps
-from urbanrep.bundle.plausibility import check_crs_plausible, check_overlaps, check_point_order
+from urbanrep.bundle.plausibility import check_crs_plausible, check_overlaps, check_point_order, polygonal
 from urbanrep.bundle.spec import CATEGORY_COLUMNS, GEOMETRY_TYPES, RAW_LAYERS, REQUIRED_COLUMNS
 from urbanrep.errors import BundleError
 
@@ -232,7 +232,7 @@ def _normalise_geo(
         repaired = shapely.make_valid(original)
         if layer in ("regions", "landuse"):
             # make_valid can return GeometryCollections; keep their polygonal part.
-            repaired = np.array([_polygonal(g) for g in repaired], dtype=object)
+            repaired = np.array([polygonal(g) for g in repaired], dtype=object)
         gdf.loc[invalid, gdf.geometry.name] = repaired
         report.repaired_geometries[layer] = int(invalid.sum())
         before, after = shapely.area(original), shapely.area(repaired)
@@ -256,13 +256,6 @@ def _normalise_geo(
                 f"{_listed(gdf.index[wrong])}; this layer takes {', '.join(allowed)}"
             )
     return gdf
-
-
-def _polygonal(geom: Any) -> Any:
-    if geom.geom_type in ("Polygon", "MultiPolygon"):
-        return geom
-    parts = [g for g in getattr(geom, "geoms", [geom]) if g.geom_type in ("Polygon", "MultiPolygon")]
-    return shapely.union_all(parts) if parts else geom
 
 
 def _count_outside(points: gpd.GeoSeries, regions: gpd.GeoDataFrame) -> int:
@@ -338,8 +331,14 @@ def pyproj_equal(a: Any, b: Any) -> bool:
     return bool(pyproj.CRS.from_user_input(a).equals(pyproj.CRS.from_user_input(b)))
 
 
-def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle, ValidationReport]:
+def validate_bundle(bundle: CityBundle, scan: bool = False,
+                    regions_checked: bool = False) -> tuple[CityBundle, ValidationReport]:
     """Validate ``bundle`` and return a normalised copy plus a report of every change.
+
+    ``regions_checked=True`` skips the pairwise region-overlap test (the one check whose cost
+    grows with the regions' vertex count): :func:`~urbanrep.bundle.io.read_bundle` passes it when
+    ``regions.parquet`` is byte for byte the file :func:`~urbanrep.bundle.io.write_bundle` wrote
+    after validating it (SHA-256 in the manifest).
 
     Layers kept on disk (:class:`~urbanrep.bundle.partitioned.ParquetLayer`) are never loaded:
     their schema is checked when they are opened, their row and null counts come from the
@@ -362,7 +361,7 @@ def validate_bundle(bundle: CityBundle, scan: bool = False) -> tuple[CityBundle,
     if regions.geometry.name != "geometry":
         regions = regions.rename_geometry("geometry")
     regions = regions.reset_index(drop=True)
-    regions, overlap = check_overlaps(regions)
+    regions, overlap = (regions, None) if regions_checked else check_overlaps(regions)
     if overlap is not None:
         report.overlaps = {"pairs": overlap.pairs, "area_m2": overlap.area_m2, "largest": overlap.largest,
                            "line": overlap.line()}
