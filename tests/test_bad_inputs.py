@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,26 @@ def test_second_run_into_a_locked_folder_fails_at_once(tmp_path: Path, capsys: p
     # the holder died: its lock is stale and the next run takes it over
     assert json.loads((run / ".urbanrep.lock").read_text())["pid"] == holder.pid
     assert main(["-q", "run", str(city), "--out", str(run), "--resume", *TINY]) == 0
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch: ~45 s on a busy 2-core machine
+def test_two_concurrent_runs_into_one_folder_cannot_both_succeed(tmp_path: Path) -> None:
+    """Two real ``urbanrep run`` processes started together on one --out: one runs, the other refuses.
+
+    The fast lock test above holds the lock from a stand-in process; this one races two real runs.
+    """
+    city = _bundle(tmp_path)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "urbanrep", "-q", "run", str(city), "--out", str(run), *TINY]
+    procs = [subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    err = next(text for code, text in results if code == 1).strip().splitlines()[-1]
+    assert err.startswith(f"urbanrep: error: {run} ")
+    assert "is in use by another urbanrep process (PID" in err or "already holds an urbanrep run folder" in err, err
+    assert len(pd.read_parquet(run / "embeddings.parquet")) == 4 and (run / "metrics.json").exists()
 
 
 def test_stale_temporaries_are_removed_and_foreign_ones_kept(tmp_path: Path) -> None:
@@ -384,6 +405,22 @@ def _same_error_everywhere(bundle: CityBundle, tmp_path: Path, monkeypatch: pyte
         assert _err(capsys, argv) == f"urbanrep: error: {messages[0]}"
     assert not (tmp_path / "g.pt").exists() and not (tmp_path / "run").exists()  # refused before any work
     return messages[0]
+
+
+def test_partitioned_point_layer_in_the_wrong_crs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A point layer kept on disk (x/y columns) is checked from its Parquet footer, never loaded."""
+    b = grid_bundle(2)
+    city = tmp_path / "city"
+    write_bundle(CityBundle(name="grid", regions=b.regions), city)
+    xy = b.pois.geometry.get_coordinates()
+    pd.DataFrame({"x": xy["x"], "y": xy["y"], "category": b.pois["category"]}).to_parquet(city / "pois.parquet")
+    manifest = json.loads((city / "manifest.json").read_text())
+    manifest["layers"]["pois"] = {"file": "pois.parquet", "records": len(xy), "crs": "EPSG:4326"}  # metres, really
+    (city / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"layer 'pois': coordinates \(x .*\) are not degrees, but the layer is "
+                                          r"labelled EPSG:4326"):
+        read_bundle(city)
+    assert "are not degrees" in _err(capsys, ["validate", str(city)])
 
 
 def _nyc_grid(crs: str = "EPSG:4326", swap: bool = False, x0: float = -74.01, y0: float = 40.70) -> CityBundle:

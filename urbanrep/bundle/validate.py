@@ -310,9 +310,51 @@ def _scan_parquet_layer(layer: ParquetLayer, regions: gpd.GeoDataFrame) -> dict[
     return bad
 
 
+def _footer_bounds(layer: ParquetLayer) -> dict[str, np.ndarray]:
+    """Per point role, ``[xmin, ymin, xmax, ymax]`` of a partitioned layer from its footer (no data read).
+
+    Coordinate columns give their min/max statistics; WKB columns the ``bbox`` of the GeoParquet
+    metadata when the writer recorded one. Roles without such information are left out.
+    """
+    import json
+
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(layer.path).metadata
+    pos = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    geo = json.loads((meta.metadata or {}).get(b"geo", b"{}") or b"{}")
+    out: dict[str, np.ndarray] = {}
+    for role, spec in layer.geometry:
+        if isinstance(spec, str):
+            bbox = geo.get("columns", {}).get(spec, {}).get("bbox")
+            if bbox and len(bbox) == 4:
+                out[role] = np.asarray(bbox, dtype=np.float64)
+            continue
+        lo, hi = [], []
+        for col in spec:
+            stats = [meta.row_group(g).column(pos[col]).statistics for g in range(meta.num_row_groups)] \
+                if col in pos else []
+            stats = [st for st in stats if st is not None and st.has_min_max]
+            if not stats:
+                break
+            lo.append(min(float(st.min) for st in stats))
+            hi.append(max(float(st.max) for st in stats))
+        if len(lo) == 2:
+            out[role] = np.array([lo[0], lo[1], hi[0], hi[1]])
+    return out
+
+
 def _validate_parquet_layer(layer: ParquetLayer, regions: gpd.GeoDataFrame, report: ValidationReport,
                             scan: bool) -> None:
-    """Schema (checked when the layer was opened), footer counts and, with ``scan``, bad records."""
+    """Schema (checked when the layer was opened), footer counts and, with ``scan``, bad records.
+
+    The coordinates' range (from the footer) must fit the layer's CRS, as for layers in memory.
+    """
+    if layer.crs is not None:
+        for role, b in _footer_bounds(layer).items():
+            if np.isfinite(b).all():
+                corners = gpd.GeoSeries(shapely.points([b[0], b[2]], [b[1], b[3]]), crs=layer.crs)
+                check_crs_plausible(corners, layer.layer if role == "geometry" else f"{layer.layer}.{role}")
     info: dict[str, Any] = {"file": str(layer.path), "rows": layer.rows, "row_groups": layer.row_groups,
                             "crs": layer.crs}
     info["null_values"] = _null_counts(layer, [c for c in ("category", "count", "time") if layer.has(c)]
