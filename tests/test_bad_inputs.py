@@ -496,7 +496,7 @@ def test_overlapping_regions_refused_above_tolerance(tmp_path: Path, monkeypatch
         read_bundle(good)
 
 
-def test_slightly_overlapping_regions_are_cut_and_reported(tmp_path: Path) -> None:
+def test_slightly_overlapping_regions_are_cut_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from urbanrep.graphs import build_graph
 
     b = grid_bundle(2)
@@ -513,6 +513,9 @@ def test_slightly_overlapping_regions_are_cut_and_reported(tmp_path: Path) -> No
     write_bundle(b, tmp_path / "cut")  # the cut regions are written; reading them back finds no overlap
     again = read_bundle(tmp_path / "cut", validate=False)
     assert validate_bundle(again)[1].overlaps == {}
+    capsys.readouterr()
+    assert main(["-q", "validate", str(tmp_path / "cut")]) == 0  # the repair made at writing is still reported
+    assert "  note (when written): regions: 1 pair(s) of regions overlapped by 5000 m²" in capsys.readouterr().out
     data, _ = build_graph(b)
     x = data["region"]["x_poi"].numpy()
     assert x[:, -1].tolist() == pytest.approx([np.log1p(1), 0, 0, 0])  # the POI counts for r0 only

@@ -158,6 +158,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     # Point layers kept on disk are scanned one row group at a time (never loaded whole).
     bundle, report = validate_bundle(bundle, scan=True)
     print(bundle.summary_line())
+    from urbanrep.bundle import ValidationReport, read_manifest
+
+    written = ValidationReport.from_dict(read_manifest(args.bundle).get("validation") or {})
+    for line in written.lines():  # repairs made when the bundle was written (the files hold the result)
+        if line not in report.lines():
+            print(f"  note (when written): {line}")
     for line in report.lines():
         print(f"  note: {line}")
     if args.json:

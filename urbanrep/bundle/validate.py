@@ -53,6 +53,14 @@ class ValidationReport:
     #: Per partitioned layer: file, rows, row groups, and (after a scan) bad records per kind.
     partitioned: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
+        """The report back from :meth:`as_dict` (e.g. a manifest's ``validation``); unknown keys are ignored."""
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in names})
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
