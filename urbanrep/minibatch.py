@@ -58,6 +58,7 @@ from urbanrep.progress import start_progress
 from urbanrep.train import (
     EarlyStopping,
     LossLog,
+    ProgressLog,
     TrainConfig,
     TrainResult,
     _amp_context,
@@ -340,6 +341,7 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
         save_checkpoint(writes, state, tc.keep_checkpoints)
 
     bar = start_progress("training (mini-batch)", tc.epochs - start) if ranks.is_main else None
+    progress = ProgressLog(tc.epochs, start, tc.log_every, log)
     for epoch in range(start + 1, tc.epochs + 1):
         if stopping.stopped:
             break
@@ -363,9 +365,9 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
         if bar is not None:
             bar.update(1, loss=f"{row['total']:.4f}")
         stopping.update(row["total"], tc, epoch)
-        if ranks.is_main and (epoch % tc.log_every == 0 or epoch == 1):
-            log.info("epoch %d/%d: loss %.4f (%d batches x %d ranks)", epoch, tc.epochs, row["total"],
-                     len(batches), ranks.world_size)
+        if ranks.is_main:
+            progress.epoch_done(epoch, row["total"], {}, final=epoch == tc.epochs or stopping.stopped,
+                                note=f"({len(batches)} batches x {ranks.world_size} ranks)")
         if run_dir is not None and tc.checkpoint_every and epoch % tc.checkpoint_every == 0:
             checkpoint(epoch)
     if bar is not None:

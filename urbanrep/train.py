@@ -298,8 +298,9 @@ class ProgressLog:
         self.t0 = self.last = time.perf_counter()
         self.cpu0 = time.process_time()
 
-    def epoch_done(self, epoch: int, loss: float, parts: dict[str, float], final: bool = False) -> None:
-        """Log a line for ``epoch`` when one is due (``final``: always)."""
+    def epoch_done(self, epoch: int, loss: float, parts: dict[str, float], final: bool = False,
+                   note: str = "") -> None:
+        """Log a line for ``epoch`` when one is due (``final``: always); ``note`` follows the loss parts."""
         now = time.perf_counter()
         due = epoch == 1 or epoch % self.log_every == 0 or final or now - self.last >= LOG_INTERVAL_S
         if not due:
@@ -309,7 +310,7 @@ class ProgressLog:
         per_epoch = (now - self.t0) / max(done, 1)
         left = 0 if final else self.total - epoch
         self.log.info("epoch %d/%d loss %.4f %s | %.3f s/epoch, %s elapsed, ETA %s", epoch, self.total, loss,
-                      " ".join(f"{k}={v:.4f}" for k, v in parts.items()), per_epoch,
+                      " ".join([*(f"{k}={v:.4f}" for k, v in parts.items()), *([note] if note else [])]), per_epoch,
                       format_seconds(now - self.t0), format_seconds(left * per_epoch))
 
     def cpu_seconds(self) -> float:

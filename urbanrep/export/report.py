@@ -216,11 +216,16 @@ def _protocol_html(metrics: dict[str, Any] | None) -> str:
     if not metrics or "protocol" not in metrics:
         return ""
     described = (metrics.get("config") or {}).get("description") if isinstance(metrics.get("config"), dict) else None
-    if not described:
-        from urbanrep.evaluate.protocols import PROTOCOLS, EvalConfig
+    if not described:  # metrics.json written before descriptions existed: rebuild from its config
+        from urbanrep.evaluate.protocols import PROTOCOL_TEXT, EvalConfig
 
-        proto = metrics["protocol"]
-        described = EvalConfig(protocol=proto).describe() if proto in PROTOCOLS else None
+        proto, cfg = metrics["protocol"], metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
+        if proto in PROTOCOL_TEXT and cfg:
+            described = PROTOCOL_TEXT[proto].format(
+                folds=cfg.get("folds", "?"), repeats=len(cfg.get("seeds") or [0]),
+                clip="are set to 0" if cfg.get("clip_negative") else "are kept")
+        elif proto in PROTOCOL_TEXT:
+            described = EvalConfig(protocol=proto).describe() + " (the protocol's defaults; metrics.json holds no config)"
     if not described:
         return ""
     probe = metrics.get("regressor")
