@@ -15,6 +15,20 @@ from urbanrep.bundle.spec import AGGREGATE_KINDS, MODALITIES, RAW_LAYERS
 from urbanrep.errors import BundleError
 
 
+def matrix_frame(region_ids: Any, matrix: Any) -> pd.DataFrame:
+    """Sparse long form (``origin_region, dest_region, value[, slice]``, non-zeros only) of a dense
+    ``[N, N]`` or ``[S, N, N]`` region x region matrix whose rows and columns follow ``region_ids``."""
+    ids = np.asarray(list(region_ids))
+    m = np.asarray(matrix)
+    sliced = m.ndim == 3
+    s, o, d = np.nonzero(m if sliced else m[None])
+    values = m[s, o, d] if sliced else m[o, d]
+    table = pd.DataFrame({"origin_region": ids[o], "dest_region": ids[d], "value": values})
+    if sliced:
+        table["slice"] = s.astype(np.int16)
+    return table
+
+
 @dataclass
 class Aggregate:
     """Per-region data published only in aggregated form.
@@ -95,11 +109,7 @@ class Aggregate:
         if m.ndim != 3 or m.shape[1:] != (len(ids), len(ids)):
             raise BundleError(f"aggregate {name!r}: matrix of shape {np.asarray(matrix).shape} is not [N, N] or "
                               f"[S, N, N] with N = {len(ids)} region ids")
-        s, o, d = np.nonzero(m)
-        table = pd.DataFrame({"origin_region": ids[o], "dest_region": ids[d], "value": m[s, o, d]})
-        if sliced:
-            table["slice"] = s.astype(np.int16)
-        return cls(name, modality, "matrix", table, description)
+        return cls(name, modality, "matrix", matrix_frame(ids, m if sliced else m[0]), description)
 
     def __repr__(self) -> str:
         return (f"Aggregate({self.name!r}, modality={self.modality!r}, kind={self.kind!r}, "

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from urbanrep.bundle.core import matrix_frame
 from urbanrep.errors import BundleError
 
 
@@ -40,16 +41,7 @@ def vector_table(region_ids: Sequence[Any], values: np.ndarray, prefix: str,
 
 def matrix_table(region_ids: Sequence[Any], matrix: np.ndarray) -> pd.DataFrame:
     """Sparse long form of a ``[N, N]`` or ``[S, N, N]`` region x region matrix (non-zeros only)."""
-    ids = np.asarray(list(region_ids))
-    m = np.asarray(matrix)
-    sliced = m.ndim == 3
-    if not sliced:
-        m = m[None]
-    s, o, d = np.nonzero(m)
-    df = pd.DataFrame({"origin_region": ids[o], "dest_region": ids[d], "value": m[s, o, d]})
-    if sliced:
-        df["slice"] = s.astype(np.int16)
-    return df
+    return matrix_frame(region_ids, matrix)
 
 
 def targets_long(region_ids: Sequence[Any], targets: dict[str, np.ndarray],
