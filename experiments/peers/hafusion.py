@@ -54,7 +54,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.peers.inputs import as_graph, cosine_similarity, count_view, num_regions, od_matrix, seed_all
+from experiments.peers.inputs import (
+    as_graph,
+    cosine_similarity,
+    count_view,
+    num_regions,
+    od_matrix,
+    seed_all,
+    training_report,
+)
 
 log = logging.getLogger("experiments.peers.hafusion")
 
@@ -384,8 +392,5 @@ def fit_hafusion(data_or_bundle: Any, seed: int, epochs: int | None = None,
         emb, _ = model(xs)
     report = {"peer": "hafusion", "seed": seed, "epochs": epochs, "views": list(feats), "dropped_views": missing,
               "unused_modalities": dropped, "width": width, "heads": heads, "config": asdict(cfg),
-              "wall_s": wall, "cpu_s": cpu, "s_per_epoch": wall / max(epochs, 1),
-              "loss_first": history[0]["total"] if history else None,
-              "loss_last": history[-1]["total"] if history else None,
-              "loss_parts_last": {k: v for k, v in history[-1].items() if k not in ("epoch", "total")} if history else {}}
+              **training_report(history, wall, cpu)}
     return emb.numpy(), report

@@ -60,6 +60,7 @@ from experiments.peers.inputs import (
     num_regions,
     od_matrix,
     seed_all,
+    training_report,
 )
 
 log = logging.getLogger("experiments.peers.hrep")
@@ -238,8 +239,6 @@ def fit_hrep(data_or_bundle: Any, seed: int, epochs: int | None = None,
         emb, _, weights = model(x, rel, edges)
     report = {"peer": "hrep", "seed": seed, "epochs": epochs, "views": relations, "dropped_views": missing,
               "unused_modalities": unused, "relation_weights": dict(zip(relations, weights.tolist(), strict=True)),
-              "config": asdict(cfg), "wall_s": wall, "cpu_s": cpu, "s_per_epoch": wall / max(epochs, 1),
-              "loss_first": history[0]["total"] if history else None,
-              "loss_last": history[-1]["total"] if history else None,
-              "loss_parts_last": {k: v for k, v in history[-1].items() if k not in ("epoch", "total")} if history else {}}
+              "config": asdict(cfg),
+              **training_report(history, wall, cpu)}
     return emb.numpy(), report

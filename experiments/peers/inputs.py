@@ -164,6 +164,19 @@ def seed_all(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def training_report(history: list[dict[str, float]], wall_s: float, cpu_s: float) -> dict[str, Any]:
+    """Timings and loss trajectory of a run, in the benchmark's terms (first/last, last 10% vs the 10% before)."""
+    n = len(history)
+    totals = [h["total"] for h in history]
+    tail = totals[-max(1, n // 10):] if n else []
+    prev = totals[-max(2, n // 5):-max(1, n // 10)] if n > 1 else tail
+    return {"wall_s": wall_s, "cpu_s": cpu_s, "s_per_epoch": wall_s / max(n, 1),
+            "loss_first": totals[0] if n else None, "loss_last": totals[-1] if n else None,
+            "loss_last10pct_mean": float(np.mean(tail)) if tail else None,
+            "loss_prev10pct_mean": float(np.mean(prev or tail)) if tail else None,
+            "loss_parts_last": {k: v for k, v in history[-1].items() if k not in ("epoch", "total")} if n else {}}
+
+
 def embedding_frame(data: Any, emb: np.ndarray) -> pd.DataFrame:
     """``region_id``-indexed embedding table (columns ``emb_000``...), the layout urbanrep writes."""
     from urbanrep.train import embeddings_frame
