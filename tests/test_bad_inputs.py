@@ -202,6 +202,15 @@ def test_stale_temporaries_are_removed_and_foreign_ones_kept(tmp_path: Path) -> 
     (run / ".model.pt.abc.tmp").mkdir()
     assert main(["-q", "run", str(city), "--out", str(run), "--resume", *TINY]) == 0
     assert not killed.exists() and not (run / ".model.pt.abc.tmp").exists()
+    gis = tmp_path / "gis"  # an export folder of its own
+    assert main(["-q", "export", str(run), "--out", str(gis), *TINY]) == 0
+    (gis / ".embeddings.gpkg.q7.tmp").mkdir()
+    assert main(["-q", "export", str(run), "--out", str(gis), "--formats", "parquet", *TINY]) == 0
+    assert sorted(p.name for p in gis.iterdir()) == [".urbanrep", "embeddings.parquet", "fusion_weights.parquet",
+                                                     "predictions.parquet"]  # stale formats and temporaries gone
+    (gis / "notes.txt").write_text("mine")
+    assert main(["-q", "export", str(run), "--out", str(gis), *TINY]) == 1
+    assert (gis / "notes.txt").read_text() == "mine"
 
 
 def test_evaluate_json_leaves_the_run_folder_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -296,6 +296,7 @@ def embed_stage(model_dir: str | Path, bundle: CityBundle, out_dir: str | Path,
     minibatch = api.config.minibatch if api.config.train.mode == "minibatch" else None
     emb, weights = embed_graph(api._require_model(), data, api.config.train.device, minibatch)
     out = claim_folder(out_dir, EMBED, overwrite=overwrite)
+    remove_temporaries(out)
     write_parquet_atomic(emb.reset_index(), out / EMBEDDINGS)
     write_parquet_atomic(weights.reset_index(), out / FUSION_WEIGHTS)
     log.info("embedded %d regions of %s with the model in %s", len(emb), bundle.name, model_dir)
@@ -382,6 +383,7 @@ def export_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | No
     with owned_run_folder(run_dir, keep=True):
         if out_dir is not None and Path(out_dir).resolve() != (run_dir / "gis").resolve():
             claim_folder(out_dir, GIS, keep=True)
+            remove_temporaries(Path(out_dir))  # left by a killed export
             stale = [p.name for p in Path(out_dir).iterdir() if GIS.owns(p.name) and p.is_file()
                      and not p.name.startswith(".")]
             remove_outputs(out_dir, stale, GIS)
