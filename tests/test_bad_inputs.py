@@ -8,11 +8,13 @@ experts; CLI calls are in-process (``urbanrep.cli.main``).
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -378,6 +380,15 @@ def _write_unchecked(bundle: CityBundle, path: Path, monkeypatch: pytest.MonkeyP
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _fitted() -> Any:
+    """A tiny model fitted once on the good 2 x 2 grid (for transform on bad bundles)."""
+    from urbanrep import UrbanRep
+    from urbanrep.runconfig import load_run_config
+
+    return UrbanRep(load_run_config(None, [s for s in TINY if s != "--set"])).fit(grid_bundle(2))
+
+
 def _same_error_everywhere(bundle: CityBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            capsys: pytest.CaptureFixture[str]) -> str:
     """validate, write_bundle, read_bundle, build-graphs and UrbanRep.fit/transform: one check, one message."""
@@ -400,9 +411,8 @@ def _same_error_everywhere(bundle: CityBundle, tmp_path: Path, monkeypatch: pyte
     with pytest.raises(BundleError) as exc:
         UrbanRep(config).fit(bundle)
     messages.append(str(exc.value))
-    fitted = UrbanRep(config).fit(grid_bundle(2))
     with pytest.raises(BundleError) as exc:
-        fitted.transform(bundle)
+        _fitted().transform(bundle)
     messages.append(str(exc.value))
     on_disk = _write_unchecked(bundle, tmp_path / "bad", monkeypatch)
     with pytest.raises(BundleError) as exc:
