@@ -184,6 +184,33 @@ def _metric(regions: gpd.GeoDataFrame) -> gpd.GeoSeries:
     return regions.geometry.to_crs(regions.geometry.estimate_utm_crs())
 
 
+def _overlapping_pairs(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``i < j`` of polygons whose interiors meet (they overlap, or one contains the other).
+
+    Candidates come from the bounding-box index, each pair once; ``overlaps`` runs on prepared
+    geometries and ``contains`` only where one box lies within the other (about half the time
+    of two predicate queries on a tessellation).
+    """
+    tree = shapely.STRtree(geoms)
+    i, j = tree.query(geoms)
+    keep = i < j
+    i, j = i[keep], j[keep]
+    shapely.prepare(geoms)
+    try:
+        hit = shapely.overlaps(geoms[i], geoms[j])
+        b = shapely.bounds(geoms)
+        bi, bj = b[i], b[j]
+        i_in_j = (bj[:, 0] <= bi[:, 0]) & (bj[:, 1] <= bi[:, 1]) & (bj[:, 2] >= bi[:, 2]) & (bj[:, 3] >= bi[:, 3])
+        j_in_i = (bi[:, 0] <= bj[:, 0]) & (bi[:, 1] <= bj[:, 1]) & (bi[:, 2] >= bj[:, 2]) & (bi[:, 3] >= bj[:, 3])
+        todo = np.flatnonzero(~hit & (i_in_j | j_in_i))
+        if todo.size:
+            a, c = geoms[i[todo]], geoms[j[todo]]
+            hit[todo] = shapely.contains(a, c) | shapely.contains(c, a)
+    finally:
+        shapely.destroy_prepared(geoms)
+    return i[hit], j[hit]
+
+
 def check_overlaps(regions: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, OverlapRepair | None]:
     """Refuse regions that overlap above :data:`OVERLAP_TOLERANCE`; cut and report smaller overlaps.
 
@@ -194,14 +221,9 @@ def check_overlaps(regions: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, Overlap
     Raises:
         BundleError: naming the pairs above the tolerance and how much they overlap.
     """
-    geoms = np.asarray(regions.geometry.values, dtype=object)
-    tree = shapely.STRtree(geoms)
-    found = np.concatenate([tree.query(geoms, predicate=p) for p in ("overlaps", "contains")], axis=1)
-    found = found[:, found[0] != found[1]]  # a region contains itself
-    if found.shape[1] == 0:
+    left, right = _overlapping_pairs(np.asarray(regions.geometry.values, dtype=object))
+    if left.size == 0:
         return regions, None
-    order = np.unique(np.sort(found, axis=0).T, axis=0)  # (smaller index, larger index) once per pair
-    left, right = order[:, 0], order[:, 1]
     metric = np.asarray(_metric(regions).values, dtype=object)
     inter = shapely.area(shapely.intersection(metric[left], metric[right]))
     smaller = np.minimum(shapely.area(metric[left]), shapely.area(metric[right]))
