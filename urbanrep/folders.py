@@ -57,14 +57,11 @@ class FolderKind:
     Attributes:
         name: Human name used in messages (``"run folder"``).
         files: Glob patterns of the files urbanrep writes at the top level.
-        folders: Sub-folder name → glob patterns of the files urbanrep writes in it (``"*"``:
-            any file, for sub-folders urbanrep fills and replaces whole).
         subkinds: Sub-folder name → the kind of folder it is (checked recursively).
     """
 
     name: str
     files: tuple[str, ...]
-    folders: tuple[tuple[str, tuple[str, ...]], ...] = ()
     subkinds: tuple[tuple[str, FolderKind], ...] = ()
 
     def owns(self, name: str) -> bool:
@@ -74,10 +71,9 @@ class FolderKind:
 
 #: A city bundle: manifest, layer files and ``aggregates/`` (see :mod:`urbanrep.bundle.spec`).
 BUNDLE = FolderKind("city bundle", ("manifest.json", "*.parquet", "NOTICE.md"),
-                    folders=(("aggregates", ("*.parquet",)),))
-_GIS_FILES = ("*.parquet", "*.gpkg", "*.gpkg-journal", "*.geojson", "*.csv", "crs.txt")
+                    subkinds=(("aggregates", FolderKind("aggregates folder", ("*.parquet",))),))
 #: The folder of ``urbanrep export --out``.
-GIS = FolderKind("GIS export folder", _GIS_FILES)
+GIS = FolderKind("GIS export folder", ("*.parquet", "*.gpkg", "*.gpkg-journal", "*.geojson", "*.csv", "crs.txt"))
 #: The folder of ``urbanrep embed --out``.
 EMBED = FolderKind("embedding folder", ("embeddings.parquet", "fusion_weights.parquet"))
 #: A run folder (``urbanrep run``, ``urbanrep train``; see :mod:`urbanrep.pipeline`).
@@ -85,8 +81,8 @@ RUN = FolderKind(
     "run folder",
     ("graph.pt", "graph.json", "config.json", "loss.csv", "model.pt", "embeddings.parquet",
      "fusion_weights.parquet", "metrics.json", "predictions.parquet", "report.html", "run.json"),
-    folders=(("checkpoints", ("epoch_*.pt",)), ("gis", _GIS_FILES), ("figures", ("*.png", "*.svg", "*.pdf"))),
-    subkinds=(("bundle", BUNDLE),),
+    subkinds=(("bundle", BUNDLE), ("checkpoints", FolderKind("checkpoint folder", ("epoch_*.pt",))), ("gis", GIS),
+              ("figures", FolderKind("figure folder", ("*.png", "*.svg", "*.pdf")))),
 )
 
 
@@ -114,28 +110,16 @@ def foreign_files(folder: str | os.PathLike[str], kind: FolderKind) -> list[Path
     """Files and folders below ``folder`` that urbanrep does not write into a folder of ``kind``."""
     folder = Path(folder)
     out: list[Path] = []
-    subfolders = dict(kind.folders)
     subkinds = dict(kind.subkinds)
     for entry in sorted(folder.iterdir()):
-        name = entry.name
         if entry.is_dir() and not entry.is_symlink():
-            if any(fnmatch.fnmatchcase(name, p) for p in TEMP_PATTERNS):
-                continue
-            if name in subkinds:
-                out += foreign_files(entry, subkinds[name])
-            elif name in subfolders:
-                pats = (*subfolders[name], *TEMP_PATTERNS)
-                for sub in sorted(entry.rglob("*")):
-                    rel = sub.relative_to(entry)
-                    if sub.is_dir() and any(fnmatch.fnmatchcase(rel.parts[0], p) for p in TEMP_PATTERNS):
-                        continue
-                    if len(rel.parts) > 1 and any(fnmatch.fnmatchcase(rel.parts[0], p) for p in TEMP_PATTERNS):
-                        continue
-                    if sub.is_dir() or not any(fnmatch.fnmatchcase(sub.name, p) for p in pats) or len(rel.parts) > 1:
-                        out.append(sub)
+            if any(fnmatch.fnmatchcase(entry.name, p) for p in TEMP_PATTERNS):
+                continue  # urbanrep's own temporaries: removed, never reported
+            if entry.name in subkinds:
+                out += foreign_files(entry, subkinds[entry.name])
             else:
                 out.append(entry)
-        elif not kind.owns(name):
+        elif not kind.owns(entry.name):
             out.append(entry)
     return out
 
@@ -228,18 +212,15 @@ def remove_outputs(folder: str | os.PathLike[str], names: Iterable[str], kind: F
     """
     folder = Path(folder)
     removed = []
-    subfolders = dict(kind.folders)
     subkinds = dict(kind.subkinds)
     for name in names:
         path = folder / name
         if not path.exists() and not path.is_symlink():
             continue
         if path.is_dir() and not path.is_symlink():
-            if name not in subfolders and name not in subkinds:
+            if name not in subkinds:
                 raise FolderError(f"{path} is not an output of urbanrep; leaving it in place")
-            probe = FolderKind(kind.name, (), folders=((name, subfolders[name]),)) if name in subfolders else \
-                FolderKind(kind.name, (), subkinds=((name, subkinds[name]),))
-            foreign = [p for p in foreign_files(folder, probe) if name in p.relative_to(folder).parts[:1]]
+            foreign = foreign_files(path, subkinds[name])
             if foreign:
                 raise FolderError(f"{path} holds {_listed(foreign, folder)}, which urbanrep did not write; "
                                   "move that out (urbanrep never deletes files it did not write)")
