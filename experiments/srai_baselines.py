@@ -1,8 +1,8 @@
 """srai's embedders as peers of urbanrep, on the same bundles and regions, scored by urbanrep's harness.
 
-srai (Kraków AI, ``pip install 'srai[torch]'``) embeds regions from OpenStreetMap features. Its
-embedders that need no download at run time are run here on urbanrep's own bundles, so that
-regions, features and scoring are identical:
+srai embeds regions from OpenStreetMap features (``pip install -e ".[srai]"``: srai[torch] with
+polars < 2). Its embedders that need no download at run time are run here on urbanrep's own
+bundles, so that regions, features and scoring are identical:
 
 * ``srai_count`` - ``CountEmbedder``: POIs per region and category (srai's baseline);
 * ``srai_contextual_count`` - ``ContextualCountEmbedder``: the counts plus the averaged
