@@ -108,18 +108,19 @@ def main() -> None:
     args = parser.parse_args()
     root = resolve_data_root(args.data_root)
     paths = [Path(p) for p in args.pbf] or [root / p for p in DEFAULT if (root / p).exists()]
-    if args.tile > 1:
-        import tempfile
+    import tempfile
 
-        tmp = Path(tempfile.mkdtemp(prefix="bench_osm_"))
-        paths.append(tiled_extract(root / DEFAULT[0], args.tile, tmp / f"helsinki_x{args.tile * args.tile}.osm.pbf"))
-    print("| extract | MB | nodes | ways | relations | read_osm s | file nodes/s | POIs | POIs/s | prepare h3:9 s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for path in paths:
-        r = bench(path, args.repeat)
-        print(f"| {path.name} | {r['bytes'] / 1e6:.2f} | {r['nodes']:,} | {r['ways']:,} | {r['relations']:,} | "
-              f"{r['read_s']:.3f} | {r['nodes_per_s']:,.0f} | {r['pois']:,} | {r['pois_per_s']:,.0f} | "
-              f"{r['prepare_h3_9_s']:.2f} ({r['regions']} regions) |")
+    with tempfile.TemporaryDirectory(prefix="bench_osm_") as tmp:
+        if args.tile > 1:
+            name = f"helsinki_x{args.tile * args.tile}.osm.pbf"
+            paths.append(tiled_extract(root / DEFAULT[0], args.tile, Path(tmp) / name))
+        print("| extract | MB | nodes | ways | relations | read_osm s | file nodes/s | POIs | POIs/s | prepare h3:9 s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for path in paths:
+            r = bench(path, args.repeat)
+            print(f"| {path.name} | {r['bytes'] / 1e6:.2f} | {r['nodes']:,} | {r['ways']:,} | {r['relations']:,} | "
+                  f"{r['read_s']:.3f} | {r['nodes_per_s']:,.0f} | {r['pois']:,} | {r['pois_per_s']:,.0f} | "
+                  f"{r['prepare_h3_9_s']:.2f} ({r['regions']} regions) |")
 
 
 if __name__ == "__main__":

@@ -87,8 +87,8 @@ def test_roads_split_at_unlocated_nodes() -> None:
                    [9, 9], [9, 10]], dtype=np.float64)          # way 3: one run
     way = np.array([0, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3])
     stats: dict[str, int] = {}
-    meta = [("primary", "highway=primary", 10), ("service", "highway=service", 11), ("steps", "highway=steps", 12),
-            ("footway", "highway=footway", 13)]
+    meta = [("primary", "highway=primary", 10, 0), ("service", "highway=service", 11, 1),
+            ("steps", "highway=steps", 12, 2), ("footway", "highway=footway", 13, 3)]
     roads = _roads(xy, way, meta, stats, with_tag=True)
     assert roads["osm_id"].tolist() == [10, 10, 13]
     assert roads["osm_tag"].tolist() == ["highway=primary", "highway=primary", "highway=footway"]

@@ -223,7 +223,10 @@ def read_osm(path: str | Path, layers: Collection[str] = LAYER_NAMES, *,
     poi_area_rows: list[tuple[str, str, str, int]] = []
     road_xy: list[tuple[float, float]] = []
     road_way: list[int] = []
-    road_meta: list[tuple[str, str, int]] = []
+    road_meta: list[tuple[str, str, int, int]] = []  # class, tag, osm id, way order (clipped ways)
+    road_wkb: list[bytes] = []
+    road_full: list[tuple[str, str, int, int]] = []  # the same for ways with every node located
+    keep_all = osmium.geom.use_nodes.ALL
     poly_wkb: dict[str, list[bytes]] = {"landuse": [], "buildings": []}
     poly_rows: dict[str, list[tuple[str, str, str, int]]] = {"landuse": [], "buildings": []}
 
@@ -239,8 +242,14 @@ def read_osm(path: str | Path, layers: Collection[str] = LAYER_NAMES, *,
     proc = osmium.FileProcessor(str(path)).with_locations()
     if need_areas:
         proc = proc.with_areas(osmium.filter.KeyFilter(*sorted(keys - {"highway"}) or ["landuse"]))
-    # Location and area handlers see every object; the key filter runs after them (in C++).
-    proc = proc.with_filter(osmium.filter.KeyFilter(*sorted(keys)))
+    # Location and area handlers see every object; the key filters run after them (in C++): nodes
+    # only as POIs, ways, relations and areas with any wanted key.
+    if want_pois:
+        proc = proc.with_filter(osmium.filter.KeyFilter(*sorted(poi_c.keys)).enable_for(osmium.osm.NODE))
+    else:
+        proc = proc.with_filter(osmium.filter.EntityFilter(osmium.osm.WAY | osmium.osm.RELATION | osmium.osm.AREA))
+    proc = proc.with_filter(osmium.filter.KeyFilter(*sorted(keys)).enable_for(
+        osmium.osm.WAY | osmium.osm.RELATION | osmium.osm.AREA))
     bar = start_progress(f"reading {path.name}")
     seen = 0
     try:
@@ -261,12 +270,17 @@ def read_osm(path: str | Path, layers: Collection[str] = LAYER_NAMES, *,
                 if want_roads and "highway" in tags:
                     cls, tag = road_c.classify(tags, "highway")
                     if cls is not None:
-                        w = len(road_meta)
-                        road_meta.append((cls, tag, obj.id))
-                        for n in obj.nodes:
-                            loc = n.location
-                            road_xy.append((loc.lon, loc.lat) if loc.valid() else (np.nan, np.nan))
-                            road_way.append(w)
+                        try:  # every node located (the common case): one C++ call
+                            road_wkb.append(fab.create_linestring(obj, keep_all))
+                            road_full.append((cls, tag, obj.id, len(road_full) + len(road_meta)))
+                        except (osmium.InvalidLocationError, RuntimeError):
+                            # Clipped by the extract (or degenerate): cut into runs of located nodes.
+                            w = len(road_meta)
+                            road_meta.append((cls, tag, obj.id, len(road_full) + len(road_meta)))
+                            for n in obj.nodes:
+                                loc = n.location
+                                road_xy.append((loc.lon, loc.lat) if loc.valid() else (np.nan, np.nan))
+                                road_way.append(w)
                 if want_pois and not obj.is_closed() and poi_c.wants(tags) is not None:
                     stats["poi_open_ways_skipped"] += 1
                 _count_polygon_candidate(tags, obj.is_closed(), want_lu, want_bld, candidates)
@@ -314,7 +328,8 @@ def read_osm(path: str | Path, layers: Collection[str] = LAYER_NAMES, *,
         stats["pois_areas"] = len(poi_area_rows)
     if want_roads:
         out.roads = _roads(np.asarray(road_xy, dtype=np.float64).reshape(-1, 2),
-                           np.asarray(road_way, dtype=np.int64), road_meta, stats, extra)
+                           np.asarray(road_way, dtype=np.int64), road_meta, stats, extra,
+                           full=(shapely.from_wkb(road_wkb) if road_wkb else np.empty(0, object), road_full))
     for layer in ("landuse", "buildings"):
         if layer in layers:
             rows = poly_rows[layer]
@@ -374,16 +389,22 @@ def _count_polygon_candidate(tags: Any, closed: bool, want_lu: bool, want_bld: b
             candidates[layer if closed else f"{layer}_open"] += 1
 
 
-def _roads(xy: np.ndarray, way: np.ndarray, meta: list[tuple[str, str, int]], stats: dict[str, int],
-           with_tag: bool = False) -> gpd.GeoDataFrame:
-    """Cut each way into runs of consecutive located nodes and build one LineString per run.
+def _roads(xy: np.ndarray, way: np.ndarray, meta: list[tuple[str, str, int, int]], stats: dict[str, int],
+           with_tag: bool = False,
+           full: tuple[np.ndarray, list[tuple[str, str, int, int]]] | None = None) -> gpd.GeoDataFrame:
+    """Road LineStrings: whole ways, plus clipped ways cut into runs of consecutive located nodes.
 
     Args:
-        xy: ``[P, 2]`` lon/lat of every way node in file order (NaN where the extract lacks it).
-        way: ``[P]`` index of the way each node belongs to.
-        meta: ``(class, "highway=value", osm id)`` per way.
+        xy: ``[P, 2]`` lon/lat of every node of the clipped ways in file order (NaN where the
+            extract lacks it).
+        way: ``[P]`` index into ``meta`` of the way each node belongs to.
+        meta: ``(class, "highway=value", osm id, way order)`` per clipped way.
         stats: Counts, updated in place.
         with_tag: Add the ``osm_tag`` column.
+        full: ``(lines, meta)`` of the ways whose nodes are all located, built whole.
+
+    Returns:
+        One row per line in way order (the order of the ways in the file), runs in node order.
     """
     valid = ~np.isnan(xy).any(axis=1)
     # A new run starts at every located node whose predecessor is unlocated or of another way.
@@ -402,12 +423,17 @@ def _roads(xy: np.ndarray, way: np.ndarray, meta: list[tuple[str, str, int]], st
     has_unlocated = np.zeros(len(meta), dtype=bool)
     has_unlocated[way[~valid]] = True
     kept_ways = np.unique(run_way)
-    stats["road_ways"] = len(meta)
+    full_lines, full_meta = full if full is not None else (np.empty(0, object), [])
+    stats["road_ways"] = len(meta) + len(full_meta)
     stats["road_ways_clipped"] = int(has_unlocated[kept_ways].sum())
     stats["road_ways_skipped_unlocated"] = len(meta) - len(kept_ways)
-    stats["road_segments"] = len(lines)
-    cols: dict[str, Any] = {"class": [meta[w][0] for w in run_way]}
+    stats["road_segments"] = len(lines) + len(full_lines)
+    rows = [meta[w] for w in run_way] + list(full_meta)
+    geoms = np.concatenate([lines, full_lines]) if len(full_lines) else lines
+    order = np.argsort(np.asarray([r[3] for r in rows], dtype=np.int64), kind="stable")
+    rows = [rows[i] for i in order]
+    cols: dict[str, Any] = {"class": [r[0] for r in rows]}
     if with_tag:
-        cols["osm_tag"] = [meta[w][1] for w in run_way]
-    cols["osm_id"] = np.asarray([meta[w][2] for w in run_way], dtype=np.int64)
-    return _frame(lines, cols)
+        cols["osm_tag"] = [r[1] for r in rows]
+    cols["osm_id"] = np.asarray([r[2] for r in rows], dtype=np.int64)
+    return _frame(geoms[order] if len(geoms) else geoms, cols)
