@@ -92,3 +92,4 @@ def test_wheel_contains_package_data(tmp_path: Path) -> None:
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top_level == {"urbanrep"}, top_level  # no bare data_prep (or other) package in site-packages
     assert "urbanrep/converters/nyc_manhattan180.py" in names
+    assert "urbanrep/vocabulary/urbanrep-osm-1.json" in names  # the shipped category vocabulary
