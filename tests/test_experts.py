@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -41,15 +39,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def nyc_graph():
-    """NYC-180 region graph from the real bundle aggregates (skips without the data root)."""
-    from urbanrep.converters import get_converter
-    from urbanrep.datasets import resolve_data_root
-
-    src = resolve_data_root() / "nyc_manhattan180"
-    if not src.is_dir():
-        pytest.skip(f"real data not found at {src} (set URBANREP_DATA to the shared data root)")
-    return graph_from_bundle(get_converter("nyc_manhattan180")(Path(src)))
+def nyc_graph(nyc_bundle):
+    """NYC-180 region graph from the real bundle aggregates (data root, else the embedded copy)."""
+    return graph_from_bundle(nyc_bundle)
 
 
 @pytest.fixture(scope="module")
