@@ -58,6 +58,7 @@ from experiments.peers.inputs import (
     as_graph,
     cosine_similarity,
     count_view,
+    log_progress,
     num_regions,
     od_matrix,
     seed_all,
@@ -384,8 +385,7 @@ def fit_hafusion(data_or_bundle: Any, seed: int, epochs: int | None = None,
         loss.backward()
         opt.step()
         history.append({"epoch": epoch, "total": loss.item(), **{k: p.item() for k, p in parts.items()}})
-        if epoch % 100 == 0 or epoch == epochs - 1:
-            log.debug("hafusion epoch %d loss %.4f", epoch, history[-1]["total"])
+        log_progress(log, "hafusion", epoch, epochs, history[-1]["total"], t0)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     model.eval()
     with torch.no_grad():

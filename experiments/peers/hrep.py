@@ -57,6 +57,7 @@ from experiments.peers.inputs import (
     cosine_similarity,
     count_view,
     knn_similarity_edges,
+    log_progress,
     num_regions,
     od_matrix,
     seed_all,
@@ -233,6 +234,7 @@ def fit_hrep(data_or_bundle: Any, seed: int, epochs: int | None = None,
         loss.backward()
         opt.step()
         history.append({"epoch": epoch, "total": loss.item(), **{k: v.item() for k, v in parts.items()}})
+        log_progress(log, "hrep", epoch, epochs, history[-1]["total"], t0)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     model.eval()
     with torch.no_grad():

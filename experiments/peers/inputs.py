@@ -11,6 +11,7 @@ our model, whatever subset of modalities the city has.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +163,16 @@ def seed_all(seed: int) -> np.random.Generator:
     """Seed torch for one deterministic CPU run; returns the numpy generator the run must use."""
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def log_progress(logger: logging.Logger, peer: str, epoch: int, epochs: int, loss: float, started: float) -> None:
+    """An INFO line at every tenth of the run (and the last epoch): epoch, loss, s/epoch, ETA."""
+    step = max(1, epochs // 10)
+    if (epoch + 1) % step and epoch + 1 != epochs:
+        return
+    per = (time.perf_counter() - started) / (epoch + 1)
+    logger.info("%s epoch %d/%d loss %.4f (%.2f s/epoch, %.0f s left)", peer, epoch + 1, epochs, loss, per,
+                per * (epochs - epoch - 1))
 
 
 def training_report(history: list[dict[str, float]], wall_s: float, cpu_s: float) -> dict[str, Any]:
