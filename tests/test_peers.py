@@ -120,3 +120,20 @@ def test_benchmark_rows(city: CityBundle, tmp_path) -> None:
     assert row["train"]["views"] == ["adjacent", "poi", "source", "destination"] and row["train"]["epochs"] == 2
     again = peer_methods(data, city, ["hrep"], [0, 1], 2, tmp_path, strict_seeds=2)  # from the cache
     assert again["peer_hrep"]["paper"] == row["paper"]
+
+
+def test_hafusion_checkpointing_keeps_gradients() -> None:
+    from experiments.peers.hafusion import HAFusionConfig, HAFusionNet
+
+    cfg = HAFusionConfig(intra_blocks=2, inter_blocks=1, region_blocks=2, heads=2, view_dim=4, memory=6,
+                         edge_channels=3, feedforward=16)
+    xs = {"poi": torch.rand(12, 5), "mobility": torch.rand(12, 12)}
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        net = HAFusionNet({"poi": 5, "mobility": 12}, 12, 12, cfg, 2, checkpoint=ckpt)
+        emb, dec = net(xs)
+        (emb.square().sum() + sum(d.sum() for d in dec.values())).backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -89,7 +89,8 @@ class HAFusionConfig:
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         epochs: Default training length.
-        max_width: Largest city whose width is its region count (the paper's coupling).
+        max_width: Largest city whose width is its region count (the paper's coupling); larger cities
+            also recompute each attention block in backward (gradient checkpointing) to bound memory.
         wide_city_width: Width for larger cities.
     """
 
@@ -135,7 +136,7 @@ class _SoftmaxPool(torch.autograd.Function):
         outs = []
         for k in range(scale.numel()):
             s = attn * scale[k]
-            outs.append((torch.softmax(s, dim=-1) * s).sum(-1))
+            outs.append(torch.softmax(s, dim=-1).mul_(s).sum(-1))
         g = torch.stack(outs, dim=1)  # [B, c, N], without bias
         ctx.save_for_backward(attn, scale, g)
         return g + bias.view(1, -1, 1)
@@ -148,10 +149,10 @@ class _SoftmaxPool(torch.autograd.Function):
         for k in range(scale.numel()):
             s = attn * scale[k]
             p = torch.softmax(s, dim=-1)
-            # d g_i / d s_ij = p_ij (1 + s_ij - g_i)
-            ds = p * (1.0 + s - g[:, k, :, None]) * grad[:, k, :, None]
-            d_attn += ds * scale[k]
+            # d g_i / d s_ij = p_ij (1 + s_ij - g_i); in place: two [N, N] buffers per channel
+            ds = s.add_(1.0).sub_(g[:, k, :, None]).mul_(p).mul_(grad[:, k, :, None])
             d_scale[k] = (ds * attn).sum()
+            d_attn += ds.mul_(scale[k])
         return d_attn, d_scale, grad.sum(dim=(0, 2))
 
 
@@ -190,8 +191,23 @@ class IntraAFLBlock(nn.Module):
         return self.norm2(x + self.drop2(self.ff(x)))
 
 
+def _run_blocks(blocks: nn.Module, h: torch.Tensor, checkpoint: bool) -> torch.Tensor:
+    """Apply ``blocks`` in turn; with ``checkpoint`` each block's activations are recomputed in backward.
+
+    Checkpointing keeps one block's ``[heads, N, N]`` attention tensors in memory instead of all of them
+    (2,325 regions: ~1.5 GB instead of ~4.5 GB); the RNG state is replayed, so gradients are unchanged.
+    """
+    from torch.utils.checkpoint import checkpoint as ckpt
+
+    for b in blocks:
+        h = ckpt(b, h, use_reentrant=False) if checkpoint and torch.is_grad_enabled() else b(h)
+    return h
+
+
 class IntraAFL(nn.Module):
     """Intra-AFL blocks and a deep FC head: ``[N, d] -> [N, d]``."""
+
+    checkpoint = False
 
     def __init__(self, dim: int, cfg: HAFusionConfig, heads: int) -> None:
         super().__init__()
@@ -200,10 +216,7 @@ class IntraAFL(nn.Module):
         self.head = DeepFC(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.unsqueeze(0)
-        for b in self.blocks:
-            h = b(h)
-        return self.head(h.squeeze(0))
+        return self.head(_run_blocks(self.blocks, x.unsqueeze(0), self.checkpoint).squeeze(0))
 
 
 class InterAFLBlock(nn.Module):
@@ -248,16 +261,21 @@ class HAFusionNet(nn.Module):
         width: Model width ``d``.
         cfg: Hyper-parameters.
         heads: Attention heads (dividing ``width``).
+        checkpoint: Recompute each attention block in backward (large cities).
     """
 
-    def __init__(self, in_dims: dict[str, int], n_regions: int, width: int, cfg: HAFusionConfig, heads: int) -> None:
+    def __init__(self, in_dims: dict[str, int], n_regions: int, width: int, cfg: HAFusionConfig, heads: int,
+                 checkpoint: bool = False) -> None:
         super().__init__()
+        self.checkpoint = checkpoint
         self.views = list(in_dims)
         self.inputs = nn.ModuleDict({
             v: nn.Identity() if (v == "mobility" and n == width)
             else nn.Sequential(nn.Linear(n, width), nn.ReLU(), nn.Dropout(cfg.dropout))
             for v, n in in_dims.items()})
         self.intra = nn.ModuleDict({v: IntraAFL(width, cfg, heads) for v in self.views})
+        for m in self.intra.values():
+            m.checkpoint = checkpoint
         multi = len(self.views) > 1
         self.inter = (nn.Sequential(*(InterAFLBlock(width, cfg.memory) for _ in range(cfg.inter_blocks)),
                                     DeepFC(width, width)) if multi else None)
@@ -281,7 +299,7 @@ class HAFusionNet(nn.Module):
             fused = torch.einsum("v,vnd->nd", self.view_fusion(h), h)
         else:
             fused = intra[0]
-        z = self.region_head(self.region_fusion(fused.unsqueeze(0)).squeeze(0))
+        z = self.region_head(_run_blocks(self.region_fusion, fused.unsqueeze(0), self.checkpoint).squeeze(0))
         emb = self.out(z)
         return emb, {k: dec(emb) for k, dec in self.decoders.items()}
 
@@ -364,7 +382,7 @@ def fit_hafusion(data_or_bundle: Any, seed: int, epochs: int | None = None,
         log.info("hafusion: %d regions > max_width %d: OD rows projected to width %d", n, cfg.max_width, width)
 
     # Build the model before touching the RNG for anything else, so the seed fixes the weights.
-    model = HAFusionNet({v: f.shape[1] for v, f in feats.items()}, n, width, cfg, heads)
+    model = HAFusionNet({v: f.shape[1] for v, f in feats.items()}, n, width, cfg, heads, checkpoint=n > cfg.max_width)
     xs = {v: torch.tensor(f, dtype=torch.float32) for v, f in feats.items()}
     tgt = {v: torch.tensor(t, dtype=torch.float32) for v, (t, _) in targets.items()}
     pair = {v: torch.tensor(np.outer(m, m), dtype=torch.float32) for v, (_, m) in targets.items()}
