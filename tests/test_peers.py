@@ -77,6 +77,7 @@ def test_peer_shape_and_determinism(city: CityBundle, peer: str) -> None:
     pd.testing.assert_frame_equal(a, b)
     assert not np.allclose(a.to_numpy(), c.to_numpy())
     assert a.attrs["peer"]["epochs"] == 2 and a.attrs["peer"]["dropped_views"] == []
+    assert len(a.attrs["peer"]["losses"]) == 2 and a.attrs["peer"]["loss_last"] == a.attrs["peer"]["losses"][-1]
     assert PEERS[peer].default_epochs == 2000
 
 
@@ -108,18 +109,6 @@ def test_unknown_peer_and_no_view(city: CityBundle) -> None:
     bare = replace(city, aggregates={}, pois=None, targets=None)
     with pytest.raises(ValueError, match="HAFusion needs"):
         fit_peer("hafusion", _graph(bare), seed=0, epochs=1)
-
-
-def test_benchmark_rows(city: CityBundle, tmp_path) -> None:
-    from experiments.peers.bench import peer_methods
-
-    data = _graph(city)
-    rows = peer_methods(data, city, ["hrep"], [0, 1], 2, tmp_path, strict_seeds=2)
-    row = rows["peer_hrep"]
-    assert row["kind"] == "learned" and row["paper"]["n_seeds"] == 2 and "population" in row["strict"]
-    assert row["train"]["views"] == ["adjacent", "poi", "source", "destination"] and row["train"]["epochs"] == 2
-    again = peer_methods(data, city, ["hrep"], [0, 1], 2, tmp_path, strict_seeds=2)  # from the cache
-    assert again["peer_hrep"]["paper"] == row["paper"]
 
 
 def test_hafusion_checkpointing_keeps_gradients() -> None:

@@ -176,7 +176,7 @@ def log_progress(logger: logging.Logger, peer: str, epoch: int, epochs: int, los
 
 
 def training_report(history: list[dict[str, float]], wall_s: float, cpu_s: float) -> dict[str, Any]:
-    """Timings and loss trajectory of a run, in the benchmark's terms (first/last, last 10% vs the 10% before)."""
+    """Timings and loss trajectory of a run: per-epoch totals (``losses``) and the benchmark's summaries of them."""
     n = len(history)
     totals = [h["total"] for h in history]
     tail = totals[-max(1, n // 10):] if n else []
@@ -185,7 +185,8 @@ def training_report(history: list[dict[str, float]], wall_s: float, cpu_s: float
             "loss_first": totals[0] if n else None, "loss_last": totals[-1] if n else None,
             "loss_last10pct_mean": float(np.mean(tail)) if tail else None,
             "loss_prev10pct_mean": float(np.mean(prev or tail)) if tail else None,
-            "loss_parts_last": {k: v for k, v in history[-1].items() if k not in ("epoch", "total")} if n else {}}
+            "loss_parts_last": {k: v for k, v in history[-1].items() if k not in ("epoch", "total")} if n else {},
+            "losses": totals}
 
 
 def embedding_frame(data: Any, emb: np.ndarray) -> pd.DataFrame:
