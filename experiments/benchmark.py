@@ -84,6 +84,10 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "abl_no_mobility_loss": ("ablation: mobility-distribution reconstruction off", loss(mobility_weight=0.0)),
         "abl_no_feature_loss": ("ablation: input-retention (feature reconstruction) loss off",
                                 loss(feature_weight=0.0)),
+        "abl_views_fusion": ("ablation: fusion-level contrast of two augmented graph views (the earlier default)",
+                             loss(fusion_contrast="views")),
+        "abl_no_noise_prior": ("ablation: no noise prior on fusion and input retention",
+                               lambda mc: replace(mc, fusion=replace(mc.fusion, prior="none"))),
         "abl_log_retention": ("ablation: input retention of log-scale features only (the earlier default)",
                               loss(feature_target="log")),
         "ext_similarity_losses": ("extension (proposal): POI and land-use similarity reconstruction on (weight 1)",
@@ -456,6 +460,8 @@ def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
     if city.name not in args.ablation_cities:
         variants = ["urbanrep"]
     variants += [f"{PEER_PREFIX}{p}" for p in args.peers]
+    if args.skip_default:
+        variants.remove("urbanrep")
     methods: dict[str, dict[str, Any]] = {}
     for v in variants:
         per_seed: dict[str, list[dict[str, float]]] = {"paper": [], "strict": []}
@@ -680,6 +686,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ablation-cities", nargs="*", default=["nyc180", "chicago77"],
                    help="cities on which the ablations run (others: full model only)")
     p.add_argument("--strict-seeds", type=int, default=None, help="shuffled splits of the strict protocol (10)")
+    p.add_argument("--skip-default", action="store_true",
+                   help="with --train-only: train only the ablations and peers (e.g. while the default is chosen)")
     p.add_argument("--peers", nargs="*", default=["hafusion", "hrep"],
                    help="in-harness peer models (experiments/peers), trained with the same seeds and budget")
     p.add_argument("--quick", action="store_true",

@@ -33,7 +33,9 @@ class LossConfig:
         point_weight: Point level: InfoNCE between two augmented views of the street-view
             image graph (image nodes).
         fusion_weight: Fusion level, see ``fusion_contrast``.
-        fusion_contrast: ``"views"``: fused embeddings of two augmented region graphs;
+        fusion_contrast: ``"cross"`` (default, chosen on the development cities by
+            ``experiments/select_design.py``; NYC held out) or ``"views"``: fused embeddings of
+            two augmented region graphs (GRACE-style; the earlier default);
             ``"modality"``: fused embedding vs each modality embedding; ``"cross"``: for each
             modality, the fusion of the *other* modalities (the region's fusion weights
             renormalised without it) vs that modality's embedding — the gate is rewarded for
@@ -74,7 +76,7 @@ class LossConfig:
     aggregated_weight: float = 1.0
     point_weight: float = 1.0
     fusion_weight: float = 1.0
-    fusion_contrast: str = "views"
+    fusion_contrast: str = "cross"
     mobility_weight: float = 1.0
     poi_similarity_weight: float = 0.0
     landuse_similarity_weight: float = 0.0

@@ -29,7 +29,8 @@ class FusionConfig:
         dropout: Dropout inside the scoring network.
         prior: ``"coherence"``: add ``log`` of each modality's noise prior (from the spatial
             coherence of its input, :mod:`urbanrep.fusion.information`) to the scores, and
-            weight the input-retention loss by it, so noise-like modalities get weights near 0;
+            weight the input-retention loss by it, so noise-like modalities get weights near 0
+            (default; it changes nothing where every modality is spatially structured);
             ``"none"``: learned scores only.
     """
 
@@ -38,7 +39,7 @@ class FusionConfig:
     pos_frequencies: int = 4
     use_neighbors: bool = True
     dropout: float = 0.0
-    prior: str = "none"
+    prior: str = "coherence"
 
     def __post_init__(self) -> None:
         if self.mode not in FUSION_MODES:
