@@ -93,9 +93,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             trained_as = "urbanrep" if same_as_default(cand, list(data.modalities)) else cand
             for seed in args.seeds:
                 got = train_embedding(data, trained_as, seed, args.epochs, args.out / "embeddings" / city_name,
-                                      args.device)
-                assert got is not None
+                                      args.device, cached_only=args.cached_only)
+                if got is None:
+                    break
                 per_seed.append(strict_scores(got[0], bundle, tasks, args.strict_seeds))
+            if len(per_seed) < len(args.seeds):
+                log.info("%s %s: not every seed is trained (--cached-only): incomplete", city_name, cand)
+                results.setdefault("incomplete", {})[cand] = city_name
+                pruned[cand] = float("nan")
+                results["candidates"].setdefault(cand, {"description": model_variants()[cand][0], "cities": {}})
+                continue
             means = {t: float(np.mean([p[t] for p in per_seed])) for t in tasks}
             city_score = [float(np.mean(list(p.values()))) for p in per_seed]
             entry = results["candidates"].setdefault(cand, {"description": model_variants()[cand][0], "cities": {}})
@@ -110,9 +117,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if entry["cities"][city_name]["score"] < ref - PRUNE_MARGIN:
                     pruned[cand] = entry["cities"][city_name]["score"] - ref
     for cand, entry in results["candidates"].items():
-        entry["score"] = float(np.mean([c["score"] for c in entry["cities"].values()]))
+        entry["score"] = float(np.mean([c["score"] for c in entry["cities"].values()])) if entry["cities"] else 0.0
         entry["pruned"] = cand in pruned
-    results["pruned"] = {c: round(d, 4) for c, d in pruned.items()}
+    results["pruned"] = {c: round(d, 4) for c, d in pruned.items() if c not in results.get("incomplete", {})}
     eligible = [c for c in results["candidates"] if c not in pruned]
     results["selected"] = max(eligible, key=lambda c: results["candidates"][c]["score"])
     return results
@@ -131,18 +138,19 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
              "|---|" + "---|" * (len(cities) + 1)]
     order = sorted(res["candidates"], key=lambda c: (res["candidates"][c]["pruned"], -res["candidates"][c]["score"]))
 
-    def city_cell(e: dict[str, Any], c: str) -> str:
+    def city_cell(cand: str, c: str) -> str:
+        e = res["candidates"][cand]
         if c not in e["cities"]:
-            return "pruned"
+            return "incomplete" if res.get("incomplete", {}).get(cand) == c else "pruned"
         got = e["cities"][c]
         same = " (= default here)" if got.get("same_as_default") else ""
         return f"{got['score']:.3f} ± {got['score_std']:.3f}{same}"
 
     for cand in order:
         e = res["candidates"][cand]
-        cells = [city_cell(e, c) for c in cities]
+        cells = [city_cell(cand, c) for c in cities]
         name = f"**{cand}**" if cand == res["selected"] else cand
-        total = "pruned" if e["pruned"] else f"{e['score']:.3f}"
+        total = ("incomplete" if cand in res.get("incomplete", {}) else "pruned") if e["pruned"] else f"{e['score']:.3f}"
         lines.append(f"| {name} ({e['description']}) | " + " | ".join(cells) + f" | {total} |")
     lines += ["", "Per task (mean over seeds):", "",
               "| candidate | " + " | ".join(f"{c}:{t}" for c in cities for t in scalar_tasks(c)) + " |",
@@ -151,6 +159,9 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
         e = res["candidates"][cand]
         lines.append(f"| {cand} | " + " | ".join(f"{e['cities'][c]['tasks'][t]:.3f}" if c in e["cities"] else ""
                                                 for c in cities for t in scalar_tasks(c)) + " |")
+    if res.get("incomplete"):
+        lines += ["", "Incomplete (not every training seed was run before this table was made, so not eligible): "
+                  + ", ".join(f"{c} (on {city})" for c, city in res["incomplete"].items()) + "."]
     if res.get("pruned"):
         lines += ["", f"Pruned on {PRUNE_CITY} (score more than {PRUNE_MARGIN} below the default's, so not trained "
                   "on the other cities and not eligible): "
@@ -175,6 +186,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--publish", action="store_true", help="also write experiments/DESIGN_SELECTION.md")
+    p.add_argument("--cached-only", action="store_true",
+                   help="train nothing: score the runs already in --out; candidates with missing runs are "
+                        "listed as incomplete and cannot be selected")
     args = p.parse_args(argv)
     if args.epochs is None:
         from urbanrep.train import TrainConfig

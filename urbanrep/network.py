@@ -127,7 +127,10 @@ class ModelConfig:
             embedding is their concatenation (``ensemble * expert.out_channels`` wide) and the
             fusion weights their mean. Linear probes on a few hundred regions vary a lot
             between training seeds; several members average that out (cost: ``ensemble``
-            times one member).
+            times one member). Default 3 (192-d), chosen on the development cities together
+            with ``loss.fusion_weight=0`` (``experiments/select_design.py``; NYC held out): the
+            three members cost about what one member with the earlier fusion-level contrast
+            of two augmented views did.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -138,7 +141,7 @@ class ModelConfig:
     modalities: tuple[str, ...] | None = None
     projection_channels: int = 64
     checkpoint_experts: bool = False
-    ensemble: int = 1
+    ensemble: int = 3
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:

@@ -32,10 +32,14 @@ class LossConfig:
             of the same region (other regions are negatives; only regions with both).
         point_weight: Point level: InfoNCE between two augmented views of the street-view
             image graph (image nodes).
-        fusion_weight: Fusion level, see ``fusion_contrast``.
-        fusion_contrast: ``"cross"`` (default, chosen on the development cities by
-            ``experiments/select_design.py``; NYC held out) or ``"views"``: fused embeddings of
-            two augmented region graphs (GRACE-style; the earlier default);
+        fusion_weight: Fusion level, see ``fusion_contrast``. Off (0) by default: on the
+            development cities no fusion-level contrast, with three ensemble members, scored
+            best (``experiments/DESIGN_SELECTION.md``); ``--set model.loss.fusion_weight=1``
+            switches the ``"cross"`` contrast on.
+        fusion_contrast: ``"cross"`` (default form; of the forms tried with one member it
+            scored best on the development cities, ``experiments/select_design.py``) or
+            ``"views"``: fused embeddings of two augmented region graphs (GRACE-style; the
+            earlier default);
             ``"modality"``: fused embedding vs each modality embedding; ``"cross"``: for each
             modality, the fusion of the *other* modalities (the region's fusion weights
             renormalised without it) vs that modality's embedding — the gate is rewarded for
@@ -75,7 +79,7 @@ class LossConfig:
     temperature: float = 0.2
     aggregated_weight: float = 1.0
     point_weight: float = 1.0
-    fusion_weight: float = 1.0
+    fusion_weight: float = 0.0
     fusion_contrast: str = "cross"
     mobility_weight: float = 1.0
     poi_similarity_weight: float = 0.0
