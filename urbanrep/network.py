@@ -342,8 +342,8 @@ class RegionModel(nn.Module):
                 t, p = cast(RegionModel, member).loss(data, member_out, generator)
                 totals.append(t)
                 member_parts.append(p)
-            k = len(member_parts)
-            return torch.stack(totals).sum(), {key: sum(p[key] for p in member_parts) / k for key in member_parts[0]}
+            return torch.stack(totals).sum(), {key: torch.stack([p[key] for p in member_parts]).mean(0)
+                                               for key in member_parts[0]}
         lc = self.config.loss
         n = out.embedding.size(0)
         dev = out.embedding.device
@@ -365,8 +365,8 @@ class RegionModel(nn.Module):
             if terms:
                 stacked = torch.stack(terms)
                 if pair_w:
-                    w = torch.stack(pair_w).to(stacked.dtype)
-                    parts["aggregated"] = (lc.aggregated_weight, (stacked * w).sum() / w.sum())
+                    pw = torch.stack(pair_w).to(stacked.dtype)
+                    parts["aggregated"] = (lc.aggregated_weight, (stacked * pw).sum() / pw.sum())
                 else:
                     parts["aggregated"] = (lc.aggregated_weight, stacked.mean())
         if lc.fusion_weight > 0:
@@ -393,8 +393,8 @@ class RegionModel(nn.Module):
                 terms.append(feature_reconstruction_loss(head(sel(out.embedding)), sel(target), sel(mk)))
             stacked = torch.stack(terms)
             if out.prior is not None:  # noise-like modalities are not worth the embedding's width
-                w = out.prior[[self.modalities.index(m) for m in self.feature_heads]].to(stacked.dtype)
-                parts["features"] = (lc.feature_weight, (stacked * w).sum() / w.sum())
+                fw = out.prior[[self.modalities.index(m) for m in self.feature_heads]].to(stacked.dtype)
+                parts["features"] = (lc.feature_weight, (stacked * fw).sum() / fw.sum())
             else:
                 parts["features"] = (lc.feature_weight, stacked.mean())
         if lc.balance_weight > 0 and self.config.moe.routing == "topk" and self.config.moe.num_shared > 0:
