@@ -16,6 +16,10 @@ says whether each check passes. Two checks:
 Usage::
 
     python -m experiments.quality_checks --out /tmp/quality [--publish] [--seeds 0 1 2]
+    # or in parallel processes, then the report:
+    for part in default noise mobility poi+mobility+landuse; do
+        python -m experiments.quality_checks --out /tmp/quality --only $part & done; wait
+    python -m experiments.quality_checks --out /tmp/quality --publish
 
 Writes ``OUT/QUALITY_CHECKS.md`` and ``OUT/quality_checks.json`` (``--publish``: also into
 ``experiments/``). Exit status 0 when every check passes, 1 otherwise.
@@ -37,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 from experiments.benchmark import REPO, check_out_folder
-from urbanrep.atomic import write_text_atomic
+from urbanrep.atomic import write_parquet_atomic, write_text_atomic
+from urbanrep.train import config_to_dict
 
 log = logging.getLogger("quality_checks")
 
@@ -45,14 +50,31 @@ NYC_TASKS = ("check_in", "crime", "service_call", "carbon", "income")
 SUBSETS: dict[str, tuple[str, ...]] = {"mobility": ("mobility",), "poi+mobility+landuse": ("poi", "mobility", "landuse")}
 
 
-def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int) -> tuple[pd.DataFrame, dict[str, float]]:
+class NotCached(Exception):
+    """A run that ``--only`` left to another process is not in the cache yet."""
+
+
+def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int, cache: Path, tag: str,
+           allowed: bool) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Train the default model (on ``modalities``) or reuse the run cached under ``tag``."""
     from urbanrep.network import ModelConfig
     from urbanrep.train import TrainConfig, embeddings_frame, train
 
+    path = cache / f"{tag}_s{seed}_e{epochs}.parquet"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return pd.read_parquet(path).set_index("region_id"), json.loads(meta.read_text())["weights"]
+    if not allowed:
+        raise NotCached(tag)
     mc = replace(ModelConfig(), modalities=modalities)
     res = train(data, mc, TrainConfig(epochs=epochs, seed=seed, num_threads=1))
     weights = dict(zip(res.modalities, res.fusion_weights.mean(0).tolist(), strict=True))
-    return embeddings_frame(res.region_ids, res.embeddings), weights
+    emb = embeddings_frame(res.region_ids, res.embeddings)
+    cache.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(emb.reset_index(), path)
+    write_text_atomic(meta, json.dumps({"weights": weights, "seed": seed, "epochs": epochs,
+                                        "model_config": config_to_dict(mc)}))
+    return emb, weights
 
 
 def _scores(emb: pd.DataFrame, bundle: Any, strict_seeds: int) -> dict[str, float]:
@@ -97,13 +119,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     noisy = with_noise_modality(data, like="poi", slot="road", seed=0)
     res: dict[str, Any] = {"seeds": list(args.seeds), "epochs": args.epochs, "strict_seeds": args.strict_seeds}
     t0 = time.process_time()
-    base, with_noise, weights = [], [], []
-    for s in args.seeds:
-        base.append(_scores(_train(data, None, s, args.epochs)[0], bundle, args.strict_seeds))
-        emb, w = _train(noisy, None, s, args.epochs)
-        with_noise.append(_scores(emb, bundle, args.strict_seeds))
-        weights.append(w)
-        log.info("seed %d: noise weight %.3f", s, w["road"])
+    cache = args.out / "cache"
+
+    def runs(graph: Any, mods: tuple[str, ...] | None, tag: str) -> list[tuple[pd.DataFrame, dict[str, float]]]:
+        allowed = args.only is None or args.only == tag
+        got = [_train(graph, mods, s, args.epochs, cache, tag, allowed) for s in args.seeds]
+        if args.only is not None:
+            raise NotCached(f"--only {tag}: trained")
+        return got
+
+    base = [_scores(e, bundle, args.strict_seeds) for e, _ in runs(data, None, "default")] \
+        if args.only in (None, "default") else []
+    noise_runs = runs(noisy, None, "noise") if args.only in (None, "noise") else []
+    with_noise = [_scores(e, bundle, args.strict_seeds) for e, _ in noise_runs]
+    weights = [w for _, w in noise_runs]
     drop = {t: _mean(base)[t] - _mean(with_noise)[t] for t in NYC_TASKS}
     noise_w = float(np.mean([w["road"] for w in weights]))
     res["noise"] = {"base": _mean(base), "base_std": _std(base), "with_noise": _mean(with_noise),
@@ -111,16 +140,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "weights": _mean(weights), "passed": bool(noise_w <= 0.05 and max(drop.values()) <= 0.01)}
     res["subsets"] = {}
     for name, mods in SUBSETS.items():
-        runs = [_scores(_train(data, mods, s, args.epochs)[0], bundle, args.strict_seeds) for s in args.seeds]
+        if args.only is not None and args.only != name:
+            continue
+        scored = [_scores(e, bundle, args.strict_seeds) for e, _ in runs(data, mods, name)]
         raws = raw_rows(bundle, mods, args.strict_seeds)
-        mean = _mean(runs)
+        mean = _mean(scored)
         if name == "mobility":
             need = {"nmi": raws["raw_mobility_shares"]["nmi"],
                     **{t: max(r[t] for r in raws.values()) for t in ("check_in", "crime")}}
         else:
             need = {t: max(r[t] for r in raws.values()) for t in (*NYC_TASKS, "nmi")}
         checks = {t: {"need": v, "got": mean[t], "ok": bool(mean[t] >= v)} for t, v in need.items()}
-        res["subsets"][name] = {"modalities": list(mods), "mean": mean, "std": _std(runs), "raw": raws,
+        res["subsets"][name] = {"modalities": list(mods), "mean": mean, "std": _std(scored), "raw": raws,
                                 "checks": checks, "passed": all(c["ok"] for c in checks.values())}
         log.info("%s: %s", name, {t: (round(c["got"], 3), round(c["need"], 3)) for t, c in checks.items()})
     res["cpu_s"] = round(time.process_time() - t0, 1)
@@ -169,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--strict-seeds", type=int, default=5)
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--publish", action="store_true", help="also write experiments/QUALITY_CHECKS.md")
+    p.add_argument("--only", choices=["default", "noise", *SUBSETS], default=None,
+                   help="train only these runs into OUT/cache and stop (to run the parts in parallel processes); "
+                        "a run without --only then trains what is missing and writes the report")
     args = p.parse_args(argv)
     args.out = check_out_folder(p, args.out)
     if args.epochs is None:
@@ -179,7 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    res = run(args)
+    try:
+        res = run(args)
+    except NotCached as exc:
+        log.info("%s", exc)
+        return 0
     shown = " ".join(argv if argv is not None else sys.argv[1:])
     md = format_markdown(res, f"python -m experiments.quality_checks {shown}".strip())
     for folder in [args.out] + ([REPO / "experiments"] if args.publish else []):
