@@ -35,9 +35,12 @@ from urbanrep.atomic import write_text_atomic
 
 log = logging.getLogger("select_design")
 
-#: Candidates, declared before any run (names of experiments.benchmark.model_variants).
-CANDIDATES = ("urbanrep", "abl_no_feature_loss", "dev_feature1", "ext_similarity_losses",
-              "dev_similarity_no_feature", "dev_fusion_vs_modality", "dev_feature_both")
+#: Candidates of the latest round (issue 14), declared before their runs (names of
+#: experiments.benchmark.model_variants; each modifies the default of its time, the single-member
+#: model with the views contrast). The earlier round is in DESIGN_SELECTION_2026-12-05.md.
+CANDIDATES = ("urbanrep", "dev_no_fusion_ens3", "dev_fusion_cross", "abl_no_fusion_loss", "abl_global_fusion",
+              "dev_flow8", "dev_flow32", "dev_feature10", "dev_epochs150", "dev_width144", "dev_epochs600",
+              "dev_no_fusion_e150")
 DEV_CITIES = ("chicago77", "singapore")
 HELD_OUT = ("nyc180", "nyc_tracts")
 

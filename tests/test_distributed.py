@@ -20,13 +20,14 @@ import torch
 from urbanrep.distributed import GradientAverager, Ranks, spawn
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
-from urbanrep.fusion import FusionConfig
+from urbanrep.fusion import FusionConfig, LossConfig
 from urbanrep.minibatch import MiniBatchConfig
 from urbanrep.network import ModelConfig
 from urbanrep.train import CHECKPOINT_DIR, EMBEDDINGS, LOSS_CSV, MODEL_FILE, TrainConfig
 
 SMALL = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_layers=1, heads=2),
-                    fusion=FusionConfig(hidden_channels=8), projection_channels=8)
+                    fusion=FusionConfig(hidden_channels=8), projection_channels=8, ensemble=1,
+                    loss=LossConfig(fusion_weight=1.0, fusion_contrast="views"))
 TC = TrainConfig(epochs=4, lr=5e-3, device="cpu", log_every=1000, num_threads=1, mode="minibatch",
                  checkpoint_every=1)
 BC = MiniBatchConfig(batch_size=45, num_neighbors=(5, 5))  # 4 batches per epoch: 2 steps per rank

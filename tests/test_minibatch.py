@@ -15,7 +15,7 @@ from urbanrep.distributed import Ranks
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
 from urbanrep.experts.testing import random_region_graph
-from urbanrep.fusion import FusionConfig
+from urbanrep.fusion import FusionConfig, LossConfig
 from urbanrep.minibatch import MiniBatchConfig, RegionSampler, _rank_batches, train_minibatch
 from urbanrep.network import ModelConfig, RegionModel
 from urbanrep.train import (
@@ -31,7 +31,8 @@ from urbanrep.train import (
 )
 
 SMALL = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_layers=1, heads=2),
-                    fusion=FusionConfig(hidden_channels=8), projection_channels=8)
+                    fusion=FusionConfig(hidden_channels=8), projection_channels=8, ensemble=1,
+                    loss=LossConfig(fusion_weight=1.0, fusion_contrast="views"))
 FAST = TrainConfig(epochs=3, lr=5e-3, device="cpu", log_every=1000, num_threads=1, mode="minibatch")
 BATCHES = MiniBatchConfig(batch_size=64, num_neighbors=(5, 5))  # 3 batches per epoch on NYC-180
 
@@ -74,14 +75,14 @@ def test_subgraph_keeps_schema_and_images() -> None:
 
 def test_minibatch_nyc180(nyc_graph) -> None:
     tc = TrainConfig(epochs=2, num_threads=1, seed=3)
-    res = train_minibatch(nyc_graph, ModelConfig(expert=ExpertConfig(hidden_channels=32, out_channels=16)), tc,
+    res = train_minibatch(nyc_graph, ModelConfig(expert=ExpertConfig(hidden_channels=32, out_channels=16), ensemble=1), tc,
                           MiniBatchConfig(batch_size=64, num_neighbors=(5, 5)))
     n = nyc_graph["region"].num_nodes
     assert res.embeddings.shape == (n, 16) and np.isfinite(res.embeddings).all()
     assert res.fusion_weights.shape == (n, len(res.modalities))
     assert len(res.history) == 2 and all(np.isfinite(r["total"]) for r in res.history)
     assert list(res.embeddings_frame().index) == list(nyc_graph.region_ids)
-    again = train_minibatch(nyc_graph, ModelConfig(expert=ExpertConfig(hidden_channels=32, out_channels=16)), tc,
+    again = train_minibatch(nyc_graph, ModelConfig(expert=ExpertConfig(hidden_channels=32, out_channels=16), ensemble=1), tc,
                             MiniBatchConfig(batch_size=64, num_neighbors=(5, 5), inference="sampled",
                                             inference_batch_size=50))
     assert np.allclose(again.history[-1]["total"], res.history[-1]["total"])  # seeded
@@ -251,7 +252,7 @@ def test_minibatch_on_gpu(nyc_graph, tmp_path: Path) -> None:
 def test_minibatch_100k_regions(tmp_path: Path) -> None:
     """One epoch over 100k regions on CPU, with a run folder (about 70 s and 4.4 GB on 2 cores)."""
     g = random_region_graph(100_000, ("poi", "mobility", "landuse"), seed=0)
-    res = train_minibatch(g, ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=16)),
+    res = train_minibatch(g, ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=16), ensemble=1),
                           TrainConfig(epochs=1, num_threads=1),
                           MiniBatchConfig(batch_size=16384, num_neighbors=(3, 2)), run_dir=tmp_path)
     assert res.embeddings.shape == (100_000, 16) and np.isfinite(res.embeddings).all()

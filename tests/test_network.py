@@ -27,8 +27,11 @@ from urbanrep.graphs.schema import ADJACENT, IMAGE, REGION, feature_key, mask_ke
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
 
 ALL = ("poi", "mobility", "landuse", "road", "remote_sensing", "street_view")
+# One member with the views contrast: the single-member model these tests were written for (the
+# default's three members and cross contrast are covered in test_fusion_information.py).
 TINY = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_layers=1, heads=2),
-                   fusion=FusionConfig(hidden_channels=8), projection_channels=8)
+                   fusion=FusionConfig(hidden_channels=8), projection_channels=8, ensemble=1,
+                   loss=LossConfig(fusion_weight=1.0, fusion_contrast="views"))
 
 #: Every ablation / option switch of the model, as ModelConfig overrides of TINY.
 ABLATIONS: dict[str, dict] = {

@@ -25,7 +25,7 @@ pytest.importorskip("osmium")
 pytest.importorskip("h3")
 
 #: Settings that train in about a second (as in tests/test_pipeline.py).
-TINY = ["--set", "train.epochs=3", "--set", "train.num_threads=1", "--set", "model.expert.hidden_channels=16", "--set",
+TINY = ["--set", "train.epochs=3", "--set", "train.num_threads=1", "--set", "model.ensemble=1", "--set", "model.expert.hidden_channels=16", "--set",
         "model.expert.out_channels=16", "--set", "model.projection_channels=16", "--set", "evaluate.seeds=[0]",
         "--set", "export.report=false", "--set", "export.figures=false"]
 #: About 0.55 km x 0.45 km of central Helsinki (inside the extract).

@@ -22,7 +22,8 @@ from tests.conftest import grid_bundle
 from urbanrep.cli import main
 from urbanrep.runconfig import RunConfig, load_run_config
 
-TINY = ["--set", "train.epochs=3", "--set", "train.num_threads=1", "--set", "model.expert.hidden_channels=16", "--set",
+TINY = ["--set", "train.epochs=3", "--set", "train.num_threads=1", "--set", "model.ensemble=1",
+        "--set", "model.expert.hidden_channels=16", "--set",
         "model.expert.out_channels=16", "--set", "model.projection_channels=16", "--set", "evaluate.seeds=[0]",
         "--set", "export.report=false", "--set", "export.figures=false"]
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from helpers import Killed, assert_same_run
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts import ExpertConfig, MoEConfig
 from urbanrep.experts.testing import random_region_graph
-from urbanrep.fusion import FusionConfig
+from urbanrep.fusion import FusionConfig, LossConfig
 from urbanrep.network import ModelConfig, RegionModel
 from urbanrep.train import (
     CHECKPOINT_DIR,
@@ -33,7 +33,8 @@ ALL = ("poi", "mobility", "landuse", "road", "remote_sensing", "street_view")
 BUNDLES = ("nyc_manhattan180", "chicago77", "nyc_tracts", "singapore", "helsinki_osm", "sao_paulo",
            "imagery_samples")
 SMALL = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_layers=1, heads=2),
-                    fusion=FusionConfig(hidden_channels=8), projection_channels=8)
+                    fusion=FusionConfig(hidden_channels=8), projection_channels=8, ensemble=1,
+                    loss=LossConfig(fusion_weight=1.0, fusion_contrast="views"))
 FAST = TrainConfig(epochs=3, lr=5e-3, device="cpu", log_every=1000)
 
 

@@ -317,7 +317,7 @@ class RegionModel(nn.Module):
         ms = torch.stack([masks[m] for m in self.modalities], 1)
         prior = None
         if self.config.fusion.prior == "coherence":
-            prior = noise_prior(modality_coherence(data, self.modalities, self.config.expert.log_inputs))
+            prior = noise_prior(*modality_coherence(data, self.modalities, self.config.expert.log_inputs))
         fused, weights = self.fusion(zs, ms, data[ADJACENT].edge_index, data[REGION].pos, prior)
         return ModelOutput(fused, z, masks, weights, aux, gates, self.modalities, prior)
 

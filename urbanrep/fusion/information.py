@@ -50,6 +50,21 @@ def spatial_coherence(x: Tensor, mask: Tensor, edge_index: Tensor, log_inputs: b
         over regions with data that have a neighbour with data, clamped at 0;
         :data:`UNMEASURED` when too few regions or no varying column.
     """
+    return coherence_and_significance(x, mask, edge_index, log_inputs)[0]
+
+
+def coherence_and_significance(x: Tensor, mask: Tensor, edge_index: Tensor, log_inputs: bool = True
+                               ) -> tuple[Tensor, Tensor]:
+    """:func:`spatial_coherence` and its significance against pure noise.
+
+    Under noise each column's neighbour correlation has a standard deviation of about
+    ``1 / sqrt(R)`` over ``R`` regions, so the mean over ``F`` varying columns about
+    ``1 / sqrt(R F)``; the significance is ``coherence * sqrt(R F)`` (a z-score; ``inf`` when
+    unmeasured, so that an unmeasured modality is never treated as noise).
+
+    Returns:
+        ``(coherence, z)``, two scalars.
+    """
     n = x.size(0)
     with torch.no_grad():
         xf = x.float()
@@ -60,17 +75,19 @@ def spatial_coherence(x: Tensor, mask: Tensor, edge_index: Tensor, log_inputs: b
         deg = scatter(torch.ones_like(src, dtype=xs.dtype), dst, 0, dim_size=n, reduce="sum")
         nb = scatter(xs[src], dst, 0, dim_size=n, reduce="sum") / deg.clamp_min(1.0).unsqueeze(-1)
         rows = mask & (deg > 0)
+        inf = xs.new_tensor(float("inf"))
         if int(rows.sum()) < MIN_ROWS:
-            return xs.new_tensor(UNMEASURED)
+            return xs.new_tensor(UNMEASURED), inf
         a, b = xs[rows], nb[rows]
         a = a - a.mean(0)
         b = b - b.mean(0)
         sa, sb = a.pow(2).sum(0).sqrt(), b.pow(2).sum(0).sqrt()
         varying = (sa > 1e-6) & (sb > 1e-6)
         if not bool(varying.any()):
-            return xs.new_tensor(UNMEASURED)
+            return xs.new_tensor(UNMEASURED), inf
         corr = (a * b).sum(0)[varying] / (sa[varying] * sb[varying])
-        return corr.mean().clamp(0.0, 1.0)
+        coherence = corr.mean().clamp(0.0, 1.0)
+        return coherence, coherence * float(int(rows.sum()) * int(varying.sum())) ** 0.5
 
 
 def region_inputs(data: HeteroData, modality: str) -> tuple[Tensor, Tensor]:
@@ -86,28 +103,44 @@ def region_inputs(data: HeteroData, modality: str) -> tuple[Tensor, Tensor]:
     return pooled, count > 0
 
 
-def modality_coherence(data: HeteroData, modalities: tuple[str, ...], log_inputs: bool = True) -> Tensor:
-    """``[M]`` spatial coherence of each modality of ``data`` (see :func:`spatial_coherence`)."""
+def modality_coherence(data: HeteroData, modalities: tuple[str, ...], log_inputs: bool = True
+                       ) -> tuple[Tensor, Tensor]:
+    """``([M] coherence, [M] significance)`` of each modality of ``data`` (see
+    :func:`coherence_and_significance`)."""
     edge_index = data[ADJACENT].edge_index
-    values = []
+    coh, sig = [], []
     for m in modalities:
         x, mask = region_inputs(data, m)
-        values.append(spatial_coherence(x, mask, edge_index, log_inputs and m != "street_view"))
-    return torch.stack(values).to(data[REGION].pos.device)
-
-
+        c, z = coherence_and_significance(x, mask, edge_index, log_inputs and m != "street_view")
+        coh.append(c)
+        sig.append(z)
+    dev = data[REGION].pos.device
+    return torch.stack(coh).to(dev), torch.stack(sig).to(dev)
 
 
 #: Coherence below which a modality is treated as increasingly noise-like by :func:`noise_prior`
 #: (declared before any run, not fitted; the real modalities of every bundled city score >= 0.05
 #: and almost all >= 0.25, a noise modality about 0).
 NOISE_THRESHOLD = 0.1
+#: Significance (z-score against pure noise) below which a modality is excluded: its prior is
+#: :data:`EXCLUDED` (the bundled cities' modalities score z >= 5, noise about 0 +- 1).
+MIN_SIGNIFICANCE = 3.0
+EXCLUDED = 1e-6
 
 
-def noise_prior(coherence: Tensor, threshold: float = NOISE_THRESHOLD, floor: float = 0.01) -> Tensor:
-    """``[M]`` weights in ``[floor, 1]``: 1 for spatially structured modalities, less for noise-like ones.
+def noise_prior(coherence: Tensor, significance: Tensor | None = None, threshold: float = NOISE_THRESHOLD,
+                floor: float = 0.01) -> Tensor:
+    """``[M]`` weights in ``(0, 1]``: 1 for spatially structured modalities, less for noise-like ones.
 
-    ``clamp(coherence / threshold, floor, 1)``: a modality at or above ``threshold`` keeps its
-    learned weight; a pure-noise one (coherence about 0) is multiplied by ``floor``.
+    ``clamp(coherence / threshold, floor, 1)``, and :data:`EXCLUDED` for a modality whose
+    coherence is not significant (``significance < MIN_SIGNIFICANCE``): such a modality's input
+    is indistinguishable from noise, and a noise input is a perfect region identifier that the
+    input-retention objective would otherwise use as free capacity to memorise regions. When
+    every modality would be excluded, none is (there is nothing to prefer).
     """
-    return (coherence / threshold).clamp(floor, 1.0)
+    prior = (coherence / threshold).clamp(floor, 1.0)
+    if significance is not None:
+        noise = significance < MIN_SIGNIFICANCE
+        if not bool(noise.all()):
+            prior = torch.where(noise, torch.full_like(prior, EXCLUDED), prior)
+    return prior
