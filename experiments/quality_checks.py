@@ -9,8 +9,8 @@ says whether each check passes. Two checks:
   when its mean fusion weight is <= 0.05 and no strict R² (mean over training seeds) drops by
   more than 0.01 against the same seeds without it.
 * **Modality subsets.** ``model.modalities=[mobility]``: NMI >= that of the raw out+in flow
-  shares (KMeans on the 2N-wide rows), strict check-in and crime R² >= the best raw-flow
-  baseline. ``[poi, mobility, landuse]``: every strict task >= the best raw row of those
+  shares (KMeans on the 2N-wide rows of the main OD matrix, ``raw_od_shares_only``), strict
+  check-in and crime R² >= the best raw-flow baseline. ``[poi, mobility, landuse]``: every strict task >= the best raw row of those
   modalities (and NMI >= the best raw NMI).
 
 Usage::
@@ -47,6 +47,7 @@ from urbanrep.train import config_to_dict
 log = logging.getLogger("quality_checks")
 
 NYC_TASKS = ("check_in", "crime", "service_call", "carbon", "income")
+MAIN_OD = "od_trips"  # NYC-180's main OD matrix (the graph's mobility edges)
 SUBSETS: dict[str, tuple[str, ...]] = {"mobility": ("mobility",), "poi+mobility+landuse": ("poi", "mobility", "landuse")}
 
 
@@ -104,8 +105,13 @@ def raw_rows(bundle: Any, modalities: Sequence[str], strict_seeds: int) -> dict[
         rows[f"raw_{m}"] = _scores(raw_modality_baseline(bundle, m), bundle, strict_seeds)
         rows[f"raw_{m}_counts"] = _scores(raw_modality_baseline(bundle, m, log1p=False), bundle, strict_seeds)
         if m == "mobility":
-            rows["raw_mobility_shares"] = _scores(raw_modality_baseline(bundle, m, mobility="shares"), bundle,
-                                                  strict_seeds)
+            shares = raw_modality_baseline(bundle, m, mobility="shares")
+            rows["raw_mobility_shares"] = _scores(shares, bundle, strict_seeds)
+            # The issue's reference row: the main OD matrix's out- and in-share rows alone (2N columns),
+            # without the flow totals, whose scale dominates KMeans in the row above.
+            main = [c for c in shares.columns if c.startswith(f"{MAIN_OD}:out_to_") or c.startswith(f"{MAIN_OD}:in_from_")]
+            if main:
+                rows["raw_od_shares_only"] = _scores(shares[main], bundle, strict_seeds)
     return rows
 
 
@@ -148,7 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raws = raw_rows(bundle, mods, args.strict_seeds)
         mean = _mean(scored)
         if name == "mobility":
-            need = {"nmi": raws["raw_mobility_shares"]["nmi"],
+            need = {"nmi": max(raws["raw_mobility_shares"]["nmi"], raws.get("raw_od_shares_only", {}).get("nmi", 0.0)),
                     **{t: max(r[t] for r in raws.values()) for t in ("check_in", "crime")}}
         else:
             need = {t: max(r[t] for r in raws.values()) for t in (*NYC_TASKS, "nmi")}
