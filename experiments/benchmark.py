@@ -261,6 +261,29 @@ def load_city(city: City, data_root: Path | None) -> Any:
     return load_dataset(city.dataset, data_root)
 
 
+def _cached_run(data: Any, variant: str, seed: int, epochs: int, cache: Path
+                ) -> tuple[Path, Path, tuple[pd.DataFrame, dict[str, Any], Path] | None]:
+    """``(path, meta_path, cached run or None)`` of one variant, seed and budget on one graph.
+
+    The cache is keyed by variant, seed, budget and graph shape, not by code: configs gain
+    defaulted fields and the model code changes under a long benchmark. Each embedding's meta
+    records its configs and the code stamp; delete OUT/embeddings to retrain after a model change.
+    """
+    key = _config_hash({"modalities": list(data.modalities), "n": int(len(data.region_ids))})
+    path = cache / f"{variant}_s{seed}_e{epochs}_{key}.parquet"
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        return path, meta_path, (pd.read_parquet(path).set_index("region_id"), json.loads(meta_path.read_text()), path)
+    return path, meta_path, None
+
+
+def _loss_windows(losses: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The last 10 % of a loss trajectory and the 10 % before it (a convergence check)."""
+    n = len(losses)
+    tail = list(losses[-max(1, n // 10):])
+    return tail, list(losses[-max(2, n // 5):-max(1, n // 10)]) or tail
+
+
 def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path,
                     device: str, cached_only: bool = False) -> tuple[pd.DataFrame, dict[str, Any], Path] | None:
     """Train one variant with one seed (or reuse its cached embedding; None if ``cached_only`` and absent)."""
@@ -276,21 +299,13 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     epochs = tc.epochs
     if "num_threads" in {f.name for f in dataclasses.fields(TrainConfig)}:
         tc = replace(tc, num_threads=torch.get_num_threads())
-    # The cache is keyed by variant, seed, budget and graph shape, not by code: configs gain
-    # defaulted fields and the model code changes under a long benchmark. Each embedding's meta
-    # records its full configs and the code stamp; delete OUT/embeddings to retrain after a model change.
-    key = _config_hash({"modalities": list(data.modalities), "n": int(len(data.region_ids))})
-    path = cache / f"{variant}_s{seed}_e{epochs}_{key}.parquet"
-    meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
-        return pd.read_parquet(path).set_index("region_id"), json.loads(meta_path.read_text()), path
-    if cached_only:
-        return None
+    path, meta_path, hit = _cached_run(data, variant, seed, epochs, cache)
+    if hit is not None or cached_only:
+        return hit
     res = train(data, mc, tc, run_dir=None)
     emb = embeddings_frame(res.region_ids, res.embeddings)
     hist = res.history
-    tail = [h["total"] for h in hist[-max(1, len(hist) // 10):]]
-    mid = [h["total"] for h in hist[-max(2, len(hist) // 5):-max(1, len(hist) // 10)]] or tail
+    tail, mid = _loss_windows([h["total"] for h in hist])
     meta = {"variant": variant, "seed": seed, "epochs": res.epochs_run, "wall_s": round(res.wall_time_s, 1),
             "code": _code_version(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "model_config": config_to_dict(mc),
@@ -321,19 +336,14 @@ def _train_peer(data: Any, variant: str, seed: int, epochs: int, cache: Path,
     """Train a peer model (experiments/peers) with the same budget and seed, cached like ours."""
     from experiments.peers import fit_peer
 
-    key = _config_hash({"modalities": list(data.modalities), "n": int(len(data.region_ids))})
-    path = cache / f"{variant}_s{seed}_e{epochs}_{key}.parquet"
-    meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
-        return pd.read_parquet(path).set_index("region_id"), json.loads(meta_path.read_text()), path
-    if cached_only:
-        return None
+    path, meta_path, hit = _cached_run(data, variant, seed, epochs, cache)
+    if hit is not None or cached_only:
+        return hit
     t0 = time.perf_counter()
     emb = fit_peer(variant[len(PEER_PREFIX):], data, seed=seed, epochs=epochs)
     report = dict(emb.attrs.get("peer", {}))
     losses = [float(v) for v in report.get("losses", [])] or [float("nan")]
-    tail = losses[-max(1, len(losses) // 10):]
-    mid = losses[-max(2, len(losses) // 5):-max(1, len(losses) // 10)] or tail
+    tail, mid = _loss_windows(losses)
     meta = {"variant": variant, "seed": seed, "epochs": epochs, "wall_s": round(time.perf_counter() - t0, 1),
             "code": _code_version(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "peer_report": _json_safe(report), "loss_first": losses[0], "loss_last": losses[-1],
