@@ -679,6 +679,25 @@ def format_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Sections of RESULTS.md written by other scripts, kept when the benchmark rewrites the file:
+#: ``(start marker, end marker)`` (experiments/srai_baselines.py writes the srai peers).
+KEPT_SECTIONS = (("<!-- srai peers", "<!-- end srai peers -->"),)
+
+
+def kept_sections(path: Path) -> str:
+    """The :data:`KEPT_SECTIONS` of an existing RESULTS.md, to append to a regenerated one."""
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    out = []
+    for start, end in KEPT_SECTIONS:
+        a = text.find(start)
+        b = text.find(end, a)
+        if a >= 0 and b >= 0:
+            out.append(text[a:b + len(end)])
+    return "".join(f"\n{sec}\n" for sec in out)
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}
@@ -790,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = format_report(results)
     js = json.dumps(_json_safe(results), indent=1, allow_nan=False) + "\n"
     for folder in [args.out] + ([REPO / "experiments"] if args.publish else []):
-        write_text_atomic(folder / "RESULTS.md", md)
+        write_text_atomic(folder / "RESULTS.md", md + kept_sections(folder / "RESULTS.md"))
         write_text_atomic(folder / "results.json", js)
         log.info("wrote %s and %s", folder / "RESULTS.md", folder / "results.json")
     return 0
