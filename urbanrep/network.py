@@ -128,9 +128,9 @@ class ModelConfig:
             fusion weights their mean. Linear probes on a few hundred regions vary a lot
             between training seeds; several members average that out (cost: ``ensemble``
             times one member). Default 3 (192-d), chosen on the development cities together
-            with ``loss.fusion_weight=0`` (``experiments/select_design.py``; NYC held out): the
-            three members cost about what one member with the earlier fusion-level contrast
-            of two augmented views did.
+            with ``loss.fusion_weight=0`` (``experiments/select_design.py``; NYC held out); a
+            NYC-180 run costs 1.55x the CPU time of the earlier single-member default (README,
+            "Quality against CPU time"); ``ensemble=1`` costs about a third.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
