@@ -64,7 +64,6 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from urbanrep.bundle import write_bundle
     from urbanrep.converters import get_converter
     from urbanrep.datasets import resolve_data_root
     from urbanrep.folders import BUNDLE, claim_folder
@@ -83,14 +82,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         raise UrbanRepError(f"{src} does not exist: point --data-root (or URBANREP_DATA) at the folder holding {args.name}/")
     t0 = time.perf_counter()
     bundle = convert(src)
-    report = write_bundle(bundle, args.out, overwrite=args.overwrite)
-    for line in report.lines():
-        log.info("%s", line)
-    from urbanrep.bundle import read_bundle
-
-    print(read_bundle(args.out, validate=False).summary_line())
-    log.info("bundle written to %s in %.1f s", args.out, time.perf_counter() - t0)
-    return 0
+    return _write_prepared(bundle, args, t0)
 
 
 #: Options of 'urbanrep prepare osm' (dest names), refused with any other source name.
@@ -123,7 +115,6 @@ def _add_prepare_osm(q: Any) -> None:
 
 
 def _cmd_prepare_osm(args: argparse.Namespace) -> int:
-    from urbanrep.bundle import read_bundle, write_bundle
     from urbanrep.folders import BUNDLE, claim_folder
     from urbanrep.prepare import prepare_osm
 
@@ -141,6 +132,13 @@ def _cmd_prepare_osm(args: argparse.Namespace) -> int:
     for layer, info in bundle.provenance.get("unmapped_tags", {}).items():
         log.info("%s: %d objects with tags the vocabulary does not map were left out (%s)", layer, info["total"],
                  ", ".join(f"{k} x{v}" for k, v in list(info["by_tag"].items())[:5]))
+    return _write_prepared(bundle, args, t0)
+
+
+def _write_prepared(bundle: Any, args: argparse.Namespace, t0: float) -> int:
+    """Write a converted bundle to ``args.out``, log its report and print its summary line."""
+    from urbanrep.bundle import read_bundle, write_bundle
+
     report = write_bundle(bundle, args.out, overwrite=args.overwrite)
     for line in report.lines():
         log.info("%s", line)
