@@ -1,9 +1,14 @@
-"""Training cost of the region model: seconds per epoch and peak memory, by number of regions.
+"""Training cost of the region model: seconds and CPU seconds per epoch, peak memory, by size and mode.
 
 Each size runs in its own subprocess (so peak RSS is that size's alone) and goes through the
-real :func:`urbanrep.train.train` loop; epoch times come from the loop's own per-epoch log
-records (``log_every=1``), so they include the three forward passes (the graph and its two
-augmented views), the losses, the backward pass and the optimiser step.
+real :func:`urbanrep.train.train` loop with ``train.mode`` ``full`` (one full-graph step per
+epoch) or ``minibatch`` (:func:`urbanrep.minibatch.train_minibatch`, the mini-batch settings the
+README documents: ``MiniBatchConfig()``'s defaults unless ``--set minibatch.KEY=VALUE`` says
+otherwise). Epoch times come from the loop's own per-epoch log records (``log_every=1``), so
+they include the forward passes, the losses, the backward pass and the optimiser step (and,
+for mini-batches, the sampling); the reported figure is the median over the epochs after the
+first. The model is the default :class:`~urbanrep.network.ModelConfig` (``ensemble=3``: three
+independent members) unless ``--set model.ensemble=1`` (one member) or other ``--set model.*``.
 
 * ``180`` is the default city, NYC-180, built by the ETL from the embedded bundle
   (``load_dataset(None)`` + ``build_graph``): POI, mobility (29,857 OD pairs, 7 time slices),
@@ -13,17 +18,22 @@ augmented views), the losses, the backward pass and the optimiser step.
   512, 7 slices), 20 OD pairs per origin, 10 similarity neighbours, 6 adjacency neighbours.
   ``--modalities`` changes the set (e.g. add ``road street_view``).
 
-Peak memory is the process' maximum resident set size (``ru_maxrss``) after training, next to
-the RSS with the graph loaded and nothing trained (Python, PyTorch and the graph).
+Memory: ``rss graph`` is the resident set with Python, PyTorch and the graph loaded and nothing
+trained; ``peak rss`` the process' maximum resident set (``ru_maxrss``) after training and the
+final embedding pass; ``KiB/region`` is ``(peak - rss graph) / regions``, the training's own
+memory per region. ``cpu s`` is the process' CPU seconds per epoch (user + system, median like
+``epoch s``), less sensitive than wall time to other processes on shared cores; the 1-minute
+load average at the start of each size is printed beside it.
 
 Examples::
 
-    python -m experiments.bench_train                                  # 180, 10k, 100k; 3 epochs
-    python -m experiments.bench_train --regions 180 --epochs 300       # NYC-180 default run, full
+    python -m experiments.bench_train                                   # 180, 10k, 30k, 100k; full; 3 epochs
+    python -m experiments.bench_train --regions 180 10000 --epochs 6 --set model.ensemble=1
+    python -m experiments.bench_train --mode minibatch --regions 10000 --set minibatch.batch_size=4096
     python -m experiments.bench_train --regions 10000 --threads 2 --json /tmp/bench_train.json
 
 Timings on a machine shared with other busy processes are noisy; with 2 OpenMP threads on 2
-busy cores they can be 10x worse than with ``--threads 1``.
+busy cores they can be 10x worse than with ``--threads 1``. Run with ``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -59,74 +69,110 @@ def _current_rss_mb() -> float:
 
 
 class _EpochClock(logging.Handler):
-    """Time-stamps the training loop's per-epoch log records."""
+    """Time-stamps (wall and CPU) the training loops' per-epoch log records (full and mini-batch)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.stamps: list[float] = []
+        self.stamps: list[tuple[float, float]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if isinstance(record.msg, str) and record.msg.startswith("epoch "):
-            self.stamps.append(time.perf_counter())
+            self.stamps.append((time.perf_counter(), time.process_time()))
 
 
-def run_one(num_regions: int, epochs: int, threads: int, modalities: tuple[str, ...], seed: int,
-            checkpoint_experts: bool = False) -> dict[str, Any]:
-    """Build the graph of one size, train ``epochs`` epochs, return the measurements."""
-    import torch
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("nan")
 
-    from urbanrep.network import ModelConfig
-    from urbanrep.train import TrainConfig, train
 
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+def load_graph(num_regions: int, modalities: tuple[str, ...], seed: int) -> tuple[Any, str]:
+    """NYC-180 from the embedded bundle (``180`` with NYC's modalities), else a seeded random graph."""
     if num_regions == 180 and modalities == NYC_MODALITIES:
         from urbanrep.datasets import load_dataset
         from urbanrep.graphs import GraphConfig, build_graph
 
         data, _ = build_graph(load_dataset(None), GraphConfig())
-        source = "NYC-180 (embedded bundle, build_graph)"
-    else:
-        from urbanrep.experts.testing import random_region_graph
+        return data, "NYC-180 (embedded bundle, build_graph)"
+    from urbanrep.experts.testing import random_region_graph
 
-        data = random_region_graph(num_regions, modalities, seed=seed, feature_dims=NYC_DIMS, num_slices=7)
-        source = "random_region_graph"
+    data = random_region_graph(num_regions, modalities, seed=seed, feature_dims=NYC_DIMS, num_slices=7)
+    return data, "random_region_graph"
+
+
+def run_one(num_regions: int, epochs: int, threads: int, modalities: tuple[str, ...], seed: int,
+            mode: str = "full", overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Build the graph of one size, train ``epochs`` epochs in ``mode``, return the measurements.
+
+    Args:
+        num_regions: Regions (180: NYC-180).
+        epochs: Epochs to train (the first is reported apart).
+        threads: Torch intra-op threads.
+        modalities: Modalities of a random graph.
+        seed: Graph and training seed.
+        mode: ``"full"`` or ``"minibatch"`` (``train.mode``).
+        overrides: ``section.key=value`` run-config overrides (``model.*``, ``train.*``,
+            ``minibatch.*``), as ``urbanrep train --set`` takes them.
+    """
+    import torch
+
+    from urbanrep.runconfig import load_run_config
+    from urbanrep.train import train
+
+    torch.set_num_threads(threads)
+    load = _load_average()
+    t0 = time.perf_counter()
+    data, source = load_graph(num_regions, modalities, seed)
     graph_s = time.perf_counter() - t0
     edges = {et[1]: int(data[et].edge_index.size(1)) for et in data.edge_types}
     rss_graph = _current_rss_mb()
+    forced = [f"train.mode={mode}", f"train.epochs={epochs}", "train.device=cpu", "train.log_every=1",
+              f"train.seed={seed}", f"train.num_threads={threads}"]
+    rc = load_run_config(None, [*overrides, *forced])
 
     clock = _EpochClock()
-    logger = logging.getLogger("urbanrep.train")
+    logger = logging.getLogger("urbanrep")
     logger.addHandler(clock)
     logger.setLevel(logging.INFO)
-    t1 = time.perf_counter()
-    res = train(data, ModelConfig(checkpoint_experts=checkpoint_experts),
-                TrainConfig(epochs=epochs, device="cpu", log_every=1, seed=seed, num_threads=threads))
+    t1, c1 = time.perf_counter(), time.process_time()
+    res = train(data, rc.model, rc.train, minibatch_config=rc.minibatch)
     wall = time.perf_counter() - t1
     logger.removeHandler(clock)
-    stamps = [t1, *clock.stamps]
-    per_epoch = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    steady = per_epoch[1:] or per_epoch
+    stamps = [(t1, c1), *clock.stamps]
+    per_epoch = [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False)]
+    cpu_epoch = [b[1] - a[1] for a, b in zip(stamps, stamps[1:], strict=False)]
+    steady, steady_cpu = per_epoch[1:] or per_epoch, cpu_epoch[1:] or cpu_epoch
+    peak = _rss_mb()
     return {
-        "regions": num_regions, "source": source, "modalities": list(modalities), "edges": edges,
-        "epochs": epochs, "threads": threads, "checkpoint_experts": checkpoint_experts, "graph_s": round(graph_s, 3),
+        "regions": num_regions, "mode": mode, "source": source, "modalities": list(modalities), "edges": edges,
+        "ensemble": rc.model.ensemble, "overrides": list(overrides),
+        "minibatch": ({"batch_size": rc.minibatch.batch_size, "num_neighbors": list(rc.minibatch.num_neighbors),
+                       "inference": rc.minibatch.inference} if mode == "minibatch" else None),
+        "epochs": epochs, "threads": threads, "load_average": round(load, 2), "graph_s": round(graph_s, 3),
         "first_epoch_s": round(per_epoch[0], 4), "epoch_s_median": round(statistics.median(steady), 4),
+        "epoch_cpu_s_median": round(statistics.median(steady_cpu), 4),
+        "epoch_s_all": [round(x, 4) for x in per_epoch],
         "train_wall_s": round(wall, 3), "loss_first": res.history[0]["total"], "loss_last": res.history[-1]["total"],
         "finite": bool(torch.isfinite(torch.as_tensor(res.embeddings)).all()),
-        "rss_graph_mib": round(rss_graph, 1), "peak_rss_mib": round(_rss_mb(), 1),
+        "rss_graph_mib": round(rss_graph, 1), "peak_rss_mib": round(peak, 1),
+        "kib_per_region": round((peak - rss_graph) * 1024 / num_regions, 1),
     }
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--regions", type=int, nargs="+", default=[180, 10_000, 100_000],
+    p.add_argument("--regions", type=int, nargs="+", default=[180, 10_000, 30_000, 100_000],
                    help="sizes to run (180 = the real NYC-180 graph)")
+    p.add_argument("--mode", choices=("full", "minibatch"), default="full",
+                   help="train.mode: full-graph steps or neighbour-sampled mini-batches")
     p.add_argument("--epochs", type=int, default=3, help="epochs per size (the first one is reported apart)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--modalities", nargs="+", default=list(NYC_MODALITIES))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-experts", action="store_true",
-                   help="ModelConfig(checkpoint_experts=True): recompute experts in backward, less memory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="run-config override, as for urbanrep train (e.g. model.ensemble=1, "
+                        "minibatch.batch_size=4096, model.checkpoint_experts=true); repeatable")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per size")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -137,21 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     mods = tuple(args.modalities)
     if args.one:
-        print(json.dumps(run_one(args.regions[0], args.epochs, args.threads, mods, args.seed,
-                                 args.checkpoint_experts)))
+        print(json.dumps(run_one(args.regions[0], args.epochs, args.threads, mods, args.seed, args.mode,
+                                 tuple(args.overrides))))
         return 0
     import torch
 
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, {args.threads} thread(s), {args.epochs} epoch(s), modalities {' '.join(mods)}"
-          f"{', checkpoint_experts' if args.checkpoint_experts else ''}")
-    print(f"{'regions':>8} {'edges':>10} {'graph s':>8} {'1st ep s':>9} {'epoch s':>8} {'rss graph':>10} "
-          f"{'peak rss':>9} {'train s':>8}  loss first -> last")
+          f"{os.cpu_count()} CPUs, {args.threads} thread(s), {args.epochs} epoch(s), mode {args.mode}, "
+          f"modalities {' '.join(mods)}{', --set ' + ' '.join(args.overrides) if args.overrides else ''}")
+    print(f"{'regions':>8} {'edges':>9} {'ens':>3} {'1st ep s':>8} {'epoch s':>8} {'cpu s':>7} {'rss graph':>9} "
+          f"{'peak rss':>9} {'KiB/region':>10} {'load':>5}  loss first -> last")
     results = []
     for n in args.regions:
         cmd = [sys.executable, "-m", "experiments.bench_train", "--one", "--regions", str(n), "--epochs",
-               str(args.epochs), "--threads", str(args.threads), "--seed", str(args.seed), "--modalities", *mods,
-               *(["--checkpoint-experts"] if args.checkpoint_experts else [])]
+               str(args.epochs), "--threads", str(args.threads), "--seed", str(args.seed), "--mode", args.mode,
+               "--modalities", *mods, *(x for o in args.overrides for x in ("--set", o))]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
         except subprocess.TimeoutExpired:
@@ -162,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(r)
-        print(f"{n:>8} {sum(r['edges'].values()):>10} {r['graph_s']:>8.2f} {r['first_epoch_s']:>9.3f} "
-              f"{r['epoch_s_median']:>8.3f} {r['rss_graph_mib']:>8.0f}Mi {r['peak_rss_mib']:>7.0f}Mi {r['train_wall_s']:>8.1f}  "
-              f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}{'' if r['finite'] else '  NON-FINITE'}")
+        print(f"{n:>8} {sum(r['edges'].values()):>9} {r['ensemble']:>3} {r['first_epoch_s']:>8.3f} "
+              f"{r['epoch_s_median']:>8.3f} {r['epoch_cpu_s_median']:>7.3f} {r['rss_graph_mib']:>7.0f}Mi "
+              f"{r['peak_rss_mib']:>7.0f}Mi {r['kib_per_region']:>10.1f} {r['load_average']:>5.2f}  "
+              f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}{'' if r['finite'] else '  NON-FINITE'}", flush=True)
     if args.json is not None:
         from urbanrep.atomic import write_text_atomic
 
