@@ -191,6 +191,18 @@ class ModelOutput:
                 "members"]
 
 
+def combine_member_losses(results: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, dict[str, Tensor]]:
+    """An ensemble's ``(total, parts)`` from its members' :meth:`RegionModel.loss` results.
+
+    The total is the sum of the members' totals, each part the mean of the members' parts.
+    """
+    if len(results) == 1:
+        return results[0]
+    totals = [t for t, _ in results]
+    return torch.stack(totals).sum(), {key: torch.stack([p[key] for _, p in results]).mean(0)
+                                       for key in results[0][1]}
+
+
 def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_channels, out_channels), nn.ELU(), nn.Linear(out_channels, out_channels))
 
@@ -265,6 +277,30 @@ class RegionModel(nn.Module):
         })
         self._flow_cache: tuple[Tensor, Tensor] | None = None
 
+    def step_members(self) -> list[RegionModel]:
+        """The models a training step may run forward, loss and backward for one after the other.
+
+        An ensemble's members share no parameters and its objective is the sum of theirs, so
+        ``member.loss(data, member(data)).backward()`` member by member gives the same gradients
+        as one backward pass through the summed loss while only one member's activations are
+        alive at a time (a third of the memory with three members). The dropout draws come in
+        the same order as in one joint forward pass as long as a member's loss draws no dropout
+        of its own, so the step is bit-identical; the objectives that do (the ``"views"``
+        fusion contrast and the street-view point loss run extra forward passes) keep the joint
+        pass: ``[self]``.
+
+        Returns:
+            The members, or ``[self]`` (a single model, or an ensemble that must step jointly).
+            Combine their ``loss`` results with :func:`combine_member_losses`.
+        """
+        if self.members is None:
+            return [self]
+        lc = self.config.loss
+        views = lc.fusion_weight > 0 and (lc.fusion_contrast == "views" or
+                                          (lc.fusion_contrast == "cross" and len(self.modalities) < 2))
+        point = lc.point_weight > 0 and "street_view" in self.modalities
+        return [self] if views or point else [cast(RegionModel, m) for m in self.members]
+
     @property
     def out_channels(self) -> int:
         """Embedding width (``ensemble * expert.out_channels``)."""
@@ -337,13 +373,8 @@ class RegionModel(nn.Module):
         """
         if self.members is not None:
             assert out.members is not None, "an ensemble's loss needs the output of its own forward"
-            totals, member_parts = [], []
-            for member, member_out in zip(self.members, out.members, strict=True):
-                t, p = cast(RegionModel, member).loss(data, member_out, generator)
-                totals.append(t)
-                member_parts.append(p)
-            return torch.stack(totals).sum(), {key: torch.stack([p[key] for p in member_parts]).mean(0)
-                                               for key in member_parts[0]}
+            return combine_member_losses([cast(RegionModel, member).loss(data, member_out, generator)
+                                          for member, member_out in zip(self.members, out.members, strict=True)])
         lc = self.config.loss
         n = out.embedding.size(0)
         dev = out.embedding.device

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from urbanrep.allocator import tune_allocator
 from urbanrep.atomic import atomic_path, write_bytes_atomic, write_parquet_atomic
 from urbanrep.distributed import current_ranks, env_world_size
 from urbanrep.errors import ConfigError, UrbanRepError
@@ -58,7 +59,7 @@ from urbanrep.experts.moe import MoEConfig
 from urbanrep.fusion.losses import LossConfig
 from urbanrep.fusion.spatial import FusionConfig
 from urbanrep.graphs.schema import validate_graph
-from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
+from urbanrep.network import GraphMetadata, ModelConfig, RegionModel, combine_member_losses
 from urbanrep.progress import start_progress
 from urbanrep.safe_files import load_weights_only
 
@@ -113,6 +114,11 @@ class TrainConfig:
             else one thread for small graphs (more cannot pay there, and on cores shared with
             other busy processes two OpenMP threads spin-waiting for each other made training
             10-35x slower), else up to the cores the load average leaves free.
+        tune_malloc: Keep freed memory in the process for reuse instead of returning it to the
+            kernel (glibc only; :func:`urbanrep.allocator.tune_allocator`): same results, on
+            large graphs much less CPU spent re-faulting pages (the process keeps its peak
+            memory until it ends). Also off with ``URBANREP_TUNE_MALLOC=0``; never applied when
+            another allocator (jemalloc, tcmalloc, mimalloc) is preloaded.
     """
 
     epochs: int = 300
@@ -131,6 +137,7 @@ class TrainConfig:
     log_every: int = 50
     deterministic: bool = True
     num_threads: int = 0
+    tune_malloc: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -594,14 +601,17 @@ def optimisation_step(model: RegionModel, data: HeteroData, opt: torch.optim.Opt
     """
     model.train()
     opt.zero_grad(set_to_none=True)
-    with _amp_context(device, tc.amp):
-        out = model(data)
-        total, parts = model.loss(data, out, gen)
+    results = []
+    for member in model.step_members():  # an ensemble member by member: one member's activations at a time
+        with _amp_context(device, tc.amp):
+            member_total, member_parts = member.loss(data, member(data), gen)
+        if sync is None and not torch.isfinite(member_total.detach()):
+            raise UrbanRepError(f"training loss became {float(member_total.detach())} at {where}; lower "
+                                "TrainConfig.lr or check the graph features for extreme values")
+        member_total.backward()
+        results.append((member_total.detach(), member_parts))
+    total, parts = combine_member_losses(results)
     checked = total.detach()
-    if sync is None and not torch.isfinite(checked):
-        raise UrbanRepError(f"training loss became {float(checked)} at {where}; lower TrainConfig.lr "
-                            "or check the graph features for extreme values")
-    total.backward()
     if sync is not None:
         checked = sync(model, checked)
         if not torch.isfinite(checked):
@@ -640,6 +650,8 @@ def train(data: HeteroData, model_config: ModelConfig | None = None, train_confi
     """
     mc = model_config or ModelConfig()
     tc = train_config or TrainConfig()
+    if tc.tune_malloc:
+        tune_allocator()
     if tc.mode == "minibatch":
         from urbanrep.minibatch import train_minibatch
 
