@@ -33,7 +33,7 @@ from urbanrep.experts.base import (
 from urbanrep.experts.moe import ModalityMoE, MoEConfig
 from urbanrep.experts.shared import GCNStack, SharedExpert, UniformExpert
 from urbanrep.experts.street_view import StreetViewExpert
-from urbanrep.fusion.information import modality_coherence, noise_prior
+from urbanrep.fusion.information import graph_noise_prior
 from urbanrep.fusion.losses import (
     LossConfig,
     augment_graph,
@@ -46,6 +46,7 @@ from urbanrep.fusion.losses import (
     similarity_reconstruction_loss,
 )
 from urbanrep.fusion.spatial import FusionConfig, SpatialFusion
+from urbanrep.graphs.cache import graph_constant
 from urbanrep.graphs.schema import (
     ADJACENT,
     AGGREGATED_MODALITIES,
@@ -353,7 +354,7 @@ class RegionModel(nn.Module):
         ms = torch.stack([masks[m] for m in self.modalities], 1)
         prior = None
         if self.config.fusion.prior == "coherence":
-            prior = noise_prior(*modality_coherence(data, self.modalities, self.config.expert.log_inputs))
+            prior = graph_noise_prior(data, self.modalities, self.config.expert.log_inputs)
         fused, weights = self.fusion(zs, ms, data[ADJACENT].edge_index, data[REGION].pos, prior)
         return ModelOutput(fused, z, masks, weights, aux, gates, self.modalities, prior)
 
@@ -407,7 +408,9 @@ class RegionModel(nn.Module):
         if self.mob_src is not None and self.mob_dst is not None:
             et = MODALITY_EDGE["mobility"]
             if et in data.edge_types:
-                od = dense_od(data[et].edge_index, data[et].edge_weight, n, rows)
+                ei, w = data[et].edge_index, data[et].edge_weight
+                od = (dense_od(ei, w, n, rows) if rows is not None else  # all regions: a graph constant
+                      graph_constant("dense_od", (ei, w), lambda: dense_od(ei, w, n, None), extra=n))
                 emb = sel(out.embedding)
                 parts["mobility"] = (lc.mobility_weight,
                                      mobility_reconstruction_loss(self.mob_src(emb), self.mob_dst(emb), od))
@@ -450,6 +453,18 @@ class RegionModel(nn.Module):
         A graph without ``feature_names`` for the modality (hand-made, or built before they were
         stored) gets its features as they are for the linear part, with one warning.
         """
+        x = data[REGION][feature_key(modality)]
+        names = (getattr(data, "feature_names", None) or {}).get(modality)
+        et = MODALITY_EDGE["mobility"]
+        flows = (data[et].edge_index, getattr(data[et], "edge_weight", None)) if (
+            modality == "mobility" and et in data.edge_types) else (None, None)
+        lc = self.config.loss
+        return graph_constant("retention_target", (x, mask, *flows),
+                              lambda: self._retention_target(data, modality, mask),
+                              extra=(modality, self.config.expert.log_inputs, lc.feature_target, lc.flow_components,
+                                     tuple(names) if names is not None else None))
+
+    def _retention_target(self, data: HeteroData, modality: str, mask: Tensor) -> Tensor:
         x = data[REGION][feature_key(modality)].float()
         parts = [masked_standardize(signed_log1p(x) if self.config.expert.log_inputs else x, mask)]
         if self.config.loss.feature_target == "both":

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from urbanrep.errors import ConfigError, GraphError
+from urbanrep.graphs.cache import graph_constant
 from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE, REGION, feature_key, mask_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,6 +92,16 @@ def masked_standardize(x: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
     return ((x - mean) / std) * w
 
 
+def standardized_inputs(x: Tensor, mask: Tensor, log_inputs: bool = True) -> Tensor:
+    """:func:`masked_standardize` of ``x`` (after :func:`signed_log1p` when ``log_inputs``).
+
+    A graph constant for a graph's stored features: computed once and reused while ``x`` and
+    ``mask`` are the same, unchanged tensors (:func:`urbanrep.graphs.cache.graph_constant`).
+    """
+    return graph_constant("standardized", (x, mask),
+                          lambda: masked_standardize(signed_log1p(x) if log_inputs else x, mask), extra=log_inputs)
+
+
 class MaskedInputEncoder(nn.Module):
     """Project region features and replace masked regions by a learned "missing" token.
 
@@ -122,9 +133,7 @@ class MaskedInputEncoder(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """Encode ``x`` ``[N, F]`` with ``mask`` ``[N]`` into ``[N, out_channels]``."""
-        if self.log_inputs:
-            x = signed_log1p(x)
-        x = self.input_dropout(masked_standardize(x, mask))
+        x = self.input_dropout(standardized_inputs(x, mask, self.log_inputs))
         h = self.norm(self.lin(x))
         h = torch.where(mask.unsqueeze(-1), h, self.missing.to(h.dtype).expand_as(h))
         return torch.nn.functional.elu(h)
@@ -144,8 +153,8 @@ def get_edges(data: HeteroData, edge_type: EdgeType, fallback: EdgeType | None =
             store = data[et]
             ei = store.edge_index
             w = getattr(store, "edge_weight", None)
-            if w is None:
-                w = torch.ones(ei.size(1), device=ei.device)
+            if w is None:  # one tensor per graph, so operators built from it are cached (graphs/cache.py)
+                w = graph_constant("ones", (ei,), lambda e=ei: torch.ones(e.size(1), device=e.device))
             return ei, w, getattr(store, "edge_attr", None)
     raise GraphError(f"region graph has no edge type {edge_type} (nor {fallback}); "
                      "rebuild it with urbanrep.graphs.build_graph")

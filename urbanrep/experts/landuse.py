@@ -11,6 +11,7 @@ from urbanrep.experts.base import (
     get_edges,
     register_expert,
 )
+from urbanrep.experts.sparse import gcn_conv, sage_mean_conv
 from urbanrep.graphs.schema import ADJACENT
 
 
@@ -59,7 +60,6 @@ class LanduseExpert(ResidualStackExpert):
         sim_ei, sim_w, _ = self.view_edges(data)
         adj_ei, _, _ = get_edges(data, ADJACENT, None)
         h = self.encoder(x, mask)
-        sim_w = sim_w.clamp_min(0.0).to(h.dtype)
-        for sim, adj, block in zip(self.sim_convs, self.adj_convs, self.blocks, strict=True):
-            h = block(h, sim(h, sim_ei, sim_w) + adj(h, adj_ei))
+        for sim, adj, block in zip(self.sim_convs, self.adj_convs, self.blocks, strict=True):  # sim_w clamped at 0
+            h = block(h, gcn_conv(sim, h, sim_ei, sim_w) + sage_mean_conv(adj, h, adj_ei))
         return self.head(h)

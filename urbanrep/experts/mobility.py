@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
@@ -11,6 +9,7 @@ from torch_geometric.nn import GraphConv
 from torch_geometric.utils import scatter
 
 from urbanrep.experts.base import ResidualStackExpert, register_expert
+from urbanrep.experts.sparse import SparsePattern, edge_pattern, weighted_spmm
 
 
 def flow_normalize(edge_index: Tensor, weight: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
@@ -31,34 +30,13 @@ def flow_normalize(edge_index: Tensor, weight: Tensor, num_nodes: int) -> tuple[
     return w / out_tot[edge_index[0]].clamp_min(1e-12), w / in_tot[edge_index[1]].clamp_min(1e-12)
 
 
-class _WeightedAggregate(torch.autograd.Function):
-    """``out[t] = sum_{e: dst_e = t} w_e * x[src_e]`` that keeps no ``[E, C]`` tensor for backward.
-
-    Message passing through autograd stores the gathered ``[E, C]`` messages of every layer
-    until the backward pass; on large OD graphs (20 flows per region) they dominate memory.
-    Here only ``x``, ``w`` and the indices are saved and the gathers are redone in backward.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, w: Tensor, src: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
-        ctx.save_for_backward(x, w, src, dst)
-        msg = x.index_select(0, src) * w.unsqueeze(-1)
-        return x.new_zeros(num_nodes, x.size(1)).index_add_(0, dst, msg)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
-        x, w, src, dst = ctx.saved_tensors
-        g_dst = grad.index_select(0, dst)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.zeros_like(x).index_add_(0, src, g_dst * w.unsqueeze(-1))
-        if ctx.needs_input_grad[1]:
-            grad_w = (g_dst * x.index_select(0, src)).sum(-1)
-        return grad_x, grad_w, None, None, None
-
-
-def weighted_aggregate(x: Tensor, src: Tensor, dst: Tensor, weight: Tensor, num_nodes: int) -> Tensor:
+def weighted_aggregate(x: Tensor, src: Tensor, dst: Tensor, weight: Tensor, num_nodes: int,
+                       pattern: SparsePattern | None = None) -> Tensor:
     """Sum of ``weight``-scaled neighbour features at each destination (memory-lean message passing).
+
+    A sparse matrix product (:func:`~urbanrep.experts.sparse.weighted_spmm`): no ``[E, C]``
+    message tensor is made or kept for the backward pass, and the gradient of the weights is
+    the sampled product ``grad[dst] . x[src]``.
 
     Args:
         x: ``[N, C]`` node features.
@@ -66,12 +44,15 @@ def weighted_aggregate(x: Tensor, src: Tensor, dst: Tensor, weight: Tensor, num_
         dst: ``[E]`` message destinations.
         weight: ``[E]`` edge weights (differentiable).
         num_nodes: ``N``.
+        pattern: The :class:`~urbanrep.experts.sparse.SparsePattern` of ``A[dst, src]`` when
+            the caller has it (cached per graph); built here otherwise.
 
     Returns:
         ``[N, C]``; what :class:`~torch_geometric.nn.GraphConv` with ``aggr="add"`` aggregates.
     """
-    out: Tensor = _WeightedAggregate.apply(x, weight.to(x.dtype), src, dst, num_nodes)
-    return out
+    if pattern is None:
+        pattern = SparsePattern.from_edges(src, dst, num_nodes, num_nodes)
+    return weighted_spmm(x, weight, pattern)
 
 
 #: Largest region count for which flows may be aggregated with dense ``[N, N]`` operators.
@@ -112,8 +93,8 @@ class DirectedFlowConv(nn.Module):
              + (1 - alpha) * GraphConv_in(h, edges, in_share)
 
     so a region hears where its trips go (out) and where its visitors come from (in) separately.
-    The neighbour sums are computed by :func:`weighted_aggregate` (no per-edge activations kept
-    for backward) or, given ``dense`` operators (:func:`dense_flow_operators`), by two matrix
+    The neighbour sums are computed by :func:`weighted_aggregate` (sparse products, no per-edge
+    activations) or, given ``dense`` operators (:func:`dense_flow_operators`), by two matrix
     products (much faster on the nearly complete OD graphs of small cities); both are the
     same function as the two ``GraphConv`` calls above.
 
@@ -145,8 +126,11 @@ class DirectedFlowConv(nn.Module):
             inc = self.conv_in.lin_rel(a_in.to(x.dtype) @ x) + self.conv_in.lin_root(x)
         else:
             o, d, n = edge_index[0], edge_index[1], x.size(0)
-            out = self.conv_out.lin_rel(weighted_aggregate(x, d, o, out_share, n)) + self.conv_out.lin_root(x)
-            inc = self.conv_in.lin_rel(weighted_aggregate(x, o, d, in_share, n)) + self.conv_in.lin_root(x)
+            to_origin, to_destination = edge_pattern(edge_index, n, reverse=True), edge_pattern(edge_index, n)
+            out = (self.conv_out.lin_rel(weighted_aggregate(x, d, o, out_share, n, to_origin))
+                   + self.conv_out.lin_root(x))
+            inc = (self.conv_in.lin_rel(weighted_aggregate(x, o, d, in_share, n, to_destination))
+                   + self.conv_in.lin_root(x))
         return self.alpha * out + (1.0 - self.alpha) * inc
 
 

@@ -7,6 +7,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import GCNConv
 
 from urbanrep.experts.base import ResidualStackExpert, register_expert
+from urbanrep.experts.sparse import gcn_conv
 
 
 @register_expert("remote_sensing")
@@ -48,7 +49,6 @@ class RemoteSensingExpert(ResidualStackExpert):
         x, mask = self.features(data)
         ei, w, _ = self.view_edges(data)
         h = self.encoder(x, mask)
-        w = w.clamp_min(0.0).to(h.dtype)
-        for conv, block in zip(self.convs, self.blocks, strict=True):
-            h = block(h, conv(h, ei, w))
+        for conv, block in zip(self.convs, self.blocks, strict=True):  # weights clamped at 0
+            h = block(h, gcn_conv(conv, h, ei, w))
         return self.head(h)

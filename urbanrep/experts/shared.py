@@ -14,6 +14,7 @@ from urbanrep.experts.base import (
     register_expert,
     reset_modules,
 )
+from urbanrep.experts.sparse import gcn_conv
 from urbanrep.graphs.schema import ADJACENT
 
 
@@ -39,10 +40,8 @@ class GCNStack(nn.Module):
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         """``h`` ``[N, hidden]`` over ``edge_index`` ``[2, E]`` -> ``[N, out]``."""
-        if edge_weight is not None:
-            edge_weight = edge_weight.clamp_min(0.0).to(h.dtype)
-        for conv, block in zip(self.convs, self.blocks, strict=True):
-            h = block(h, conv(h, edge_index, edge_weight))
+        for conv, block in zip(self.convs, self.blocks, strict=True):  # weights clamped at 0
+            h = block(h, gcn_conv(conv, h, edge_index, edge_weight))
         return self.head(h)
 
 

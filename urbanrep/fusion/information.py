@@ -28,6 +28,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.utils import scatter
 
 from urbanrep.experts.base import masked_standardize, signed_log1p
+from urbanrep.graphs.cache import graph_constant
 from urbanrep.graphs.schema import ADJACENT, IMAGE, IMAGE_IN_REGION, REGION, feature_key, mask_key
 
 #: Coherence given to a modality that cannot be measured (fewer than :data:`MIN_ROWS` regions
@@ -144,3 +145,20 @@ def noise_prior(coherence: Tensor, significance: Tensor | None = None, threshold
         if not bool(noise.all()):
             prior = torch.where(noise, torch.full_like(prior, EXCLUDED), prior)
     return prior
+
+
+def graph_noise_prior(data: HeteroData, modalities: tuple[str, ...], log_inputs: bool = True) -> Tensor:
+    """``[M]`` :func:`noise_prior` of the modalities' :func:`modality_coherence` on ``data``.
+
+    A graph constant: computed once per graph (the adjacency and the modalities' inputs) and
+    reused while those tensors are unchanged (:func:`urbanrep.graphs.cache.graph_constant`).
+    """
+    tensors: list[Tensor | None] = [data[ADJACENT].edge_index]
+    for m in modalities:
+        if m == "street_view":
+            tensors += [data[IMAGE].x, data[IMAGE_IN_REGION].edge_index]
+        else:
+            tensors += list(region_inputs(data, m))
+    return graph_constant("noise_prior", tuple(tensors),
+                          lambda: noise_prior(*modality_coherence(data, modalities, log_inputs)),
+                          extra=(modalities, log_inputs, int(data[REGION].num_nodes)))

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import scatter
 
 from urbanrep.errors import ConfigError
+from urbanrep.experts.sparse import mean_operator
 
 FUSION_MODES = ("spatial", "global")
 FUSION_PRIORS = ("none", "coherence")
@@ -126,7 +126,7 @@ class SpatialFusion(nn.Module):
             return self.global_logits.to(z.dtype).expand(n, -1)
         h = self.lin_z(z) + self.modality_emb.to(z.dtype)
         if self.lin_n is not None:
-            nb = scatter(z.flatten(1)[edge_index[0]], edge_index[1], 0, dim_size=n, reduce="mean")
+            nb = mean_operator(edge_index, n) @ z.flatten(1)  # neighbour means (cached sparse operator)
             h = h + self.lin_n(nb.view_as(z))
         if self.lin_p is not None:
             h = h + self.lin_p(positional_encoding(pos, self.pos_frequencies).to(z.dtype)).unsqueeze(1)
