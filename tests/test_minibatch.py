@@ -16,7 +16,7 @@ from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
 from urbanrep.experts.testing import random_region_graph
 from urbanrep.fusion import FusionConfig, LossConfig
-from urbanrep.minibatch import MiniBatchConfig, RegionSampler, _rank_batches, train_minibatch
+from urbanrep.minibatch import BatchSampler, MiniBatchConfig, RegionSampler, _rank_batches, train_minibatch
 from urbanrep.network import ModelConfig, RegionModel
 from urbanrep.train import (
     CHECKPOINT_DIR,
@@ -34,7 +34,10 @@ SMALL = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_
                     fusion=FusionConfig(hidden_channels=8), projection_channels=8, ensemble=1,
                     loss=LossConfig(fusion_weight=1.0, fusion_contrast="views"))
 FAST = TrainConfig(epochs=3, lr=5e-3, device="cpu", log_every=1000, num_threads=1, mode="minibatch")
-BATCHES = MiniBatchConfig(batch_size=64, num_neighbors=(5, 5))  # 3 batches per epoch on NYC-180
+BATCHES = MiniBatchConfig(sampler="neighbor", batch_size=64, num_neighbors=(5, 5))  # 3 batches per epoch on NYC-180
+PARTS = MiniBatchConfig(batch_size=64, partition_size=32)  # 6 blocks of 30 regions, 2 per batch: 3 batches
+HALO = MiniBatchConfig(batch_size=64, partition_size=32, num_neighbors=(3,))  # the same with a sampled 1-hop halo
+SAMPLERS = pytest.mark.parametrize("batches", [BATCHES, PARTS, HALO], ids=["neighbor", "partition", "halo"])
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +93,13 @@ def test_minibatch_nyc180(nyc_graph) -> None:
 
 
 def test_minibatch_config_checked() -> None:
-    with pytest.raises(ConfigError):
-        MiniBatchConfig(num_neighbors=())
+    with pytest.raises(ConfigError, match="neighbour sampler"):
+        MiniBatchConfig(sampler="neighbor", num_neighbors=())
+    with pytest.raises(ConfigError, match="sampler"):
+        MiniBatchConfig(sampler="cluster")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="partition_size"):
+        MiniBatchConfig(partition_size=0)
+    assert MiniBatchConfig().num_neighbors == () and MiniBatchConfig(sampler="neighbor").num_neighbors == (10, 10, 5)
     with pytest.raises(ConfigError):
         MiniBatchConfig(batch_size=0)
 
@@ -141,14 +149,16 @@ def test_minibatch_run_dir_outputs(nyc_graph, tmp_path: Path) -> None:
     assert res.run_dir == tmp_path and res.epochs_run == 2
 
 
-def test_minibatch_resume_after_kill_equals_uninterrupted(nyc_graph, tmp_path: Path, monkeypatch) -> None:
+@SAMPLERS
+def test_minibatch_resume_after_kill_equals_uninterrupted(nyc_graph, tmp_path: Path, monkeypatch,
+                                                         batches: MiniBatchConfig) -> None:
     """Killed in epoch 3 (checkpoints each epoch), resumed to 4: bit-for-bit the uninterrupted run.
 
     Model, optimiser, torch RNGs and the sampler's numpy RNGs are all restored; a resume that
     re-drew any of them would sample other neighbours, dropouts or augmentations.
     """
     tc = dataclasses.replace(FAST, epochs=4, checkpoint_every=1)
-    full = train_minibatch(nyc_graph, SMALL, tc, BATCHES, run_dir=tmp_path / "full")
+    full = train_minibatch(nyc_graph, SMALL, tc, batches, run_dir=tmp_path / "full")
     calls = {"n": 0}
     real_loss = RegionModel.loss
 
@@ -161,20 +171,22 @@ def test_minibatch_resume_after_kill_equals_uninterrupted(nyc_graph, tmp_path: P
     run = tmp_path / "killed"
     monkeypatch.setattr(RegionModel, "loss", dying_loss)
     with pytest.raises(Killed):
-        train_minibatch(nyc_graph, SMALL, tc, BATCHES, run_dir=run)
+        train_minibatch(nyc_graph, SMALL, tc, batches, run_dir=run)
     monkeypatch.setattr(RegionModel, "loss", real_loss)
     assert latest_checkpoint(run).name == "epoch_000002.pt"
     assert len(pd.read_csv(run / LOSS_CSV)) == 2 and not (run / EMBEDDINGS).exists()
-    resumed = train_minibatch(nyc_graph, SMALL, tc, BATCHES, run_dir=run, resume=True)
+    resumed = train_minibatch(nyc_graph, SMALL, tc, batches, run_dir=run, resume=True)
     assert resumed.epochs_run == 4
     assert_same_run(full, resumed, tmp_path / "full", run)
 
 
-def test_minibatch_resume_with_larger_budget_and_sampled_inference(nyc_graph, tmp_path: Path) -> None:
+@SAMPLERS
+def test_minibatch_resume_with_larger_budget_and_sampled_inference(nyc_graph, tmp_path: Path,
+                                                                   batches: MiniBatchConfig) -> None:
     """Two epochs, then resumed to four through ``train``, equals four in one go (inference may change)."""
-    sampled = dataclasses.replace(BATCHES, inference="sampled", inference_batch_size=50)
+    sampled = dataclasses.replace(batches, inference="sampled", inference_batch_size=50)
     full = train_minibatch(nyc_graph, SMALL, dataclasses.replace(FAST, epochs=4), sampled, run_dir=tmp_path / "full")
-    train_minibatch(nyc_graph, SMALL, dataclasses.replace(FAST, epochs=2), BATCHES, run_dir=tmp_path / "split")
+    train_minibatch(nyc_graph, SMALL, dataclasses.replace(FAST, epochs=2), batches, run_dir=tmp_path / "split")
     resumed = train(nyc_graph, SMALL, dataclasses.replace(FAST, epochs=4), tmp_path / "split", resume=True,
                     minibatch_config=sampled)
     assert_same_run(full, resumed, tmp_path / "full", tmp_path / "split")
@@ -192,6 +204,12 @@ def test_minibatch_resume_refuses_a_different_run(nyc_graph, tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="num_neighbors"):
         train_minibatch(nyc_graph, SMALL, more, dataclasses.replace(BATCHES, num_neighbors=(5, 3)),
                         run_dir=tmp_path / "mb", resume=True)
+    with pytest.raises(ConfigError, match="sampler"):
+        train_minibatch(nyc_graph, SMALL, more, PARTS, run_dir=tmp_path / "mb", resume=True)
+    train_minibatch(nyc_graph, SMALL, dataclasses.replace(FAST, epochs=1), PARTS, run_dir=tmp_path / "parts")
+    with pytest.raises(ConfigError, match="partition_size"):
+        train_minibatch(nyc_graph, SMALL, more, dataclasses.replace(PARTS, partition_size=16),
+                        run_dir=tmp_path / "parts", resume=True)
     with pytest.raises(ConfigError, match="seed"):
         train_minibatch(nyc_graph, SMALL, dataclasses.replace(more, seed=9), BATCHES, run_dir=tmp_path / "mb",
                         resume=True)

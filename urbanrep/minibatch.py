@@ -54,6 +54,7 @@ from urbanrep.distributed import GradientAverager, Ranks, all_gather, broadcast,
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.graphs.schema import IMAGE, IMAGE_IN_REGION, REGION, validate_graph
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
+from urbanrep.partition import PartitionSampler, edge_cut
 from urbanrep.progress import start_progress
 from urbanrep.train import (
     EarlyStopping,
@@ -77,29 +78,52 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MiniBatchConfig:
-    """Neighbour-sampled mini-batch settings (used with a :class:`~urbanrep.train.TrainConfig`).
+    """Mini-batch settings (used with a :class:`~urbanrep.train.TrainConfig` in ``mode="minibatch"``).
 
     Attributes:
+        sampler: ``"partition"`` (default): every batch is a random union of compact spatial
+            blocks of about ``partition_size`` regions, each region a seed exactly once per epoch
+            (:class:`urbanrep.partition.PartitionSampler`); an epoch costs about one full-graph
+            epoch. ``"neighbor"``: random seed regions grown by sampled hops over every edge type
+            (GraphSAGE-style), the loss over the whole sampled subgraph; with long-range OD and
+            similarity edges each batch reaches most of a city.
         batch_size: Seed regions per step (per rank in data-parallel training).
-        num_neighbors: Neighbours kept per node at each hop (``-1``: all); the number of hops
-            should cover the model's receptive field (expert layers + 1 for the spatial fusion).
+        partition_size: Regions per spatial block (``"partition"`` only).
+        num_neighbors: Neighbours kept per node at each hop (``-1``: all). ``"neighbor"``: the
+            sampled hops (default ``(10, 10, 5)``; the number of hops should cover the model's
+            receptive field, expert layers + 1 for the spatial fusion). ``"partition"``: the
+            halo of context regions around a batch's seeds (default ``()``: none; with a halo
+            the losses are taken on the seeds only).
         inference: ``"full"``: one exact full-graph forward pass without gradients;
-            ``"sampled"``: batches of ``inference_batch_size`` seeds over sampled subgraphs.
+            ``"sampled"``: batches of ``inference_batch_size`` seeds, each with its context
+            (the sampler's hops or halo), seed rows kept.
         inference_batch_size: Seeds per inference batch (``"sampled"`` only).
     """
 
-    batch_size: int = 1024
-    num_neighbors: tuple[int, ...] = (10, 10, 5)
+    sampler: Literal["partition", "neighbor"] = "partition"
+    batch_size: int = 2048
+    partition_size: int = 256
+    num_neighbors: tuple[int, ...] | None = None
     inference: Literal["full", "sampled"] = "full"
     inference_batch_size: int = 4096
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "num_neighbors", tuple(int(k) for k in self.num_neighbors))
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
-            raise ConfigError(f"MiniBatchConfig.batch_size must be an integer, got {self.batch_size!r}")
-        if self.batch_size < 1 or self.inference_batch_size < 1:
-            raise ConfigError("MiniBatchConfig.batch_size and inference_batch_size must be >= 1")
-        if not self.num_neighbors or any(k == 0 or k < -1 for k in self.num_neighbors):
+        if self.sampler not in ("partition", "neighbor"):
+            raise ConfigError(f"MiniBatchConfig.sampler={self.sampler!r}; use 'partition' (default) or 'neighbor'")
+        hops = self.num_neighbors
+        if hops is None:
+            hops = (10, 10, 5) if self.sampler == "neighbor" else ()
+        object.__setattr__(self, "num_neighbors", tuple(int(k) for k in hops))
+        for name in ("batch_size", "partition_size", "inference_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"MiniBatchConfig.{name} must be an integer, got {value!r}")
+            if value < 1:
+                raise ConfigError(f"MiniBatchConfig.{name} must be >= 1, got {value}")
+        if self.sampler == "neighbor" and not self.num_neighbors:
+            raise ConfigError("MiniBatchConfig.num_neighbors=(): the neighbour sampler needs one entry per hop "
+                              "(e.g. [10, 10, 5]); an empty halo is for sampler='partition'")
+        if any(k == 0 or k < -1 for k in self.num_neighbors):
             raise ConfigError(f"MiniBatchConfig.num_neighbors={self.num_neighbors}: give one entry per hop, "
                               "each >= 1 or -1 (all neighbours)")
         if self.inference not in ("full", "sampled"):
@@ -111,12 +135,15 @@ class MiniBatchConfig:
 INFERENCE_SEED = 0
 
 #: MiniBatchConfig fields that shape the optimisation trajectory: a resumed run must keep them.
-MINIBATCH_TRAJECTORY_FIELDS = ("batch_size", "num_neighbors")
+MINIBATCH_TRAJECTORY_FIELDS = ("sampler", "batch_size", "partition_size", "num_neighbors")
 
 
 def _minibatch_identity(bc: MiniBatchConfig) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in
-            ((k, getattr(bc, k)) for k in MINIBATCH_TRAJECTORY_FIELDS)}
+    ident = {k: list(v) if isinstance(v, tuple) else v for k, v in
+             ((k, getattr(bc, k)) for k in MINIBATCH_TRAJECTORY_FIELDS)}
+    if bc.sampler == "neighbor":  # as checkpoints written before the partition sampler record it
+        del ident["sampler"], ident["partition_size"]
+    return ident
 
 
 class RegionSampler:
@@ -124,25 +151,28 @@ class RegionSampler:
 
     Args:
         data: A region graph.
-        num_neighbors: Neighbours kept per node at each hop (``-1``: all).
+        num_neighbors: Neighbours kept per node at each hop (``-1``: all; ``()``: no hops, the
+            seeds alone).
     """
 
     def __init__(self, data: HeteroData, num_neighbors: tuple[int, ...]) -> None:
         self.n = int(data[REGION].num_nodes)
         self.num_neighbors = tuple(num_neighbors)
-        src, dst = [], []
-        for et in data.edge_types:
-            if et[0] == REGION and et[2] == REGION:
-                ei = data[et].edge_index.cpu().numpy()
-                src += [ei[0], ei[1]]
-                dst += [ei[1], ei[0]]
-        s = np.concatenate(src) if src else np.zeros(0, np.int64)
-        d = np.concatenate(dst) if dst else np.zeros(0, np.int64)
-        key = np.unique(d.astype(np.int64) * self.n + s)
-        key = key[(key // self.n) != (key % self.n)]
-        self.col = (key % self.n).astype(np.int64)  # neighbours of node r: col[ptr[r]:ptr[r+1]]
+        self.col = np.zeros(0, np.int64)  # neighbours of node r: col[ptr[r]:ptr[r+1]] (built only with hops)
         self.ptr = np.zeros(self.n + 1, np.int64)
-        np.cumsum(np.bincount(key // self.n, minlength=self.n), out=self.ptr[1:])
+        if self.num_neighbors:
+            src, dst = [], []
+            for et in data.edge_types:
+                if et[0] == REGION and et[2] == REGION:
+                    ei = data[et].edge_index.cpu().numpy()
+                    src += [ei[0], ei[1]]
+                    dst += [ei[1], ei[0]]
+            s = np.concatenate(src) if src else np.zeros(0, np.int64)
+            d = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+            key = np.unique(d.astype(np.int64) * self.n + s)
+            key = key[(key // self.n) != (key % self.n)]
+            self.col = (key % self.n).astype(np.int64)
+            np.cumsum(np.bincount(key // self.n, minlength=self.n), out=self.ptr[1:])
         self.image_region: np.ndarray | None = None
         if IMAGE in data.node_types and IMAGE_IN_REGION in data.edge_types:
             ei = data[IMAGE_IN_REGION].edge_index.cpu().numpy()
@@ -193,17 +223,65 @@ class RegionSampler:
         return sub
 
 
-def _rank_batches(n: int, batch_size: int, rng: np.random.Generator, ranks: Ranks) -> list[np.ndarray]:
-    """This rank's seed batches of one epoch: every ``world_size``-th batch of a shared permutation.
+class BatchSampler:
+    """An epoch's seed batches and each batch's subgraph, for either sampler of a :class:`MiniBatchConfig`.
 
-    Every rank draws the same permutation (``rng`` is in the same state on every rank). With
-    ``B`` batches each rank takes ``ceil(B / world_size)`` of them; the last round wraps around
-    to the first batches so every rank steps the same number of times.
+    Args:
+        data: A region graph.
+        config: The mini-batch settings.
     """
-    perm = rng.permutation(n)
-    batches = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+    def __init__(self, data: HeteroData, config: MiniBatchConfig) -> None:
+        self.config = config
+        self.regions = RegionSampler(data, config.num_neighbors)
+        self.n = self.regions.n
+        self.partitions = (PartitionSampler(data, config.partition_size, config.batch_size)
+                           if config.sampler == "partition" else None)
+
+    def epoch_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The seed batches of one epoch (together every region exactly once), drawn with ``rng``."""
+        if self.partitions is not None:
+            return self.partitions.epoch_batches(rng)
+        perm = rng.permutation(self.n)
+        return [perm[i:i + self.config.batch_size] for i in range(0, self.n, self.config.batch_size)]
+
+    def inference_batches(self) -> list[np.ndarray]:
+        """Seed batches covering every region once, in a fixed order (``inference="sampled"``)."""
+        size = self.config.inference_batch_size
+        if self.partitions is not None:
+            return self.partitions.inference_batches(size)
+        return [np.arange(s, min(s + size, self.n)) for s in range(0, self.n, size)]
+
+    def batch(self, data: HeteroData, seeds: np.ndarray, rng: np.random.Generator) -> tuple[HeteroData, np.ndarray]:
+        """``(subgraph, nodes)``: the seeds with their context and the sorted region positions it holds.
+
+        The partition sampler marks the seeds in ``sub["region"].seed_mask`` ``[n]`` when it
+        adds a halo (the model's loss then uses the seed rows only); without a halo every node
+        of the batch is a seed and no mask is set.
+        """
+        nodes = self.regions.sample(seeds, rng)
+        sub = self.regions.subgraph(data, nodes)
+        if self.partitions is not None and len(nodes) > len(seeds):
+            mask = np.zeros(len(nodes), dtype=bool)
+            mask[np.searchsorted(nodes, seeds)] = True
+            sub[REGION].seed_mask = torch.from_numpy(mask)
+        return sub, nodes
+
+
+def _share_batches(batches: list[np.ndarray], ranks: Ranks) -> list[np.ndarray]:
+    """This rank's batches of one epoch: every ``world_size``-th batch of the shared list.
+
+    With ``B`` batches each rank takes ``ceil(B / world_size)`` of them; the last round wraps
+    around to the first batches so every rank steps the same number of times.
+    """
     steps = math.ceil(len(batches) / ranks.world_size)
     return [batches[(s * ranks.world_size + ranks.rank) % len(batches)] for s in range(steps)]
+
+
+def _rank_batches(n: int, batch_size: int, rng: np.random.Generator, ranks: Ranks) -> list[np.ndarray]:
+    """The neighbour sampler's batches of this rank: a permutation of ``range(n)`` shared by every rank."""
+    perm = rng.permutation(n)
+    return _share_batches([perm[i:i + batch_size] for i in range(0, n, batch_size)], ranks)
 
 
 def _rank_seed(seed: int, *key: int) -> int:
@@ -276,8 +354,14 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
     metadata = GraphMetadata.from_data(data)
     model = RegionModel(mc, metadata).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    sampler = RegionSampler(data, bc.num_neighbors)
+    sampler = BatchSampler(data, bc)
     n = sampler.n
+    if ranks.is_main and sampler.partitions is not None:
+        p = sampler.partitions
+        log.info("partition sampler: %d spatial blocks of ~%d regions, %d per batch (%d batches per epoch), "
+                 "halo %s; cross-block edges per type: %s", p.num_parts, math.ceil(n / p.num_parts),
+                 p.parts_per_batch, math.ceil(p.num_parts / p.parts_per_batch), list(bc.num_neighbors) or "none",
+                 ", ".join(f"{k} {v:.0%}" for k, v in edge_cut(data, p.part).items()))
     # Streams: the batch permutation is shared by all ranks; sampling, dropout and augmentations
     # are per rank (rank 0's torch streams are a single-process run's).
     perm_rng = np.random.default_rng([tc.seed, 0])
@@ -348,9 +432,9 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
         model.train()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        batches = _rank_batches(n, bc.batch_size, perm_rng, ranks)
+        batches = _share_batches(sampler.epoch_batches(perm_rng), ranks)
         for b, seeds in enumerate(batches):
-            sub = sampler.subgraph(data, sampler.sample(seeds, sample_rng)).to(device)
+            sub = sampler.batch(data, seeds, sample_rng)[0].to(device)
             total, parts = optimisation_step(model, sub, opt, gen, tc, device, f"epoch {epoch}, batch {b}"
                                              + (f" of rank {ranks.rank}" if ranks.distributed else ""), sync)
             for k, v in {"total": total.detach(), **parts}.items():
@@ -438,14 +522,13 @@ def embed_minibatch(model: RegionModel, data: HeteroData, config: MiniBatchConfi
         return (out.embedding.float().cpu().numpy().astype(np.float32),
                 out.fusion_weights.float().cpu().numpy().astype(np.float32))
     rng = rng or np.random.default_rng(INFERENCE_SEED)
-    sampler = RegionSampler(data, bc.num_neighbors)
+    sampler = BatchSampler(data, bc)
     emb = np.zeros((sampler.n, model.out_channels), np.float32)
     weights = np.zeros((sampler.n, len(model.modalities)), np.float32)
-    for s in range(0, sampler.n, bc.inference_batch_size):
-        seeds = np.arange(s, min(s + bc.inference_batch_size, sampler.n))
-        nodes = sampler.sample(seeds, rng)
+    for seeds in sampler.inference_batches():
+        sub, nodes = sampler.batch(data, seeds, rng)
         with _amp_context(device, amp):
-            out = model(sampler.subgraph(data, nodes).to(device))
+            out = model(sub.to(device))
         rows = np.searchsorted(nodes, seeds)
         emb[seeds] = out.embedding.float().cpu().numpy()[rows]
         weights[seeds] = out.fusion_weights.float().cpu().numpy()[rows]

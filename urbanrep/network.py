@@ -363,7 +363,9 @@ class RegionModel(nn.Module):
         """The training objective on ``out = self(data)``.
 
         Args:
-            data: The region graph ``out`` was computed from.
+            data: The region graph ``out`` was computed from. A mini-batch with context regions
+                carries ``data["region"].seed_mask`` ``[N]`` bool: the region-level losses then
+                use its seed rows only (:class:`urbanrep.minibatch.BatchSampler`).
             out: Output of :meth:`forward`.
             generator: Seeded generator for augmentations and node sampling.
 
@@ -379,7 +381,13 @@ class RegionModel(nn.Module):
         lc = self.config.loss
         n = out.embedding.size(0)
         dev = out.embedding.device
-        rows = sample_nodes(n, lc.max_nodes, generator, dev)
+        seeds = data[REGION].get("seed_mask")  # a mini-batch with context regions: loss on its seeds
+        if seeds is None:
+            rows = sample_nodes(n, lc.max_nodes, generator, dev)
+        else:
+            rows = seeds.to(dev).nonzero().squeeze(1)
+            pick = sample_nodes(rows.numel(), lc.max_nodes, generator, dev)
+            rows = rows if pick is None else rows[pick]
 
         def sel(t: Tensor) -> Tensor:
             return t if rows is None else t[rows]
