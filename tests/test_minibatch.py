@@ -16,7 +16,7 @@ from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
 from urbanrep.experts.testing import random_region_graph
 from urbanrep.fusion import FusionConfig, LossConfig
-from urbanrep.minibatch import BatchSampler, MiniBatchConfig, RegionSampler, _rank_batches, train_minibatch
+from urbanrep.minibatch import MiniBatchConfig, RegionSampler, _rank_batches, train_minibatch
 from urbanrep.network import ModelConfig, RegionModel
 from urbanrep.train import (
     CHECKPOINT_DIR,

@@ -252,7 +252,8 @@ def test_progress_reporter_sees_training(nyc_run: Path) -> None:
     assert seen.get("graph building") == totals["graph building"] == 8  # 4 fixed stages + 4 modalities
 
 
-MINIBATCH = ["--set", "train.mode=minibatch", "--set", "minibatch.batch_size=64", "--set", "minibatch.num_neighbors=[5,5]"]
+MINIBATCH = ["--set", "train.mode=minibatch", "--set", "minibatch.batch_size=64", "--set", "minibatch.partition_size=32",
+             "--set", "minibatch.num_neighbors=[5]"]
 
 
 def test_minibatch_mode_from_the_command_line(nyc_run: Path, tmp_path: Path) -> None:
@@ -264,7 +265,8 @@ def test_minibatch_mode_from_the_command_line(nyc_run: Path, tmp_path: Path) -> 
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["mode"] == "minibatch" and config["minibatch"]["batch_size"] == 64
     ckpt = torch.load(out / "checkpoints" / "epoch_000002.pt", weights_only=True)
-    assert json.loads(ckpt["minibatch_config"]) == {"batch_size": 64, "num_neighbors": [5, 5]}
+    assert json.loads(ckpt["minibatch_config"]) == {"sampler": "partition", "batch_size": 64, "partition_size": 32,
+                                                    "num_neighbors": [5]}
     assert main(["-q", "train", str(graph), "--out", str(out), "--resume", *TINY, *MINIBATCH]) == 0
     assert list(pd.read_csv(out / "loss.csv")["epoch"]) == [1, 2, 3]
     straight = tmp_path / "straight"

@@ -1,20 +1,30 @@
-"""Mini-batch training with neighbour-sampled region subgraphs, for graphs too large for one step.
+"""Mini-batch training on region subgraphs, for graphs too large for one full-graph step.
 
 :func:`train` in :mod:`urbanrep.train` stays full-graph (the default, exact and resumable).
-:func:`train_minibatch` trains the same :class:`~urbanrep.network.RegionModel` on seeded random
-batches of regions: each batch of ``batch_size`` seed regions is grown by ``len(num_neighbors)``
-hops over the union of every region-region edge type (adjacency and each modality view, both
-directions), keeping at most ``num_neighbors[h]`` neighbours per node at hop ``h`` (GraphSAGE-style
-sampling), and the induced sub-``HeteroData`` (same schema: region features, masks, every edge
-type restricted to the sampled regions, plus the street-view images of those regions) goes
-through the model's own ``forward`` and ``loss``. One epoch is one pass over all regions. The
-loss is taken over the whole sampled subgraph (seed regions and their sampled context), so the
-contrastive negatives of a batch are the regions it holds.
+:func:`train_minibatch` trains the same :class:`~urbanrep.network.RegionModel` on seeded batches
+of regions; each batch's induced sub-``HeteroData`` (same schema: region features, masks, every
+edge type restricted to the batch's regions, plus the street-view images of those regions) goes
+through the model's own ``forward`` and ``loss``. One epoch is one pass over all regions. Two
+samplers (:class:`MiniBatchConfig`, ``sampler``):
 
-The sampler is pure numpy (CSR + vectorised per-node sampling), so it needs neither ``pyg-lib``
-nor ``torch-sparse``. Inference is one full-graph forward pass without gradients (``"full"``,
-exact; memory is activations only) or, for graphs whose forward pass itself does not fit,
-batched over sampled subgraphs (``"sampled"``, approximate: seed rows only are kept).
+* ``"partition"`` (default; :mod:`urbanrep.partition`): the regions are cut once into compact
+  spatial blocks of about ``partition_size`` regions; each epoch every batch is a random union of
+  blocks holding about ``batch_size`` regions (ClusterGCN-style: edges between the blocks of a
+  batch are kept), so every region is a seed exactly once per epoch and an epoch processes each
+  region once. ``num_neighbors`` (default ``()``) adds a sampled halo of context regions; the
+  losses are then taken on the seeds only.
+* ``"neighbor"``: ``batch_size`` random seeds grown by ``len(num_neighbors)`` hops over the union
+  of every region-region edge type (both directions), keeping at most ``num_neighbors[h]``
+  neighbours per node at hop ``h`` (GraphSAGE-style); the loss is taken over the whole sampled
+  subgraph. OD and similarity edges are long-range, so a few hops reach most of a city: at 10k
+  regions fan-out 10/10/5 made an epoch cost about ten full-graph epochs.
+
+Either way the contrastive negatives of a batch are the regions it holds. The samplers are pure
+numpy (CSR + vectorised per-node sampling, coordinate bisection), so they need neither
+``pyg-lib`` nor ``torch-sparse``. Inference is one full-graph forward pass without gradients
+(``"full"``, exact; memory is activations only) or, for graphs whose forward pass itself does
+not fit, batched over the sampler's batches with their context (``"sampled"``, approximate: seed
+rows only are kept).
 
 Users reach it through ``TrainConfig(mode="minibatch")`` (``--set train.mode=minibatch``, with
 the ``minibatch:`` section of a run config holding :class:`MiniBatchConfig`), through
@@ -26,9 +36,9 @@ torch RNGs and the sampler's numpy RNGs, so an interrupted and resumed run ends 
 embedding as an uninterrupted one (on CPU). Checkpoints are taken at epoch ends only.
 
 **Data parallelism.** Inside a ``torch.distributed`` process group (torchrun, or
-``--nproc N``; see :mod:`urbanrep.distributed`) every rank draws the same permutation of the
-regions each epoch and takes every ``world_size``-th batch of it (the last round wraps around
-so that every rank takes the same number of steps); gradients are averaged over ranks after
+``--nproc N``; see :mod:`urbanrep.distributed`) every rank draws the same batches each epoch
+(the same permutation of the regions or of the blocks) and takes every ``world_size``-th batch
+(the last round wraps around so that every rank takes the same number of steps); gradients are averaged over ranks after
 each backward pass, so the ranks keep identical parameters. Rank 0 writes every file. Neighbour
 sampling, dropout and augmentations use one RNG stream per rank; rank 0's streams are those of
 a single-process run. The number of processes is part of a run's trajectory: resuming with
@@ -56,6 +66,7 @@ from urbanrep.graphs.schema import IMAGE, IMAGE_IN_REGION, REGION, validate_grap
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
 from urbanrep.partition import PartitionSampler, edge_cut
 from urbanrep.progress import start_progress
+from urbanrep.subgraph import InducedSubgraphs, ranges
 from urbanrep.train import (
     EarlyStopping,
     LossLog,
@@ -101,7 +112,7 @@ class MiniBatchConfig:
     """
 
     sampler: Literal["partition", "neighbor"] = "partition"
-    batch_size: int = 2048
+    batch_size: int = 1024
     partition_size: int = 256
     num_neighbors: tuple[int, ...] | None = None
     inference: Literal["full", "sampled"] = "full"
@@ -174,11 +185,18 @@ class RegionSampler:
             self.col = (key % self.n).astype(np.int64)
             np.cumsum(np.bincount(key // self.n, minlength=self.n), out=self.ptr[1:])
         self.image_region: np.ndarray | None = None
+        self._images = (np.zeros(0, np.int64), np.zeros(self.n + 1, np.int64))  # images by region (CSR)
         if IMAGE in data.node_types and IMAGE_IN_REGION in data.edge_types:
             ei = data[IMAGE_IN_REGION].edge_index.cpu().numpy()
             img_region = np.full(int(data[IMAGE].num_nodes), -1, np.int64)
             img_region[ei[0]] = ei[1]
             self.image_region = img_region
+            owned = np.flatnonzero(img_region >= 0)
+            ptr = np.zeros(self.n + 1, np.int64)
+            np.cumsum(np.bincount(img_region[owned], minlength=self.n), out=ptr[1:])
+            self._images = (owned[np.argsort(img_region[owned], kind="stable")], ptr)
+        self._graph = data
+        self._induced = InducedSubgraphs(data)
 
     def sample(self, seeds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Sorted region positions of the sampled subgraph around ``seeds`` (seeds included)."""
@@ -211,12 +229,14 @@ class RegionSampler:
 
     def subgraph(self, data: HeteroData, nodes: np.ndarray) -> HeteroData:
         """The sub-``HeteroData`` induced by the sorted region positions ``nodes`` (same schema)."""
-        subset = {REGION: torch.from_numpy(nodes)}
+        subset = {REGION: nodes}
         if self.image_region is not None:
-            member = np.zeros(self.n + 1, dtype=bool)
-            member[nodes] = True
-            subset[IMAGE] = torch.from_numpy(np.flatnonzero(member[self.image_region]))
-        sub = data.subgraph(subset)
+            order, ptr = self._images
+            subset[IMAGE] = np.sort(order[ranges(ptr, nodes)])
+        if data is self._graph:
+            sub = self._induced(subset)
+        else:
+            sub = data.subgraph({k: torch.from_numpy(v) for k, v in subset.items()})
         ids = getattr(data, "region_ids", None)
         if ids is not None:
             sub.region_ids = [ids[i] for i in nodes.tolist()]
@@ -301,11 +321,11 @@ def train_minibatch(data: HeteroData, model_config: ModelConfig | None = None,
                     train_config: TrainConfig | None = None,
                     minibatch_config: MiniBatchConfig | None = None,
                     run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
-    """Train a :class:`RegionModel` on neighbour-sampled mini-batches and embed every region.
+    """Train a :class:`RegionModel` on mini-batches (partition or neighbour sampler) and embed every region.
 
     Uses every field of ``train_config`` as :func:`urbanrep.train.train` does (``mode`` is
     taken to be ``"minibatch"``); one epoch is one pass over all regions in batches of
-    ``minibatch_config.batch_size`` seeds, and ``history`` has one row per epoch (each loss
+    about ``minibatch_config.batch_size`` seeds, and ``history`` has one row per epoch (each loss
     part averaged over the epoch's batches on every rank). Inside a ``torch.distributed``
     process group (torchrun or :func:`urbanrep.distributed.spawn`; joined here from the
     environment when it is not initialised yet) the epoch's batches are shared out among the

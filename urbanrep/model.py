@@ -10,7 +10,7 @@
 ``fit`` builds the bundle's region graph (:func:`urbanrep.graphs.build_graph`) and trains the
 experts, the fusion and the contrastive heads on it (:func:`urbanrep.train.train`); nothing in a
 bundle's targets or labels is read. With ``config.train.mode == "minibatch"`` it trains on
-neighbour-sampled mini-batches (:mod:`urbanrep.minibatch`, settings in ``config.minibatch``), and
+mini-batches (:mod:`urbanrep.minibatch`, settings in ``config.minibatch``), and
 ``fit(..., nproc=4)`` runs that data-parallel in 4 local processes (:mod:`urbanrep.distributed`);
 under torchrun every launched process calls ``fit`` with ``nproc=1``. ``transform`` builds the graph of any bundle with the same
 graph configuration and embeds it with the trained weights; the bundle must offer the modalities
@@ -168,7 +168,7 @@ class UrbanRep:
             nproc: int = 1, progress: bool = True) -> UrbanRep:
         """Build the graph of ``bundle`` (or take a prebuilt graph) and train on it.
 
-        ``config.train.mode`` picks full-graph (default) or neighbour-sampled mini-batch
+        ``config.train.mode`` picks full-graph (default) or mini-batch
         training (``config.minibatch``). Inside a torchrun job every process calls ``fit`` and
         trains its share of each epoch; rank 0 writes the files.
 

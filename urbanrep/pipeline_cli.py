@@ -23,8 +23,8 @@ Configuration: --config FILE (YAML, TOML or JSON with sections graph, model, tra
 evaluate, export) and any number of --set section.key=value, e.g. --set train.epochs=100
 --set model.fusion.mode=global --set evaluate.protocol=paper.
 
-Large graphs: --set train.mode=minibatch trains on neighbour-sampled mini-batches (section
-minibatch: batch_size, num_neighbors, inference). Data-parallel over N processes (one per GPU;
+Large graphs: --set train.mode=minibatch trains on mini-batches of spatial blocks (section
+minibatch: sampler, batch_size, partition_size, num_neighbors, inference). Data-parallel over N processes (one per GPU;
 gloo on CPU): add --nproc N, or launch 'torchrun --nproc_per_node=N -m urbanrep train GRAPH
 --out RUN --set train.mode=minibatch'.
 """

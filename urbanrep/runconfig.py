@@ -22,8 +22,10 @@ runs data-parallel over several processes), is one switch plus an optional secti
     train:
       mode: minibatch       # default: full
     minibatch:              # urbanrep.minibatch.MiniBatchConfig (used only in mini-batch mode)
-      batch_size: 2048
-      num_neighbors: [10, 10, 5]
+      sampler: partition    # default; or neighbor
+      batch_size: 1024      # seed regions per step
+      partition_size: 256   # regions per spatial block (partition sampler)
+      num_neighbors: []     # halo (partition) or hops (neighbor, default [10, 10, 5])
 
 or ``--set train.mode=minibatch --set minibatch.batch_size=2048``.
 """

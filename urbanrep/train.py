@@ -22,7 +22,7 @@ uninterrupted run would give (on CPU, where kernels are deterministic); it refus
 written with another model configuration, graph, seed or optimisation setting.
 
 ``TrainConfig(mode="minibatch")`` (``--set train.mode=minibatch`` on the command line) hands the
-same call to :func:`urbanrep.minibatch.train_minibatch`: neighbour-sampled mini-batches, the same
+same call to :func:`urbanrep.minibatch.train_minibatch`: mini-batches of regions, the same
 run-folder layout and resume guarantee, and data parallelism over ``torch.distributed`` ranks.
 The checkpoint helpers below (:func:`check_resumable`, :func:`save_checkpoint`,
 :class:`LossLog`, :class:`EarlyStopping`, :func:`write_run_outputs`) are shared by both loops.
