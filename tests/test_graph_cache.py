@@ -6,12 +6,13 @@ import gc
 
 import pytest
 import torch
-from torch_geometric.nn import GCNConv, SAGEConv
+from torch_geometric.nn import GATv2Conv, GCNConv, SAGEConv
 from torch_geometric.utils import scatter
 
 from urbanrep.experts.sparse import (
     SparseOperator,
     SparsePattern,
+    gatv2_conv,
     gcn_conv,
     mean_operator,
     sage_mean_conv,
@@ -79,6 +80,24 @@ def test_sparse_layers_match_pyg() -> None:
     assert torch.autograd.gradcheck(lambda a: op @ a, (xd,))
     pattern = SparsePattern.from_edges(ei[0], ei[1], n, n)
     assert torch.autograd.gradcheck(lambda a, b: weighted_spmm(a, b, pattern), (xd, wd))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_gatv2_matches_pyg_with_the_same_dropout(training: bool) -> None:
+    torch.manual_seed(0)
+    n = 40
+    ei, w = _edges(n)
+    conv = GATv2Conv(16, 4, heads=4, dropout=0.3, edge_dim=1, add_self_loops=True, fill_value=1.0).train(training)
+    x = torch.randn(n, 16, requires_grad=True)
+    torch.manual_seed(5)
+    ref = conv(x, ei, w.clamp_min(0.0).unsqueeze(-1))
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, *conv.parameters()])
+    torch.manual_seed(5)
+    got = gatv2_conv(conv, x, ei, w)
+    got_grads = torch.autograd.grad(got.square().sum(), [x, *conv.parameters()])
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("ensemble", [1, 2])

@@ -7,6 +7,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import GATv2Conv
 
 from urbanrep.experts.base import ResidualStackExpert, register_expert
+from urbanrep.experts.sparse import gatv2_conv
 
 
 @register_expert("poi")
@@ -55,9 +56,8 @@ class PoiExpert(ResidualStackExpert):
         x, mask = self.features(data)
         ei, w, _ = self.view_edges(data)
         h = self.encoder(x, mask)
-        edge_attr = w.clamp_min(0.0).unsqueeze(-1).to(h.dtype)
-        for conv, block in zip(self.convs, self.blocks, strict=True):
-            h = block(h, conv(h, ei, edge_attr))
+        for conv, block in zip(self.convs, self.blocks, strict=True):  # w clamped at 0 is the edge feature
+            h = block(h, gatv2_conv(conv, h, ei, w))
         return self.head(h)
 
 

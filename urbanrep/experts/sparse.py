@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
-from torch_geometric.nn import GCNConv, SAGEConv
+from torch_geometric.nn import GATv2Conv, GCNConv, SAGEConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import add_self_loops, remove_self_loops
+from torch_geometric.utils import softmax as pyg_softmax
 
 from urbanrep.graphs.cache import graph_constant
 
@@ -224,3 +227,64 @@ def sage_mean_conv(conv: SAGEConv, x: Tensor, edge_index: Tensor) -> Tensor:
     no normalisation) through a cached mean operator."""
     out = conv.lin_l(mean_operator(edge_index, x.size(0)) @ x)
     return out + conv.lin_r(x) if conv.root_weight else out
+
+
+def _gat_loops(edge_index: Tensor, weight: Tensor, num_nodes: int, fill_value: float) -> tuple[Tensor, Tensor]:
+    """Cached ``(edge_index [2, E'], edge_attr [E', 1])`` with self loops replaced as GATv2Conv does,
+    the weights clamped at 0."""
+
+    def build() -> tuple[Tensor, Tensor]:
+        ei, attr = remove_self_loops(edge_index, weight.float().clamp_min(0.0).unsqueeze(-1))
+        return add_self_loops(ei, attr, fill_value=fill_value, num_nodes=num_nodes)
+
+    return graph_constant("gat_loops", (edge_index, weight), build, extra=(num_nodes, fill_value))
+
+
+def _gatv2_scores(x_l: Tensor, x_r: Tensor, attr: Tensor, lin_edge_weight: Tensor, lin_edge_bias: Tensor | None,
+                  att: Tensor, src: Tensor, dst: Tensor, negative_slope: float) -> Tensor:
+    edge_term = torch.nn.functional.linear(attr, lin_edge_weight, lin_edge_bias).view(-1, *x_l.shape[1:])
+    e = x_l.index_select(0, src) + x_r.index_select(0, dst) + edge_term
+    return (torch.nn.functional.leaky_relu(e, negative_slope) * att).sum(-1)
+
+
+def gatv2_conv(conv: GATv2Conv, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+    """``conv(x, edge_index, edge_weight.clamp_min(0)[:, None])`` of a :class:`~torch_geometric.nn.GATv2Conv`
+    with ``edge_dim=1`` and self loops, without keeping per-edge ``[E, heads, C]`` tensors.
+
+    The attention scores are recomputed in the backward pass (activation checkpointing of the
+    score function) and the attention-weighted sum is one sparse product per head
+    (:func:`weighted_spmm`); the self-loop edges are built once per graph. Same parameters,
+    same dropout draws, same function as the PyG layer (float32 rounding aside).
+
+    Args:
+        conv: The layer (its parameters and settings are used).
+        x: ``[N, F]`` node features.
+        edge_index: ``[2, E]`` the graph's stored edges.
+        edge_weight: ``[E]`` the graph's stored weights (the edge feature).
+
+    Returns:
+        ``[N, heads * C]`` (``concat``) or ``[N, C]``.
+    """
+    if not (conv.add_self_loops and conv.edge_dim == 1 and conv.lin_edge is not None) or conv.share_weights:
+        return conv(x, edge_index, edge_weight.clamp_min(0.0).unsqueeze(-1).to(x.dtype))
+    n, heads, c = x.size(0), conv.heads, conv.out_channels
+    ei, attr = _gat_loops(edge_index, edge_weight, n, float(conv.fill_value))  # type: ignore[arg-type]
+    src, dst = ei[0], ei[1]
+    res = conv.res(x) if conv.res is not None else None
+    x_l = conv.lin_l(x).view(-1, heads, c)
+    x_r = conv.lin_r(x).view(-1, heads, c)
+    args = (x_l, x_r, attr.to(x.dtype), conv.lin_edge.weight, conv.lin_edge.bias, conv.att, src, dst,
+            conv.negative_slope)
+    if torch.is_grad_enabled():  # keep only [N, ...] inputs; the [E, heads, C] scores are redone in backward
+        alpha = torch.utils.checkpoint.checkpoint(_gatv2_scores, *args, use_reentrant=False,
+                                                  preserve_rng_state=False)
+    else:
+        alpha = _gatv2_scores(*args)
+    alpha = pyg_softmax(alpha, dst, num_nodes=n)
+    alpha = torch.nn.functional.dropout(alpha, p=conv.dropout, training=conv.training)
+    pattern = edge_pattern(ei, n)
+    out = torch.stack([weighted_spmm(x_l[:, h], alpha[:, h], pattern) for h in range(heads)], 1)
+    out = out.reshape(n, heads * c) if conv.concat else out.mean(dim=1)
+    if res is not None:
+        out = out + res
+    return out + conv.bias if conv.bias is not None else out
