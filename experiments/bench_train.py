@@ -22,8 +22,10 @@ Memory: ``rss graph`` is the resident set with Python, PyTorch and the graph loa
 trained; ``peak rss`` the process' maximum resident set (``ru_maxrss``) after training and the
 final embedding pass; ``KiB/region`` is ``(peak - rss graph) / regions``, the training's own
 memory per region. ``cpu s`` is the process' CPU seconds per epoch (user + system, median like
-``epoch s``), less sensitive than wall time to other processes on shared cores; the 1-minute
-load average at the start of each size is printed beside it.
+``epoch s``), less sensitive than wall time to other processes on shared cores; ``sys %`` the
+share of the training's CPU time spent in the kernel (page faults of freshly mapped memory; see
+``urbanrep/allocator.py``); the 1-minute load average at the start of each size is printed
+beside it.
 
 Examples::
 
@@ -136,8 +138,10 @@ def run_one(num_regions: int, epochs: int, threads: int, modalities: tuple[str, 
     logger.addHandler(clock)
     logger.setLevel(logging.INFO)
     t1, c1 = time.perf_counter(), time.process_time()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     res = train(data, rc.model, rc.train, minibatch_config=rc.minibatch)
     wall = time.perf_counter() - t1
+    ru2 = resource.getrusage(resource.RUSAGE_SELF)
     logger.removeHandler(clock)
     stamps = [(t1, c1), *clock.stamps]
     per_epoch = [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False)]
@@ -153,7 +157,8 @@ def run_one(num_regions: int, epochs: int, threads: int, modalities: tuple[str, 
         "first_epoch_s": round(per_epoch[0], 4), "epoch_s_median": round(statistics.median(steady), 4),
         "epoch_cpu_s_median": round(statistics.median(steady_cpu), 4),
         "epoch_s_all": [round(x, 4) for x in per_epoch],
-        "train_wall_s": round(wall, 3), "loss_first": res.history[0]["total"], "loss_last": res.history[-1]["total"],
+        "train_wall_s": round(wall, 3), "train_cpu_s": round(time.process_time() - c1, 3),
+        "train_sys_s": round(ru2.ru_stime - ru1.ru_stime, 3), "train_minor_faults": ru2.ru_minflt - ru1.ru_minflt, "loss_first": res.history[0]["total"], "loss_last": res.history[-1]["total"],
         "finite": bool(torch.isfinite(torch.as_tensor(res.embeddings)).all()),
         "rss_graph_mib": round(rss_graph, 1), "peak_rss_mib": round(peak, 1),
         "kib_per_region": round((peak - rss_graph) * 1024 / num_regions, 1),
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, {args.threads} thread(s), {args.epochs} epoch(s), mode {args.mode}, "
           f"modalities {' '.join(mods)}{', --set ' + ' '.join(args.overrides) if args.overrides else ''}")
-    print(f"{'regions':>8} {'edges':>9} {'ens':>3} {'1st ep s':>8} {'epoch s':>8} {'cpu s':>7} {'rss graph':>9} "
+    print(f"{'regions':>8} {'edges':>9} {'ens':>3} {'1st ep s':>8} {'epoch s':>8} {'cpu s':>7} {'sys %':>5} {'rss graph':>9} "
           f"{'peak rss':>9} {'KiB/region':>10} {'load':>5}  loss first -> last")
     results = []
     for n in args.regions:
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(r)
         print(f"{n:>8} {sum(r['edges'].values()):>9} {r['ensemble']:>3} {r['first_epoch_s']:>8.3f} "
-              f"{r['epoch_s_median']:>8.3f} {r['epoch_cpu_s_median']:>7.3f} {r['rss_graph_mib']:>7.0f}Mi "
+              f"{r['epoch_s_median']:>8.3f} {r['epoch_cpu_s_median']:>7.3f} "
+              f"{100 * r['train_sys_s'] / max(r['train_cpu_s'], 1e-9):>5.1f} {r['rss_graph_mib']:>7.0f}Mi "
               f"{r['peak_rss_mib']:>7.0f}Mi {r['kib_per_region']:>10.1f} {r['load_average']:>5.2f}  "
               f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}{'' if r['finite'] else '  NON-FINITE'}", flush=True)
     if args.json is not None:

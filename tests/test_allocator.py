@@ -1,4 +1,4 @@
-"""The glibc malloc tuning of the training process (urbanrep/allocator.py)."""
+"""The glibc malloc policy of the training process (urbanrep/allocator.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import textwrap
 
 import pytest
 
-from urbanrep.allocator import ENV_SWITCH, allocator_blocker
+from urbanrep.allocator import ENV_VAR, allocator_blocker, resolve_policy
+from urbanrep.errors import ConfigError
+from urbanrep.train import TrainConfig
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 @pytest.mark.parametrize(("env", "reason"), [
-    ({ENV_SWITCH: "0"}, ENV_SWITCH),
-    ({ENV_SWITCH: "off"}, ENV_SWITCH),
     ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, "jemalloc"),
     ({"LD_PRELOAD": "libtcmalloc_minimal.so.4"}, "tcmalloc"),
     ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, "already tuned"),
@@ -32,11 +32,20 @@ def test_blocked_where_it_should_leave_the_process_alone(env: dict[str, str], re
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_not_blocked_on_plain_glibc() -> None:
     assert allocator_blocker({}) is None
-    assert allocator_blocker({ENV_SWITCH: "1", "LD_PRELOAD": ""}) is None
+    assert allocator_blocker({"LD_PRELOAD": ""}) is None
+
+
+def test_policy_names_and_the_environment_override() -> None:
+    assert resolve_policy("keep", {}) == "keep"
+    assert resolve_policy("keep", {ENV_VAR: "Release"}) == "release"
+    with pytest.raises(ValueError, match=ENV_VAR):
+        resolve_policy("keep", {ENV_VAR: "fast"})
+    with pytest.raises(ConfigError, match="TrainConfig.malloc"):
+        TrainConfig(malloc="fast")
 
 
 _SCRIPT = textwrap.dedent("""
-    import json, logging, sys
+    import json, sys
     import torch
     from urbanrep import allocator
     from urbanrep.experts.testing import random_region_graph
@@ -45,38 +54,34 @@ _SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     data = random_region_graph(60, ("poi", "mobility", "landuse"), seed=3, num_slices=3)
     res = train(data, ModelConfig(ensemble=2), TrainConfig(epochs=3, device="cpu", checkpoint_every=0,
-                                                           tune_malloc=sys.argv[1] == "1"))
-    print(json.dumps({"tuned": allocator._applied, "losses": [r["total"] for r in res.history],
+                                                           malloc=sys.argv[1]))
+    print(json.dumps({"policy": allocator.applied_policy(), "losses": [r["total"] for r in res.history],
                       "emb": res.embeddings[:5].tolist()}))
 """)
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
-def test_tuned_training_is_bit_identical_and_switchable() -> None:
-    env = {k: v for k, v in os.environ.items() if k != ENV_SWITCH}
+def test_policies_give_bit_identical_training() -> None:
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
 
-    def run(flag: str, extra: dict[str, str]) -> dict:
-        out = subprocess.run([sys.executable, "-c", _SCRIPT, flag], capture_output=True, text=True, check=True,
+    def run(policy: str, extra: dict[str, str]) -> dict:
+        out = subprocess.run([sys.executable, "-c", _SCRIPT, policy], capture_output=True, text=True, check=True,
                              env={**env, **extra}, timeout=300)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    tuned, env_off = run("1", {}), run("1", {ENV_SWITCH: "0"})
-    assert tuned["tuned"] and not env_off["tuned"]
-    assert tuned["losses"] == env_off["losses"]
-    assert tuned["emb"] == env_off["emb"]
+    keep, release = run("keep", {}), run("keep", {ENV_VAR: "release"})  # the environment wins
+    assert keep["policy"] == "keep" and release["policy"] == "release"
+    assert keep["losses"] == release["losses"] and keep["emb"] == release["emb"]
 
 
-def test_config_switch_skips_the_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_configured_policy_reaches_the_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
     import urbanrep.train as train_module
     from urbanrep.experts.testing import random_region_graph
     from urbanrep.network import ModelConfig
-    from urbanrep.train import TrainConfig, train
+    from urbanrep.train import train
 
-    calls: list[int] = []
-    monkeypatch.setattr(train_module, "tune_allocator", lambda: calls.append(1) or True)
+    calls: list[str] = []
+    monkeypatch.setattr(train_module, "tune_allocator", lambda policy: calls.append(policy) or True)
     data = random_region_graph(30, ("poi", "landuse"), seed=1)
-    mc = ModelConfig(ensemble=1)
-    train(data, mc, TrainConfig(epochs=1, device="cpu", checkpoint_every=0, tune_malloc=False))
-    assert calls == []
-    train(data, mc, TrainConfig(epochs=1, device="cpu", checkpoint_every=0))
-    assert calls == [1]
+    train(data, ModelConfig(ensemble=1), TrainConfig(epochs=1, device="cpu", checkpoint_every=0, malloc="system"))
+    assert calls == ["system"]

@@ -1,23 +1,27 @@
-"""Keep freed memory in the training process instead of handing it back to the kernel (glibc).
+"""How the training process' C allocator (glibc malloc) treats the memory training frees.
 
-glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MiB) with a fresh
-``mmap`` and returns it with ``munmap`` on ``free``, and trims the top of the heap whenever more
-than 128 KiB is free there. A training step allocates and frees the same large tensors every
-step (per-edge messages, ``[N, C]`` activations and their gradients), so on graphs of 10k+
-regions each step re-faults gigabytes of fresh zeroed pages: at 30k regions about half of the
-step's CPU time was the kernel (issue 18; a caching allocator preloaded with page release off
-cut CPU per step by 39 % with bit-identical losses).
+A training step allocates and frees the same large tensors every step (``[N, C]`` activations,
+their gradients, per-edge temporaries). glibc serves blocks above its mmap threshold (dynamic,
+at most 32 MiB) with a fresh ``mmap`` and returns them on ``free``, so on graphs of 10k+ regions
+each step re-faults gigabytes of zeroed pages (at 30k regions, 27 % of the training's CPU time
+was the kernel); blocks below it come from the heap, which fragments. Three policies
+(:data:`POLICIES`), chosen with ``TrainConfig.malloc`` (``--set train.malloc=...``) or the
+environment variable ``URBANREP_MALLOC`` (which wins):
 
-:func:`tune_allocator` makes glibc behave like that caching allocator for the rest of the
-process: ``mallopt(M_MMAP_MAX, 0)`` (large blocks come from the heap, where freed blocks are
-reused) and ``mallopt(M_TRIM_THRESHOLD, -1)`` (no trimming: freed heap memory is kept for the next step).
-The price is that the process keeps its peak resident set until it ends, which is what a
-training process does anyway. Results do not change (only where memory comes from).
+* ``"keep"`` (default): ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, -1)``: every
+  block comes from the heap and freed memory stays in the process for the next step, like a
+  caching allocator with page release off. Least CPU (30k regions, 3 members: kernel share of
+  the CPU time 27 % -> 8 %, CPU per epoch -11 to -18 %); the peak resident set is kept until
+  the process ends and is about 14 % higher at 30k (heap fragmentation).
+* ``"release"``: ``mallopt(M_MMAP_THRESHOLD, 1 MiB)``: every block of 1 MiB or more is mapped on
+  its own and handed back when freed. Least memory (30k: peak 2.4 GB instead of 3.9 GB) for
+  the most kernel time (CPU per epoch +40 %): for graphs that do not fit otherwise.
+* ``"system"``: glibc as configured (its defaults, or ``MALLOC_*_`` / ``GLIBC_TUNABLES``).
 
-It is applied at the start of :func:`urbanrep.train.train` (both modes) unless
-``TrainConfig.tune_malloc=False`` (``--set train.tune_malloc=false``) or the environment sets
-``URBANREP_TUNE_MALLOC=0``. It leaves the process alone where it cannot or should not act, and
-says why in a debug log line: not glibc (macOS, Windows, musl), another allocator preloaded
+Results never change (only where memory comes from). :func:`tune_allocator` applies a policy
+at the start of :func:`urbanrep.train.train` (both modes); ``mallopt`` settings last for the
+rest of the process. It leaves the process alone, with a debug log line saying why, where it
+cannot or should not act: not glibc (macOS, Windows, musl), another allocator preloaded
 (``LD_PRELOAD`` naming jemalloc, tcmalloc or mimalloc), or glibc's malloc already tuned through
 the environment (``GLIBC_TUNABLES`` ``glibc.malloc.*`` or ``MALLOC_*_`` variables).
 """
@@ -31,17 +35,38 @@ import platform
 
 log = logging.getLogger(__name__)
 
+#: Allocator policies (see the module docstring).
+POLICIES = ("keep", "release", "system")
 #: ``mallopt`` parameters (glibc ``malloc.h``).
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-#: Environment switch: ``0`` / ``false`` / ``no`` / ``off`` leaves glibc's defaults.
-ENV_SWITCH = "URBANREP_TUNE_MALLOC"
 #: ``M_TRIM_THRESHOLD`` value that switches trimming off (``man mallopt``).
 NEVER_TRIM = -1
+#: Blocks of this size or more are mapped on their own under ``"release"``.
+RELEASE_THRESHOLD = 1 << 20
+#: Environment variable naming a policy; it overrides the configuration.
+ENV_VAR = "URBANREP_MALLOC"
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _GLIBC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_SETTINGS = {"keep": ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM)),
+             "release": ((M_MMAP_THRESHOLD, RELEASE_THRESHOLD),)}
 
-_applied = False
+_applied: str | None = None
+
+
+def resolve_policy(configured: str, environ: dict[str, str] | None = None) -> str:
+    """The policy in force: ``URBANREP_MALLOC`` when set, else ``configured``.
+
+    Raises:
+        ValueError: for a name that is not one of :data:`POLICIES` (the message names the source).
+    """
+    env = os.environ if environ is None else environ
+    name, source = (env[ENV_VAR].strip().lower(), ENV_VAR) if env.get(ENV_VAR, "").strip() else (
+        configured, "TrainConfig.malloc")
+    if name not in POLICIES:
+        raise ValueError(f"{source}={name!r}: use one of {', '.join(POLICIES)}")
+    return name
 
 
 def allocator_blocker(environ: dict[str, str] | None = None) -> str | None:
@@ -51,8 +76,6 @@ def allocator_blocker(environ: dict[str, str] | None = None) -> str | None:
         environ: Environment to inspect (default ``os.environ``).
     """
     env = os.environ if environ is None else environ
-    if env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return f"{ENV_SWITCH}={env[ENV_SWITCH]}"
     preload = env.get("LD_PRELOAD", "")
     other = [name for name in _OTHER_ALLOCATORS if name in preload]
     if other:
@@ -64,32 +87,46 @@ def allocator_blocker(environ: dict[str, str] | None = None) -> str | None:
     return None
 
 
-def tune_allocator() -> bool:
-    """Switch glibc malloc to keeping freed memory for reuse (see the module docstring).
+def applied_policy() -> str | None:
+    """The policy :func:`tune_allocator` last applied in this process (None: none yet)."""
+    return _applied
 
-    Idempotent; process-wide from the first successful call on.
+
+def tune_allocator(policy: str = "keep") -> bool:
+    """Apply an allocator policy to this process (see the module docstring).
+
+    Args:
+        policy: ``"keep"``, ``"release"`` or ``"system"`` (nothing is changed);
+            ``URBANREP_MALLOC`` overrides it.
 
     Returns:
-        Whether the tuning is in effect (applied now or earlier).
+        Whether ``mallopt`` settings of the policy are in effect.
+
+    Raises:
+        ValueError: unknown policy name.
     """
     global _applied
-    if _applied:
+    policy = resolve_policy(policy)
+    if policy == "system":
+        log.debug("malloc left as it is: policy 'system'")
+        return False
+    if _applied == policy:
         return True
     why = allocator_blocker()
     if why is not None:
         log.debug("malloc left as it is: %s", why)
         return False
     try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError) as exc:  # pragma: no cover - glibc always has mallopt
         log.debug("malloc left as it is: no mallopt (%s)", exc)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1
-    if not ok:  # pragma: no cover - glibc accepts both
-        log.debug("malloc left as it is: mallopt refused the settings")
+    if policy == "release" and _applied == "keep":  # undo keep's settings first
+        mallopt(M_MMAP_MAX, 65536)
+    if not all(mallopt(param, value) == 1 for param, value in _SETTINGS[policy]):  # pragma: no cover
+        log.debug("malloc left as it is: mallopt refused the %r settings", policy)
         return False
-    _applied = True
-    log.debug("malloc tuned: large blocks from the heap (M_MMAP_MAX=0), freed memory kept (M_TRIM_THRESHOLD)")
+    _applied = policy
+    log.debug("malloc policy %r applied (%s)", policy, _SETTINGS[policy])
     return True
