@@ -130,6 +130,13 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_feature10": ("candidate: input-retention loss weight 10 (default 5)", loss(feature_weight=10.0)),
         "dev_fusion_cross": ("candidate: fusion-level contrast of the other modalities' fusion vs each modality",
                              loss(fusion_contrast="cross")),
+        "dev_structure10": ("candidate: input-structure retention (embedding cosine similarities vs the inputs' and "
+                            "flow profiles'), weight 10", loss(structure_weight=10.0)),
+        "dev_structure50": ("candidate: input-structure retention, weight 50", loss(structure_weight=50.0)),
+        "dev_ens_aligned": ("candidate: the three members rotated onto their consensus and averaged (64-d) "
+                            "instead of concatenated (192-d)", lambda mc: replace(mc, ensemble_output="aligned")),
+        "abl_concat_members": ("ablation: the three members concatenated (192-d; the default before 2026-12-06b)",
+                               lambda mc: replace(mc, ensemble_output="concat")),
     }
 
 

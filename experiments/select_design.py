@@ -9,8 +9,13 @@ so their numbers in ``experiments/RESULTS.md`` are not selected on.
 
 Rule (declared before the runs): the score of a candidate is the mean over development
 cities of the mean strict R² over that city's scalar tasks, averaged over training seeds; the
-candidate with the highest score becomes the default. The development cities' own numbers in
-the results table are then optimistic (they were used for selection) and are marked so.
+candidate with the highest score becomes the default. Since the round of 2026-12-06b (declared
+before that round's runs of ``dev_ens_aligned``, after a look at member alignment on the cached
+runs of the earlier round, development cities only): candidates whose score is within
+:data:`TIE_MARGIN` of the highest are tied with it, and among tied candidates the one with the
+highest mean paper-protocol R² (bare ridge, the protocol published peers use) is selected. The
+development cities' own numbers in the results table are then optimistic (they were used for
+selection) and are marked so.
 
 Usage::
 
@@ -35,12 +40,15 @@ from urbanrep.atomic import write_text_atomic
 
 log = logging.getLogger("select_design")
 
-#: Candidates of the latest round (issue 14), declared before their runs (names of
-#: experiments.benchmark.model_variants; each modifies the default of its time, the single-member
-#: model with the views contrast). The earlier round is in DESIGN_SELECTION_2026-12-05.md.
-CANDIDATES = ("urbanrep", "dev_no_fusion_ens3", "dev_fusion_cross", "abl_no_fusion_loss", "abl_global_fusion",
-              "dev_flow8", "dev_flow32", "dev_feature10", "dev_epochs150", "dev_width144", "dev_epochs600",
-              "dev_no_fusion_e150")
+#: Candidates of the latest round (issue 14, 2026-12-06b), declared before their runs (names of
+#: experiments.benchmark.model_variants; each modifies the default of its time, three members
+#: without fusion-level contrast). Earlier rounds: DESIGN_SELECTION_2026-12-05.md and
+#: DESIGN_SELECTION_2026-12-06a.md.
+CANDIDATES = ("urbanrep", "dev_structure10", "dev_structure50", "dev_flow8", "dev_flow32", "dev_ens_aligned")
+
+#: Score difference within which candidates count as tied (then the paper protocol decides);
+#: about one seed standard deviation of the development scores.
+TIE_MARGIN = 0.01
 DEV_CITIES = ("chicago77", "singapore")
 HELD_OUT = ("nyc180", "nyc_tracts")
 
@@ -77,6 +85,37 @@ def strict_scores(emb: Any, bundle: Any, tasks: Sequence[str], strict_seeds: int
     return {t: float(rep["tasks"][t]["r2"]) for t in tasks}
 
 
+def paper_score(emb: Any, bundle: Any, tasks: Sequence[str]) -> float:
+    """Mean paper-protocol R² over ``tasks`` (reported beside the score, not part of the rule)."""
+    from urbanrep.evaluate import EvalConfig, evaluate_embeddings
+
+    rep = evaluate_embeddings(emb, bundle, EvalConfig(protocol="paper"))
+    return float(np.mean([rep["tasks"][t]["r2"] for t in tasks]))
+
+
+def flow_structure_agreement(emb: Any, bundle: Any, k: int = 12) -> float | None:
+    """NMI between KMeans(k) of the embedding and KMeans(k) of the raw OD share rows (target-free).
+
+    How much of the clustering the raw flows give survives in the embedding (reported, not part
+    of the rule; None for a city without mobility). Uses inputs only, no target.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from urbanrep.evaluate import raw_modality_baseline
+
+    try:
+        shares = raw_modality_baseline(bundle, "mobility", mobility="shares")
+    except Exception:  # the city has no mobility layer
+        return None
+    cols = [c for c in shares.columns if ":out_to_" in c or ":in_from_" in c]
+    if not cols:
+        return None
+    ref = KMeans(k, random_state=3, n_init=10).fit_predict(shares[cols].to_numpy())
+    got = KMeans(k, random_state=3, n_init=10).fit_predict(emb.loc[shares.index].to_numpy())
+    return float(normalized_mutual_info_score(ref, got))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train and score every candidate on every development city."""
     from urbanrep.graphs import GraphConfig, build_graph
@@ -92,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for cand in args.candidates:
             if cand in pruned:
                 continue
-            per_seed = []
+            per_seed, paper, flow = [], [], []
             trained_as = "urbanrep" if same_as_default(cand, list(data.modalities)) else cand
             for seed in args.seeds:
                 got = train_embedding(data, trained_as, seed, args.epochs, args.out / "embeddings" / city_name,
@@ -100,6 +139,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if got is None:
                     break
                 per_seed.append(strict_scores(got[0], bundle, tasks, args.strict_seeds))
+                paper.append(paper_score(got[0], bundle, tasks))
+                agreement = flow_structure_agreement(got[0], bundle)
+                if agreement is not None:
+                    flow.append(agreement)
             if len(per_seed) < len(args.seeds):
                 log.info("%s %s: not every seed is trained (--cached-only): incomplete", city_name, cand)
                 results.setdefault("incomplete", {})[cand] = city_name
@@ -111,7 +154,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             entry = results["candidates"].setdefault(cand, {"description": model_variants()[cand][0], "cities": {}})
             entry["cities"][city_name] = {"tasks": means, "score": float(np.mean(city_score)),
                                           "score_std": float(np.std(city_score)),
-                                          "same_as_default": trained_as != cand}
+                                          "same_as_default": trained_as != cand,
+                                          "paper": float(np.mean(paper)),
+                                          "flow_agreement": float(np.mean(flow)) if flow else None}
             log.info("%s %s: score %.3f ± %.3f %s", city_name, cand, np.mean(city_score), np.std(city_score),
                      {t: round(v, 3) for t, v in means.items()})
         if city_name == PRUNE_CITY and "urbanrep" in results["candidates"] and len(cities) > 1:
@@ -123,9 +168,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         entry["score"] = float(np.mean([c["score"] for c in entry["cities"].values()])) if entry["cities"] else 0.0
         entry["pruned"] = cand in pruned
     results["pruned"] = {c: round(d, 4) for c, d in pruned.items() if c not in results.get("incomplete", {})}
+    for entry in results["candidates"].values():
+        entry["paper"] = float(np.mean([c["paper"] for c in entry["cities"].values()])) if entry["cities"] else 0.0
     eligible = [c for c in results["candidates"] if c not in pruned]
-    results["selected"] = max(eligible, key=lambda c: results["candidates"][c]["score"])
+    best = max(results["candidates"][c]["score"] for c in eligible)
+    tied = [c for c in eligible if results["candidates"][c]["score"] >= best - TIE_MARGIN]
+    results["tied"] = tied
+    results["selected"] = max(tied, key=lambda c: results["candidates"][c]["paper"])
     return results
+
+
+def _cell(entry: dict[str, Any], city: str, key: str) -> str:
+    v = (entry["cities"].get(city) or {}).get(key)
+    return "" if v is None else f"{v:.3f}"
 
 
 def format_markdown(res: dict[str, Any], command: str) -> str:
@@ -136,7 +191,8 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
              f"Development cities: {', '.join(cities)} (strict protocol, {res['strict_seeds']} shuffled splits; "
              f"{res['epochs']} epochs; training seeds {res['seeds']}). Held out, never scored here: "
              f"{', '.join(HELD_OUT)}. Score = mean over cities of the mean strict R² over each city's scalar "
-             "tasks; the highest score becomes the default.", "",
+             f"tasks; candidates within {TIE_MARGIN} of the highest score are tied, and of those the one with the "
+             "highest mean paper-protocol R² becomes the default.", "",
              "| candidate | " + " | ".join(f"{c} score" for c in cities) + " | score |",
              "|---|" + "---|" * (len(cities) + 1)]
     order = sorted(res["candidates"], key=lambda c: (res["candidates"][c]["pruned"], -res["candidates"][c]["score"]))
@@ -162,6 +218,19 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
         e = res["candidates"][cand]
         lines.append(f"| {cand} | " + " | ".join(f"{e['cities'][c]['tasks'][t]:.3f}" if c in e["cities"] else ""
                                                 for c in cities for t in scalar_tasks(c)) + " |")
+    flow_cities = [c for c in cities if any((e["cities"].get(c) or {}).get("flow_agreement") is not None
+                                            for e in res["candidates"].values())]
+    lines += ["", "Reported beside the score, not part of the rule: the mean paper-protocol R² (bare "
+              "`Ridge(alpha=1)` on the raw embedding, unshuffled folds) and, where the city has mobility, the "
+              "target-free flow-structure agreement (NMI between KMeans(12) of the embedding and KMeans(12) of "
+              "the raw OD share rows; inputs only).", "",
+              "| candidate | " + " | ".join([f"{c} paper" for c in cities] + [f"{c} flow agreement" for c in flow_cities])
+              + " |", "|---|" + "---|" * (len(cities) + len(flow_cities))]
+    for cand in order:
+        e = res["candidates"][cand]
+
+        lines.append(f"| {cand} | " + " | ".join([_cell(e, c, "paper") for c in cities]
+                                                 + [_cell(e, c, "flow_agreement") for c in flow_cities]) + " |")
     if res.get("incomplete"):
         lines += ["", "Incomplete (not every training seed was run before this table was made, so not eligible): "
                   + ", ".join(f"{c} (on {city})" for c, city in res["incomplete"].items()) + "."]
@@ -172,7 +241,8 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
     lines += ["", "`(= default here)`: the candidate changes nothing the city has (e.g. flow retention without "
               "mobility, a fusion option with one modality), so it trains exactly as the default there and "
               "reuses the default's runs."]
-    lines += ["", f"Selected: **{res['selected']}**.", ""]
+    lines += ["", f"Tied within {TIE_MARGIN} of the highest score: {', '.join(res.get('tied', []))}.",
+              "", f"Selected: **{res['selected']}**.", ""]
     return "\n".join(lines)
 
 

@@ -101,7 +101,7 @@ def test_ensemble_concatenates_members_and_round_trips(tmp_path):
     from urbanrep.train import load_model, save_model
 
     data = random_region_graph(40, modalities=("poi", "mobility"), seed=1)
-    mc = ModelConfig(ensemble=2, loss=LossConfig(fusion_weight=0.0))
+    mc = ModelConfig(ensemble=2, ensemble_output="concat", loss=LossConfig(fusion_weight=0.0))
     res = train(data, mc, TrainConfig(epochs=3, seed=0, num_threads=1))
     assert res.embeddings.shape == (40, 128) and res.model.out_channels == 128
     assert res.fusion_weights.shape == (40, 2)
@@ -114,3 +114,71 @@ def test_ensemble_concatenates_members_and_round_trips(tmp_path):
         emb = again(data).embedding.numpy()
     assert emb.shape == (40, 128)
     assert torch.allclose(torch.as_tensor(emb), torch.as_tensor(res.embeddings), atol=1e-5)
+
+
+def test_align_members_recovers_a_rotated_copy():
+    import numpy as np
+
+    from urbanrep.network import align_members
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(50, 6))
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    noise = 0.01 * rng.normal(size=(50, 6))
+    emb = np.concatenate([base, base @ q + noise, base @ q.T - noise], 1).astype(np.float32)
+    got = align_members(emb, 3)
+    assert got.shape == (50, 6) and got.dtype == np.float32
+    centred = base - base.mean(0)
+    # the consensus is the shared embedding up to one rotation: all pairwise distances kept
+    d_got = np.linalg.norm(got[:, None] - got[None], axis=-1)
+    d_ref = np.linalg.norm(centred[:, None] - centred[None], axis=-1)
+    assert np.allclose(d_got, d_ref, atol=0.05)
+    assert align_members(emb[:, :6], 1) is not None and align_members(emb, 1).shape == (50, 18)
+
+
+def test_aligned_ensemble_output_is_one_member_wide(tmp_path):
+    from urbanrep.model import embed_graph
+    from urbanrep.train import load_model, save_model
+
+    data = random_region_graph(40, modalities=("poi", "mobility"), seed=1)
+    mc = ModelConfig(ensemble=3, ensemble_output="aligned", loss=LossConfig(fusion_weight=0.0))
+    res = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
+    assert res.embeddings.shape == (40, 64) and res.model.embedding_channels == 64
+    save_model(res.model, tmp_path / "model.pt", TrainConfig())
+    emb, _ = embed_graph(load_model(tmp_path / "model.pt"), data)
+    assert emb.shape == (40, 64)
+    assert torch.allclose(torch.as_tensor(emb.to_numpy()), torch.as_tensor(res.embeddings), atol=1e-4)
+    with pytest.raises(Exception, match="ensemble_output"):
+        ModelConfig(ensemble_output="sum")
+
+
+def test_structure_loss_is_zero_when_the_embedding_keeps_the_input_geometry():
+    from urbanrep.fusion.losses import structure_loss
+
+    x = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
+    x = x - x.mean(0)
+    mask = torch.ones(30, dtype=torch.bool)
+    assert float(structure_loss(x, [(x, mask, torch.tensor(1.0))])) < 1e-10
+    other = torch.randn(30, 5, generator=torch.Generator().manual_seed(1))
+    assert float(structure_loss(other, [(x, mask, torch.tensor(1.0))])) > 0.05
+    none = torch.zeros(30, dtype=torch.bool)  # no pair shares a view: nothing to match
+    assert float(structure_loss(other, [(x, none, torch.tensor(1.0))])) == 0.0
+    data = random_region_graph(30, modalities=("poi", "mobility"), seed=2)
+    res = train(data, ModelConfig(ensemble=1, loss=LossConfig(fusion_weight=0.0, structure_weight=1.0)),
+                TrainConfig(epochs=2, seed=0, num_threads=1))
+    assert "structure" in res.history[-1]
+
+
+def test_flow_retention_applies_alone_by_default_and_with_others_on_request():
+    from urbanrep.network import GraphMetadata, RegionModel
+
+    data = random_region_graph(30, modalities=("poi", "mobility"), seed=3)
+    meta = GraphMetadata.from_data(data)
+    alone = RegionModel(ModelConfig(ensemble=1, modalities=("mobility",)), meta)
+    assert alone.flow_components == LossConfig().solo_flow_components == 16
+    both = RegionModel(ModelConfig(ensemble=1), meta)
+    assert both.flow_components == 0
+    asked = RegionModel(ModelConfig(ensemble=1, loss=LossConfig(flow_components=4)), meta)
+    assert asked.flow_components == 4
+    res = train(data, ModelConfig(ensemble=1, modalities=("mobility",)), TrainConfig(epochs=2, seed=0, num_threads=1))
+    assert res.embeddings.shape == (30, 64)

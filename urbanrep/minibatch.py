@@ -539,7 +539,7 @@ def embed_minibatch(model: RegionModel, data: HeteroData, config: MiniBatchConfi
         g = data if device.type == "cpu" else data.clone().to(device)
         with _amp_context(device, amp):
             out = model(g)
-        return (out.embedding.float().cpu().numpy().astype(np.float32),
+        return (model.final_embedding(out.embedding.float().cpu().numpy().astype(np.float32)),
                 out.fusion_weights.float().cpu().numpy().astype(np.float32))
     rng = rng or np.random.default_rng(INFERENCE_SEED)
     sampler = BatchSampler(data, bc)
@@ -552,7 +552,7 @@ def embed_minibatch(model: RegionModel, data: HeteroData, config: MiniBatchConfi
         rows = np.searchsorted(nodes, seeds)
         emb[seeds] = out.embedding.float().cpu().numpy()[rows]
         weights[seeds] = out.fusion_weights.float().cpu().numpy()[rows]
-    return emb, weights
+    return model.final_embedding(emb), weights
 
 
 def epochs_for_steps(num_regions: int, batch_size: int, steps: int) -> int:

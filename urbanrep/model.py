@@ -99,7 +99,8 @@ def embed_graph(model: RegionModel, data: HeteroData, device: str = "cpu",
     else:
         with torch.no_grad():
             out = model(data.to(dev))
-        emb_np, weights_np = out.embedding.float().cpu().numpy(), out.fusion_weights.float().cpu().numpy()
+        emb_np = model.final_embedding(out.embedding.float().cpu().numpy())
+        weights_np = out.fusion_weights.float().cpu().numpy()
     ids = pd.Index(list(data.region_ids), name="region_id")
     emb = embeddings_frame(list(ids), emb_np)
     weights = pd.DataFrame(weights_np, columns=list(model.modalities), index=ids)

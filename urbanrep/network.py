@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
@@ -44,6 +45,7 @@ from urbanrep.fusion.losses import (
     mobility_reconstruction_loss,
     sample_nodes,
     similarity_reconstruction_loss,
+    structure_loss,
 )
 from urbanrep.fusion.spatial import FusionConfig, SpatialFusion
 from urbanrep.graphs.cache import graph_constant
@@ -106,6 +108,40 @@ class GraphMetadata:
         return cls(tuple(d["modalities"]), tuple((m, int(c)) for m, c in d["in_channels"]), int(d["num_slices"]))
 
 
+ENSEMBLE_OUTPUTS = ("concat", "aligned")
+
+
+def align_members(emb: np.ndarray, members: int, iterations: int = 5) -> np.ndarray:
+    """Average ensemble members' embeddings after rotating each onto their consensus.
+
+    Generalised orthogonal Procrustes: each member block is centred; the consensus starts as the
+    first member and is then, ``iterations`` times, the mean of every member rotated (orthogonal
+    ``C x C``, no scaling) to best match it. Deterministic; the result is centred.
+
+    Args:
+        emb: ``[N, members * C]`` concatenated member embeddings.
+        members: Number of members.
+        iterations: Consensus refinements.
+
+    Returns:
+        ``[N, C]`` float32 consensus embedding (``emb`` itself when ``members == 1``).
+    """
+    if members == 1:
+        return emb
+    c = emb.shape[1] // members
+    blocks = [emb[:, i * c:(i + 1) * c].astype(np.float64) for i in range(members)]
+    blocks = [b - b.mean(0, keepdims=True) for b in blocks]
+    ref = blocks[0]
+    aligned = blocks
+    for _ in range(iterations):
+        aligned = []
+        for b in blocks:
+            u, _, vt = np.linalg.svd(b.T @ ref)
+            aligned.append(b @ (u @ vt))
+        ref = np.mean(aligned, 0)
+    return ref.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that shapes :class:`RegionModel` (mirrors its constructor).
@@ -124,14 +160,22 @@ class ModelConfig:
             redone there (same gradients, dropout included; about a third more compute,
             several times less memory on large graphs).
         ensemble: Independent members (each a whole model: experts, fusion, heads, with its
-            own initialisation) trained side by side on the sum of their objectives; the
-            embedding is their concatenation (``ensemble * expert.out_channels`` wide) and the
-            fusion weights their mean. Linear probes on a few hundred regions vary a lot
-            between training seeds; several members average that out (cost: ``ensemble``
-            times one member). Default 3 (192-d), chosen on the development cities together
-            with ``loss.fusion_weight=0`` (``experiments/select_design.py``; NYC held out); a
-            NYC-180 run costs 1.55x the CPU time of the earlier single-member default (README,
-            "Quality against CPU time"); ``ensemble=1`` costs about a third.
+            own initialisation) trained side by side on the sum of their objectives; one
+            embedding comes out of them (``ensemble_output``), the fusion weights are their
+            mean. Linear probes on a few hundred regions vary a lot between training seeds;
+            several members average that out (cost: ``ensemble`` times one member). Default 3,
+            chosen on the development cities together with ``loss.fusion_weight=0``
+            (``experiments/select_design.py``; NYC held out); ``ensemble=1`` costs about a third.
+        ensemble_output: How the members' embeddings become the one embedding a run writes:
+            ``"aligned"`` (default): each member's embedding rotated onto the members'
+            consensus (generalised orthogonal Procrustes, :func:`align_members`) and averaged,
+            ``expert.out_channels`` wide: the directions the members agree on add up, seed
+            noise averages out, and a bare linear probe has a third of the columns to fit;
+            ``"concat"``: the members side by side (``ensemble * expert.out_channels`` wide).
+            Training is the same either way. Chosen on the development cities
+            (``experiments/DESIGN_SELECTION.md``, round 2026-12-06b): strict R² 0.449 against
+            0.458 for the concatenation (a tie under the declared 0.01 margin), paper-protocol
+            R² 0.224 against 0.003.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -143,10 +187,14 @@ class ModelConfig:
     projection_channels: int = 64
     checkpoint_experts: bool = False
     ensemble: int = 3
+    ensemble_output: str = "aligned"
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
             raise ConfigError(f"ModelConfig.ensemble must be >= 1, got {self.ensemble}")
+        if self.ensemble_output not in ENSEMBLE_OUTPUTS:
+            raise ConfigError(f"ModelConfig.ensemble_output must be one of {ENSEMBLE_OUTPUTS}, "
+                              f"got {self.ensemble_output!r}")
         if self.modalities is not None:
             bad = [m for m in self.modalities if m not in ALL_MODALITIES]
             if bad:
@@ -271,12 +319,16 @@ class RegionModel(nn.Module):
             if w > 0 and m in self.modalities
         })
         self._warned_names: set[str] = set()
+        #: Flow-profile components in mobility's input retention (``LossConfig.flow_components``,
+        #: or ``solo_flow_components`` when mobility is the model's only modality).
+        self.flow_components = lc.solo_flow_components if self.modalities == ("mobility",) else lc.flow_components
         width = 2 if lc.feature_target == "both" else 1
         self.feature_heads = nn.ModuleDict({
-            m: nn.Linear(c, width * metadata.channels(m) + (lc.flow_components if m == "mobility" else 0))
+            m: nn.Linear(c, width * metadata.channels(m) + (self.flow_components if m == "mobility" else 0))
             for m in self.modalities if m != "street_view" and lc.feature_weight > 0
         })
         self._flow_cache: tuple[Tensor, Tensor] | None = None
+        self._structure_flow_cache: tuple[Tensor, Tensor] | None = None
 
     def step_members(self) -> list[RegionModel]:
         """The models a training step may run forward, loss and backward for one after the other.
@@ -304,8 +356,31 @@ class RegionModel(nn.Module):
 
     @property
     def out_channels(self) -> int:
-        """Embedding width (``ensemble * expert.out_channels``)."""
+        """Width of :meth:`forward`'s embedding (``ensemble * expert.out_channels``)."""
         return self.config.ensemble * self.config.expert.out_channels
+
+    @property
+    def embedding_channels(self) -> int:
+        """Width of the embedding a run writes (after :meth:`final_embedding`)."""
+        aligned = self.config.ensemble_output == "aligned"
+        return self.config.expert.out_channels if aligned else self.out_channels
+
+    def final_embedding(self, emb: np.ndarray) -> np.ndarray:
+        """The embedding a run writes from :meth:`forward`'s, for every region of the graph.
+
+        Concatenated members (``ensemble_output="concat"``, or one member) pass through; with
+        ``"aligned"`` the members are rotated onto their consensus and averaged
+        (:func:`align_members`). Apply it to the whole graph's embedding at once, never per batch.
+
+        Args:
+            emb: ``[N, out_channels]`` embedding of every region.
+
+        Returns:
+            ``[N, embedding_channels]`` float32.
+        """
+        if self.config.ensemble > 1 and self.config.ensemble_output == "aligned":
+            return align_members(emb, self.config.ensemble)
+        return emb
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""
@@ -439,6 +514,8 @@ class RegionModel(nn.Module):
                 parts["features"] = (lc.feature_weight, (stacked * fw).sum() / fw.sum())
             else:
                 parts["features"] = (lc.feature_weight, stacked.mean())
+        if lc.structure_weight > 0:
+            parts["structure"] = (lc.structure_weight, self._structure_loss(data, out, sel))
         if lc.balance_weight > 0 and self.config.moe.routing == "topk" and self.config.moe.num_shared > 0:
             parts["balance"] = (lc.balance_weight, out.aux_loss)
         if not parts:
@@ -487,7 +564,7 @@ class RegionModel(nn.Module):
             counts = torch.tensor([n.startswith("log1p:") for n in names], dtype=torch.bool, device=x.device)
             linear = torch.where(counts, torch.expm1(x.clamp_min(0)), x)
             parts.append(masked_standardize(linear, mask))
-        if modality == "mobility" and self.config.loss.flow_components > 0:
+        if modality == "mobility" and self.flow_components > 0:
             parts.append(self.flow_target(data) * mask.unsqueeze(-1).to(x.dtype))
         return torch.cat(parts, 1)
 
@@ -497,7 +574,7 @@ class RegionModel(nn.Module):
         A graph constant: computed once per mobility edge tensor and kept while that tensor is
         the one trained on (see :func:`~urbanrep.fusion.losses.flow_profile_components`).
         """
-        k, n = self.config.loss.flow_components, num_regions(data)
+        k, n = self.flow_components, num_regions(data)
         et = MODALITY_EDGE["mobility"]
         if et not in data.edge_types:
             return data[REGION].pos.new_zeros(n, k)
@@ -507,6 +584,34 @@ class RegionModel(nn.Module):
             w = torch.ones(ei.size(1), device=ei.device) if w is None else w
             self._flow_cache = (ei, flow_profile_components(ei, w, n, k))
         return self._flow_cache[1]
+
+    def _structure_loss(self, data: HeteroData, out: ModelOutput, sel: Any) -> Tensor:
+        """Input-structure retention (``LossConfig.structure_weight``, :func:`structure_loss`)."""
+        views = []
+        for i, m in enumerate(self.modalities):
+            if m == "street_view":
+                continue
+            mk = out.masks[m]
+            w = out.prior[i] if out.prior is not None else out.embedding.new_ones(())
+            x = data[REGION][feature_key(m)].float()
+            rows = masked_standardize(signed_log1p(x) if self.config.expert.log_inputs else x, mk)
+            views.append((sel(rows), sel(mk), w))
+            if m == "mobility":
+                views.append((sel(self.structure_flow_target(data)), sel(mk), w))
+        return structure_loss(sel(out.embedding), views)
+
+    def structure_flow_target(self, data: HeteroData) -> Tensor:
+        """``[N, K]`` flow-profile components the structure term compares (a cached graph constant)."""
+        k, n = self.config.loss.flow_structure_components, num_regions(data)
+        et = MODALITY_EDGE["mobility"]
+        if et not in data.edge_types:
+            return data[REGION].pos.new_zeros(n, k)
+        ei = data[et].edge_index
+        if self._structure_flow_cache is None or self._structure_flow_cache[0] is not ei:
+            w = getattr(data[et], "edge_weight", None)
+            w = torch.ones(ei.size(1), device=ei.device) if w is None else w
+            self._structure_flow_cache = (ei, flow_profile_components(ei, w, n, k))
+        return self._structure_flow_cache[1]
 
     def _fusion_loss(self, data: HeteroData, out: ModelOutput, generator: torch.Generator | None,
                      sel: Any) -> Tensor:

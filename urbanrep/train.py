@@ -233,10 +233,11 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         # Models saved before an option existed were trained without it (its off value here).
         expert=ExpertConfig(**d["expert"]), moe=MoEConfig(**d["moe"]),
         fusion=FusionConfig(**{"prior": "none", **d["fusion"]}),
-        loss=LossConfig(**{"feature_target": "log", "flow_components": 0, **d["loss"]}),
+        loss=LossConfig(**{"feature_target": "log", "flow_components": 0, "solo_flow_components": 0, **d["loss"]}),
         uniform_experts=d["uniform_experts"],
         modalities=tuple(mods) if mods is not None else None, projection_channels=d["projection_channels"],
         checkpoint_experts=bool(d.get("checkpoint_experts", False)), ensemble=int(d.get("ensemble", 1)),
+        ensemble_output=str(d.get("ensemble_output", "concat")),
     )
 
 
@@ -756,7 +757,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
     model.eval()
     with torch.no_grad(), _amp_context(device, tc.amp):
         out = model(data)
-    emb = out.embedding.float().cpu().numpy().astype(np.float32)
+    emb = model.final_embedding(out.embedding.float().cpu().numpy().astype(np.float32))
     weights = out.fusion_weights.float().cpu().numpy().astype(np.float32)
     result = TrainResult(model=model, embeddings=emb, fusion_weights=weights, modalities=model.modalities,
                          region_ids=list(data.region_ids), history=history, epochs_run=last,

@@ -68,7 +68,25 @@ class LossConfig:
             of its outflow and its incoming trips as shares of its inflow, ``2N`` columns;
             :func:`flow_profile_components`). The OD structure lives in the graph's edges, not
             in the mobility feature columns (flow totals), so without this term the embedding
-            keeps the volumes but may lose where the trips go. 0 switches it off.
+            keeps the volumes but may lose where the trips go. 0 switches it off. Applies when
+            the model has other modalities beside mobility; on the development city with
+            mobility, POI and land use (Chicago-77) 8 and 32 components cost strict R², so the
+            default is 0.
+        solo_flow_components: The same, for a model whose only modality is mobility: there the
+            OD structure is most of what the embedding can carry. On Chicago-77's mobility
+            alone (development city, 3 seeds) 16 components raised the strict R² from 0.293 to
+            0.426 and the agreement of the embedding's KMeans clusters with the raw flow rows'
+            from 0.56 to 0.67 (32: 0.395, 64: 0.402); default 16. 0 switches it off.
+        structure_weight: Input-structure retention: MSE between the cosine similarities of
+            the (centred) fused embeddings of two regions and the similarity of their inputs
+            (:func:`structure_loss`): the mean, over the modalities both regions hold, of the
+            cosine similarity of their standardised input rows, and for mobility also of their
+            flow profiles (where trips go and come from, ``flow_structure_components``
+            components). The embedding itself, not a head, must keep who resembles whom, so
+            distance-based tools (KMeans, nearest neighbours) find the structure the inputs
+            have. 0 switches it off.
+        flow_structure_components: Width of the flow-profile summary the structure term
+            compares (leading principal components of the ``2N``-wide profiles).
         balance_weight: Load-balancing loss of sparse (top-k) MoE routing.
         feature_drop: Probability of masking a feature column in an augmented view.
         edge_drop: Probability of dropping an edge in an augmented view.
@@ -87,6 +105,9 @@ class LossConfig:
     feature_weight: float = 5.0
     feature_target: str = "both"
     flow_components: int = 0
+    solo_flow_components: int = 16
+    structure_weight: float = 0.0
+    flow_structure_components: int = 32
     balance_weight: float = 0.01
     feature_drop: float = 0.2
     edge_drop: float = 0.2
@@ -96,7 +117,8 @@ class LossConfig:
         if self.temperature <= 0:
             raise ConfigError(f"LossConfig.temperature must be > 0, got {self.temperature}")
         for name in ("aggregated_weight", "point_weight", "fusion_weight", "mobility_weight",
-                     "poi_similarity_weight", "landuse_similarity_weight", "feature_weight", "balance_weight"):
+                     "poi_similarity_weight", "landuse_similarity_weight", "feature_weight", "balance_weight",
+                     "structure_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}")
         if self.feature_target not in FEATURE_TARGETS:
@@ -108,9 +130,11 @@ class LossConfig:
         for name in ("feature_drop", "edge_drop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"LossConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.flow_components < 0:
-            raise ConfigError(f"LossConfig.flow_components must be >= 0 (0 switches it off), "
-                              f"got {self.flow_components}")
+        for name in ("flow_components", "solo_flow_components"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"LossConfig.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}")
+        if self.flow_structure_components < 1:
+            raise ConfigError(f"LossConfig.flow_structure_components must be >= 1, got {self.flow_structure_components}")
         if self.max_nodes < 2:
             raise ConfigError(f"LossConfig.max_nodes must be >= 2, got {self.max_nodes}")
 
@@ -287,6 +311,39 @@ def similarity_reconstruction_loss(emb: Tensor, x: Tensor, mask: Tensor) -> Tens
     xe = F.normalize(x[mask].float(), dim=-1)
     ze = F.normalize(emb[mask].float(), dim=-1)
     return F.mse_loss(ze @ ze.t(), xe @ xe.t())
+
+
+def structure_loss(emb: Tensor, views: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """MSE between the embedding's cosine similarities and the inputs' (input-structure retention).
+
+    The target similarity of regions ``i`` and ``j`` is the weighted mean, over the views both
+    hold, of the cosine similarity of their rows in that view; pairs sharing no view are left out.
+
+    Args:
+        emb: ``[K, D]`` embeddings (centred over the ``K`` rows here, so that similarity is
+            relative to the city's average region).
+        views: ``(rows [K, F_v], mask [K] bool, weight [])`` per input view; ``rows`` are the
+            view's (standardised) features, ``weight`` its share of the target (e.g. the noise
+            prior of its modality).
+
+    Returns:
+        Scalar loss (0 when no pair of regions shares a view).
+    """
+    z = F.normalize(emb.float() - emb.float().mean(0, keepdim=True), dim=-1)
+    sim = z @ z.t()
+    num = sim.new_zeros(sim.shape)
+    den = sim.new_zeros(sim.shape)
+    for rows, mask, weight in views:
+        m = mask.to(sim.dtype)
+        pair = m.unsqueeze(1) * m.unsqueeze(0) * weight.to(sim.dtype)
+        x = F.normalize(rows.float(), dim=-1)
+        num = num + pair * (x @ x.t())
+        den = den + pair
+    keep = den > 0
+    if not bool(keep.any()):
+        return emb.sum() * 0.0
+    target = num[keep] / den[keep]
+    return F.mse_loss(sim[keep], target)
 
 
 def feature_reconstruction_loss(pred: Tensor, x: Tensor, mask: Tensor) -> Tensor:
