@@ -19,11 +19,13 @@ independent members) unless ``--set model.ensemble=1`` (one member) or other ``-
   ``--modalities`` changes the set (e.g. add ``road street_view``).
 
 Memory: ``rss graph`` is the resident set with Python, PyTorch and the graph loaded and nothing
-trained; ``peak rss`` the process' maximum resident set (``ru_maxrss``) after training and the
-final embedding pass; ``KiB/region`` is ``(peak - rss graph) / regions``, the training's own
-memory per region. ``cpu s`` is the process' CPU seconds per epoch (user + system, median like
-``epoch s``), less sensitive than wall time to other processes on shared cores; ``sys %`` the
-share of the training's CPU time spent in the kernel (page faults of freshly mapped memory; see
+trained; ``peak rss`` the largest resident set from then on, through training and the final
+embedding pass (the kernel's ``VmHWM``, restarted after the graph is built, since building a
+large random graph can peak higher than training; ``ru_maxrss`` where that is not possible);
+``KiB/region`` is ``(peak - rss graph) / regions``, the training's own memory per region.
+``cpu s`` is the process' CPU seconds per epoch (user + system, median like ``epoch s``), less
+sensitive than wall time to other processes on shared cores; ``sys %`` the share of the
+training's CPU time spent in the kernel (page faults of freshly mapped memory; see
 ``urbanrep/allocator.py``); the 1-minute load average at the start of each size is printed
 beside it.
 
@@ -41,6 +43,7 @@ busy cores they can be 10x worse than with ``--threads 1``. Run with ``OMP_NUM_T
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -60,6 +63,28 @@ NYC_MODALITIES = ("poi", "mobility", "landuse", "remote_sensing")
 def _rss_mb() -> float:
     """Peak RSS of this process so far, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS count (``VmHWM``) at the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hwm_mb() -> float | None:
+    """Peak RSS since the last :func:`_reset_peak_rss` (``VmHWM``), MiB; None where unknown."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
 
 
 def _current_rss_mb() -> float:
@@ -128,7 +153,10 @@ def run_one(num_regions: int, epochs: int, threads: int, modalities: tuple[str, 
     data, source = load_graph(num_regions, modalities, seed)
     graph_s = time.perf_counter() - t0
     edges = {et[1]: int(data[et].edge_index.size(1)) for et in data.edge_types}
+    gc.collect()
     rss_graph = _current_rss_mb()
+    build_peak = _rss_mb()  # building a large random graph can peak above training
+    reset = _reset_peak_rss()
     forced = [f"train.mode={mode}", f"train.epochs={epochs}", "train.device=cpu", "train.log_every=1",
               f"train.seed={seed}", f"train.num_threads={threads}"]
     rc = load_run_config(None, [*overrides, *forced])
@@ -147,7 +175,8 @@ def run_one(num_regions: int, epochs: int, threads: int, modalities: tuple[str, 
     per_epoch = [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False)]
     cpu_epoch = [b[1] - a[1] for a, b in zip(stamps, stamps[1:], strict=False)]
     steady, steady_cpu = per_epoch[1:] or per_epoch, cpu_epoch[1:] or cpu_epoch
-    peak = _rss_mb()
+    hwm = _hwm_mb() if reset else None
+    peak = hwm if hwm is not None else _rss_mb()
     return {
         "regions": num_regions, "mode": mode, "source": source, "modalities": list(modalities), "edges": edges,
         "ensemble": rc.model.ensemble, "overrides": list(overrides),
@@ -160,7 +189,8 @@ def run_one(num_regions: int, epochs: int, threads: int, modalities: tuple[str, 
         "train_wall_s": round(wall, 3), "train_cpu_s": round(time.process_time() - c1, 3),
         "train_sys_s": round(ru2.ru_stime - ru1.ru_stime, 3), "train_minor_faults": ru2.ru_minflt - ru1.ru_minflt, "loss_first": res.history[0]["total"], "loss_last": res.history[-1]["total"],
         "finite": bool(torch.isfinite(torch.as_tensor(res.embeddings)).all()),
-        "rss_graph_mib": round(rss_graph, 1), "peak_rss_mib": round(peak, 1),
+        "rss_graph_mib": round(rss_graph, 1), "peak_rss_mib": round(peak, 1), "graph_build_peak_mib": round(build_peak, 1),
+        "peak_is_training_only": hwm is not None,
         "kib_per_region": round((peak - rss_graph) * 1024 / num_regions, 1),
     }
 

@@ -229,6 +229,12 @@ def sage_mean_conv(conv: SAGEConv, x: Tensor, edge_index: Tensor) -> Tensor:
     return out + conv.lin_r(x) if conv.root_weight else out
 
 
+#: Below this many edges :func:`gatv2_conv` runs the PyG layer itself: its per-edge tensors are a
+#: few MB at most there, and its fewer operations are faster (NYC-180, 2,552 POI edges: 6.7 ms
+#: against 9.3 ms per member step).
+GAT_SPARSE_MIN_EDGES = 16_384
+
+
 def _gat_loops(edge_index: Tensor, weight: Tensor, num_nodes: int, fill_value: float) -> tuple[Tensor, Tensor]:
     """Cached ``(edge_index [2, E'], edge_attr [E', 1])`` with self loops replaced as GATv2Conv does,
     the weights clamped at 0."""
@@ -249,7 +255,8 @@ def _gatv2_scores(x_l: Tensor, x_r: Tensor, attr: Tensor, lin_edge_weight: Tenso
 
 def gatv2_conv(conv: GATv2Conv, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
     """``conv(x, edge_index, edge_weight.clamp_min(0)[:, None])`` of a :class:`~torch_geometric.nn.GATv2Conv`
-    with ``edge_dim=1`` and self loops, without keeping per-edge ``[E, heads, C]`` tensors.
+    with ``edge_dim=1`` and self loops, without keeping per-edge ``[E, heads, C]`` tensors (graphs
+    of at least :data:`GAT_SPARSE_MIN_EDGES` edges; smaller ones run the PyG layer).
 
     The attention scores are recomputed in the backward pass (activation checkpointing of the
     score function) and the attention-weighted sum is one sparse product per head
@@ -265,7 +272,8 @@ def gatv2_conv(conv: GATv2Conv, x: Tensor, edge_index: Tensor, edge_weight: Tens
     Returns:
         ``[N, heads * C]`` (``concat``) or ``[N, C]``.
     """
-    if not (conv.add_self_loops and conv.edge_dim == 1 and conv.lin_edge is not None) or conv.share_weights:
+    if (not (conv.add_self_loops and conv.edge_dim == 1 and conv.lin_edge is not None) or conv.share_weights
+            or edge_index.size(1) < GAT_SPARSE_MIN_EDGES):
         return conv(x, edge_index, edge_weight.clamp_min(0.0).unsqueeze(-1).to(x.dtype))
     n, heads, c = x.size(0), conv.heads, conv.out_channels
     ei, attr = _gat_loops(edge_index, edge_weight, n, float(conv.fill_value))  # type: ignore[arg-type]
