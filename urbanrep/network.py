@@ -546,7 +546,7 @@ class RegionModel(nn.Module):
         lc = self.config.loss
         return graph_constant("retention_target", (x, mask, *flows),
                               lambda: self._retention_target(data, modality, mask),
-                              extra=(modality, self.config.expert.log_inputs, lc.feature_target, lc.flow_components,
+                              extra=(modality, self.config.expert.log_inputs, lc.feature_target, self.flow_components,
                                      tuple(names) if names is not None else None))
 
     def _retention_target(self, data: HeteroData, modality: str, mask: Tensor) -> Tensor:
