@@ -327,8 +327,7 @@ class RegionModel(nn.Module):
             m: nn.Linear(c, width * metadata.channels(m) + (self.flow_components if m == "mobility" else 0))
             for m in self.modalities if m != "street_view" and lc.feature_weight > 0
         })
-        self._flow_cache: tuple[Tensor, Tensor] | None = None
-        self._structure_flow_cache: tuple[Tensor, Tensor] | None = None
+        self._flow_cache: dict[int, tuple[Tensor, Tensor]] = {}  # components -> (edge_index, scores)
 
     def step_members(self) -> list[RegionModel]:
         """The models a training step may run forward, loss and backward for one after the other.
@@ -574,16 +573,21 @@ class RegionModel(nn.Module):
         A graph constant: computed once per mobility edge tensor and kept while that tensor is
         the one trained on (see :func:`~urbanrep.fusion.losses.flow_profile_components`).
         """
-        k, n = self.flow_components, num_regions(data)
+        return self._flow_profile_scores(data, self.flow_components)
+
+    def _flow_profile_scores(self, data: HeteroData, k: int) -> Tensor:
+        """``[N, k]`` flow-profile components, cached per ``k`` while the mobility edge tensor is the same."""
+        n = num_regions(data)
         et = MODALITY_EDGE["mobility"]
         if et not in data.edge_types:
             return data[REGION].pos.new_zeros(n, k)
         ei = data[et].edge_index
-        if self._flow_cache is None or self._flow_cache[0] is not ei:
+        hit = self._flow_cache.get(k)
+        if hit is None or hit[0] is not ei:
             w = getattr(data[et], "edge_weight", None)
             w = torch.ones(ei.size(1), device=ei.device) if w is None else w
-            self._flow_cache = (ei, flow_profile_components(ei, w, n, k))
-        return self._flow_cache[1]
+            hit = self._flow_cache[k] = (ei, flow_profile_components(ei, w, n, k))
+        return hit[1]
 
     def _structure_loss(self, data: HeteroData, out: ModelOutput, sel: Any) -> Tensor:
         """Input-structure retention (``LossConfig.structure_weight``, :func:`structure_loss`)."""
@@ -602,16 +606,7 @@ class RegionModel(nn.Module):
 
     def structure_flow_target(self, data: HeteroData) -> Tensor:
         """``[N, K]`` flow-profile components the structure term compares (a cached graph constant)."""
-        k, n = self.config.loss.flow_structure_components, num_regions(data)
-        et = MODALITY_EDGE["mobility"]
-        if et not in data.edge_types:
-            return data[REGION].pos.new_zeros(n, k)
-        ei = data[et].edge_index
-        if self._structure_flow_cache is None or self._structure_flow_cache[0] is not ei:
-            w = getattr(data[et], "edge_weight", None)
-            w = torch.ones(ei.size(1), device=ei.device) if w is None else w
-            self._structure_flow_cache = (ei, flow_profile_components(ei, w, n, k))
-        return self._structure_flow_cache[1]
+        return self._flow_profile_scores(data, self.config.loss.flow_structure_components)
 
     def _fusion_loss(self, data: HeteroData, out: ModelOutput, generator: torch.Generator | None,
                      sel: Any) -> Tensor:
