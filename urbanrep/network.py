@@ -252,6 +252,25 @@ def combine_member_losses(results: list[tuple[Tensor, dict[str, Tensor]]]) -> tu
                                        for key in results[0][1]}
 
 
+def graph_flow_components(data: HeteroData, k: int) -> Tensor:
+    """``[N, k]`` leading components of the regions' flow profiles (zeros without OD edges).
+
+    A graph constant (:func:`~urbanrep.fusion.losses.flow_profile_components` of the mobility
+    edges), computed once per graph and shared by every member and loss term that asks for it.
+    """
+    n = num_regions(data)
+    et = MODALITY_EDGE["mobility"]
+    if et not in data.edge_types:
+        return data[REGION].pos.new_zeros(n, k)
+    ei, w = data[et].edge_index, getattr(data[et], "edge_weight", None)
+
+    def build() -> Tensor:
+        weight = torch.ones(ei.size(1), device=ei.device) if w is None else w
+        return flow_profile_components(ei, weight, n, k)
+
+    return graph_constant("flow_components", (ei, w), build, extra=(n, k))
+
+
 def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_channels, out_channels), nn.ELU(), nn.Linear(out_channels, out_channels))
 
@@ -327,7 +346,6 @@ class RegionModel(nn.Module):
             m: nn.Linear(c, width * metadata.channels(m) + (self.flow_components if m == "mobility" else 0))
             for m in self.modalities if m != "street_view" and lc.feature_weight > 0
         })
-        self._flow_cache: dict[int, tuple[Tensor, Tensor]] = {}  # components -> (edge_index, scores)
 
     def step_members(self) -> list[RegionModel]:
         """The models a training step may run forward, loss and backward for one after the other.
@@ -573,21 +591,7 @@ class RegionModel(nn.Module):
         A graph constant: computed once per mobility edge tensor and kept while that tensor is
         the one trained on (see :func:`~urbanrep.fusion.losses.flow_profile_components`).
         """
-        return self._flow_profile_scores(data, self.flow_components)
-
-    def _flow_profile_scores(self, data: HeteroData, k: int) -> Tensor:
-        """``[N, k]`` flow-profile components, cached per ``k`` while the mobility edge tensor is the same."""
-        n = num_regions(data)
-        et = MODALITY_EDGE["mobility"]
-        if et not in data.edge_types:
-            return data[REGION].pos.new_zeros(n, k)
-        ei = data[et].edge_index
-        hit = self._flow_cache.get(k)
-        if hit is None or hit[0] is not ei:
-            w = getattr(data[et], "edge_weight", None)
-            w = torch.ones(ei.size(1), device=ei.device) if w is None else w
-            hit = self._flow_cache[k] = (ei, flow_profile_components(ei, w, n, k))
-        return hit[1]
+        return graph_flow_components(data, self.flow_components)
 
     def _structure_loss(self, data: HeteroData, out: ModelOutput, sel: Any) -> Tensor:
         """Input-structure retention (``LossConfig.structure_weight``, :func:`structure_loss`)."""
@@ -606,7 +610,7 @@ class RegionModel(nn.Module):
 
     def structure_flow_target(self, data: HeteroData) -> Tensor:
         """``[N, K]`` flow-profile components the structure term compares (a cached graph constant)."""
-        return self._flow_profile_scores(data, self.config.loss.flow_structure_components)
+        return graph_flow_components(data, self.config.loss.flow_structure_components)
 
     def _fusion_loss(self, data: HeteroData, out: ModelOutput, generator: torch.Generator | None,
                      sel: Any) -> Tensor:
