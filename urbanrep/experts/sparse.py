@@ -105,8 +105,7 @@ class SparseOperator:
     def __init__(self, pattern: SparsePattern, values: Tensor) -> None:
         self.pattern = pattern
         self.a = _csr(pattern.crow, pattern.col, values, pattern.shape)
-        self.a_t = _csr(pattern.crow_t, pattern.col_t, values[pattern.to_t],
-                                           (pattern.shape[1], pattern.shape[0]))
+        self.a_t = _csr(pattern.crow_t, pattern.col_t, values[pattern.to_t], (pattern.shape[1], pattern.shape[0]))
 
     @classmethod
     def from_edges(cls, src: Tensor, dst: Tensor, weight: Tensor, num_dst: int, num_src: int) -> SparseOperator:
@@ -144,7 +143,7 @@ class _WeightedSpMM(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, pattern: SparsePattern) -> Tensor:
         x = x.contiguous()
         values = pattern.values(weight.detach().to(torch.float32 if weight.dtype != torch.float64 else weight.dtype))
-        ctx.pattern = pattern
+        ctx.pattern, ctx.weight_dtype = pattern, weight.dtype
         ctx.save_for_backward(x, values)
         return _csr_mm(_csr(pattern.crow, pattern.col, values, pattern.shape), x)
 
@@ -160,7 +159,7 @@ class _WeightedSpMM(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             pattern = _csr(p.crow, p.col, values.new_zeros(p.nnz), p.shape)
             sampled = torch.sparse.sampled_addmm(pattern, grad.to(values.dtype), x.to(values.dtype).t(), beta=0.0)
-            grad_w = sampled.values()[p.position]
+            grad_w = sampled.values()[p.position].to(ctx.weight_dtype)
         return grad_x, grad_w, None
 
 
