@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from urbanrep.allocator import ENV_VAR, allocator_blocker, resolve_policy
+from urbanrep.allocator import ENV_VAR, allocator_blocker, choose_policy, resolve_policy
 from urbanrep.errors import ConfigError
 from urbanrep.train import TrainConfig
 
@@ -42,6 +42,17 @@ def test_policy_names_and_the_environment_override() -> None:
         resolve_policy("keep", {ENV_VAR: "fast"})
     with pytest.raises(ConfigError, match="TrainConfig.malloc"):
         TrainConfig(malloc="fast")
+
+
+def test_auto_keeps_memory_unless_the_graph_would_not_fit() -> None:
+    gib = 2**30
+    assert choose_policy("auto", 10_000, 16 * gib)[0] == "keep"  # 10k: about 1.5 GB
+    policy, why = choose_policy("auto", 100_000, 16 * gib)  # 100k: about 15 GB with keep
+    assert policy == "release" and "100,000 regions" in why
+    assert choose_policy("auto", 100_000, 64 * gib)[0] == "keep"
+    assert choose_policy("auto", None, 16 * gib)[0] == "keep"  # mini-batch
+    assert choose_policy("auto", 100_000, None)[0] == "keep"  # availability unknown
+    assert choose_policy("system", 100_000, 1)[0] == "system"
 
 
 _SCRIPT = textwrap.dedent("""
@@ -92,7 +103,7 @@ def test_the_configured_policy_reaches_the_allocator(monkeypatch: pytest.MonkeyP
     from urbanrep.train import train
 
     calls: list[str] = []
-    monkeypatch.setattr(train_module, "tune_allocator", lambda policy: calls.append(policy) or True)
+    monkeypatch.setattr(train_module, "tune_allocator", lambda policy, regions: calls.append((policy, regions)) or True)
     data = random_region_graph(30, ("poi", "landuse"), seed=1)
     train(data, ModelConfig(ensemble=1), TrainConfig(epochs=1, device="cpu", checkpoint_every=0, malloc="system"))
-    assert calls == ["system"]
+    assert calls == [("system", 30)]

@@ -8,7 +8,10 @@ was the kernel); blocks below it come from the heap, which fragments. Three poli
 (:data:`POLICIES`), chosen with ``TrainConfig.malloc`` (``--set train.malloc=...``) or the
 environment variable ``URBANREP_MALLOC`` (which wins):
 
-* ``"keep"`` (default): ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, -1)``: every
+* ``"auto"`` (default): ``"keep"``, unless a full-graph training of that many regions would
+  need more than half of the memory the system has available (:func:`choose_policy`, about
+  :data:`KEEP_BYTES_PER_REGION` per region under ``"keep"``), then ``"release"``.
+* ``"keep"``: ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, -1)``: every
   block comes from the heap and freed memory stays in the process for the next step, like a
   caching allocator with page release off. Least CPU (30k regions, 3 members: kernel share of
   the CPU time 27 % -> 8 %, CPU per epoch -11 to -18 %); the peak resident set is kept until
@@ -36,7 +39,12 @@ import platform
 log = logging.getLogger(__name__)
 
 #: Allocator policies (see the module docstring).
-POLICIES = ("keep", "release", "system")
+POLICIES = ("auto", "keep", "release", "system")
+#: Training memory per region under ``"keep"`` (measured: 145 KiB at 10k, 126 KiB at 30k regions,
+#: NYC-180's modalities, default model), rounded up; ``"release"`` needs about 40 KiB.
+KEEP_BYTES_PER_REGION = 160 * 1024
+#: ``"auto"`` picks ``"release"`` when ``"keep"`` would need more than this share of ``MemAvailable``.
+AUTO_MEMORY_SHARE = 0.5
 #: ``mallopt`` parameters (glibc ``malloc.h``).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -87,17 +95,49 @@ def allocator_blocker(environ: dict[str, str] | None = None) -> str | None:
     return None
 
 
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (None where unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def choose_policy(policy: str, num_regions: int | None, available: int | None) -> tuple[str, str]:
+    """Resolve ``"auto"``: ``("keep" | "release", why)``; other policies are returned as they are.
+
+    Args:
+        policy: A name from :data:`POLICIES`.
+        num_regions: Regions of a full-graph training (None: mini-batch or unknown: ``"keep"``).
+        available: Bytes of memory available (None: unknown: ``"keep"``).
+    """
+    if policy != "auto":
+        return policy, f"malloc={policy}"
+    if num_regions is None or available is None:
+        return "keep", "auto: keep (memory need or availability unknown)"
+    need = num_regions * KEEP_BYTES_PER_REGION
+    if need > AUTO_MEMORY_SHARE * available:
+        return "release", (f"auto: release ({num_regions:,} regions need about {need / 2**30:.1f} GB with keep, "
+                           f"{available / 2**30:.1f} GB available)")
+    return "keep", f"auto: keep ({num_regions:,} regions need about {need / 2**30:.1f} GB)"
+
+
 def applied_policy() -> str | None:
     """The policy :func:`tune_allocator` last applied in this process (None: none yet)."""
     return _applied
 
 
-def tune_allocator(policy: str = "keep") -> bool:
+def tune_allocator(policy: str = "auto", num_regions: int | None = None) -> bool:
     """Apply an allocator policy to this process (see the module docstring).
 
     Args:
-        policy: ``"keep"``, ``"release"`` or ``"system"`` (nothing is changed);
+        policy: ``"auto"``, ``"keep"``, ``"release"`` or ``"system"`` (nothing is changed);
             ``URBANREP_MALLOC`` overrides it.
+        num_regions: Regions of the full-graph training about to run (for ``"auto"``).
 
     Returns:
         Whether ``mallopt`` settings of the policy are in effect.
@@ -106,7 +146,9 @@ def tune_allocator(policy: str = "keep") -> bool:
         ValueError: unknown policy name.
     """
     global _applied
-    policy = resolve_policy(policy)
+    asked = resolve_policy(policy)
+    policy, why_policy = choose_policy(asked, num_regions, available_memory_bytes())
+    log.log(logging.INFO if asked == "auto" and policy == "release" else logging.DEBUG, "malloc policy: %s", why_policy)
     if policy == "system":
         log.debug("malloc left as it is: policy 'system'")
         return False

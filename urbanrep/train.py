@@ -116,12 +116,12 @@ class TrainConfig:
             other busy processes two OpenMP threads spin-waiting for each other made training
             10-35x slower), else up to the cores the load average leaves free.
         malloc: What the C allocator does with memory training frees (glibc only,
-            :mod:`urbanrep.allocator`; results never change): ``"keep"`` (default) keeps it in
-            the process for the next step (least CPU: no page re-faulting; peak memory is kept
-            and about 14 % higher on large graphs); ``"release"`` maps every block of 1 MiB or
-            more on its own and hands it back when freed (least memory, about 40 % more CPU at
-            30k regions: for graphs that do not fit otherwise); ``"system"`` leaves glibc as it
-            is. The environment variable ``URBANREP_MALLOC`` overrides it; a preloaded jemalloc,
+            :mod:`urbanrep.allocator`; results never change): ``"keep"`` keeps it in the process
+            for the next step (least CPU: no page re-faulting; about 130 KiB per region);
+            ``"release"`` maps every block of 1 MiB or more on its own and hands it back when
+            freed (about 40 KiB per region, about 40 % more CPU at 30k regions); ``"auto"``
+            (default): ``"keep"`` unless that would need more than half the available memory
+            (then ``"release"``; mini-batch: ``"keep"``); ``"system"`` leaves glibc as it is. The environment variable ``URBANREP_MALLOC`` overrides it; a preloaded jemalloc,
             tcmalloc or mimalloc is never touched.
     """
 
@@ -141,7 +141,7 @@ class TrainConfig:
     log_every: int = 50
     deterministic: bool = True
     num_threads: int = 0
-    malloc: str = "keep"
+    malloc: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -658,7 +658,8 @@ def train(data: HeteroData, model_config: ModelConfig | None = None, train_confi
     mc = model_config or ModelConfig()
     tc = train_config or TrainConfig()
     try:
-        tune_allocator(tc.malloc)
+        regions = data["region"].num_nodes if tc.mode == "full" and "region" in data.node_types else None
+        tune_allocator(tc.malloc, int(regions) if regions is not None else None)
     except ValueError as exc:  # a bad URBANREP_MALLOC
         raise ConfigError(str(exc)) from exc
     if tc.mode == "minibatch":
