@@ -43,6 +43,7 @@ busy cores they can be 10x worse than with ``--threads 1``. Run with ``OMP_NUM_T
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -180,8 +181,7 @@ def run_one(num_regions: int, epochs: int, threads: int, modalities: tuple[str, 
     return {
         "regions": num_regions, "mode": mode, "source": source, "modalities": list(modalities), "edges": edges,
         "ensemble": rc.model.ensemble, "overrides": list(overrides),
-        "minibatch": ({"batch_size": rc.minibatch.batch_size, "num_neighbors": list(rc.minibatch.num_neighbors),
-                       "inference": rc.minibatch.inference} if mode == "minibatch" else None),
+        "minibatch": dataclasses.asdict(rc.minibatch) if mode == "minibatch" else None,
         "epochs": epochs, "threads": threads, "load_average": round(load, 2), "graph_s": round(graph_s, 3),
         "first_epoch_s": round(per_epoch[0], 4), "epoch_s_median": round(statistics.median(steady), 4),
         "epoch_cpu_s_median": round(statistics.median(steady_cpu), 4),

@@ -13,6 +13,7 @@ Regions whose modality is masked (``mask_<m>`` False) never feed their zero rows
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -154,7 +155,7 @@ def get_edges(data: HeteroData, edge_type: EdgeType, fallback: EdgeType | None =
             ei = store.edge_index
             w = getattr(store, "edge_weight", None)
             if w is None:  # one tensor per graph, so operators built from it are cached (graphs/cache.py)
-                w = graph_constant("ones", (ei,), lambda e=ei: torch.ones(e.size(1), device=e.device))
+                w = graph_constant("ones", (ei,), functools.partial(torch.ones, ei.size(1), device=ei.device))
             return ei, w, getattr(store, "edge_attr", None)
     raise GraphError(f"region graph has no edge type {edge_type} (nor {fallback}); "
                      "rebuild it with urbanrep.graphs.build_graph")
