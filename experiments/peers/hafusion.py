@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -191,7 +191,7 @@ class IntraAFLBlock(nn.Module):
         return self.norm2(x + self.drop2(self.ff(x)))
 
 
-def _run_blocks(blocks: nn.Module, h: torch.Tensor, checkpoint: bool) -> torch.Tensor:
+def _run_blocks(blocks: nn.ModuleList | nn.Sequential, h: torch.Tensor, checkpoint: bool) -> torch.Tensor:
     """Apply ``blocks`` in turn; with ``checkpoint`` each block's activations are recomputed in backward.
 
     Checkpointing keeps one block's ``[heads, N, N]`` attention tensors in memory instead of all of them
@@ -275,7 +275,7 @@ class HAFusionNet(nn.Module):
             for v, n in in_dims.items()})
         self.intra = nn.ModuleDict({v: IntraAFL(width, cfg, heads) for v in self.views})
         for m in self.intra.values():
-            m.checkpoint = checkpoint
+            cast(IntraAFL, m).checkpoint = checkpoint
         multi = len(self.views) > 1
         self.inter = (nn.Sequential(*(InterAFLBlock(width, cfg.memory) for _ in range(cfg.inter_blocks)),
                                     DeepFC(width, width)) if multi else None)
@@ -285,7 +285,7 @@ class HAFusionNet(nn.Module):
             width, heads, cfg.feedforward, cfg.dropout, batch_first=True) for _ in range(cfg.region_blocks)))
         self.region_head = DeepFC(width, width)
         self.out = DeepFC(width, cfg.embedding_dim)
-        dec = [v for v in ("poi", "landuse") if v in self.views]
+        dec: list[str] = [v for v in ("poi", "landuse") if v in self.views]
         dec += ["source", "dest"] if "mobility" in self.views else []
         self.decoders = nn.ModuleDict({k: nn.Linear(cfg.embedding_dim, cfg.embedding_dim) for k in dec})
 
