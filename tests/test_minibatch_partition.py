@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from urbanrep.errors import ConfigError
 from urbanrep.experts.base import ExpertConfig
 from urbanrep.experts.testing import random_region_graph
 from urbanrep.fusion import FusionConfig, LossConfig
@@ -101,6 +102,25 @@ def test_halo_is_sampled_one_hop_context_marked_apart_from_the_seeds(graph) -> N
     full = BatchSampler(graph, MiniBatchConfig(batch_size=100, partition_size=50, num_neighbors=(-1,)))
     _, all_nodes = full.batch(graph, seeds, np.random.default_rng(0))
     assert set(all_nodes.tolist()) == set(seeds.tolist()) | set(from_seeds[1].tolist())  # -1: the whole 1-hop halo
+
+
+def test_losses_on_a_share_of_the_seeds(graph) -> None:
+    """``loss_nodes`` seeds of each batch carry the loss; by default sized to one full step's loss work."""
+    sampler = BatchSampler(graph, MiniBatchConfig(batch_size=100, partition_size=50))
+    seeds = sampler.epoch_batches(np.random.default_rng(0))[0]
+    sub, nodes = sampler.batch(graph, seeds, np.random.default_rng(3), loss_nodes=30)
+    mask = sub["region"].seed_mask.numpy()
+    assert mask.sum() == 30 and np.isin(nodes[mask], seeds).all()
+    again, _ = sampler.batch(graph, seeds, np.random.default_rng(3), loss_nodes=30)
+    assert torch.equal(again["region"].seed_mask, sub["region"].seed_mask)  # drawn with the sampler's stream
+    assert "seed_mask" not in sampler.batch(graph, seeds, np.random.default_rng(3), loss_nodes=100)[0]["region"]
+    assert sampler.loss_nodes(2048) == 916  # 5 batches per epoch: 2048 / sqrt(5)
+    many = BatchSampler(graph, MiniBatchConfig(batch_size=10, partition_size=5))
+    assert many.loss_nodes(2048) == 290 and many.loss_nodes(512) == 256  # 50 batches; at least 256
+    assert BatchSampler(graph, MiniBatchConfig(batch_size=10, loss_nodes=7)).loss_nodes(2048) == 7
+    assert BatchSampler(graph, MiniBatchConfig(sampler="neighbor")).loss_nodes(2048) is None
+    with pytest.raises(ConfigError, match="loss_nodes"):
+        MiniBatchConfig(loss_nodes=1)
 
 
 def test_loss_is_taken_on_the_seed_rows_only(graph) -> None:

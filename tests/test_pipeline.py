@@ -266,7 +266,7 @@ def test_minibatch_mode_from_the_command_line(nyc_run: Path, tmp_path: Path) -> 
     assert config["train"]["mode"] == "minibatch" and config["minibatch"]["batch_size"] == 64
     ckpt = torch.load(out / "checkpoints" / "epoch_000002.pt", weights_only=True)
     assert json.loads(ckpt["minibatch_config"]) == {"sampler": "partition", "batch_size": 64, "partition_size": 32,
-                                                    "num_neighbors": [5]}
+                                                    "num_neighbors": [5], "loss_nodes": None}
     assert main(["-q", "train", str(graph), "--out", str(out), "--resume", *TINY, *MINIBATCH]) == 0
     assert list(pd.read_csv(out / "loss.csv")["epoch"]) == [1, 2, 3]
     straight = tmp_path / "straight"

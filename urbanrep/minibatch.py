@@ -105,6 +105,12 @@ class MiniBatchConfig:
             receptive field, expert layers + 1 for the spatial fusion). ``"partition"``: the
             halo of context regions around a batch's seeds (default ``()``: none; with a halo
             the losses are taken on the seeds only).
+        loss_nodes: ``"partition"`` only: seed regions of a batch the losses are taken on (a
+            random subset, drawn per batch). ``None`` (default): ``max(256, ceil(max_nodes /
+            sqrt(B)))`` for ``B`` batches per epoch and the model's ``loss.max_nodes``, so that an
+            epoch's dense ``[R, R]`` loss work is about one full-graph step's (a full-graph step
+            takes its losses on ``max_nodes`` random regions); at 10k regions and the defaults,
+            648 of each batch's ~1024 seeds. Set it to ``batch_size`` for every seed.
         inference: ``"full"``: one exact full-graph forward pass without gradients;
             ``"sampled"``: batches of ``inference_batch_size`` seeds, each with its context
             (the sampler's hops or halo), seed rows kept.
@@ -115,6 +121,7 @@ class MiniBatchConfig:
     batch_size: int = 1024
     partition_size: int = 256
     num_neighbors: tuple[int, ...] | None = None
+    loss_nodes: int | None = None
     inference: Literal["full", "sampled"] = "full"
     inference_batch_size: int = 4096
 
@@ -137,6 +144,10 @@ class MiniBatchConfig:
         if any(k == 0 or k < -1 for k in self.num_neighbors):
             raise ConfigError(f"MiniBatchConfig.num_neighbors={self.num_neighbors}: give one entry per hop, "
                               "each >= 1 or -1 (all neighbours)")
+        if self.loss_nodes is not None and (isinstance(self.loss_nodes, bool) or not isinstance(self.loss_nodes, int)
+                                            or self.loss_nodes < 2):
+            raise ConfigError(f"MiniBatchConfig.loss_nodes={self.loss_nodes!r}: give an integer >= 2, or leave it "
+                              "unset (null) for the automatic share of each batch")
         if self.inference not in ("full", "sampled"):
             raise ConfigError(f"MiniBatchConfig.inference={self.inference!r}; use 'full' or 'sampled'")
 
@@ -146,14 +157,14 @@ class MiniBatchConfig:
 INFERENCE_SEED = 0
 
 #: MiniBatchConfig fields that shape the optimisation trajectory: a resumed run must keep them.
-MINIBATCH_TRAJECTORY_FIELDS = ("sampler", "batch_size", "partition_size", "num_neighbors")
+MINIBATCH_TRAJECTORY_FIELDS = ("sampler", "batch_size", "partition_size", "num_neighbors", "loss_nodes")
 
 
 def _minibatch_identity(bc: MiniBatchConfig) -> dict[str, Any]:
     ident = {k: list(v) if isinstance(v, tuple) else v for k, v in
              ((k, getattr(bc, k)) for k in MINIBATCH_TRAJECTORY_FIELDS)}
     if bc.sampler == "neighbor":  # as checkpoints written before the partition sampler record it
-        del ident["sampler"], ident["partition_size"]
+        del ident["sampler"], ident["partition_size"], ident["loss_nodes"]
     return ident
 
 
@@ -272,19 +283,34 @@ class BatchSampler:
             return self.partitions.inference_batches(size)
         return [np.arange(s, min(s + size, self.n)) for s in range(0, self.n, size)]
 
-    def batch(self, data: HeteroData, seeds: np.ndarray, rng: np.random.Generator) -> tuple[HeteroData, np.ndarray]:
+    def loss_nodes(self, max_nodes: int) -> int | None:
+        """Seeds per batch the losses are taken on (see ``MiniBatchConfig.loss_nodes``; None: all)."""
+        if self.partitions is None:
+            return None
+        if self.config.loss_nodes is not None:
+            return self.config.loss_nodes
+        batches = math.ceil(self.partitions.num_parts / self.partitions.parts_per_batch)
+        return max(256, math.ceil(max_nodes / math.sqrt(batches)))
+
+    def batch(self, data: HeteroData, seeds: np.ndarray, rng: np.random.Generator,
+              loss_nodes: int | None = None) -> tuple[HeteroData, np.ndarray]:
         """``(subgraph, nodes)``: the seeds with their context and the sorted region positions it holds.
 
-        The partition sampler marks the seeds in ``sub["region"].seed_mask`` ``[n]`` when it
-        adds a halo (the model's loss then uses the seed rows only); without a halo every node
-        of the batch is a seed and no mask is set.
+        The partition sampler marks the regions the losses are taken on in
+        ``sub["region"].seed_mask`` ``[n]`` (the model's loss then uses those rows only): the
+        seeds, or ``loss_nodes`` of them drawn with ``rng`` when the batch has more seeds. Where
+        every region of the batch is one, no mask is set.
         """
         nodes = self.regions.sample(seeds, rng)
         sub = self.regions.subgraph(data, nodes)
-        if self.partitions is not None and len(nodes) > len(seeds):
-            mask = np.zeros(len(nodes), dtype=bool)
-            mask[np.searchsorted(nodes, seeds)] = True
-            sub[REGION].seed_mask = torch.from_numpy(mask)
+        if self.partitions is not None:
+            chosen = seeds
+            if loss_nodes is not None and len(seeds) > loss_nodes:
+                chosen = np.sort(rng.choice(seeds, loss_nodes, replace=False))
+            if len(chosen) < len(nodes):
+                mask = np.zeros(len(nodes), dtype=bool)
+                mask[np.searchsorted(nodes, chosen)] = True
+                sub[REGION].seed_mask = torch.from_numpy(mask)
         return sub, nodes
 
 
@@ -376,11 +402,13 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sampler = BatchSampler(data, bc)
     n = sampler.n
+    loss_nodes = sampler.loss_nodes(mc.loss.max_nodes)
     if ranks.is_main and sampler.partitions is not None:
         p = sampler.partitions
         log.info("partition sampler: %d spatial blocks of ~%d regions, %d per batch (%d batches per epoch), "
-                 "halo %s; cross-block edges per type: %s", p.num_parts, math.ceil(n / p.num_parts),
-                 p.parts_per_batch, math.ceil(p.num_parts / p.parts_per_batch), list(bc.num_neighbors) or "none",
+                 "losses on %d seeds per batch, halo %s; cross-block edges per type: %s", p.num_parts,
+                 math.ceil(n / p.num_parts), p.parts_per_batch, math.ceil(p.num_parts / p.parts_per_batch),
+                 loss_nodes, list(bc.num_neighbors) or "none",
                  ", ".join(f"{k} {v:.0%}" for k, v in edge_cut(data, p.part).items()))
     # Streams: the batch permutation is shared by all ranks; sampling, dropout and augmentations
     # are per rank (rank 0's torch streams are a single-process run's).
@@ -454,7 +482,7 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
         counts: dict[str, int] = {}
         batches = _share_batches(sampler.epoch_batches(perm_rng), ranks)
         for b, seeds in enumerate(batches):
-            sub = sampler.batch(data, seeds, sample_rng)[0].to(device)
+            sub = sampler.batch(data, seeds, sample_rng, loss_nodes)[0].to(device)
             total, parts = optimisation_step(model, sub, opt, gen, tc, device, f"epoch {epoch}, batch {b}"
                                              + (f" of rank {ranks.rank}" if ranks.distributed else ""), sync)
             for k, v in {"total": total.detach(), **parts}.items():
