@@ -110,8 +110,8 @@ class MiniBatchConfig:
             random subset, drawn per batch). ``None`` (default): ``max(256, ceil(max_nodes /
             sqrt(B)))`` for ``B`` batches per epoch and the model's ``loss.max_nodes``, so that an
             epoch's dense ``[R, R]`` loss work is about one full-graph step's (a full-graph step
-            takes its losses on ``max_nodes`` random regions); at 10k regions and the defaults,
-            648 of each batch's ~1024 seeds. Set it to ``batch_size`` for every seed.
+            takes its losses on ``max_nodes`` random regions); at 10k regions and the defaults
+            (5 batches of ~2000 regions, 8 blocks each), 916 seeds per batch. Set it to ``batch_size`` for every seed.
         inference: ``"full"``: one exact full-graph forward pass without gradients;
             ``"sampled"``: batches of ``inference_batch_size`` seeds, each with its context
             (the sampler's hops or halo), seed rows kept.
@@ -119,7 +119,7 @@ class MiniBatchConfig:
     """
 
     sampler: Literal["partition", "neighbor"] = "partition"
-    batch_size: int = 1024
+    batch_size: int = 2048
     partition_size: int = 256
     num_neighbors: tuple[int, ...] | None = None
     loss_nodes: int | None = None

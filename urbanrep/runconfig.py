@@ -23,7 +23,7 @@ runs data-parallel over several processes), is one switch plus an optional secti
       mode: minibatch       # default: full
     minibatch:              # urbanrep.minibatch.MiniBatchConfig (used only in mini-batch mode)
       sampler: partition    # default; or neighbor
-      batch_size: 1024      # seed regions per step
+      batch_size: 2048      # seed regions per step
       partition_size: 256   # regions per spatial block (partition sampler)
       num_neighbors: []     # halo (partition) or hops (neighbor, default [10, 10, 5])
 
