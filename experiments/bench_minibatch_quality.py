@@ -16,6 +16,8 @@ training):
 * ``partition_halo``: ``partition`` plus a sampled 1-hop halo (5 neighbours per seed; losses on seeds);
 * ``neighbor``: the neighbour sampler, ``batch_size = ceil(N / batches)``, fan-out 3/2, loss on
   the whole sampled subgraph (the sampler before the partition sampler, with a small fan-out);
+* ``default``: ``MiniBatchConfig()`` as it is, not scaled (``--batches`` is ignored; on a city of
+  at most ``batch_size`` regions this is full-batch training);
 * ``partition_quarter_loss``: ``partition`` with the losses on a quarter of each batch's seeds
   (``loss_nodes``; the share the automatic rule gives at 100k regions: 256 of 1024; at 10k it is
   648 of 1024). On small cities the automatic rule takes every seed, so ``partition`` alone
@@ -42,7 +44,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CANDIDATES = ("full", "partition", "partition_1block", "partition_halo", "neighbor", "partition_quarter_loss")
+CANDIDATES = ("full", "partition", "partition_1block", "partition_halo", "neighbor", "partition_quarter_loss",
+              "default")
 
 
 def minibatch_config(candidate: str, n: int, batches: int) -> Any:
@@ -52,6 +55,8 @@ def minibatch_config(candidate: str, n: int, batches: int) -> Any:
     size = math.ceil(n / batches)
     if candidate == "full":
         return None
+    if candidate == "default":
+        return MiniBatchConfig()
     if candidate == "partition":
         return MiniBatchConfig(batch_size=size, partition_size=max(1, size // 4))
     if candidate == "partition_1block":

@@ -77,7 +77,6 @@ from urbanrep.train import (
     _deterministic,
     _num_threads,
     checkpoint_state,
-    make_optimizer,
     optimisation_step,
     read_checkpoint,
     resolve_device,
@@ -400,7 +399,7 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     metadata = GraphMetadata.from_data(data)
     model = RegionModel(mc, metadata).to(device)
-    opt = make_optimizer(model, tc, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)  # as train() builds it
     sampler = BatchSampler(data, bc)
     n = sampler.n
     loss_nodes = sampler.loss_nodes(mc.loss.max_nodes)
