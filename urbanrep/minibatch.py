@@ -38,10 +38,10 @@ embedding as an uninterrupted one (on CPU). Checkpoints are taken at epoch ends 
 **Data parallelism.** Inside a ``torch.distributed`` process group (torchrun, or
 ``--nproc N``; see :mod:`urbanrep.distributed`) every rank draws the same batches each epoch
 (the same permutation of the regions or of the blocks) and takes every ``world_size``-th batch
-(the last round wraps around so that every rank takes the same number of steps); gradients are averaged over ranks after
-each backward pass, so the ranks keep identical parameters. Rank 0 writes every file. Neighbour
-sampling, dropout and augmentations use one RNG stream per rank; rank 0's streams are those of
-a single-process run. The number of processes is part of a run's trajectory: resuming with
+(the last round wraps around so that every rank takes the same number of steps); gradients are
+averaged over ranks after each backward pass, so the ranks keep identical parameters. Rank 0
+writes every file. Neighbour sampling, halos, loss seeds, dropout and augmentations use one RNG
+stream per rank; rank 0's streams are those of a single-process run. The number of processes is part of a run's trajectory: resuming with
 another one continues from the checkpoint, but re-seeds the per-rank streams (logged).
 """
 
@@ -110,7 +110,8 @@ class MiniBatchConfig:
             sqrt(B)))`` for ``B`` batches per epoch and the model's ``loss.max_nodes``, so that an
             epoch's dense ``[R, R]`` loss work is about one full-graph step's (a full-graph step
             takes its losses on ``max_nodes`` random regions); at 10k regions and the defaults
-            (5 batches of ~2000 regions, 8 blocks each), 916 seeds per batch. Set it to ``batch_size`` for every seed.
+            (5 batches of ~2000 regions, 8 blocks each), 916 seeds per batch. Set it to
+            ``batch_size`` for every seed.
         inference: ``"full"``: one exact full-graph forward pass without gradients;
             ``"sampled"``: batches of ``inference_batch_size`` seeds, each with its context
             (the sampler's hops or halo), seed rows kept.
