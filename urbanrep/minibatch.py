@@ -142,7 +142,7 @@ class MiniBatchConfig:
         if self.sampler == "neighbor" and not self.num_neighbors:
             raise ConfigError("MiniBatchConfig.num_neighbors=(): the neighbour sampler needs one entry per hop "
                               "(e.g. [10, 10, 5]); an empty halo is for sampler='partition'")
-        if any(k == 0 or k < -1 for k in self.num_neighbors):
+        if any(k == 0 or k < -1 for k in self.hops):
             raise ConfigError(f"MiniBatchConfig.num_neighbors={self.num_neighbors}: give one entry per hop, "
                               "each >= 1 or -1 (all neighbours)")
         if self.loss_nodes is not None and (isinstance(self.loss_nodes, bool) or not isinstance(self.loss_nodes, int)
@@ -151,6 +151,11 @@ class MiniBatchConfig:
                               "unset (null) for the automatic share of each batch")
         if self.inference not in ("full", "sampled"):
             raise ConfigError(f"MiniBatchConfig.inference={self.inference!r}; use 'full' or 'sampled'")
+
+    @property
+    def hops(self) -> tuple[int, ...]:
+        """``num_neighbors`` as resolved for the sampler (never None)."""
+        return self.num_neighbors or ()
 
 
 #: Seed of the neighbour sampling of ``inference="sampled"`` (training's final embedding and
@@ -265,7 +270,7 @@ class BatchSampler:
 
     def __init__(self, data: HeteroData, config: MiniBatchConfig) -> None:
         self.config = config
-        self.regions = RegionSampler(data, config.num_neighbors)
+        self.regions = RegionSampler(data, config.hops)
         self.n = self.regions.n
         self.partitions = (PartitionSampler(data, config.partition_size, config.batch_size)
                            if config.sampler == "partition" else None)
@@ -409,7 +414,7 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
         log.info("partition sampler: %d spatial blocks of ~%d regions, %d per batch (%d batches per epoch), "
                  "losses on %d seeds per batch, halo %s; cross-block edges per type: %s", p.num_parts,
                  math.ceil(n / p.num_parts), p.parts_per_batch, math.ceil(p.num_parts / p.parts_per_batch),
-                 loss_nodes, list(bc.num_neighbors) or "none",
+                 loss_nodes, list(bc.hops) or "none",
                  ", ".join(f"{k} {v:.0%}" for k, v in edge_cut(data, p.part).items()))
     # Streams: the batch permutation is shared by all ranks; sampling, dropout and augmentations
     # are per rank (rank 0's torch streams are a single-process run's).
