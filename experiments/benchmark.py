@@ -135,6 +135,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_structure50": ("candidate: input-structure retention, weight 50", loss(structure_weight=50.0)),
         "dev_ens_aligned": ("candidate: the three members rotated onto their consensus and averaged (64-d) "
                             "instead of concatenated (192-d)", lambda mc: replace(mc, ensemble_output="aligned")),
+        "dev_ens5": ("candidate: five members (consensus output)", lambda mc: replace(mc, ensemble=5)),
         "abl_concat_members": ("ablation: the three members concatenated (192-d; the default before 2026-12-06b)",
                                lambda mc: replace(mc, ensemble_output="concat")),
     }
