@@ -30,6 +30,7 @@ from urbanrep.experts.base import (
     num_regions,
     reset_modules,
     signed_log1p,
+    standardized_inputs,
 )
 from urbanrep.experts.moe import ModalityMoE, MoEConfig
 from urbanrep.experts.shared import GCNStack, SharedExpert, UniformExpert
@@ -132,7 +133,6 @@ def align_members(emb: np.ndarray, members: int, iterations: int = 5) -> np.ndar
     blocks = [emb[:, i * c:(i + 1) * c].astype(np.float64) for i in range(members)]
     blocks = [b - b.mean(0, keepdims=True) for b in blocks]
     ref = blocks[0]
-    aligned = blocks
     for _ in range(iterations):
         aligned = []
         for b in blocks:
@@ -601,8 +601,7 @@ class RegionModel(nn.Module):
                 continue
             mk = out.masks[m]
             w = out.prior[i] if out.prior is not None else out.embedding.new_ones(())
-            x = data[REGION][feature_key(m)].float()
-            rows = masked_standardize(signed_log1p(x) if self.config.expert.log_inputs else x, mk)
+            rows = standardized_inputs(data[REGION][feature_key(m)], mk, self.config.expert.log_inputs)
             views.append((sel(rows), sel(mk), w))
             if m == "mobility":
                 views.append((sel(self.structure_flow_target(data)), sel(mk), w))
