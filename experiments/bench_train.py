@@ -78,14 +78,10 @@ def _reset_peak_rss() -> bool:
 
 def _hwm_mb() -> float | None:
     """Peak RSS since the last :func:`_reset_peak_rss` (``VmHWM``), MiB; None where unknown."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    from urbanrep.allocator import proc_kib
+
+    kib = proc_kib("/proc/self/status", "VmHWM")
+    return None if kib is None else kib / 1024.0
 
 
 def _current_rss_mb() -> float:

@@ -95,16 +95,25 @@ def allocator_blocker(environ: dict[str, str] | None = None) -> str | None:
     return None
 
 
-def available_memory_bytes() -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` in bytes (None where unknown)."""
+def proc_kib(path: str, field: str) -> int | None:
+    """The ``field: <n> kB`` line of a ``/proc`` file (``/proc/meminfo``, ``/proc/self/status``), KiB.
+
+    None where the file or the field is missing (not Linux) or does not parse.
+    """
     try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (None where unknown)."""
+    kib = proc_kib("/proc/meminfo", "MemAvailable")
+    return None if kib is None else kib * 1024
 
 
 def choose_policy(policy: str, num_regions: int | None, available: int | None) -> tuple[str, str]:
