@@ -95,6 +95,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                                                                     fusion_contrast="cross"))),
         "prev_default": ("the previous default: one member, fusion contrast of two augmented views, no noise prior",
                          lambda mc: replace(mc, ensemble=1, fusion=replace(mc.fusion, prior="none"),
+                                            output_smoothing=0.0, output_scales=0,
                                             loss=replace(mc.loss, fusion_weight=1.0, fusion_contrast="views"))),
         "abl_views_fusion": ("ablation: fusion-level contrast of two augmented graph views (weight 1)",
                              loss(fusion_weight=1.0, fusion_contrast="views")),
@@ -136,7 +137,21 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_ens_aligned": ("candidate: the three members rotated onto their consensus and averaged (64-d) "
                             "instead of concatenated (192-d)", lambda mc: replace(mc, ensemble_output="aligned")),
         "dev_ens5": ("candidate: five members (consensus output)", lambda mc: replace(mc, ensemble=5)),
-        "abl_concat_members": ("ablation: the three members concatenated (192-d; the default before 2026-12-06b)",
+        "dev_smooth25": ("candidate: written embedding mixed with its adjacent regions' mean (share 0.25)",
+                         lambda mc: replace(mc, output_smoothing=0.25, output_scales=0)),
+        "dev_smooth50": ("candidate: written embedding mixed with its adjacent regions' mean (share 0.5)",
+                         lambda mc: replace(mc, output_smoothing=0.5, output_scales=0)),
+        "dev_scales1": ("candidate: smoothing share 0.5, and the 1-hop neighbour mean of that appended (128-d)",
+                        lambda mc: replace(mc, output_smoothing=0.5, output_scales=1)),
+        "dev_scales2": ("candidate: smoothing share 0.5, and its 1- and 2-hop neighbour means appended (192-d)",
+                        lambda mc: replace(mc, output_smoothing=0.5, output_scales=2)),
+        "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing or scales (64-d; the "
+                             "default before 2026-12-06c)", lambda mc: replace(mc, output_smoothing=0.0, output_scales=0)),
+        "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
+                        lambda mc: replace(mc, output_smoothing=0.0, output_scales=3)),
+        "abl_concat_members": ("ablation: the three members concatenated (192-d) instead of their consensus, "
+                               "then smoothed with scales (576-d; the concatenation was the default before "
+                               "2026-12-06b)",
                                lambda mc: replace(mc, ensemble_output="concat")),
     }
 

@@ -40,11 +40,13 @@ from urbanrep.atomic import write_text_atomic
 
 log = logging.getLogger("select_design")
 
-#: Candidates of the latest round (issue 14, 2026-12-06b), declared before their runs (names of
-#: experiments.benchmark.model_variants; each modifies the default of its time, three members
-#: without fusion-level contrast). Earlier rounds: DESIGN_SELECTION_2026-12-05.md and
-#: DESIGN_SELECTION_2026-12-06a.md.
-CANDIDATES = ("urbanrep", "dev_structure10", "dev_structure50", "dev_flow8", "dev_flow32", "dev_ens_aligned")
+#: Candidates of the latest round (issue 14, 2026-12-06c), declared before their runs in two
+#: stages (names of experiments.benchmark.model_variants; each modifies the default of its time:
+#: three members, consensus output, no fusion-level contrast): smoothing shares after a look at
+#: smoothing on the cached Chicago-77 runs of the default, then multi-scale outputs after a look
+#: at those on both development cities' cached runs (DESIGN_SELECTION.md has the chronology). Earlier rounds:
+#: DESIGN_SELECTION_2026-12-05.md, DESIGN_SELECTION_2026-12-06a.md, DESIGN_SELECTION_2026-12-06b.md.
+CANDIDATES = ("urbanrep", "dev_smooth25", "dev_smooth50", "dev_scales1", "dev_scales2", "dev_scales3")
 
 #: Score difference within which candidates count as tied (then the paper protocol decides);
 #: about one seed standard deviation of the development scores.

@@ -89,11 +89,11 @@ def test_flow_retention_and_cross_contrast_train(contrast):
     mc = ModelConfig(loss=LossConfig(flow_components=8, fusion_weight=1.0, fusion_contrast=contrast),
                      fusion=FusionConfig(prior="coherence"), ensemble=1)
     res = train(data, mc, TrainConfig(epochs=3, seed=0, num_threads=1))
-    assert res.embeddings.shape == (60, 64)
+    assert res.embeddings.shape == (60, 192)
     assert "features" in res.history[-1] and "fusion" in res.history[-1]
     one = random_region_graph(60, modalities=("poi",), seed=0)
     res1 = train(one, replace(mc, loss=replace(mc.loss, fusion_contrast="cross")), TrainConfig(epochs=2, seed=0))
-    assert res1.embeddings.shape == (60, 64)
+    assert res1.embeddings.shape == (60, 192)
     assert ADJACENT in data.edge_types and data[REGION].num_nodes == 60
 
 
@@ -101,7 +101,8 @@ def test_ensemble_concatenates_members_and_round_trips(tmp_path):
     from urbanrep.train import load_model, save_model
 
     data = random_region_graph(40, modalities=("poi", "mobility"), seed=1)
-    mc = ModelConfig(ensemble=2, ensemble_output="concat", loss=LossConfig(fusion_weight=0.0))
+    mc = ModelConfig(ensemble=2, ensemble_output="concat", loss=LossConfig(fusion_weight=0.0), output_smoothing=0.0,
+                     output_scales=0)
     res = train(data, mc, TrainConfig(epochs=3, seed=0, num_threads=1))
     assert res.embeddings.shape == (40, 128) and res.model.out_channels == 128
     assert res.fusion_weights.shape == (40, 2)
@@ -141,7 +142,7 @@ def test_aligned_ensemble_output_is_one_member_wide(tmp_path):
     from urbanrep.train import load_model, save_model
 
     data = random_region_graph(40, modalities=("poi", "mobility"), seed=1)
-    mc = ModelConfig(ensemble=3, ensemble_output="aligned", loss=LossConfig(fusion_weight=0.0))
+    mc = ModelConfig(ensemble=3, ensemble_output="aligned", loss=LossConfig(fusion_weight=0.0), output_scales=0)
     res = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
     assert res.embeddings.shape == (40, 64) and res.model.embedding_channels == 64
     save_model(res.model, tmp_path / "model.pt", TrainConfig())
@@ -181,4 +182,4 @@ def test_flow_retention_applies_alone_by_default_and_with_others_on_request():
     asked = RegionModel(ModelConfig(ensemble=1, loss=LossConfig(flow_components=4)), meta)
     assert asked.flow_components == 4
     res = train(data, ModelConfig(ensemble=1, modalities=("mobility",)), TrainConfig(epochs=2, seed=0, num_threads=1))
-    assert res.embeddings.shape == (30, 64)
+    assert res.embeddings.shape == (30, 192)

@@ -82,7 +82,7 @@ def test_minibatch_nyc180(nyc_graph) -> None:
     res = train_minibatch(nyc_graph, ModelConfig(expert=ExpertConfig(hidden_channels=32, out_channels=16), ensemble=1), tc,
                           MiniBatchConfig(batch_size=64, num_neighbors=(5, 5)))
     n = nyc_graph["region"].num_nodes
-    assert res.embeddings.shape == (n, 16) and np.isfinite(res.embeddings).all()
+    assert res.embeddings.shape == (n, res.model.embedding_channels) and np.isfinite(res.embeddings).all()
     assert res.fusion_weights.shape == (n, len(res.modalities))
     assert len(res.history) == 2 and all(np.isfinite(r["total"]) for r in res.history)
     assert list(res.embeddings_frame().index) == list(nyc_graph.region_ids)
@@ -90,7 +90,7 @@ def test_minibatch_nyc180(nyc_graph) -> None:
                             MiniBatchConfig(batch_size=64, num_neighbors=(5, 5), inference="sampled",
                                             inference_batch_size=50))
     assert np.allclose(again.history[-1]["total"], res.history[-1]["total"])  # seeded
-    assert again.embeddings.shape == (n, 16) and np.isfinite(again.embeddings).all()
+    assert again.embeddings.shape == (n, 16 * 3) and np.isfinite(again.embeddings).all()
 
 
 def test_minibatch_config_checked() -> None:
@@ -145,7 +145,8 @@ def test_minibatch_run_dir_outputs(nyc_graph, tmp_path: Path) -> None:
     assert list(pd.read_parquet(tmp_path / FUSION_WEIGHTS).columns) == ["region_id", *res.modalities]
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
     with torch.no_grad():  # the saved model reproduces the (full-graph inference) embedding
-        again = load_model(tmp_path / MODEL_FILE)(nyc_graph).embedding.numpy()
+        model = load_model(tmp_path / MODEL_FILE)
+        again = model.final_embedding(model(nyc_graph).embedding.numpy(), nyc_graph)
     np.testing.assert_allclose(again, res.embeddings, atol=1e-6)
     assert res.run_dir == tmp_path and res.epochs_run == 2
 

@@ -166,4 +166,4 @@ def test_partition_training_is_seeded_and_covers_every_region(graph) -> None:
     c = train_minibatch(graph, SMALL, dataclasses.replace(FAST, seed=1), bc)
     assert np.array_equal(a.embeddings, b.embeddings) and a.history == b.history
     assert not np.allclose(a.embeddings, c.embeddings)
-    assert a.embeddings.shape == (500, 8) and np.isfinite(a.embeddings).all() and (a.embeddings != 0).any(1).all()
+    assert a.embeddings.shape == (500, 8 * (1 + SMALL.output_scales)) and np.isfinite(a.embeddings).all() and (a.embeddings != 0).any(1).all()

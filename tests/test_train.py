@@ -36,6 +36,8 @@ SMALL = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_
                     fusion=FusionConfig(hidden_channels=8), projection_channels=8, ensemble=1,
                     loss=LossConfig(fusion_weight=1.0, fusion_contrast="views"))
 FAST = TrainConfig(epochs=3, lr=5e-3, device="cpu", log_every=1000)
+#: Width of the written embedding of SMALL: 8 columns, then the default neighbourhood scales appended.
+WIDTH = 8 * (1 + SMALL.output_scales)
 
 
 def loss_cfg(cfg: ModelConfig, **loss) -> ModelConfig:
@@ -75,7 +77,7 @@ def test_loss_decreases_on_nyc(nyc):
     totals = [row["total"] for row in res.history]
     assert len(totals) == 12 and all(math.isfinite(t) for t in totals)
     assert np.mean(totals[-3:]) < 0.9 * np.mean(totals[:3]), totals
-    assert res.embeddings.shape == (180, 8) and np.isfinite(res.embeddings).all()
+    assert res.embeddings.shape == (180, WIDTH) and np.isfinite(res.embeddings).all()
     assert res.fusion_weights.shape == (180, 4)
     assert res.region_ids == list(nyc.region_ids)
 
@@ -154,7 +156,7 @@ def test_run_dir_outputs(nyc, tmp_path):
     assert {"total", "aggregated", "fusion", "mobility"} <= set(loss.columns)
     np.testing.assert_allclose(loss["total"], [r["total"] for r in res.history])
     emb = pd.read_parquet(tmp_path / EMBEDDINGS)
-    assert list(emb.columns) == ["region_id", *[f"emb_{i:03d}" for i in range(8)]]
+    assert list(emb.columns) == ["region_id", *[f"emb_{i:03d}" for i in range(WIDTH)]]
     assert list(emb["region_id"]) == list(nyc.region_ids)
     np.testing.assert_array_equal(emb.drop(columns="region_id").to_numpy(), res.embeddings)
     pd.testing.assert_frame_equal(emb.set_index("region_id"), res.embeddings_frame())
@@ -165,7 +167,7 @@ def test_run_dir_outputs(nyc, tmp_path):
     # the saved model reproduces the embedding
     model = load_model(tmp_path / MODEL_FILE)
     with torch.no_grad():
-        again = model(nyc).embedding.numpy()
+        again = model.final_embedding(model(nyc).embedding.numpy(), nyc)
     np.testing.assert_allclose(again, res.embeddings, atol=1e-6)
     with pytest.raises(UrbanRepError, match="does not exist"):
         load_model(tmp_path / "nope.pt")
@@ -183,7 +185,7 @@ def test_every_switch_trains(synth, name):
     cfg, parts = SWITCHES[name]
     res = train(synth, cfg, dataclasses.replace(FAST, epochs=2))
     assert set(res.history[-1]) == {"epoch", "total", *parts}
-    assert np.isfinite(res.embeddings).all() and res.embeddings.shape == (30, 8)
+    assert np.isfinite(res.embeddings).all() and res.embeddings.shape == (30, WIDTH)
     assert np.isfinite(res.fusion_weights).all()
     assert res.modalities == (cfg.modalities or ALL)
 
@@ -210,7 +212,7 @@ def test_model_from_bundle_without_some_modalities(nyc, tmp_path):
     assert res.modalities == ("poi", "landuse") and "mobility" not in res.history[-1]
     model = load_model(tmp_path / MODEL_FILE)
     with torch.no_grad():  # the same model applies to a graph that has more modalities
-        emb = model(nyc).embedding.numpy()
+        emb = model.final_embedding(model(nyc).embedding.numpy(), nyc)
     np.testing.assert_allclose(emb, res.embeddings, atol=1e-6)
 
 
@@ -259,7 +261,7 @@ def test_every_bundle_trains_without_nan(data_root, name):
     data = _bundle_graph(data_root, name)
     res = train(data, SMALL, FAST)
     n = data["region"].num_nodes
-    assert res.embeddings.shape == (n, 8) and np.isfinite(res.embeddings).all()
+    assert res.embeddings.shape == (n, WIDTH) and np.isfinite(res.embeddings).all()
     assert np.isfinite(res.fusion_weights).all()
     assert all(math.isfinite(r["total"]) for r in res.history)
 

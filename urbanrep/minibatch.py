@@ -575,7 +575,7 @@ def embed_minibatch(model: RegionModel, data: HeteroData, config: MiniBatchConfi
         g = data if device.type == "cpu" else data.clone().to(device)
         with _amp_context(device, amp):
             out = model(g)
-        return (model.final_embedding(out.embedding.float().cpu().numpy().astype(np.float32)),
+        return (model.final_embedding(out.embedding.float().cpu().numpy().astype(np.float32), data),
                 out.fusion_weights.float().cpu().numpy().astype(np.float32))
     rng = rng or np.random.default_rng(INFERENCE_SEED)
     sampler = BatchSampler(data, bc)
@@ -588,7 +588,7 @@ def embed_minibatch(model: RegionModel, data: HeteroData, config: MiniBatchConfi
         rows = np.searchsorted(nodes, seeds)
         emb[seeds] = out.embedding.float().cpu().numpy()[rows]
         weights[seeds] = out.fusion_weights.float().cpu().numpy()[rows]
-    return model.final_embedding(emb), weights
+    return model.final_embedding(emb, data), weights
 
 
 def epochs_for_steps(num_regions: int, batch_size: int, steps: int) -> int:

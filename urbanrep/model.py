@@ -99,7 +99,7 @@ def embed_graph(model: RegionModel, data: HeteroData, device: str = "cpu",
     else:
         with torch.no_grad():
             out = model(data.to(dev))
-        emb_np = model.final_embedding(out.embedding.float().cpu().numpy())
+        emb_np = model.final_embedding(out.embedding.float().cpu().numpy(), data)
         weights_np = out.fusion_weights.float().cpu().numpy()
     ids = pd.Index(list(data.region_ids), name="region_id")
     emb = embeddings_frame(list(ids), emb_np)

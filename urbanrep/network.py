@@ -58,6 +58,7 @@ from urbanrep.graphs.schema import (
     REGION,
     feature_key,
 )
+from urbanrep.smoothing import neighbourhood_scales, smooth_over_neighbours
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
 
@@ -176,6 +177,17 @@ class ModelConfig:
             (``experiments/DESIGN_SELECTION.md``, round 2026-12-06b): strict R² 0.449 against
             0.458 for the concatenation (a tie under the declared 0.01 margin), paper-protocol
             R² 0.224 against 0.003.
+        output_smoothing: Share of the neighbour mean in the embedding a run writes: each
+            region's row becomes ``(1 - s) * own + s * mean(adjacent regions' rows)`` (after
+            ``ensemble_output``; :func:`urbanrep.smoothing.smooth_over_neighbours`). Training is
+            the same whatever its value; 0 writes the embedding as trained. Default 0.5, with
+            ``output_scales=2``: chosen together on the development cities (round 2026-12-06c of
+            ``experiments/DESIGN_SELECTION.md``; strict R² 0.682 against 0.448 without either).
+        output_scales: After ``output_smoothing``, append the neighbour means of the embedding
+            over 1..``output_scales`` hops (:func:`urbanrep.smoothing.neighbourhood_scales`):
+            the written embedding is ``1 + output_scales`` times as wide (default 2: 192
+            columns, the region, its neighbours and their neighbours), and a probe can weigh the
+            spatial scale per task. 0 appends nothing.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -188,6 +200,8 @@ class ModelConfig:
     checkpoint_experts: bool = False
     ensemble: int = 3
     ensemble_output: str = "aligned"
+    output_smoothing: float = 0.5
+    output_scales: int = 2
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
@@ -201,6 +215,11 @@ class ModelConfig:
                 raise ConfigError(f"ModelConfig.modalities has unknown {bad}; valid: {ALL_MODALITIES}")
         if self.projection_channels < 1:
             raise ConfigError("ModelConfig.projection_channels must be >= 1")
+        if not 0.0 <= self.output_smoothing < 1.0:
+            raise ConfigError(f"ModelConfig.output_smoothing must be in [0, 1) (0 switches it off), "
+                              f"got {self.output_smoothing}")
+        if self.output_scales < 0:
+            raise ConfigError(f"ModelConfig.output_scales must be >= 0 (0 appends nothing), got {self.output_scales}")
 
 
 @dataclass
@@ -380,23 +399,32 @@ class RegionModel(nn.Module):
     def embedding_channels(self) -> int:
         """Width of the embedding a run writes (after :meth:`final_embedding`)."""
         aligned = self.config.ensemble_output == "aligned"
-        return self.config.expert.out_channels if aligned else self.out_channels
+        width = self.config.expert.out_channels if aligned else self.out_channels
+        return width * (1 + self.config.output_scales)
 
-    def final_embedding(self, emb: np.ndarray) -> np.ndarray:
+    def final_embedding(self, emb: np.ndarray, data: HeteroData) -> np.ndarray:
         """The embedding a run writes from :meth:`forward`'s, for every region of the graph.
 
         Concatenated members (``ensemble_output="concat"``, or one member) pass through; with
         ``"aligned"`` the members are rotated onto their consensus and averaged
-        (:func:`align_members`). Apply it to the whole graph's embedding at once, never per batch.
+        (:func:`align_members`). Then, with ``output_smoothing`` > 0, each row is mixed with the
+        mean of its adjacent regions' rows (:func:`urbanrep.smoothing.smooth_over_neighbours`), and
+        with ``output_scales`` > 0 the neighbour means over 1..``output_scales`` hops are
+        appended (:func:`urbanrep.smoothing.neighbourhood_scales`). Apply it to the whole graph's embedding at once, never per batch.
 
         Args:
             emb: ``[N, out_channels]`` embedding of every region.
+            data: The whole region graph ``emb`` belongs to (its adjacency edges).
 
         Returns:
             ``[N, embedding_channels]`` float32.
         """
         if self.config.ensemble > 1 and self.config.ensemble_output == "aligned":
-            return align_members(emb, self.config.ensemble)
+            emb = align_members(emb, self.config.ensemble)
+        if self.config.output_smoothing > 0 or self.config.output_scales > 0:
+            edges = data[ADJACENT].edge_index.cpu().numpy()
+            emb = smooth_over_neighbours(emb, edges, self.config.output_smoothing)
+            emb = neighbourhood_scales(emb, edges, self.config.output_scales)
         return emb
 
     def reset_parameters(self) -> None:

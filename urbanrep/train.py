@@ -238,6 +238,8 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         modalities=tuple(mods) if mods is not None else None, projection_channels=d["projection_channels"],
         checkpoint_experts=bool(d.get("checkpoint_experts", False)), ensemble=int(d.get("ensemble", 1)),
         ensemble_output=str(d.get("ensemble_output", "concat")),
+        output_smoothing=float(d.get("output_smoothing", 0.0)),
+        output_scales=int(d.get("output_scales", 0)),
     )
 
 
@@ -747,7 +749,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
     model.eval()
     with torch.no_grad(), _amp_context(device, tc.amp):
         out = model(data)
-    emb = model.final_embedding(out.embedding.float().cpu().numpy().astype(np.float32))
+    emb = model.final_embedding(out.embedding.float().cpu().numpy().astype(np.float32), data)
     weights = out.fusion_weights.float().cpu().numpy().astype(np.float32)
     result = TrainResult(model=model, embeddings=emb, fusion_weights=weights, modalities=model.modalities,
                          region_ids=list(data.region_ids), history=history, epochs_run=last,
