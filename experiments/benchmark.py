@@ -59,7 +59,20 @@ PROTOCOL_NOTE = {
     "strict": "StandardScaler + RidgeCV(alphas=logspace(-3,4,30)) fit inside each training fold, "
               "KFold(5, shuffle=True) repeated over {n} seeds, pooled R² averaged over the repeats; "
               "land-use shares: softmax regression with L2 chosen by inner CV; clustering KMeans mean over seeds",
+    "spatial": "the strict pipeline with spatial-block folds: regions grouped into {blocks} blocks by KMeans on "
+               "their centroids (about 8 regions each), GroupKFold(5) so that no test region has a block-mate in "
+               "the training fold, repeated over {n} block seeds: how well the embedding predicts for areas the "
+               "probe has seen no neighbour of (shuffled folds reward features that interpolate between "
+               "neighbours)",
 }
+
+#: Regions per block of the spatial-block folds, and the fewest blocks a city gets.
+SPATIAL_BLOCK_REGIONS, MIN_SPATIAL_BLOCKS = 8, 10
+
+
+def spatial_blocks_for(num_regions: int) -> int:
+    """Blocks of a city's spatial-block folds: about 8 regions each, at least 10."""
+    return max(MIN_SPATIAL_BLOCKS, num_regions // SPATIAL_BLOCK_REGIONS)
 
 
 # ----------------------------------------------------------------------------- ablations
@@ -486,6 +499,19 @@ def cached_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds: int) -
     return ev
 
 
+def cached_spatial_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds: int) -> dict[str, float]:
+    """The strict pipeline under spatial-block folds (:func:`spatial_blocks_for`), cached beside the file."""
+    from urbanrep.evaluate import EvalConfig, evaluate_embeddings
+
+    config = EvalConfig(seeds=tuple(range(strict_seeds)), spatial_blocks=spatial_blocks_for(len(emb)))
+    ev_path = path.with_name(f"{path.stem}.spatial_{_config_hash(config.as_dict())}.json")
+    if ev_path.exists():
+        return dict(json.loads(ev_path.read_text()))
+    ev = flatten_metrics(evaluate_embeddings(emb, bundle, config))
+    write_text_atomic(ev_path, json.dumps(ev))
+    return ev
+
+
 def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
     import torch
 
@@ -509,7 +535,7 @@ def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
         variants.remove("urbanrep")
     methods: dict[str, dict[str, Any]] = {}
     for v in variants:
-        per_seed: dict[str, list[dict[str, float]]] = {"paper": [], "strict": []}
+        per_seed: dict[str, list[dict[str, float]]] = {"paper": [], "strict": [], "spatial": []}
         metas = []
         got = {s: train_embedding(data, v, s, args.epochs, cache, device, args.cached_only) for s in args.seeds}
         if any(g is None for g in got.values()):
@@ -527,12 +553,14 @@ def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
             meta["retention"] = ev["retention"]
             for p in ("paper", "strict"):
                 per_seed[p].append(ev[p])
+            per_seed["spatial"].append(cached_spatial_eval(path, emb, bundle, strict_seeds))
             log.info("%s %s seed %d: train %.0f s, paper %s", city.name, v, s, meta["wall_s"],
                      {k: round(x, 3) for k, x in ev["paper"].items() if not k.endswith("_std")})
         if args.train_only:
             continue
         methods[v] = {"kind": "learned", "description": variant_description(v),
                       "paper": aggregate(per_seed["paper"]), "strict": aggregate(per_seed["strict"]),
+                      "spatial": aggregate(per_seed["spatial"]),
                       "train": {"seeds": list(args.seeds), "epochs": args.epochs,
                                 "trained_at": sorted({m.get("trained_at", "") for m in metas} - {""}),
                                 "code": sorted({m.get("code", "unstamped") for m in metas}),
@@ -549,9 +577,11 @@ def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
     for name, (desc, emb) in baseline_embeddings(city, bundle, args.data_root).items():
         digest = hashlib.sha1(np.ascontiguousarray(emb.to_numpy(dtype=np.float64)).tobytes()).hexdigest()[:10]
         ev = cached_eval(cache / f"baseline_{name}_{digest}.parquet", emb, bundle, strict_seeds)
+        spatial = cached_spatial_eval(cache / f"baseline_{name}_{digest}.parquet", emb, bundle, strict_seeds)
         methods[name] = {"kind": "baseline", "description": desc, "dims": int(emb.shape[1]),
                          "input_retention": ev["retention"] if name == "raw_all_pca64" else {},
-                         "paper": {**ev["paper"], "n_seeds": 1}, "strict": {**ev["strict"], "n_seeds": 1}}
+                         "paper": {**ev["paper"], "n_seeds": 1}, "strict": {**ev["strict"], "n_seeds": 1},
+                         "spatial": {**spatial, "n_seeds": 1}}
     result = {"title": city.title, "n_regions": len(bundle.region_ids), "modalities": list(data.modalities),
               "strict_seeds": strict_seeds,
               "tasks": [t for t in city.tasks if _has_task(t, methods)], "methods": methods,
@@ -628,17 +658,21 @@ def format_city(name: str, res: dict[str, Any], strict_seeds: int) -> list[str]:
     cols = _columns(res["tasks"])
     lines = [f"### {res['title']}", "",
              f"{res['n_regions']} regions; model input modalities: {', '.join(res['modalities'])}.", ""]
-    for proto in ("paper", "strict"):
-        lines += [f"**Protocol `{proto}`** — {PROTOCOL_NOTE[proto].format(n=strict_seeds)}.", ""]
-        lines.append("| embedding | " + " | ".join(c[1] for c in cols) + " |")
-        lines.append("|---|" + "---|" * len(cols))
+    for proto in ("paper", "strict", "spatial"):
+        if not any(proto in m for m in res["methods"].values()):
+            continue
+        note = PROTOCOL_NOTE[proto].format(n=strict_seeds, blocks=spatial_blocks_for(res["n_regions"]))
+        lines += [f"**Protocol `{proto}`** — {note}.", ""]
+        shown = [c for c in cols if proto != "spatial" or c[0] not in ("nmi", "ari")]  # folds do not touch KMeans
+        lines.append("| embedding | " + " | ".join(c[1] for c in shown) + " |")
+        lines.append("|---|" + "---|" * len(shown))
         for mname, m in res["methods"].items():
             learned = m["kind"] == "learned"
             label = f"**{mname}**" if mname == "urbanrep" else mname
-            cells = [_cell(m[proto], k, learned, False) for k, _ in cols]
+            cells = [_cell(m.get(proto, {}), k, learned, False) for k, _ in shown]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         for pname, vals in res["published"].get(proto, {}).items():
-            cells = [f"{vals[k]:.3f}" if k in vals else "" for k, _ in cols]
+            cells = [f"{vals[k]:.3f}" if k in vals else "" for k, _ in shown]
             lines.append(f"| *{pname}* | " + " | ".join(cells) + " |")
         lines.append("")
     for note in res.get("published_notes", []):

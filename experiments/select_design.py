@@ -13,7 +13,11 @@ candidate with the highest score becomes the default. Since the round of 2026-12
 before that round's runs of ``dev_ens_aligned``, after a look at member alignment on the cached
 runs of the earlier round, development cities only): candidates whose score is within
 :data:`TIE_MARGIN` of the highest are tied with it, and among tied candidates the one with the
-highest mean paper-protocol R² (bare ridge, the protocol published peers use) is selected. The
+highest mean paper-protocol R² (bare ridge, the protocol published peers use) is selected. Since
+the round of 2026-12-06d (declared before its Singapore numbers, after spatial-block numbers on
+Chicago-77 and on the held-out NYC-180 had shown that shuffled folds reward neighbourhood smoothing
+that does not carry over to unseen areas): a city's score is the mean of its strict R² under
+shuffled folds and under spatial-block folds (:func:`spatial_blocks_for`). The
 development cities' own numbers in the results table are then optimistic (they were used for
 selection) and are marked so.
 
@@ -35,18 +39,26 @@ from typing import Any
 
 import numpy as np
 
-from experiments.benchmark import CITIES, REPO, check_out_folder, load_city, model_variants, train_embedding
+from experiments.benchmark import (
+    CITIES,
+    MIN_SPATIAL_BLOCKS,
+    REPO,
+    SPATIAL_BLOCK_REGIONS,
+    check_out_folder,
+    load_city,
+    model_variants,
+    spatial_blocks_for,
+    train_embedding,
+)
 from urbanrep.atomic import write_text_atomic
 
 log = logging.getLogger("select_design")
 
-#: Candidates of the latest round (issue 14, 2026-12-06c), declared before their runs in two
-#: stages (names of experiments.benchmark.model_variants; each modifies the default of its time:
-#: three members, consensus output, no fusion-level contrast): smoothing shares after a look at
-#: smoothing on the cached Chicago-77 runs of the default, then multi-scale outputs after a look
-#: at those on both development cities' cached runs (DESIGN_SELECTION.md has the chronology). Earlier rounds:
-#: DESIGN_SELECTION_2026-12-05.md, DESIGN_SELECTION_2026-12-06a.md, DESIGN_SELECTION_2026-12-06b.md.
-CANDIDATES = ("urbanrep", "dev_smooth25", "dev_smooth50", "dev_scales1", "dev_scales2", "dev_scales3")
+#: Candidates of the latest round (issue 14, 2026-12-06d): the six of round 2026-12-06c under the
+#: rule with spatial-block folds (no retraining: ``urbanrep`` is round c's winner, ``dev_scales2``;
+#: ``abl_no_smoothing`` the default at round c's start). Earlier rounds: DESIGN_SELECTION_2026-12-05.md,
+#: DESIGN_SELECTION_2026-12-06a.md, DESIGN_SELECTION_2026-12-06b.md, DESIGN_SELECTION_2026-12-06c.md.
+CANDIDATES = ("urbanrep", "abl_no_smoothing", "dev_smooth25", "dev_smooth50", "dev_scales1", "dev_scales3")
 
 #: Score difference within which candidates count as tied (then the paper protocol decides);
 #: about one seed standard deviation of the development scores.
@@ -79,11 +91,13 @@ def scalar_tasks(city_name: str) -> list[str]:
     return [t for t in CITIES[city_name].tasks if t not in ("nmi", "ari", "landuse_shares")]
 
 
-def strict_scores(emb: Any, bundle: Any, tasks: Sequence[str], strict_seeds: int) -> dict[str, float]:
-    """Strict-protocol R² per task of one embedding."""
+def strict_scores(emb: Any, bundle: Any, tasks: Sequence[str], strict_seeds: int,
+                  spatial_blocks: int | None = None) -> dict[str, float]:
+    """Strict-protocol R² per task of one embedding (shuffled folds, or spatial-block folds)."""
     from urbanrep.evaluate import EvalConfig, evaluate_embeddings
 
-    rep = evaluate_embeddings(emb, bundle, EvalConfig(protocol="strict", seeds=tuple(range(strict_seeds))))
+    rep = evaluate_embeddings(emb, bundle, EvalConfig(protocol="strict", seeds=tuple(range(strict_seeds)),
+                                                      spatial_blocks=spatial_blocks))
     return {t: float(rep["tasks"][t]["r2"]) for t in tasks}
 
 
@@ -133,7 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for cand in args.candidates:
             if cand in pruned:
                 continue
-            per_seed, paper, flow = [], [], []
+            per_seed, spatial, paper, flow = [], [], [], []
+            blocks = spatial_blocks_for(len(bundle.region_ids))
             trained_as = "urbanrep" if same_as_default(cand, list(data.modalities)) else cand
             for seed in args.seeds:
                 got = train_embedding(data, trained_as, seed, args.epochs, args.out / "embeddings" / city_name,
@@ -141,6 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if got is None:
                     break
                 per_seed.append(strict_scores(got[0], bundle, tasks, args.strict_seeds))
+                spatial.append(strict_scores(got[0], bundle, tasks, args.strict_seeds, blocks))
                 paper.append(paper_score(got[0], bundle, tasks))
                 agreement = flow_structure_agreement(got[0], bundle)
                 if agreement is not None:
@@ -152,14 +168,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["candidates"].setdefault(cand, {"description": model_variants()[cand][0], "cities": {}})
                 continue
             means = {t: float(np.mean([p[t] for p in per_seed])) for t in tasks}
-            city_score = [float(np.mean(list(p.values()))) for p in per_seed]
+            spatial_means = {t: float(np.mean([p[t] for p in spatial])) for t in tasks}
+            shuffled = [float(np.mean(list(p.values()))) for p in per_seed]
+            by_block = [float(np.mean(list(p.values()))) for p in spatial]
+            city_score = [(a + b) / 2 for a, b in zip(shuffled, by_block, strict=True)]
             entry = results["candidates"].setdefault(cand, {"description": model_variants()[cand][0], "cities": {}})
-            entry["cities"][city_name] = {"tasks": means, "score": float(np.mean(city_score)),
+            entry["cities"][city_name] = {"tasks": means, "spatial_tasks": spatial_means,
+                                          "shuffled": float(np.mean(shuffled)), "spatial": float(np.mean(by_block)),
+                                          "spatial_blocks": blocks, "score": float(np.mean(city_score)),
                                           "score_std": float(np.std(city_score)),
                                           "same_as_default": trained_as != cand,
                                           "paper": float(np.mean(paper)),
                                           "flow_agreement": float(np.mean(flow)) if flow else None}
-            log.info("%s %s: score %.3f ± %.3f %s", city_name, cand, np.mean(city_score), np.std(city_score),
+            log.info("%s %s: score %.3f ± %.3f (shuffled %.3f, spatial blocks %.3f) %s", city_name, cand,
+                     np.mean(city_score), np.std(city_score), np.mean(shuffled), np.mean(by_block),
                      {t: round(v, 3) for t, v in means.items()})
         if city_name == PRUNE_CITY and "urbanrep" in results["candidates"] and len(cities) > 1:
             ref = results["candidates"]["urbanrep"]["cities"][city_name]["score"]
@@ -192,9 +214,12 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
              f"Regenerate with `{command}` ({time.strftime('%Y-%m-%d')}).", "",
              f"Development cities: {', '.join(cities)} (strict protocol, {res['strict_seeds']} shuffled splits; "
              f"{res['epochs']} epochs; training seeds {res['seeds']}). Held out, never scored here: "
-             f"{', '.join(HELD_OUT)}. Score = mean over cities of the mean strict R² over each city's scalar "
-             f"tasks; candidates within {TIE_MARGIN} of the highest score are tied, and of those the one with the "
-             "highest mean paper-protocol R² becomes the default.", "",
+             f"{', '.join(HELD_OUT)}. Score = mean over cities of the city score, which is the mean of the "
+             "strict R² over the city's scalar tasks under shuffled folds and under spatial-block folds (the "
+             f"same strict pipeline, GroupKFold over about {SPATIAL_BLOCK_REGIONS} regions per block, at least "
+             f"{MIN_SPATIAL_BLOCKS} blocks; KMeans on region centroids), averaged; candidates within {TIE_MARGIN} "
+             "of the highest score are tied, and of those the one with the highest mean paper-protocol R² becomes "
+             "the default.", "",
              "| candidate | " + " | ".join(f"{c} score" for c in cities) + " | score |",
              "|---|" + "---|" * (len(cities) + 1)]
     order = sorted(res["candidates"], key=lambda c: (res["candidates"][c]["pruned"], -res["candidates"][c]["score"]))
@@ -213,7 +238,15 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
         name = f"**{cand}**" if cand == res["selected"] else cand
         total = ("incomplete" if cand in res.get("incomplete", {}) else "pruned") if e["pruned"] else f"{e['score']:.3f}"
         lines.append(f"| {name} ({e['description']}) | " + " | ".join(cells) + f" | {total} |")
-    lines += ["", "Per task (mean over seeds):", "",
+    lines += ["", "Shuffled and spatial-block folds, mean strict R² over the scalar tasks (the city score is "
+              "their mean):", "",
+              "| candidate | " + " | ".join(f"{c} shuffled | {c} spatial blocks" for c in cities) + " |",
+              "|---|" + "---|" * (2 * len(cities))]
+    for cand in order:
+        e = res["candidates"][cand]
+        lines.append(f"| {cand} | " + " | ".join(
+            f"{_cell(e, c, 'shuffled')} | {_cell(e, c, 'spatial')}" for c in cities) + " |")
+    lines += ["", "Per task, shuffled folds (mean over seeds):", "",
               "| candidate | " + " | ".join(f"{c}:{t}" for c in cities for t in scalar_tasks(c)) + " |",
               "|---|" + "---|" * sum(len(scalar_tasks(c)) for c in cities)]
     for cand in order:

@@ -564,6 +564,9 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path) -> None:
     assert {t["task"] for t in city["targets"]} == {"check_in", "crime", "service_call"}
     md = (out / "RESULTS.md").read_text()
     assert "Protocol `paper`" in md and "Protocol `strict`" in md and "HAFusion" in md
+    # spatial-block folds: 77 regions -> 10 blocks; the same tasks, no clustering columns
+    assert "Protocol `spatial`" in md and "10 blocks" in md and set(ours["spatial"]) >= {"check_in", "crime"}
+    assert benchmark.spatial_blocks_for(77) == 10 and benchmark.spatial_blocks_for(2325) == 290
     assert sorted(p.name for p in out.iterdir()) == ["RESULTS.md", "embeddings", "results.json"]
     cached = list((out / "embeddings" / "chicago77").glob("urbanrep_s0_e1_*.parquet"))
     assert len(cached) == 1  # a rerun reuses it
