@@ -10,7 +10,12 @@ from urbanrep.experts.testing import random_region_graph
 from urbanrep.fusion.losses import LossConfig
 from urbanrep.graphs.schema import ADJACENT
 from urbanrep.network import ModelConfig
-from urbanrep.smoothing import neighbour_mean_operator, neighbourhood_scales, smooth_over_neighbours
+from urbanrep.smoothing import (
+    hop_operator,
+    neighbour_mean_operator,
+    neighbourhood_scales,
+    smooth_over_neighbours,
+)
 from urbanrep.train import TrainConfig, train
 
 
@@ -18,7 +23,7 @@ def test_smoothing_mixes_each_row_with_its_neighbours_mean():
     # path 0 - 1 - 2, region 3 isolated; edges stored one way, one duplicated, one self loop
     edges = np.array([[0, 1, 1, 3], [1, 2, 2, 3]])
     emb = np.array([[0.0, 3.0], [6.0, 0.0], [3.0, 3.0], [9.0, 9.0]], np.float32)
-    got = smooth_over_neighbours(emb, edges, 0.5)
+    got = smooth_over_neighbours(emb, hop_operator(edges, 4), 0.5)
     want = np.array([
         0.5 * emb[0] + 0.5 * emb[1],
         0.5 * emb[1] + 0.5 * (emb[0] + emb[2]) / 2,
@@ -27,7 +32,7 @@ def test_smoothing_mixes_each_row_with_its_neighbours_mean():
     ])
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert smooth_over_neighbours(emb, edges, 0.0) is emb
+    assert smooth_over_neighbours(emb, hop_operator(edges, 4), 0.0) is emb
     p, degree = neighbour_mean_operator(edges, 4)
     np.testing.assert_array_equal(degree, [1, 2, 1, 0])
     np.testing.assert_allclose(np.asarray(p.sum(1)).ravel(), [1, 1, 1, 0])
@@ -40,8 +45,8 @@ def test_smoothing_is_region_permutation_equivariant():
     emb = rng.normal(size=(n, 5)).astype(np.float32)
     perm = rng.permutation(n)
     inv = np.argsort(perm)
-    got = smooth_over_neighbours(emb[perm], inv[edges], 0.25)
-    np.testing.assert_allclose(got, smooth_over_neighbours(emb, edges, 0.25)[perm], rtol=1e-5, atol=1e-6)
+    got = smooth_over_neighbours(emb[perm], hop_operator(inv[edges], n), 0.25)
+    np.testing.assert_allclose(got, smooth_over_neighbours(emb, hop_operator(edges, n), 0.25)[perm], rtol=1e-5, atol=1e-6)
 
 
 def test_output_smoothing_applies_to_the_written_embedding_only(tmp_path):
@@ -56,7 +61,7 @@ def test_output_smoothing_applies_to_the_written_embedding_only(tmp_path):
     # same training, the written embedding is the plain one smoothed
     assert [h["total"] for h in plain.history] == [h["total"] for h in smooth.history]
     edges = data[ADJACENT].edge_index.numpy()
-    np.testing.assert_allclose(smooth.embeddings, smooth_over_neighbours(plain.embeddings, edges, 0.25), atol=1e-6)
+    np.testing.assert_allclose(smooth.embeddings, smooth_over_neighbours(plain.embeddings, hop_operator(edges, 40), 0.25), atol=1e-6)
     save_model(smooth.model, tmp_path / "model.pt", TrainConfig())
     again = load_model(tmp_path / "model.pt")
     assert again.config.output_smoothing == 0.25
@@ -73,12 +78,12 @@ def test_output_smoothing_validation(bad):
 def test_neighbourhood_scales_append_hop_means():
     edges = np.array([[0, 1, 3], [1, 2, 3]])  # path 0 - 1 - 2; 3 isolated (a self loop only)
     emb = np.array([[0.0], [6.0], [3.0], [9.0]], np.float32)
-    got = neighbourhood_scales(emb, edges, 2)
+    got = neighbourhood_scales(emb, hop_operator(edges, 4), 2)
     one = np.array([[6.0], [1.5], [6.0], [9.0]])  # neighbour means; the isolated region keeps its own
     two = np.array([[1.5], [6.0], [1.5], [9.0]])
     assert got.shape == (4, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, np.hstack([emb, one, two]))
-    assert neighbourhood_scales(emb, edges, 0) is emb
+    assert neighbourhood_scales(emb, hop_operator(edges, 4), 0) is emb
 
 
 def test_output_scales_widen_the_written_embedding(tmp_path):

@@ -58,7 +58,7 @@ from urbanrep.graphs.schema import (
     REGION,
     feature_key,
 )
-from urbanrep.smoothing import neighbourhood_scales, smooth_over_neighbours
+from urbanrep.smoothing import hop_operator, neighbourhood_scales, smooth_over_neighbours
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
 
@@ -410,7 +410,8 @@ class RegionModel(nn.Module):
         (:func:`align_members`). Then, with ``output_smoothing`` > 0, each row is mixed with the
         mean of its adjacent regions' rows (:func:`urbanrep.smoothing.smooth_over_neighbours`), and
         with ``output_scales`` > 0 the neighbour means over 1..``output_scales`` hops are
-        appended (:func:`urbanrep.smoothing.neighbourhood_scales`). Apply it to the whole graph's embedding at once, never per batch.
+        appended (:func:`urbanrep.smoothing.neighbourhood_scales`). Apply it to the whole graph's
+        embedding at once, never per batch.
 
         Args:
             emb: ``[N, out_channels]`` embedding of every region.
@@ -422,9 +423,9 @@ class RegionModel(nn.Module):
         if self.config.ensemble > 1 and self.config.ensemble_output == "aligned":
             emb = align_members(emb, self.config.ensemble)
         if self.config.output_smoothing > 0 or self.config.output_scales > 0:
-            edges = data[ADJACENT].edge_index.cpu().numpy()
-            emb = smooth_over_neighbours(emb, edges, self.config.output_smoothing)
-            emb = neighbourhood_scales(emb, edges, self.config.output_scales)
+            hop = hop_operator(data[ADJACENT].edge_index.cpu().numpy(), emb.shape[0])
+            emb = smooth_over_neighbours(emb, hop, self.config.output_smoothing)
+            emb = neighbourhood_scales(emb, hop, self.config.output_scales)
         return emb
 
     def reset_parameters(self) -> None:

@@ -45,20 +45,21 @@ def neighbour_mean_operator(edge_index: np.ndarray, num_nodes: int) -> tuple[sp.
     return sp.csr_matrix(p), degree
 
 
-def _hop_operator(edge_index: np.ndarray, num_nodes: int) -> sp.csr_matrix:
-    """Neighbour mean, with a region that has no neighbour keeping its own row."""
+def hop_operator(edge_index: np.ndarray, num_nodes: int) -> sp.csr_matrix:
+    """``P``: the neighbour mean of :func:`neighbour_mean_operator`, a region without neighbours
+    keeping its own row. Build it once per graph and hand it to the functions below."""
     p, degree = neighbour_mean_operator(edge_index, num_nodes)
     return sp.csr_matrix(p + sp.diags((degree == 0).astype(np.float64)))
 
 
-def smooth_over_neighbours(emb: np.ndarray, edge_index: np.ndarray, share: float) -> np.ndarray:
+def smooth_over_neighbours(emb: np.ndarray, hop: sp.csr_matrix, share: float) -> np.ndarray:
     """``(1 - share) * emb + share * mean(emb over adjacent regions)``, row by row.
 
     A region without neighbours keeps its own row.
 
     Args:
         emb: ``[N, C]`` embedding, rows in graph node order.
-        edge_index: ``[2, E]`` adjacency edges between those rows.
+        hop: ``[N, N]`` :func:`hop_operator` of the graph's adjacency edges.
         share: Weight of the neighbour mean, in ``[0, 1)``; 0 returns ``emb`` unchanged.
 
     Returns:
@@ -67,19 +68,16 @@ def smooth_over_neighbours(emb: np.ndarray, edge_index: np.ndarray, share: float
     if share == 0.0:
         return emb
     x = emb.astype(np.float64)
-    mixed = (1.0 - share) * x + share * (_hop_operator(edge_index, emb.shape[0]) @ x)
+    mixed = (1.0 - share) * x + share * (hop @ x)
     return np.asarray(mixed, dtype=np.float32)
 
 
-def neighbourhood_scales(emb: np.ndarray, edge_index: np.ndarray, scales: int) -> np.ndarray:
+def neighbourhood_scales(emb: np.ndarray, hop: sp.csr_matrix, scales: int) -> np.ndarray:
     """``emb`` with its neighbour means over 1..``scales`` hops appended: ``[emb, P emb, P² emb, ...]``.
-
-    ``P`` is the neighbour mean of :func:`neighbour_mean_operator` (a region without neighbours
-    keeps its own row).
 
     Args:
         emb: ``[N, C]`` embedding, rows in graph node order.
-        edge_index: ``[2, E]`` adjacency edges between those rows.
+        hop: ``[N, N]`` :func:`hop_operator` (``P``) of the graph's adjacency edges.
         scales: Hops to append (0 returns ``emb`` unchanged).
 
     Returns:
@@ -88,7 +86,6 @@ def neighbourhood_scales(emb: np.ndarray, edge_index: np.ndarray, scales: int) -
     if scales == 0:
         return emb
     n, c = emb.shape
-    hop = _hop_operator(edge_index, n)
     out = np.empty((n, (1 + scales) * c), np.float32)  # filled block by block: no float64 copy of the whole
     out[:, :c] = emb
     x = emb.astype(np.float64)
