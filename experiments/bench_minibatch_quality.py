@@ -36,6 +36,7 @@ import json
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--out", type=Path, required=True, help="cache and result folder")
     args = p.parse_args(argv)
-    from experiments.benchmark import CITIES, aggregate, evaluate_all, load_city
+    from experiments.benchmark import CITIES, aggregate, cached_json, evaluate_all, load_city
     from urbanrep.atomic import write_text_atomic
     from urbanrep.graphs import GraphConfig, build_graph
 
@@ -128,12 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         metas = []
         for seed in args.seeds:
             emb, meta = train_one(data, cand, seed, args.epochs, args.batches, args.out / args.city)
-            ev_path = args.out / args.city / f"{cand}_b{args.batches}_s{seed}_e{args.epochs}.eval.json"
-            if ev_path.exists():
-                ev = json.loads(ev_path.read_text())
-            else:
-                ev = evaluate_all(emb, bundle, args.strict_seeds)
-                write_text_atomic(ev_path, json.dumps(ev))
+            ev = cached_json(args.out / args.city / f"{cand}_b{args.batches}_s{seed}_e{args.epochs}.eval.json",
+                             partial(evaluate_all, emb, bundle, args.strict_seeds))
             metas.append(meta)
             for proto in per:
                 per[proto].append(ev[proto])

@@ -484,32 +484,35 @@ def aggregate(per_seed: Sequence[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
+def cached_json(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``compute()``'s JSON result, read from ``path`` when a run before wrote it (written atomically)."""
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    result = compute()
+    write_text_atomic(path, json.dumps(result))
+    return result
+
+
 def cached_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds: int) -> dict[str, Any]:
     """Both protocols plus input retention for a cached embedding file (results cached beside it)."""
     from urbanrep.evaluate import EvalConfig
 
     key = _config_hash([EvalConfig(protocol="paper").as_dict(),
                         EvalConfig(seeds=tuple(range(strict_seeds))).as_dict(), "retention-v1"])
-    ev_path = path.with_name(f"{path.stem}.eval_{key}.json")
-    if ev_path.exists():
-        return dict(json.loads(ev_path.read_text()))
-    ev: dict[str, Any] = dict(evaluate_all(emb, bundle, strict_seeds))
-    ev["retention"] = input_retention(emb, bundle)
-    write_text_atomic(ev_path, json.dumps(ev))
-    return ev
+
+    def compute() -> dict[str, Any]:
+        return {**evaluate_all(emb, bundle, strict_seeds), "retention": input_retention(emb, bundle)}
+
+    return cached_json(path.with_name(f"{path.stem}.eval_{key}.json"), compute)
 
 
-def cached_spatial_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds: int) -> dict[str, float]:
+def cached_spatial_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds: int) -> dict[str, Any]:
     """The strict pipeline under spatial-block folds (:func:`spatial_blocks_for`), cached beside the file."""
     from urbanrep.evaluate import EvalConfig, evaluate_embeddings
 
     config = EvalConfig(seeds=tuple(range(strict_seeds)), spatial_blocks=spatial_blocks_for(len(emb)))
-    ev_path = path.with_name(f"{path.stem}.spatial_{_config_hash(config.as_dict())}.json")
-    if ev_path.exists():
-        return dict(json.loads(ev_path.read_text()))
-    ev = flatten_metrics(evaluate_embeddings(emb, bundle, config))
-    write_text_atomic(ev_path, json.dumps(ev))
-    return ev
+    return cached_json(path.with_name(f"{path.stem}.spatial_{_config_hash(config.as_dict())}.json"),
+                       lambda: flatten_metrics(evaluate_embeddings(emb, bundle, config)))
 
 
 def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -576,8 +579,9 @@ def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
     cache.mkdir(parents=True, exist_ok=True)
     for name, (desc, emb) in baseline_embeddings(city, bundle, args.data_root).items():
         digest = hashlib.sha1(np.ascontiguousarray(emb.to_numpy(dtype=np.float64)).tobytes()).hexdigest()[:10]
-        ev = cached_eval(cache / f"baseline_{name}_{digest}.parquet", emb, bundle, strict_seeds)
-        spatial = cached_spatial_eval(cache / f"baseline_{name}_{digest}.parquet", emb, bundle, strict_seeds)
+        path = cache / f"baseline_{name}_{digest}.parquet"
+        ev = cached_eval(path, emb, bundle, strict_seeds)
+        spatial = cached_spatial_eval(path, emb, bundle, strict_seeds)
         methods[name] = {"kind": "baseline", "description": desc, "dims": int(emb.shape[1]),
                          "input_retention": ev["retention"] if name == "raw_all_pca64" else {},
                          "paper": {**ev["paper"], "n_seeds": 1}, "strict": {**ev["strict"], "n_seeds": 1},
@@ -659,8 +663,6 @@ def format_city(name: str, res: dict[str, Any], strict_seeds: int) -> list[str]:
     lines = [f"### {res['title']}", "",
              f"{res['n_regions']} regions; model input modalities: {', '.join(res['modalities'])}.", ""]
     for proto in ("paper", "strict", "spatial"):
-        if not any(proto in m for m in res["methods"].values()):
-            continue
         note = PROTOCOL_NOTE[proto].format(n=strict_seeds, blocks=spatial_blocks_for(res["n_regions"]))
         lines += [f"**Protocol `{proto}`** — {note}.", ""]
         shown = [c for c in cols if proto != "spatial" or c[0] not in ("nmi", "ari")]  # folds do not touch KMeans
@@ -669,7 +671,7 @@ def format_city(name: str, res: dict[str, Any], strict_seeds: int) -> list[str]:
         for mname, m in res["methods"].items():
             learned = m["kind"] == "learned"
             label = f"**{mname}**" if mname == "urbanrep" else mname
-            cells = [_cell(m.get(proto, {}), k, learned, False) for k, _ in shown]
+            cells = [_cell(m[proto], k, learned, False) for k, _ in shown]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         for pname, vals in res["published"].get(proto, {}).items():
             cells = [f"{vals[k]:.3f}" if k in vals else "" for k, _ in shown]

@@ -144,11 +144,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bundle = load_city(CITIES[city_name], args.data_root)
         data, _ = build_graph(bundle, GraphConfig())
         tasks = scalar_tasks(city_name)
+        blocks = spatial_blocks_for(len(bundle.region_ids))
         for cand in args.candidates:
             if cand in pruned:
                 continue
             per_seed, spatial, paper, flow = [], [], [], []
-            blocks = spatial_blocks_for(len(bundle.region_ids))
             trained_as = "urbanrep" if same_as_default(cand, list(data.modalities)) else cand
             for seed in args.seeds:
                 got = train_embedding(data, trained_as, seed, args.epochs, args.out / "embeddings" / city_name,
