@@ -210,6 +210,7 @@ class City:
     targets: tuple[Target, ...] = ()
     gurpp: bool = False
     max_strict_seeds: int | None = None  # cap on strict repeats (the 11-class share probe on 2,325 tracts is slow)
+    design_tasks: tuple[str, ...] | None = None  # tasks the development score reads (None: every scalar task)
 
 
 NYC_PUBLISHED = {
@@ -263,6 +264,14 @@ CITIES: dict[str, City] = {
     "nyc_tracts": City(
         "nyc_tracts", "NYC census tracts (2,325; 5-class land-use input)", "nyc_tracts",
         ("population", "crime", "landuse_shares"), max_strict_seeds=3),
+    "sao_paulo": City(
+        "sao_paulo", "São Paulo (323 H3 cells; GTFS transit trips and OSM roads)", "sao_paulo",
+        ("population", "jobs", "schools"),
+        published_notes=("Third development city since 2026-12-06e: other modalities (transit trips and roads, no "
+                         "POIs or land use) and a fine-grained target (jobs). Schools per cell is shown but not in the "
+                         "development score: no embedding or raw row predicts it (every R² <= 0 in "
+                         "experiments/SRAI_BASELINES.md, measured before it became a development city).", DEV_NOTE),
+        design_tasks=("population", "jobs")),
 }
 
 
@@ -336,23 +345,54 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     if "num_threads" in {f.name for f in dataclasses.fields(TrainConfig)}:
         tc = replace(tc, num_threads=torch.get_num_threads())
     path, meta_path, hit = _cached_run(data, variant, seed, epochs, cache)
-    if hit is not None or cached_only:
+    if hit is not None:
         return hit
-    res = train(data, mc, tc, run_dir=None)
-    emb = embeddings_frame(res.region_ids, res.embeddings)
-    hist = res.history
-    tail, mid = _loss_windows([h["total"] for h in hist])
-    meta = {"variant": variant, "seed": seed, "epochs": res.epochs_run, "wall_s": round(res.wall_time_s, 1),
-            "code": _code_version(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "model_config": config_to_dict(mc),
-            "train_config": {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC},
-            "loss_first": hist[0]["total"], "loss_last": hist[-1]["total"],
-            "loss_last10pct_mean": float(np.mean(tail)), "loss_prev10pct_mean": float(np.mean(mid)),
-            "loss_parts_last": {k: v for k, v in hist[-1].items() if k not in ("epoch", "total")}}
-    cache.mkdir(parents=True, exist_ok=True)
+    # Variants that differ only in the written-embedding transform (output smoothing and scales)
+    # train identically: they share one as-trained run, keyed by its training configuration.
+    trained_mc = replace(mc, output_smoothing=0.0, output_scales=0)
+    train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
+    twin = f"{TRAINED_PREFIX}{_config_hash({'model': config_to_dict(trained_mc), 'train': train_dict})}"
+    twin_path, twin_meta_path, twin_hit = _cached_run(data, twin, seed, epochs, cache)
+    if twin_hit is None and cached_only:
+        return None
+    if twin_hit is None:
+        res = train(data, trained_mc, tc, run_dir=None)
+        hist = res.history
+        tail, mid = _loss_windows([h["total"] for h in hist])
+        twin_meta = {"variant": twin, "seed": seed, "epochs": res.epochs_run, "wall_s": round(res.wall_time_s, 1),
+                     "code": _code_version(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "model_config": config_to_dict(trained_mc), "train_config": train_dict,
+                     "loss_first": hist[0]["total"], "loss_last": hist[-1]["total"],
+                     "loss_last10pct_mean": float(np.mean(tail)), "loss_prev10pct_mean": float(np.mean(mid)),
+                     "loss_parts_last": {k: v for k, v in hist[-1].items() if k not in ("epoch", "total")}}
+        cache.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(embeddings_frame(res.region_ids, res.embeddings).reset_index(), twin_path)
+        write_text_atomic(twin_meta_path, json.dumps(twin_meta, indent=1))
+        twin_hit = _cached_run(data, twin, seed, epochs, cache)[2]
+        assert twin_hit is not None
+    trained, twin_meta, _ = twin_hit
+    emb = output_transform(trained, data, mc.output_smoothing, mc.output_scales)
+    meta = dict(twin_meta, variant=variant, model_config=config_to_dict(mc), as_trained=twin_path.name)
     write_parquet_atomic(emb.reset_index(), path)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return emb, meta, path
+
+
+#: Cache-name prefix of the as-trained runs that transform-only variants share.
+TRAINED_PREFIX = "trained_"
+
+
+def output_transform(trained: pd.DataFrame, data: Any, share: float, scales: int) -> pd.DataFrame:
+    """The written embedding of a model with ``output_smoothing=share`` and ``output_scales=scales``
+    from its as-trained embedding (``region_id`` index; the same function the model applies)."""
+    from urbanrep.graphs.schema import ADJACENT
+    from urbanrep.smoothing import neighbourhood_transform
+    from urbanrep.train import embeddings_frame
+
+    ids = list(data.region_ids)
+    x = trained.loc[ids].to_numpy(np.float32)
+    out = neighbourhood_transform(x, data[ADJACENT].edge_index.cpu().numpy(), share, scales)
+    return embeddings_frame(ids, out)
 
 
 PEER_PREFIX = "peer_"

@@ -87,8 +87,9 @@ PRUNE_CITY, PRUNE_MARGIN = "chicago77", 0.03
 
 
 def scalar_tasks(city_name: str) -> list[str]:
-    """The city's scalar regression tasks (clustering and land-use shares are left out of the score)."""
-    return [t for t in CITIES[city_name].tasks if t not in ("nmi", "ari", "landuse_shares")]
+    """The city's scalar regression tasks the score reads (clustering and land-use shares are left out)."""
+    city = CITIES[city_name]
+    return [t for t in (city.design_tasks or city.tasks) if t not in ("nmi", "ari", "landuse_shares")]
 
 
 def strict_scores(emb: Any, bundle: Any, tasks: Sequence[str], strict_seeds: int,

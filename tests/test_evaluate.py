@@ -549,7 +549,7 @@ def test_report_files(tmp_path: Path, nyc_bundle: CityBundle, gurpp: pd.DataFram
 # ---------------------------------------------------------------- benchmark runner (experiments/benchmark.py)
 
 
-def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path) -> None:
+def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner trains, evaluates both protocols, checks targets and writes JSON + Markdown to --out."""
     from experiments import benchmark
 
@@ -572,6 +572,24 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path) -> None:
     assert len(cached) == 1  # a rerun reuses it
     emb = pd.read_parquet(cached[0]).set_index("region_id")
     assert emb.shape[0] == 77 and emb.index.name == "region_id"
+    # variants that differ only in the output transform reuse the one as-trained run
+    from urbanrep.graphs import GraphConfig, build_graph
+    from urbanrep.network import ModelConfig
+    from urbanrep.smoothing import neighbourhood_transform
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a transform-only variant was trained again")
+
+    monkeypatch.setattr("urbanrep.train.train", no_training)
+    data, _ = build_graph(benchmark.load_city(benchmark.CITIES["chicago77"], data_root), GraphConfig())
+    trained = list((out / "embeddings" / "chicago77").glob(f"{benchmark.TRAINED_PREFIX}*_s0_e1_*.parquet"))
+    assert len(trained) == 1
+    got = benchmark.train_embedding(data, "abl_no_smoothing", 0, 1, out / "embeddings" / "chicago77", "cpu")
+    assert got is not None and got[0].shape == (77, 64) and got[1]["as_trained"] == trained[0].name
+    default = ModelConfig()
+    again = neighbourhood_transform(got[0].loc[list(data.region_ids)].to_numpy(), data["region", "adjacent", "region"]
+                                    .edge_index.numpy(), default.output_smoothing, default.output_scales)
+    np.testing.assert_allclose(emb.loc[list(data.region_ids)].to_numpy(), again, atol=1e-6)
     with pytest.raises(SystemExit):  # outputs never land inside the repository
         benchmark.parse_args(["--out", str(Path(benchmark.__file__).parent / "out")])
 

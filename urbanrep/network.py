@@ -58,7 +58,7 @@ from urbanrep.graphs.schema import (
     REGION,
     feature_key,
 )
-from urbanrep.smoothing import hop_operator, neighbourhood_scales, smooth_over_neighbours
+from urbanrep.smoothing import neighbourhood_transform
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
 
@@ -422,11 +422,8 @@ class RegionModel(nn.Module):
         """
         if self.config.ensemble > 1 and self.config.ensemble_output == "aligned":
             emb = align_members(emb, self.config.ensemble)
-        if self.config.output_smoothing > 0 or self.config.output_scales > 0:
-            hop = hop_operator(data[ADJACENT].edge_index.cpu().numpy(), emb.shape[0])
-            emb = smooth_over_neighbours(emb, hop, self.config.output_smoothing)
-            emb = neighbourhood_scales(emb, hop, self.config.output_scales)
-        return emb
+        return neighbourhood_transform(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config.output_smoothing,
+                                       self.config.output_scales)
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""

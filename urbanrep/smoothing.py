@@ -93,3 +93,25 @@ def neighbourhood_scales(emb: np.ndarray, hop: sp.csr_matrix, scales: int) -> np
         x = hop @ x
         out[:, k * c:(k + 1) * c] = x
     return out
+
+
+def neighbourhood_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int) -> np.ndarray:
+    """The written-embedding transform: :func:`smooth_over_neighbours`, then :func:`neighbourhood_scales`.
+
+    What :meth:`urbanrep.network.RegionModel.final_embedding` applies after training
+    (``ModelConfig.output_smoothing`` and ``output_scales``); a pure function of the embedding as
+    trained and the graph's adjacency, so it can also be applied to a saved as-trained embedding.
+
+    Args:
+        emb: ``[N, C]`` embedding as trained, rows in graph node order.
+        edge_index: ``[2, E]`` adjacency edges of the region graph.
+        share: Smoothing share (0: none).
+        scales: Hops of neighbour means to append (0: none).
+
+    Returns:
+        ``[N, (1 + scales) * C]`` float32 (``emb`` itself when both are 0).
+    """
+    if share == 0.0 and scales == 0:
+        return emb
+    hop = hop_operator(edge_index, emb.shape[0])
+    return neighbourhood_scales(smooth_over_neighbours(emb, hop, share), hop, scales)
