@@ -162,6 +162,16 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                              "default before 2026-12-06c)", lambda mc: replace(mc, output_smoothing=0.0, output_scales=0)),
         "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
                         lambda mc: replace(mc, output_smoothing=0.0, output_scales=3)),
+        # Round 2026-12-06f: training settings no earlier round varied (declared before their runs).
+        "dev_temp05": ("candidate: InfoNCE temperature 0.5 (default 0.2)", loss(temperature=0.5)),
+        "dev_temp01": ("candidate: InfoNCE temperature 0.1", loss(temperature=0.1)),
+        "dev_layers1": ("candidate: one message-passing layer per expert (default 2)",
+                        lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1))),
+        "dev_layers3": ("candidate: three message-passing layers per expert",
+                        lambda mc: replace(mc, expert=replace(mc.expert, num_layers=3))),
+        "dev_dropout03": ("candidate: dropout 0.3 between expert layers (default 0.1)",
+                          lambda mc: replace(mc, expert=replace(mc.expert, dropout=0.3))),
+        "dev_mobility3": ("candidate: OD-distribution reconstruction weight 3 (default 1)", loss(mobility_weight=3.0)),
         "abl_concat_members": ("ablation: the three members concatenated (192-d) instead of their consensus, "
                                "then smoothed with scales (576-d; the concatenation was the default before "
                                "2026-12-06b)",
@@ -329,50 +339,82 @@ def _loss_windows(losses: Sequence[float]) -> tuple[list[float], list[float]]:
     return tail, list(losses[-max(2, n // 5):-max(1, n // 10)]) or tail
 
 
-def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path,
-                    device: str, cached_only: bool = False) -> tuple[pd.DataFrame, dict[str, Any], Path] | None:
-    """Train one variant with one seed (or reuse its cached embedding; None if ``cached_only`` and absent)."""
+def _variant_configs(variant: str, seed: int, epochs: int, device: str) -> tuple[Any, Any]:
+    """``(ModelConfig, TrainConfig)`` of a learned variant."""
     import torch
 
     from urbanrep.network import ModelConfig
-    from urbanrep.train import TrainConfig, config_to_dict, embeddings_frame, train
+    from urbanrep.train import TrainConfig
 
-    if variant.startswith(PEER_PREFIX):
-        return _train_peer(data, variant, seed, epochs, cache, cached_only)
     mc = model_variants()[variant][1](ModelConfig())
     tc = replace(TrainConfig(epochs=epochs, seed=seed, device=device), **TRAIN_OVERRIDES.get(variant, {}))
-    epochs = tc.epochs
     if "num_threads" in {f.name for f in dataclasses.fields(TrainConfig)}:
         tc = replace(tc, num_threads=torch.get_num_threads())
-    path, meta_path, hit = _cached_run(data, variant, seed, epochs, cache)
-    if hit is not None:
-        return hit
-    # Variants that differ only in the written-embedding transform (output smoothing and scales)
-    # train identically: they share one as-trained run, keyed by its training configuration.
+    return mc, tc
+
+
+def _transform_of(meta: dict[str, Any]) -> tuple[float, int]:
+    """``(output_smoothing, output_scales)`` a cached run was written with (0, 0 before they existed)."""
+    mc = meta.get("model_config") or {}
+    return float(mc.get("output_smoothing", 0.0)), int(mc.get("output_scales", 0))
+
+
+def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = False
+                ) -> tuple[pd.DataFrame, dict[str, Any], Path] | None:
+    """The as-trained embedding (no output smoothing or scales) of ``mc`` trained with ``tc``.
+
+    Variants that differ only in the written-embedding transform train identically, so they share
+    this one run, cached under :data:`TRAINED_PREFIX` and a hash of the training configuration.
+    """
+    from urbanrep.train import config_to_dict, embeddings_frame, train
+
     trained_mc = replace(mc, output_smoothing=0.0, output_scales=0)
     train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
     twin = f"{TRAINED_PREFIX}{_config_hash({'model': config_to_dict(trained_mc), 'train': train_dict})}"
-    twin_path, twin_meta_path, twin_hit = _cached_run(data, twin, seed, epochs, cache)
-    if twin_hit is None and cached_only:
+    path, meta_path, hit = _cached_run(data, twin, tc.seed, tc.epochs, cache)
+    if hit is not None or cached_only:
+        return hit
+    res = train(data, trained_mc, tc, run_dir=None)
+    hist = res.history
+    tail, mid = _loss_windows([h["total"] for h in hist])
+    meta = {"variant": twin, "seed": tc.seed, "epochs": res.epochs_run, "wall_s": round(res.wall_time_s, 1),
+            "code": _code_version(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "model_config": config_to_dict(trained_mc), "train_config": train_dict,
+            "loss_first": hist[0]["total"], "loss_last": hist[-1]["total"],
+            "loss_last10pct_mean": float(np.mean(tail)), "loss_prev10pct_mean": float(np.mean(mid)),
+            "loss_parts_last": {k: v for k, v in hist[-1].items() if k not in ("epoch", "total")}}
+    cache.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(embeddings_frame(res.region_ids, res.embeddings).reset_index(), path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
+    return _cached_run(data, twin, tc.seed, tc.epochs, cache)[2]
+
+
+def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path,
+                    device: str, cached_only: bool = False) -> tuple[pd.DataFrame, dict[str, Any], Path] | None:
+    """Train one variant with one seed (or reuse its cached embedding; None if ``cached_only`` and absent).
+
+    A learned variant's embedding is its as-trained run (:func:`trained_run`) put through its
+    output transform; a cached embedding written with another transform (the default's changed
+    since) is derived again from the as-trained run.
+    """
+    from urbanrep.train import config_to_dict
+
+    if variant.startswith(PEER_PREFIX):
+        return _train_peer(data, variant, seed, epochs, cache, cached_only)
+    mc, tc = _variant_configs(variant, seed, epochs, device)
+    path, meta_path, hit = _cached_run(data, variant, seed, tc.epochs, cache)
+    if hit is not None and _transform_of(hit[1]) == (mc.output_smoothing, mc.output_scales):
+        return hit
+    got = trained_run(data, mc, tc, cache, cached_only)
+    if got is None:
+        if hit is not None:
+            log.warning("%s seed %d: the cached embedding was written with output transform %s, the variant "
+                        "now asks for %s, and no as-trained run is cached to derive it from", variant, seed,
+                        _transform_of(hit[1]), (mc.output_smoothing, mc.output_scales))
         return None
-    if twin_hit is None:
-        res = train(data, trained_mc, tc, run_dir=None)
-        hist = res.history
-        tail, mid = _loss_windows([h["total"] for h in hist])
-        twin_meta = {"variant": twin, "seed": seed, "epochs": res.epochs_run, "wall_s": round(res.wall_time_s, 1),
-                     "code": _code_version(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                     "model_config": config_to_dict(trained_mc), "train_config": train_dict,
-                     "loss_first": hist[0]["total"], "loss_last": hist[-1]["total"],
-                     "loss_last10pct_mean": float(np.mean(tail)), "loss_prev10pct_mean": float(np.mean(mid)),
-                     "loss_parts_last": {k: v for k, v in hist[-1].items() if k not in ("epoch", "total")}}
-        cache.mkdir(parents=True, exist_ok=True)
-        write_parquet_atomic(embeddings_frame(res.region_ids, res.embeddings).reset_index(), twin_path)
-        write_text_atomic(twin_meta_path, json.dumps(twin_meta, indent=1))
-        twin_hit = _cached_run(data, twin, seed, epochs, cache)[2]
-        assert twin_hit is not None
-    trained, twin_meta, _ = twin_hit
+    trained, trained_meta, trained_path = got
     emb = output_transform(trained, data, mc.output_smoothing, mc.output_scales)
-    meta = dict(twin_meta, variant=variant, model_config=config_to_dict(mc), as_trained=twin_path.name)
+    meta = dict(trained_meta, variant=variant, model_config=config_to_dict(mc), as_trained=trained_path.name)
     write_parquet_atomic(emb.reset_index(), path)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return emb, meta, path

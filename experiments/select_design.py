@@ -17,7 +17,12 @@ highest mean paper-protocol R² (bare ridge, the protocol published peers use) i
 the round of 2026-12-06d (declared before its Singapore numbers, after spatial-block numbers on
 Chicago-77 and on the held-out NYC-180 had shown that shuffled folds reward neighbourhood smoothing
 that does not carry over to unseen areas): a city's score is the mean of its strict R² under
-shuffled folds and under spatial-block folds (:func:`spatial_blocks_for`). The
+shuffled folds and under spatial-block folds (:func:`spatial_blocks_for`). Since the round of
+2026-12-06e (declared before any São Paulo number of a candidate and before any number of the
+changed evaluator): São Paulo is a third development city (323 H3 cells, transit trips and roads,
+population and jobs; ``City.design_tasks``), and under spatial-block folds the probe's inner search
+of its ridge penalty also splits by blocks (:func:`urbanrep.evaluate.protocols.inner_cv_by_blocks`),
+so that the penalty is chosen for areas without labelled neighbours too. The
 development cities' own numbers in the results table are then optimistic (they were used for
 selection) and are marked so.
 
@@ -54,16 +59,18 @@ from urbanrep.atomic import write_text_atomic
 
 log = logging.getLogger("select_design")
 
-#: Candidates of the latest round (issue 14, 2026-12-06d): the six of round 2026-12-06c under the
-#: rule with spatial-block folds (no retraining: ``urbanrep`` is round c's winner, ``dev_scales2``;
-#: ``abl_no_smoothing`` the default at round c's start). Earlier rounds: DESIGN_SELECTION_2026-12-05.md,
-#: DESIGN_SELECTION_2026-12-06a.md, DESIGN_SELECTION_2026-12-06b.md, DESIGN_SELECTION_2026-12-06c.md.
+#: Candidates of the latest round (issue 14, 2026-12-06e): the six of rounds 2026-12-06c and d (they
+#: differ only in the written-embedding transform, so one training per city and seed serves all six:
+#: ``urbanrep`` is round c's winner, ``dev_scales2``; ``abl_no_smoothing`` the default at round c's
+#: start), now on three development cities and with block-wise inner penalty search under spatial
+#: folds. Earlier rounds: DESIGN_SELECTION_2026-12-05.md, DESIGN_SELECTION_2026-12-06a.md,
+#: DESIGN_SELECTION_2026-12-06b.md, DESIGN_SELECTION_2026-12-06c.md, DESIGN_SELECTION_2026-12-06d.md.
 CANDIDATES = ("urbanrep", "abl_no_smoothing", "dev_smooth25", "dev_smooth50", "dev_scales1", "dev_scales3")
 
 #: Score difference within which candidates count as tied (then the paper protocol decides);
 #: about one seed standard deviation of the development scores.
 TIE_MARGIN = 0.01
-DEV_CITIES = ("chicago77", "singapore")
+DEV_CITIES = ("chicago77", "singapore", "sao_paulo")
 HELD_OUT = ("nyc180", "nyc_tracts")
 
 
@@ -73,9 +80,9 @@ HELD_OUT = ("nyc180", "nyc_tracts")
 def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     """Whether ``candidate`` trains exactly like the default on a graph with ``modalities``."""
     single = len(modalities) < 2
-    if candidate in ("dev_flow32", "dev_flow8"):
+    if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3"):
         return "mobility" not in modalities
-    if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior"):
+    if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01"):
         return single
     return False
 
@@ -98,7 +105,7 @@ def strict_scores(emb: Any, bundle: Any, tasks: Sequence[str], strict_seeds: int
     from urbanrep.evaluate import EvalConfig, evaluate_embeddings
 
     rep = evaluate_embeddings(emb, bundle, EvalConfig(protocol="strict", seeds=tuple(range(strict_seeds)),
-                                                      spatial_blocks=spatial_blocks))
+                                                      spatial_blocks=spatial_blocks, tasks=tuple(tasks)))
     return {t: float(rep["tasks"][t]["r2"]) for t in tasks}
 
 
@@ -106,7 +113,7 @@ def paper_score(emb: Any, bundle: Any, tasks: Sequence[str]) -> float:
     """Mean paper-protocol R² over ``tasks`` (reported beside the score, not part of the rule)."""
     from urbanrep.evaluate import EvalConfig, evaluate_embeddings
 
-    rep = evaluate_embeddings(emb, bundle, EvalConfig(protocol="paper"))
+    rep = evaluate_embeddings(emb, bundle, EvalConfig(protocol="paper", tasks=tuple(tasks)))
     return float(np.mean([rep["tasks"][t]["r2"] for t in tasks]))
 
 

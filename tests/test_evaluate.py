@@ -195,7 +195,7 @@ def test_strict_fits_scalers_alphas_on_training_rows_only(nyc_bundle: CityBundle
     monkeypatch.setattr(protocols_mod, "RidgeCV", SpyRidgeCV)
     monkeypatch.setattr(regression_mod, "outer_splits", _tracking_splits)
     monkeypatch.setattr(landuse_mod, "outer_splits", _tracking_splits)
-    res = run_evaluation(emb, b, EvalConfig(seeds=(0, 1)), clustering=False)
+    res = run_evaluation(emb, b, EvalConfig(seeds=(0, 1)))
 
     fits = [e for e in _EVENTS if e[0] == "fit"]
     alphas = [e for e in _EVENTS if e[0] == "alpha"]
@@ -346,7 +346,7 @@ def test_strict_lasso_and_mlp_fit_on_training_rows_only(nyc_bundle: CityBundle, 
     _ACTIVE_TEST[:] = [frozenset()]
     monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
     monkeypatch.setattr(regression_mod, "outer_splits", _tracking_splits)
-    run_evaluation(emb, b, EvalConfig(seeds=(0,), regressors=("lasso", "mlp"), mlp_max_iter=50), clustering=False)
+    run_evaluation(emb, b, EvalConfig(seeds=(0,), regressors=("lasso", "mlp"), mlp_max_iter=50))
     fits = [e for e in _EVENTS if e[0] == "fit"]
     assert len(fits) >= 5 * 2
     for _, ids, test in fits:
@@ -417,6 +417,48 @@ def test_spatial_blocks_keep_blocks_whole(nyc_bundle: CityBundle, gurpp: pd.Data
         EvalConfig(spatial_blocks=3)
 
 
+def test_spatial_blocks_choose_the_penalty_by_blocks_too() -> None:
+    """Under spatial-block folds every inner search (ridge alpha, lasso, softmax) splits by blocks."""
+    from sklearn.linear_model import LassoLarsCV, RidgeCV
+    from sklearn.model_selection import GridSearchCV
+
+    from urbanrep.evaluate.protocols import inner_cv_by_blocks, make_regressor, make_share_model
+
+    cfg = EvalConfig(spatial_blocks=12, seeds=(0,))
+    groups = np.repeat(np.arange(12), 10)
+    probes = [make_regressor("ridge", cfg, 0), make_regressor("lasso", cfg, 0), make_share_model(cfg, 0)]
+    for probe in probes:
+        got = inner_cv_by_blocks(probe, groups, cfg, 0)
+        inner = next(s for s in [got] + [st for _, st in getattr(got, "steps", [])]
+                     if isinstance(s, (RidgeCV, LassoLarsCV, GridSearchCV)))
+        assert len(inner.cv) == cfg.inner_folds
+        for train, test in inner.cv:
+            assert not set(groups[train]) & set(groups[test])
+    with pytest.raises(EvaluationError, match="spatial block"):
+        inner_cv_by_blocks(make_regressor("ridge", cfg, 0), np.zeros(20, int), cfg, 0)
+    # a probe without an inner search is left as it is
+    rf = make_regressor("rf", cfg, 0)
+    assert inner_cv_by_blocks(rf, groups, cfg, 0) is rf
+    # the fitted ridge chose its alpha on the block splits: RidgeCV(cv=...) keeps no LOO values
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 5)), rng.normal(size=120)
+    fitted = inner_cv_by_blocks(make_regressor("ridge", cfg, 0), groups, cfg, 0).fit(x, y)
+    assert fitted.named_steps["ridge"].alpha_ in cfg.alphas
+
+
+def test_tasks_filter_evaluates_only_the_named_targets(singapore: CityBundle) -> None:
+    rng = np.random.default_rng(0)
+    emb = pd.DataFrame(rng.normal(size=(len(singapore.region_ids), 4)), index=pd.Index(singapore.region_ids,
+                                                                                     name="region_id"))
+    rep = evaluate_embeddings(emb, singapore, EvalConfig(seeds=(0,), tasks="population"))
+    assert set(rep["tasks"]) == {"population"} and rep["landuse"] == {}
+    assert rep["config"]["tasks"] == ["population"]
+    with pytest.raises(EvaluationError, match="does not have"):
+        evaluate_embeddings(emb, singapore, EvalConfig(seeds=(0,), tasks=("crime",)))
+    with pytest.raises(ConfigError, match="at least one"):
+        EvalConfig(tasks=())
+
+
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown evaluation protocol"):
         EvalConfig(protocol="best")
@@ -481,7 +523,7 @@ def test_landuse_shares_singapore(singapore: CityBundle) -> None:
     shares = singapore.target_table()[LU].to_numpy()
     oracle = pd.DataFrame(shares + 0.01 * rng.normal(size=shares.shape), index=singapore.region_ids)
     cfg = EvalConfig(seeds=(0,))
-    res = {name: run_evaluation(e, singapore, cfg, clustering=False)
+    res = {name: run_evaluation(e, singapore, cfg)
            for name, e in {"poi": poi, "noise": noise, "oracle": oracle}.items()}
     m = {k: r.metrics["landuse"]["landuse_shares"] for k, r in res.items()}
     assert m["poi"]["n"] == 372  # two subzones have no land use at all

@@ -124,6 +124,14 @@ def _run(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig, clustering: 
     targets = bundle.target_table()
     grouped = {m for members in bundle.target_groups.values() for m in members}
     scalar = [t for t in targets.columns if t not in grouped]
+    target_groups = dict(bundle.target_groups)
+    if config.tasks is not None:
+        unknown = sorted(set(config.tasks) - set(scalar) - set(target_groups))
+        if unknown:
+            raise EvaluationError(f"EvalConfig.tasks names {unknown}, which the bundle does not have; choose from "
+                                  f"{sorted(scalar) + sorted(target_groups)}")
+        scalar = [t for t in scalar if t in config.tasks]
+        target_groups = {g: m for g, m in target_groups.items() if g in config.tasks}
 
     groups_all: list[np.ndarray] | None = None
     if config.spatial_blocks is not None:
@@ -154,7 +162,7 @@ def _run(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig, clustering: 
         if target in report["probes"][config.regressors[0]]:
             report["tasks"][target] = report["probes"][config.regressors[0]][target]
 
-    for group, members in bundle.target_groups.items():
+    for group, members in target_groups.items():
         absent = [m for m in members if m not in targets.columns]
         if absent:
             raise EvaluationError(f"target group {group!r} names targets {absent} that the bundle lacks; "

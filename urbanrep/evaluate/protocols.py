@@ -96,7 +96,9 @@ class EvalConfig:
         seeds: Repeats of the strict protocol (one shuffled split per seed; also seeds the
             rf/mlp probes and the strict clustering runs). The paper protocol runs once.
         spatial_blocks: If set, split by ``GroupKFold`` over this many spatial blocks
-            (``KMeans`` on region centroids) instead of ``KFold``.
+            (``KMeans`` on region centroids) instead of ``KFold``; the strict probes' inner
+            searches (ridge alpha, lasso path, softmax penalty) then also split by blocks of
+            the training fold (:func:`inner_cv_by_blocks`).
         ridge_alpha: Fixed ridge alpha. ``None`` = protocol default: paper 1.0, strict chosen
             by inner CV (``RidgeCV`` over ``alphas``, efficient leave-one-out on the training fold).
         alphas: Ridge alpha grid for the strict inner CV.
@@ -117,6 +119,8 @@ class EvalConfig:
         mlp_alpha: L2 penalty of the MLP probe.
         mlp_max_iter: Training iterations of the MLP probe.
         n_jobs: Parallel jobs for the random forest (the only parallel probe).
+        tasks: Scalar targets and target groups to evaluate (e.g. ``("population",)``); ``None``
+            evaluates every one the bundle has. Clustering is not affected.
         blas_threads: BLAS threads while evaluating (``threadpoolctl``); probes on a few hundred
             regions run much faster single-threaded. ``None`` leaves the setting alone.
     """
@@ -126,6 +130,7 @@ class EvalConfig:
     folds: int | None = None
     seeds: tuple[int, ...] = tuple(range(10))
     spatial_blocks: int | None = None
+    tasks: tuple[str, ...] | None = None
     ridge_alpha: float | None = None
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     inner_folds: int = 5
@@ -151,6 +156,11 @@ class EvalConfig:
         object.__setattr__(self, "regressors", tuple(self.regressors))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        if self.tasks is not None:
+            tasks = (self.tasks,) if isinstance(self.tasks, str) else self.tasks
+            object.__setattr__(self, "tasks", tuple(str(t) for t in tasks))
+            if not self.tasks:
+                raise ConfigError("EvalConfig.tasks must name at least one target (None evaluates all)")
         object.__setattr__(self, "softmax_alphas", tuple(float(a) for a in self.softmax_alphas))
         if not self.regressors:
             raise ConfigError(f"EvalConfig.regressors is empty; choose from {', '.join(REGRESSORS)}")
@@ -200,6 +210,8 @@ class EvalConfig:
             clip="are set to 0" if self.clip else "are kept")
         if self.spatial_blocks:
             text += f"; folds keep {self.spatial_blocks} spatial blocks (KMeans on centroids) together"
+            if not self.published:
+                text += ", and the inner search of each probe's penalty splits the training fold by blocks too"
         return text
 
     def as_dict(self) -> dict[str, Any]:
@@ -207,6 +219,7 @@ class EvalConfig:
         return {
             "protocol": self.protocol, "regressors": list(self.regressors), "folds": self.n_folds,
             "seeds": list(self.repeat_seeds), "spatial_blocks": self.spatial_blocks,
+            **({"tasks": list(self.tasks)} if self.tasks is not None else {}),
             "ridge_alpha": self.ridge_alpha, "alphas": [min(self.alphas), max(self.alphas), len(self.alphas)],
             "clip_negative": self.clip, "n_clusters": self.n_clusters, "cluster_seed": self.cluster_seed,
             "cluster_n_init": self.cluster_n_init, "landuse_model": self.landuse_model,
@@ -262,6 +275,42 @@ def make_share_model(config: EvalConfig, seed: int) -> BaseEstimator:
                            max_iter=config.mlp_max_iter, random_state=seed)
         return Pipeline([("scale", StandardScaler()), ("mlp", mlp)])
     return make_regressor("ridge", config, seed)
+
+
+def inner_cv_by_blocks(estimator: BaseEstimator, groups: np.ndarray, config: EvalConfig, seed: int) -> BaseEstimator:
+    """``estimator`` with its inner hyper-parameter search keeping spatial blocks together.
+
+    Under spatial-block outer folds a test region has no neighbour in its training fold, so the
+    probe's own choice of penalty must be made the same way: leave-one-out or shuffled inner
+    folds keep each held-out region's neighbours in training, reward interpolation between
+    them and choose too little regularisation for areas without labelled neighbours. The ridge
+    alpha (``RidgeCV``), the lasso path (``LassoLarsCV``) and the softmax penalty
+    (``GridSearchCV``) are then chosen by ``GroupKFold`` over the training fold's blocks
+    (``config.inner_folds`` splits, fewer when the fold holds fewer blocks); the ridge alpha by
+    the mean squared error of the held-out blocks, as ``RidgeCV``'s leave-one-out path scores it. Probes without an
+    inner search are returned as they are.
+
+    Args:
+        estimator: A fresh probe from :func:`make_regressor` or :func:`make_share_model`.
+        groups: ``[n_train]`` spatial block ids of the training fold's rows.
+        config: Evaluation configuration.
+        seed: Seed of this repeat (shuffles the blocks among inner folds).
+
+    Returns:
+        The same estimator, its inner ``cv`` set to the block splits.
+    """
+    k = min(config.inner_folds, len(np.unique(groups)))
+    if k < 2:
+        raise EvaluationError(f"a training fold holds {k} spatial block: too few for an inner search; "
+                              "raise EvalConfig.spatial_blocks")
+    splits = list(GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(groups, groups=groups))
+    steps = [estimator] + ([s for _, s in estimator.steps] if isinstance(estimator, Pipeline) else [])
+    for step in steps:
+        if isinstance(step, RidgeCV):  # squared error, as its leave-one-out path scores (a per-fold R² is
+            step.set_params(cv=splits, scoring="neg_mean_squared_error")  # unstable on folds of a few regions)
+        elif isinstance(step, (LassoLarsCV, GridSearchCV)):
+            step.set_params(cv=splits)
+    return estimator
 
 
 def spatial_groups(centroids: np.ndarray, n_blocks: int, seed: int) -> np.ndarray:
