@@ -423,6 +423,7 @@ def test_spatial_blocks_choose_the_penalty_by_blocks_too() -> None:
     from sklearn.model_selection import GridSearchCV
 
     from urbanrep.evaluate.protocols import inner_cv_by_blocks, make_regressor, make_share_model
+    from urbanrep.evaluate.split_ridge import SplitRidgeCV
 
     cfg = EvalConfig(spatial_blocks=12, seeds=(0,))
     groups = np.repeat(np.arange(12), 10)
@@ -430,7 +431,7 @@ def test_spatial_blocks_choose_the_penalty_by_blocks_too() -> None:
     for probe in probes:
         got = inner_cv_by_blocks(probe, groups, cfg, 0)
         inner = next(s for s in [got] + [st for _, st in getattr(got, "steps", [])]
-                     if isinstance(s, (RidgeCV, LassoLarsCV, GridSearchCV)))
+                     if isinstance(s, (SplitRidgeCV, LassoLarsCV, GridSearchCV)))
         assert len(inner.cv) == cfg.inner_folds
         for train, test in inner.cv:
             assert not set(groups[train]) & set(groups[test])
@@ -439,11 +440,19 @@ def test_spatial_blocks_choose_the_penalty_by_blocks_too() -> None:
     # a probe without an inner search is left as it is
     rf = make_regressor("rf", cfg, 0)
     assert inner_cv_by_blocks(rf, groups, cfg, 0) is rf
-    # the fitted ridge chose its alpha on the block splits: RidgeCV(cv=...) keeps no LOO values
+    # the ridge alpha is chosen on the block splits by held-out squared error: the same choice and
+    # fit as scikit-learn's RidgeCV(cv=splits, scoring="neg_mean_squared_error"), one SVD per split
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(120, 5)), rng.normal(size=120)
-    fitted = inner_cv_by_blocks(make_regressor("ridge", cfg, 0), groups, cfg, 0).fit(x, y)
-    assert fitted.named_steps["ridge"].alpha_ in cfg.alphas
+    x = rng.normal(size=(120, 30))
+    for y in (x[:, :3].sum(1) + rng.normal(size=120) * 2, rng.normal(size=(120, 3))):
+        fitted = inner_cv_by_blocks(make_regressor("ridge", cfg, 0), groups, cfg, 0).fit(x, y)
+        ours = fitted.named_steps["ridge"]
+        assert isinstance(ours, SplitRidgeCV) and not isinstance(make_regressor("ridge", cfg, 0).steps[1][1],
+                                                                  SplitRidgeCV)
+        xs = fitted.named_steps["scale"].transform(x)
+        ref = RidgeCV(alphas=cfg.alphas, cv=ours.cv, scoring="neg_mean_squared_error").fit(xs, y)
+        assert ours.alpha_ == pytest.approx(ref.alpha_)
+        np.testing.assert_allclose(ours.predict(xs), ref.predict(xs), atol=1e-8)
 
 
 def test_tasks_filter_evaluates_only_the_named_targets(singapore: CityBundle) -> None:

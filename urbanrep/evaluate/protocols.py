@@ -48,6 +48,7 @@ from sklearn.preprocessing import StandardScaler
 
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.evaluate.softmax import SoftmaxRegression, neg_kl_scorer
+from urbanrep.evaluate.split_ridge import SplitRidgeCV
 
 PROTOCOLS: tuple[str, ...] = ("strict", "paper", "hafusion", "mgfn", "mtgc")
 #: Outer folds of each published protocol (all unshuffled ``KFold``).
@@ -287,7 +288,9 @@ def inner_cv_by_blocks(estimator: BaseEstimator, groups: np.ndarray, config: Eva
     alpha (``RidgeCV``), the lasso path (``LassoLarsCV``) and the softmax penalty
     (``GridSearchCV``) are then chosen by ``GroupKFold`` over the training fold's blocks
     (``config.inner_folds`` splits, fewer when the fold holds fewer blocks); the ridge alpha by
-    the mean squared error of the held-out blocks, as ``RidgeCV``'s leave-one-out path scores it. Probes without an
+    the mean squared error of the held-out blocks, as ``RidgeCV``'s leave-one-out path scores it
+    (a per-fold R² is unstable on folds of a few regions), with :class:`SplitRidgeCV` in place
+    of ``RidgeCV``. Probes without an
     inner search are returned as they are.
 
     Args:
@@ -304,12 +307,14 @@ def inner_cv_by_blocks(estimator: BaseEstimator, groups: np.ndarray, config: Eva
         raise EvaluationError(f"a training fold holds {k} spatial block: too few for an inner search; "
                               "raise EvalConfig.spatial_blocks")
     splits = list(GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(groups, groups=groups))
-    steps = [estimator] + ([s for _, s in estimator.steps] if isinstance(estimator, Pipeline) else [])
-    for step in steps:
-        if isinstance(step, RidgeCV):  # squared error, as its leave-one-out path scores (a per-fold R² is
-            step.set_params(cv=splits, scoring="neg_mean_squared_error")  # unstable on folds of a few regions)
-        elif isinstance(step, (LassoLarsCV, GridSearchCV)):
-            step.set_params(cv=splits)
+    if isinstance(estimator, Pipeline):
+        for i, (name, step) in enumerate(estimator.steps):
+            if isinstance(step, RidgeCV):
+                estimator.steps[i] = (name, SplitRidgeCV(alphas=tuple(np.ravel(step.alphas)), cv=splits))
+            elif isinstance(step, LassoLarsCV):
+                step.set_params(cv=splits)
+    if isinstance(estimator, GridSearchCV):
+        estimator.set_params(cv=splits)
     return estimator
 
 
