@@ -67,6 +67,14 @@ log = logging.getLogger("select_design")
 #: DESIGN_SELECTION_2026-12-06b.md, DESIGN_SELECTION_2026-12-06c.md, DESIGN_SELECTION_2026-12-06d.md.
 CANDIDATES = ("urbanrep", "abl_no_smoothing", "dev_smooth25", "dev_smooth50", "dev_scales1", "dev_scales3")
 
+#: Round 2026-12-06f (declared before its runs, with round e's rule and cities): training settings
+#: that no earlier round varied (InfoNCE temperature, expert depth, expert dropout, the weight of
+#: OD-distribution reconstruction) and one earlier loser retried under the new rule
+#: (``dev_structure10``), each with the default's output transform. Every run, the default's
+#: included, is trained on the same code (no cached runs of earlier code).
+TRAINING_CANDIDATES = ("urbanrep", "dev_temp05", "dev_temp01", "dev_layers1", "dev_layers3", "dev_dropout03",
+                       "dev_mobility3", "dev_structure10")
+
 #: Score difference within which candidates count as tied (then the paper protocol decides);
 #: about one seed standard deviation of the development scores.
 TIE_MARGIN = 0.01
