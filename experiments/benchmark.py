@@ -172,6 +172,13 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_dropout03": ("candidate: dropout 0.3 between expert layers (default 0.1)",
                           lambda mc: replace(mc, expert=replace(mc.expert, dropout=0.3))),
         "dev_mobility3": ("candidate: OD-distribution reconstruction weight 3 (default 1)", loss(mobility_weight=3.0)),
+        # Round 2026-12-06g: round f's winner (temperature 0.5) with the two runner-up depths.
+        "dev_temp05_layers1": ("candidate: InfoNCE temperature 0.5 and one message-passing layer per expert",
+                               lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1),
+                                                  loss=replace(mc.loss, temperature=0.5))),
+        "dev_temp05_layers3": ("candidate: InfoNCE temperature 0.5 and three message-passing layers per expert",
+                               lambda mc: replace(mc, expert=replace(mc.expert, num_layers=3),
+                                                  loss=replace(mc.loss, temperature=0.5))),
         "abl_concat_members": ("ablation: the three members concatenated (192-d) instead of their consensus, "
                                "then smoothed with scales (576-d; the concatenation was the default before "
                                "2026-12-06b)",

@@ -75,6 +75,11 @@ CANDIDATES = ("urbanrep", "abl_no_smoothing", "dev_smooth25", "dev_smooth50", "d
 TRAINING_CANDIDATES = ("urbanrep", "dev_temp05", "dev_temp01", "dev_layers1", "dev_layers3", "dev_dropout03",
                        "dev_mobility3", "dev_structure10")
 
+#: Round 2026-12-06g (declared after round f's result, before these runs): round f selected
+#: ``dev_temp05``; its two nearest rivals changed expert depth, one layer (best on Chicago-77) and
+#: three (best on São Paulo), so each is tried on top of temperature 0.5. Same rule and cities.
+COMBINATION_CANDIDATES = ("dev_temp05", "dev_temp05_layers1", "dev_temp05_layers3")
+
 #: Score difference within which candidates count as tied (then the paper protocol decides);
 #: about one seed standard deviation of the development scores.
 TIE_MARGIN = 0.01
