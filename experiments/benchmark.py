@@ -422,6 +422,8 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     trained, trained_meta, trained_path = got
     emb = output_transform(trained, data, mc.output_smoothing, mc.output_scales)
     meta = dict(trained_meta, variant=variant, model_config=config_to_dict(mc), as_trained=trained_path.name)
+    for stale in (*path.parent.glob(f"{path.stem}.eval_*.json"), *path.parent.glob(f"{path.stem}.spatial_*.json")):
+        stale.unlink()  # evaluations of the embedding this one replaces (written by this runner)
     write_parquet_atomic(emb.reset_index(), path)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return emb, meta, path

@@ -27,7 +27,11 @@ class LossConfig:
     """Weights and settings of the training objective.
 
     Attributes:
-        temperature: InfoNCE temperature.
+        temperature: InfoNCE temperature of every contrastive term. Default 0.5, chosen on the
+            development cities only (round 2026-12-06f, ``experiments/DESIGN_SELECTION.md``):
+            0.495 against 0.489 at 0.2 (the earlier default) and 0.487 at 0.1. A softer
+            contrast asks less of each region's identity and more of what modalities share.
+            It matters only where a city has two or more modalities (or street-view images).
         aggregated_weight: Aggregated level: InfoNCE between every pair of modality embeddings
             of the same region (other regions are negatives; only regions with both).
         point_weight: Point level: InfoNCE between two augmented views of the street-view
@@ -94,7 +98,7 @@ class LossConfig:
             term; larger graphs use a seeded random subset per step.
     """
 
-    temperature: float = 0.2
+    temperature: float = 0.5
     aggregated_weight: float = 1.0
     point_weight: float = 1.0
     fusion_weight: float = 0.0
