@@ -162,6 +162,8 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                              "default before 2026-12-06c)", lambda mc: replace(mc, output_smoothing=0.0, output_scales=0)),
         "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
                         lambda mc: replace(mc, output_smoothing=0.0, output_scales=3)),
+        "abl_temp02": ("ablation: InfoNCE temperature 0.2 (the default before round 2026-12-06f)",
+                       loss(temperature=0.2)),
         # Round 2026-12-06f: training settings no earlier round varied (declared before their runs).
         "dev_temp05": ("candidate: InfoNCE temperature 0.5 (default 0.2)", loss(temperature=0.5)),
         "dev_temp01": ("candidate: InfoNCE temperature 0.1", loss(temperature=0.1)),

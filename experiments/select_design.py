@@ -95,7 +95,8 @@ def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     single = len(modalities) < 2
     if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3"):
         return "mobility" not in modalities
-    if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01"):
+    if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01",
+                     "abl_temp02"):
         return single
     return False
 
