@@ -362,10 +362,25 @@ def _variant_configs(variant: str, seed: int, epochs: int, device: str) -> tuple
     return mc, tc
 
 
-def _transform_of(meta: dict[str, Any]) -> tuple[float, int]:
-    """``(output_smoothing, output_scales)`` a cached run was written with (0, 0 before they existed)."""
-    mc = meta.get("model_config") or {}
-    return float(mc.get("output_smoothing", 0.0)), int(mc.get("output_scales", 0))
+def changed_settings(cached: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the model settings a cached run's meta records differently from ``current``.
+
+    A setting the cached meta lacks was added to the code after that run and is not compared
+    (its run was trained without it, which its off default describes), except the output
+    transform, which did not exist before and so was 0.
+    """
+    if not prefix:
+        cached = {"output_smoothing": 0.0, "output_scales": 0, **cached}
+    out: list[str] = []
+    for key, value in current.items():
+        if key not in cached:
+            continue
+        if isinstance(value, dict) and isinstance(cached[key], dict):
+            out += changed_settings(cached[key], value, f"{prefix}{key}.")
+        elif cached[key] != value and not (isinstance(value, (int, float)) and isinstance(cached[key], (int, float))
+                                           and float(cached[key]) == float(value)):
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = False
@@ -403,8 +418,9 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     """Train one variant with one seed (or reuse its cached embedding; None if ``cached_only`` and absent).
 
     A learned variant's embedding is its as-trained run (:func:`trained_run`) put through its
-    output transform; a cached embedding written with another transform (the default's changed
-    since) is derived again from the as-trained run.
+    output transform. A cached embedding whose recorded settings differ from the variant's (a
+    default changed since; :func:`changed_settings`) is made anew: derived from the as-trained run
+    when only the transform changed, trained again otherwise.
     """
     from urbanrep.train import config_to_dict
 
@@ -412,14 +428,17 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
         return _train_peer(data, variant, seed, epochs, cache, cached_only)
     mc, tc = _variant_configs(variant, seed, epochs, device)
     path, meta_path, hit = _cached_run(data, variant, seed, tc.epochs, cache)
-    if hit is not None and _transform_of(hit[1]) == (mc.output_smoothing, mc.output_scales):
+    changed = changed_settings(hit[1].get("model_config") or {}, config_to_dict(mc)) if hit is not None else []
+    if hit is not None and not changed:
         return hit
+    if changed:
+        log.info("%s seed %d: the cached run has other settings (%s); it is made anew", variant, seed,
+                 ", ".join(changed))
     got = trained_run(data, mc, tc, cache, cached_only)
     if got is None:
         if hit is not None:
-            log.warning("%s seed %d: the cached embedding was written with output transform %s, the variant "
-                        "now asks for %s, and no as-trained run is cached to derive it from", variant, seed,
-                        _transform_of(hit[1]), (mc.output_smoothing, mc.output_scales))
+            log.warning("%s seed %d: the cached run differs in %s and --cached-only trains nothing: left out",
+                        variant, seed, ", ".join(changed))
         return None
     trained, trained_meta, trained_path = got
     emb = output_transform(trained, data, mc.output_smoothing, mc.output_scales)

@@ -645,6 +645,21 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: py
         benchmark.parse_args(["--out", str(Path(benchmark.__file__).parent / "out")])
 
 
+def test_benchmark_cache_notices_changed_settings() -> None:
+    from experiments.benchmark import changed_settings
+
+    now = {"loss": {"temperature": 0.5, "feature_weight": 5.0}, "ensemble": 3, "output_smoothing": 0.5,
+           "output_scales": 2}
+    assert changed_settings({"loss": {"temperature": 0.5, "feature_weight": 5}, "ensemble": 3,
+                             "output_smoothing": 0.5, "output_scales": 2}, now) == []
+    assert changed_settings({"loss": {"temperature": 0.2, "feature_weight": 5.0}, "ensemble": 3,
+                             "output_smoothing": 0.5, "output_scales": 2}, now) == ["loss.temperature"]
+    # settings newer than the run are not compared, but the output transform did not exist: it was 0
+    assert changed_settings({"loss": {"temperature": 0.5}, "ensemble": 3}, now) == ["output_smoothing",
+                                                                                  "output_scales"]
+    assert changed_settings({"loss": {}, "ensemble": 3}, dict(now, output_smoothing=0.0, output_scales=0)) == []
+
+
 def test_benchmark_targets_relative_to_best_raw() -> None:
     from experiments.benchmark import City, Target, check_targets
 
