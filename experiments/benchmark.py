@@ -165,7 +165,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "abl_temp02": ("ablation: InfoNCE temperature 0.2 (the default before round 2026-12-06f)",
                        loss(temperature=0.2)),
         # Round 2026-12-06f: training settings no earlier round varied (declared before their runs).
-        "dev_temp05": ("candidate: InfoNCE temperature 0.5 (default 0.2)", loss(temperature=0.5)),
+        "dev_temp05": ("candidate: InfoNCE temperature 0.5 (0.2 then; the default since this round)", loss(temperature=0.5)),
         "dev_temp01": ("candidate: InfoNCE temperature 0.1", loss(temperature=0.1)),
         "dev_layers1": ("candidate: one message-passing layer per expert (default 2)",
                         lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1))),
