@@ -2,7 +2,7 @@
 
 The quality issue forbids choosing epochs, seeds or hyper-parameters by test score. This
 script is the one place where design candidates (loss weights, contrast modes) are compared,
-and it compares them on **development cities** (default: Chicago-77 and Singapore), under
+and it compares them on **development cities** (default: Chicago-77, Singapore and São Paulo), under
 the ``strict`` protocol, with a fixed training budget and several training seeds. NYC-180,
 the main benchmark, and the NYC tracts are held out: they are never trained or scored here,
 so their numbers in ``experiments/RESULTS.md`` are not selected on.
