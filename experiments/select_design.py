@@ -239,7 +239,8 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
              f"{', '.join(HELD_OUT)}. Score = mean over cities of the city score, which is the mean of the "
              "strict R² over the city's scalar tasks under shuffled folds and under spatial-block folds (the "
              f"same strict pipeline, GroupKFold over about {SPATIAL_BLOCK_REGIONS} regions per block, at least "
-             f"{MIN_SPATIAL_BLOCKS} blocks; KMeans on region centroids), averaged; candidates within {TIE_MARGIN} "
+             f"{MIN_SPATIAL_BLOCKS} blocks; KMeans on region centroids; the probe's ridge alpha chosen on held-out "
+             f"blocks of the training fold too), averaged; candidates within {TIE_MARGIN} "
              "of the highest score are tied, and of those the one with the highest mean paper-protocol R² becomes "
              "the default.", "",
              "| candidate | " + " | ".join(f"{c} score" for c in cities) + " | score |",
