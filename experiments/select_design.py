@@ -80,6 +80,13 @@ TRAINING_CANDIDATES = ("urbanrep", "dev_temp05", "dev_temp01", "dev_layers1", "d
 #: three (best on São Paulo), so each is tried on top of temperature 0.5. Same rule and cities.
 COMBINATION_CANDIDATES = ("dev_temp05", "dev_temp05_layers1", "dev_temp05_layers3")
 
+#: Round 2026-12-06h (declared after round g, before these runs): flow-profile retention beside the
+#: other modalities (``dev_flow8``, ``dev_flow32``; round 2026-12-05 losers on Chicago-77 alone)
+#: retried under round e's rule on the new default. The held-out checks fail where raw OD share rows
+#: beat the embedding (carbon, clustering); this asks the development cities whether keeping where
+#: trips go is worth its cost there. Same rule and cities.
+FLOW_CANDIDATES = ("urbanrep", "dev_flow8", "dev_flow32")
+
 #: Score difference within which candidates count as tied (then the paper protocol decides);
 #: about one seed standard deviation of the development scores.
 TIE_MARGIN = 0.01
