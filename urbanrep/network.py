@@ -174,15 +174,15 @@ class ModelConfig:
             noise averages out, and a bare linear probe has a third of the columns to fit;
             ``"concat"``: the members side by side (``ensemble * expert.out_channels`` wide).
             Training is the same either way. Chosen on the development cities
-            (``experiments/DESIGN_SELECTION.md``, round 2026-12-06b): strict R² 0.449 against
+            (``experiments/DESIGN_SELECTION_2026-12-06b.md``): strict R² 0.449 against
             0.458 for the concatenation (a tie under the declared 0.01 margin), paper-protocol
             R² 0.224 against 0.003.
         output_smoothing: Share of the neighbour mean in the embedding a run writes: each
             region's row becomes ``(1 - s) * own + s * mean(adjacent regions' rows)`` (after
             ``ensemble_output``; :func:`urbanrep.smoothing.smooth_over_neighbours`). Training is
             the same whatever its value; 0 writes the embedding as trained. Default 0.5, with
-            ``output_scales=2``: chosen together on the development cities (round 2026-12-06c of
-            ``experiments/DESIGN_SELECTION.md``; strict R² 0.682 against 0.448 without either).
+            ``output_scales=2``: chosen together on the development cities (round 2026-12-06c,
+            ``experiments/DESIGN_SELECTION_2026-12-06c.md``; strict R² 0.682 against 0.448 without either).
         output_scales: After ``output_smoothing``, append the neighbour means of the embedding
             over 1..``output_scales`` hops (:func:`urbanrep.smoothing.neighbourhood_scales`):
             the written embedding is ``1 + output_scales`` times as wide (default 2: 192

@@ -28,7 +28,7 @@ class LossConfig:
 
     Attributes:
         temperature: InfoNCE temperature of every contrastive term. Default 0.5, chosen on the
-            development cities only (round 2026-12-06f, ``experiments/DESIGN_SELECTION.md``):
+            development cities only (``experiments/DESIGN_SELECTION_2026-12-06f.md``):
             0.495 against 0.489 at 0.2 (the earlier default) and 0.487 at 0.1. A softer
             contrast asks less of each region's identity and more of what modalities share.
             It matters only where a city has two or more modalities (or street-view images).
@@ -38,7 +38,7 @@ class LossConfig:
             image graph (image nodes).
         fusion_weight: Fusion level, see ``fusion_contrast``. Off (0) by default: on the
             development cities no fusion-level contrast, with three ensemble members, scored
-            best (``experiments/DESIGN_SELECTION.md``); ``--set model.loss.fusion_weight=1``
+            best (``experiments/DESIGN_SELECTION_2026-12-06a.md`` and ``_2026-12-06b.md``); ``--set model.loss.fusion_weight=1``
             switches the ``"cross"`` contrast on.
         fusion_contrast: ``"cross"`` (default form; of the forms tried with one member it
             scored best on the development cities, ``experiments/select_design.py``) or
