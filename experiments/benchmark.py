@@ -18,13 +18,18 @@ Outputs (``--out``, default ``/tmp/urbanrep-benchmark``; never inside the reposi
     OUT/RESULTS.md              the tables, published numbers beside ours, target checks
     OUT/embeddings/<city>/*.parquet   cached embeddings (a rerun reuses them)
 
+A learned variant's embedding is derived from an as-trained run (``trained_<hash>``, keyed by the
+training configuration) through the variant's output transform, so variants that differ only in
+output smoothing or scales train once. A cached run whose recorded settings differ from the
+variant's current ones (a default changed since) is derived or trained anew, never reused.
+
 ``--publish`` also copies the two result files to ``experiments/RESULTS.md`` and
 ``experiments/results.json`` (small, committed).
 
 Examples::
 
     python -m experiments.benchmark --quick                       # NYC-180 + Chicago, 3 seeds, few ablations
-    python -m experiments.benchmark --cities nyc180 chicago77 singapore nyc_tracts --seeds 0 1 2 --publish
+    python -m experiments.benchmark --cities nyc180 chicago77 singapore nyc_tracts sao_paulo --seeds 0 1 2 --publish
     python -m experiments.benchmark --cities nyc180 --epochs 300 --ablations all
 """
 
