@@ -166,6 +166,8 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                         lambda mc: replace(mc, output_smoothing=0.5, output_scales=2)),
         "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing or scales (64-d; the "
                              "default before 2026-12-06c)", lambda mc: replace(mc, output_smoothing=0.0, output_scales=0)),
+        "dev_scales2_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means appended (192-d)",
+                            lambda mc: replace(mc, output_smoothing=0.0, output_scales=2)),
         "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
                         lambda mc: replace(mc, output_smoothing=0.0, output_scales=3)),
         "abl_temp02": ("ablation: InfoNCE temperature 0.2 (the default before round 2026-12-06f)",

@@ -87,6 +87,13 @@ COMBINATION_CANDIDATES = ("dev_temp05", "dev_temp05_layers1", "dev_temp05_layers
 #: trips go is worth its cost there. Same rule and cities.
 FLOW_CANDIDATES = ("urbanrep", "dev_flow8", "dev_flow32")
 
+#: Round 2026-12-06i (declared after round h, before these runs): the scales keep only a half-smoothed
+#: copy of each region's own row, and under spatial-block folds Chicago-77 prefers the row as trained
+#: (round e: 0.507 as trained vs 0.402 with the scales). ``dev_scales2_raw`` appends the 1- and 2-hop
+#: means to the unsmoothed row (the same width as the default; round e's ``dev_scales3`` had three
+#: hops and 256 columns). Transform only: no training. Same rule and cities.
+RAW_ROW_CANDIDATES = ("urbanrep", "dev_scales2_raw")
+
 #: Score difference within which candidates count as tied (then the paper protocol decides);
 #: about one seed standard deviation of the development scores.
 TIE_MARGIN = 0.01
