@@ -385,8 +385,7 @@ def changed_settings(cached: dict[str, Any], current: dict[str, Any], prefix: st
             continue
         if isinstance(value, dict) and isinstance(cached[key], dict):
             out += changed_settings(cached[key], value, f"{prefix}{key}.")
-        elif cached[key] != value and not (isinstance(value, (int, float)) and isinstance(cached[key], (int, float))
-                                           and float(cached[key]) == float(value)):
+        elif cached[key] != value:  # 5 == 5.0: a number read back from JSON compares equal
             out.append(f"{prefix}{key}")
     return out
 
@@ -415,10 +414,11 @@ def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = Fa
             "loss_first": hist[0]["total"], "loss_last": hist[-1]["total"],
             "loss_last10pct_mean": float(np.mean(tail)), "loss_prev10pct_mean": float(np.mean(mid)),
             "loss_parts_last": {k: v for k, v in hist[-1].items() if k not in ("epoch", "total")}}
+    emb = embeddings_frame(res.region_ids, res.embeddings)
     cache.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(embeddings_frame(res.region_ids, res.embeddings).reset_index(), path)
+    write_parquet_atomic(emb.reset_index(), path)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
-    return _cached_run(data, twin, tc.seed, tc.epochs, cache)[2]
+    return emb, meta, path
 
 
 def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path,

@@ -11,10 +11,9 @@ import warnings
 from typing import Any
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
-from urbanrep.evaluate.protocols import EvalConfig, inner_cv_by_blocks, make_share_model, outer_splits
+from urbanrep.evaluate.protocols import EvalConfig, fold_probe, make_share_model, outer_splits
 
 
 def to_distribution(values: np.ndarray) -> np.ndarray:
@@ -71,8 +70,7 @@ def share_oof_predictions(x: np.ndarray, y: np.ndarray, config: EvalConfig,
             proto = make_share_model(config, seed)
             g = groups[r] if groups is not None else None
             for train, test in outer_splits(len(y), config, seed, g):
-                model = clone(proto) if g is None else inner_cv_by_blocks(clone(proto), g[train], config, seed)
-                model = model.fit(x[train], y[train])
+                model = fold_probe(proto, config, seed, None if g is None else g[train]).fit(x[train], y[train])
                 preds[r, test] = to_distribution(np.asarray(model.predict(x[test])).reshape(len(test), -1))
     return preds
 

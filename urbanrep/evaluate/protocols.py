@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.cluster import KMeans
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import RandomForestRegressor
@@ -316,6 +316,19 @@ def inner_cv_by_blocks(estimator: BaseEstimator, groups: np.ndarray, config: Eva
     if isinstance(estimator, GridSearchCV):
         estimator.set_params(cv=splits)
     return estimator
+
+
+def fold_probe(proto: BaseEstimator, config: EvalConfig, seed: int, groups: np.ndarray | None) -> BaseEstimator:
+    """A fresh copy of ``proto`` for one outer training fold.
+
+    Args:
+        proto: The repeat's probe (:func:`make_regressor` or :func:`make_share_model`).
+        config: Evaluation configuration.
+        seed: Seed of this repeat.
+        groups: ``[n_train]`` spatial block ids of the fold's rows under spatial-block folds
+            (its inner search then splits by blocks, :func:`inner_cv_by_blocks`), else None.
+    """
+    return clone(proto) if groups is None else inner_cv_by_blocks(clone(proto), groups, config, seed)
 
 
 def spatial_groups(centroids: np.ndarray, n_blocks: int, seed: int) -> np.ndarray:

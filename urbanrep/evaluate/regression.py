@@ -7,11 +7,10 @@ import warnings
 from typing import Any
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from urbanrep.evaluate.protocols import EvalConfig, inner_cv_by_blocks, make_regressor, outer_splits
+from urbanrep.evaluate.protocols import EvalConfig, fold_probe, make_regressor, outer_splits
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,7 @@ def oof_predictions_array(x: np.ndarray, y: np.ndarray, config: EvalConfig, regr
             proto = make_regressor(regressor, config, seed)
             g = groups[r] if groups is not None else None
             for train, test in outer_splits(len(y), config, seed, g):
-                model = clone(proto) if g is None else inner_cv_by_blocks(clone(proto), g[train], config, seed)
-                model = model.fit(x[train], y[train])
+                model = fold_probe(proto, config, seed, None if g is None else g[train]).fit(x[train], y[train])
                 preds[r, test] = np.asarray(model.predict(x[test]), dtype=np.float64).reshape(-1)
     if config.clip:
         np.maximum(preds, 0.0, out=preds)
