@@ -451,8 +451,9 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     trained, trained_meta, trained_path = got
     emb = output_transform(trained, data, mc.output_smoothing, mc.output_scales)
     meta = dict(trained_meta, variant=variant, model_config=config_to_dict(mc), as_trained=trained_path.name)
-    for stale in (*path.parent.glob(f"{path.stem}.eval_*.json"), *path.parent.glob(f"{path.stem}.spatial_*.json")):
-        stale.unlink()  # evaluations of the embedding this one replaces (written by this runner)
+    for kind in EVAL_CACHE_KINDS:
+        for stale in path.parent.glob(eval_cache_name(path, kind, "*")):
+            stale.unlink()  # evaluations of the embedding this one replaces (written by this runner)
     write_parquet_atomic(emb.reset_index(), path)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return emb, meta, path
@@ -613,6 +614,16 @@ def cached_json(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, 
     return result
 
 
+#: Kinds of evaluation cached beside an embedding file (see :func:`eval_cache_name`).
+EVAL_CACHE_KINDS = ("eval", "spatial")
+
+
+def eval_cache_name(path: Path, kind: str, key: str) -> str:
+    """File name of the ``kind`` evaluation (one of :data:`EVAL_CACHE_KINDS`) of the embedding at
+    ``path`` under the settings hashed to ``key`` (``"*"`` gives the glob of every setting)."""
+    return f"{path.stem}.{kind}_{key}.json"
+
+
 def cached_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds: int) -> dict[str, Any]:
     """Both protocols plus input retention for a cached embedding file (results cached beside it)."""
     from urbanrep.evaluate import EvalConfig
@@ -623,7 +634,7 @@ def cached_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds: int) -
     def compute() -> dict[str, Any]:
         return {**evaluate_all(emb, bundle, strict_seeds), "retention": input_retention(emb, bundle)}
 
-    return cached_json(path.with_name(f"{path.stem}.eval_{key}.json"), compute)
+    return cached_json(path.with_name(eval_cache_name(path, "eval", key)), compute)
 
 
 def cached_spatial_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds: int) -> dict[str, Any]:
@@ -631,7 +642,7 @@ def cached_spatial_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds
     from urbanrep.evaluate import EvalConfig, evaluate_embeddings
 
     config = EvalConfig(seeds=tuple(range(strict_seeds)), spatial_blocks=spatial_blocks_for(len(emb)))
-    return cached_json(path.with_name(f"{path.stem}.spatial_{_config_hash(config.as_dict())}.json"),
+    return cached_json(path.with_name(eval_cache_name(path, "spatial", _config_hash(config.as_dict()))),
                        lambda: flatten_metrics(evaluate_embeddings(emb, bundle, config)))
 
 

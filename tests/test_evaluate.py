@@ -621,6 +621,8 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: py
     assert sorted(p.name for p in out.iterdir()) == ["RESULTS.md", "embeddings", "results.json"]
     cached = list((out / "embeddings" / "chicago77").glob("urbanrep_s0_e1_*.parquet"))
     assert len(cached) == 1  # a rerun reuses it
+    for kind in benchmark.EVAL_CACHE_KINDS:  # the names the stale-evaluation cleanup globs for
+        assert len(list(cached[0].parent.glob(benchmark.eval_cache_name(cached[0], kind, "*")))) == 1, kind
     emb = pd.read_parquet(cached[0]).set_index("region_id")
     assert emb.shape[0] == 77 and emb.index.name == "region_id"
     # variants that differ only in the output transform reuse the one as-trained run
