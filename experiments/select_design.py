@@ -94,6 +94,20 @@ FLOW_CANDIDATES = ("urbanrep", "dev_flow8", "dev_flow32")
 #: hops and 256 columns). Transform only: no training. Same rule and cities.
 RAW_ROW_CANDIDATES = ("urbanrep", "dev_scales2_raw")
 
+#: Round 2026-12-06j (declared after round i, before these runs): the training budget, as a
+#: quality-versus-CPU-seconds curve on the current default. Members of the consensus ensemble (one,
+#: five, eight; default three), epochs (150, 600; default 300) and the peers' width (144-d), each
+#: trained anew on the same code as the default, whose runs are trained anew too so that every
+#: cost is measured the same way. A candidate that costs more than the default is eligible only if
+#: it buys at least ``COST_GAIN`` of score for at most ``COST_LIMIT`` times the default's CPU time.
+BUDGET_CANDIDATES = ("urbanrep", "abl_single_member", "dev_ens5", "dev_ens8", "dev_epochs150", "dev_epochs600",
+                     "dev_width144")
+
+#: The cost rule (round 2026-12-06j on): a candidate whose training CPU time (summed over the
+#: development cities, mean over seeds) exceeds the default's by more than ``COST_TOLERANCE`` (timing
+#: noise) must beat the default's score by ``COST_GAIN`` and cost at most ``COST_LIMIT`` times as much.
+COST_TOLERANCE, COST_GAIN, COST_LIMIT = 1.15, 0.03, 3.0
+
 #: Score difference within which candidates count as tied (then the paper protocol decides);
 #: about one seed standard deviation of the development scores.
 TIE_MARGIN = 0.01
@@ -184,13 +198,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for cand in args.candidates:
             if cand in pruned:
                 continue
-            per_seed, spatial, paper, flow = [], [], [], []
+            per_seed, spatial, paper, flow, cpu = [], [], [], [], []
             trained_as = "urbanrep" if same_as_default(cand, list(data.modalities)) else cand
             for seed in args.seeds:
                 got = train_embedding(data, trained_as, seed, args.epochs, args.out / "embeddings" / city_name,
                                       args.device, cached_only=args.cached_only)
                 if got is None:
                     break
+                cpu.append(got[1].get("cpu_s"))  # None for runs cached before it was recorded
                 per_seed.append(strict_scores(got[0], bundle, tasks, args.strict_seeds))
                 spatial.append(strict_scores(got[0], bundle, tasks, args.strict_seeds, blocks))
                 paper.append(paper_score(got[0], bundle, tasks))
@@ -215,7 +230,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                           "score_std": float(np.std(city_score)),
                                           "same_as_default": trained_as != cand,
                                           "paper": float(np.mean(paper)),
-                                          "flow_agreement": float(np.mean(flow)) if flow else None}
+                                          "flow_agreement": float(np.mean(flow)) if flow else None,
+                                          "cpu_s": (float(np.mean(cpu)) if all(c is not None for c in cpu)
+                                                    else None)}
             log.info("%s %s: score %.3f ± %.3f (shuffled %.3f, spatial blocks %.3f) %s", city_name, cand,
                      np.mean(city_score), np.std(city_score), np.mean(shuffled), np.mean(by_block),
                      {t: round(v, 3) for t, v in means.items()})
@@ -230,12 +247,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["pruned"] = {c: round(d, 4) for c, d in pruned.items() if c not in results.get("incomplete", {})}
     for entry in results["candidates"].values():
         entry["paper"] = float(np.mean([c["paper"] for c in entry["cities"].values()])) if entry["cities"] else 0.0
-    eligible = [c for c in results["candidates"] if c not in pruned]
+    apply_cost_rule(results)
+    eligible = [c for c in results["candidates"] if c not in pruned and not results["candidates"][c].get("too_costly")]
     best = max(results["candidates"][c]["score"] for c in eligible)
     tied = [c for c in eligible if results["candidates"][c]["score"] >= best - TIE_MARGIN]
     results["tied"] = tied
     results["selected"] = max(tied, key=lambda c: results["candidates"][c]["paper"])
     return results
+
+
+def apply_cost_rule(results: dict[str, Any]) -> None:
+    """Record each candidate's training cost relative to the default and mark the ones too costly.
+
+    ``cost``: the candidate's CPU seconds per run (mean over seeds), summed over the cities it was
+    trained on, divided by the default's over the same cities (None where a run's CPU time was not
+    recorded or the default is not a candidate). ``too_costly``: it costs more than
+    ``COST_TOLERANCE`` times the default and either more than ``COST_LIMIT`` times or gains less than
+    ``COST_GAIN`` of score over the default.
+    """
+    default = results["candidates"].get("urbanrep")
+    for entry in results["candidates"].values():
+        cities = list(entry["cities"])
+        cost = None
+        if default is not None and cities and all(c in default["cities"] for c in cities):
+            mine = [entry["cities"][c].get("cpu_s") for c in cities]
+            ref = [default["cities"][c].get("cpu_s") for c in cities]
+            if all(v is not None for v in mine + ref) and sum(ref) > 0:
+                cost = sum(mine) / sum(ref)
+        entry["cost"] = cost
+        entry["too_costly"] = bool(cost is not None and cost > COST_TOLERANCE and default is not None
+                                   and (cost > COST_LIMIT or entry["score"] < default["score"] + COST_GAIN))
 
 
 def _cell(entry: dict[str, Any], city: str, key: str) -> str:
@@ -303,6 +344,21 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
 
         lines.append(f"| {cand} | " + " | ".join([_cell(e, c, "paper") for c in cities]
                                                  + [_cell(e, c, "flow_agreement") for c in flow_cities]) + " |")
+    if any(e.get("cost") is not None for e in res["candidates"].values()):
+        lines += ["", "Quality versus training cost: CPU seconds of one training run (one torch thread; mean over "
+                  "seeds), the total over the cities relative to the default's, and the score. A candidate "
+                  f"costing more than {COST_TOLERANCE}× the default must gain at least {COST_GAIN} of score and "
+                  f"cost at most {COST_LIMIT}× to be eligible.", "",
+                  "| candidate | " + " | ".join(f"{c} CPU s" for c in cities) + " | × default | score | eligible by cost |",
+                  "|---|" + "---|" * (len(cities) + 3)]
+        for cand in sorted(res["candidates"], key=lambda c: res["candidates"][c].get("cost") or 0.0):
+            e = res["candidates"][cand]
+            cost = e.get("cost")
+            lines.append(f"| {cand} | " + " | ".join(
+                "" if (e["cities"].get(c) or {}).get("cpu_s") is None else f"{e['cities'][c]['cpu_s']:.1f}"
+                for c in cities) + f" | {'' if cost is None else f'{cost:.2f}'} | "
+                + ("pruned" if e["pruned"] else f"{e['score']:.3f}")
+                + f" | {'no' if e.get('too_costly') else 'yes'} |")
     if res.get("incomplete"):
         lines += ["", "Incomplete (not every training seed was run before this table was made, so not eligible): "
                   + ", ".join(f"{c} (on {city})" for c, city in res["incomplete"].items()) + "."]

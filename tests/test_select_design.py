@@ -1,0 +1,46 @@
+"""The development loop's cost rule (experiments/select_design.py): costlier candidates must buy quality."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def _entry(score: float, cpu: dict[str, float | None]) -> dict[str, Any]:
+    return {"score": score, "cities": {c: {"cpu_s": v} for c, v in cpu.items()}}
+
+
+def test_cost_rule_marks_costly_candidates_without_a_clear_gain() -> None:
+    from experiments.select_design import COST_GAIN, apply_cost_rule
+
+    res = {"candidates": {
+        "urbanrep": _entry(0.50, {"a": 10.0, "b": 20.0}),
+        "cheap": _entry(0.49, {"a": 3.0, "b": 7.0}),
+        "noise": _entry(0.40, {"a": 11.0, "b": 21.0}),  # within the timing tolerance: not a cost question
+        "costly_small_gain": _entry(0.50 + COST_GAIN / 2, {"a": 20.0, "b": 40.0}),
+        "costly_clear_gain": _entry(0.50 + COST_GAIN + 0.001, {"a": 20.0, "b": 40.0}),
+        "too_slow": _entry(0.70, {"a": 40.0, "b": 80.0}),
+        "unmeasured": _entry(0.60, {"a": None, "b": 20.0}),
+    }}
+    apply_cost_rule(res)
+    got = {c: (e["cost"], e["too_costly"]) for c, e in res["candidates"].items()}
+    assert got["urbanrep"] == (1.0, False)
+    assert got["cheap"][0] == pytest.approx(1 / 3) and not got["cheap"][1]
+    assert not got["noise"][1]
+    assert got["costly_small_gain"] == (2.0, True)
+    assert got["costly_clear_gain"] == (2.0, False)
+    assert got["too_slow"] == (4.0, True)
+    assert got["unmeasured"] == (None, False)  # no cost recorded: the rule cannot judge it
+
+
+def test_cost_rule_compares_over_the_cities_a_candidate_ran_on() -> None:
+    from experiments.select_design import apply_cost_rule
+
+    res = {"candidates": {"urbanrep": _entry(0.5, {"a": 10.0, "b": 90.0}),
+                          "pruned_after_a": _entry(0.3, {"a": 20.0})}}
+    apply_cost_rule(res)
+    assert res["candidates"]["pruned_after_a"]["cost"] == 2.0  # a alone, not a against a + b
+    res = {"candidates": {"x": _entry(0.5, {"a": 1.0})}}
+    apply_cost_rule(res)  # no default among the candidates: nothing to compare with
+    assert res["candidates"]["x"] == {"score": 0.5, "cities": {"a": {"cpu_s": 1.0}}, "cost": None, "too_costly": False}
