@@ -103,6 +103,14 @@ RAW_ROW_CANDIDATES = ("urbanrep", "dev_scales2_raw")
 BUDGET_CANDIDATES = ("urbanrep", "abl_single_member", "dev_ens5", "dev_ens8", "dev_epochs150", "dev_epochs600",
                      "dev_width144")
 
+#: Round 2026-12-06k (declared while round j ran, before its own runs): a fusion objective that
+#: rewards distinct information rather than agreement (issue 14's list), as redundancy reduction of
+#: the fused embedding (``LossConfig.decorrelation_weight``: mean squared correlation between its
+#: columns, about 0.08 in the default's Chicago-77 embedding where unrelated columns would give
+#: 0.013). Weights 10 and 50 make it about 0.08 and 0.4 of the default's final Chicago-77 loss
+#: (about 10). Same rule and cities; the default's runs are round j's.
+DECORRELATION_CANDIDATES = ("urbanrep", "dev_decor10", "dev_decor50")
+
 #: The cost rule (round 2026-12-06j on): a candidate whose training CPU time (summed over the
 #: development cities, mean over seeds) exceeds the default's by more than ``COST_TOLERANCE`` (timing
 #: noise) must beat the default's score by ``COST_GAIN`` and cost at most ``COST_LIMIT`` times as much.

@@ -170,6 +170,29 @@ def test_structure_loss_is_zero_when_the_embedding_keeps_the_input_geometry():
     assert "structure" in res.history[-1]
 
 
+def test_decorrelation_loss_measures_redundant_columns():
+    from urbanrep.fusion.losses import decorrelation_loss
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(500, 1, generator=g)
+    assert float(decorrelation_loss(base.repeat(1, 4) * torch.tensor([1.0, -2.0, 3.0, 0.5]))) == pytest.approx(1.0, abs=1e-4)
+    x = torch.randn(500, 8, generator=g)
+    q, _ = torch.linalg.qr(x - x.mean(0))  # orthogonal columns spanning centred ones: uncorrelated
+    assert float(decorrelation_loss(q)) < 1e-6
+    with_constant = torch.cat([torch.randn(50, 3, generator=g), torch.ones(50, 1)], dim=1)
+    assert torch.isfinite(decorrelation_loss(with_constant))
+    assert float(decorrelation_loss(torch.randn(1, 4))) == 0.0 and float(decorrelation_loss(torch.randn(9, 1))) == 0.0
+    x = torch.randn(40, 6, generator=g, requires_grad=True)
+    decorrelation_loss(x).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    data = random_region_graph(30, modalities=("poi", "mobility"), seed=2)
+    res = train(data, ModelConfig(ensemble=1, loss=LossConfig(decorrelation_weight=1.0)),
+                TrainConfig(epochs=2, seed=0, num_threads=1))
+    assert "decorrelation" in res.history[-1]
+    with pytest.raises(Exception, match="decorrelation_weight"):
+        LossConfig(decorrelation_weight=-1.0)
+
+
 def test_flow_retention_applies_alone_by_default_and_with_others_on_request():
     from urbanrep.network import GraphMetadata, RegionModel
 

@@ -39,6 +39,7 @@ from urbanrep.fusion.information import graph_noise_prior
 from urbanrep.fusion.losses import (
     LossConfig,
     augment_graph,
+    decorrelation_loss,
     dense_od,
     feature_reconstruction_loss,
     flow_profile_components,
@@ -490,7 +491,8 @@ class RegionModel(nn.Module):
         Returns:
             ``(total, parts)``: the weighted sum and each unweighted part (detached), keyed
             ``aggregated``, ``fusion``, ``point``, ``mobility``, ``poi_similarity``,
-            ``landuse_similarity``, ``balance`` (only the parts switched on and applicable).
+            ``landuse_similarity``, ``features``, ``structure``, ``decorrelation``, ``balance`` (only the
+            parts switched on and applicable).
         """
         if self.members is not None:
             assert out.members is not None, "an ensemble's loss needs the output of its own forward"
@@ -559,6 +561,8 @@ class RegionModel(nn.Module):
                 parts["features"] = (lc.feature_weight, stacked.mean())
         if lc.structure_weight > 0:
             parts["structure"] = (lc.structure_weight, self._structure_loss(data, out, sel))
+        if lc.decorrelation_weight > 0:
+            parts["decorrelation"] = (lc.decorrelation_weight, decorrelation_loss(sel(out.embedding)))
         if lc.balance_weight > 0 and self.config.moe.routing == "topk" and self.config.moe.num_shared > 0:
             parts["balance"] = (lc.balance_weight, out.aux_loss)
         if not parts:

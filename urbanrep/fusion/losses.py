@@ -91,6 +91,12 @@ class LossConfig:
             have. 0 switches it off.
         flow_structure_components: Width of the flow-profile summary the structure term
             compares (leading principal components of the ``2N``-wide profiles).
+        decorrelation_weight: Redundancy reduction of the fused embedding
+            (:func:`decorrelation_loss`, the covariance term of VICReg / Barlow Twins computed on
+            correlations): the mean squared correlation between two of its columns. The
+            contrastive terms reward what the modalities agree on and let the columns repeat it;
+            this term asks each column for something the others do not carry, so the width
+            holds more distinct information. 0 (default) switches it off.
         balance_weight: Load-balancing loss of sparse (top-k) MoE routing.
         feature_drop: Probability of masking a feature column in an augmented view.
         edge_drop: Probability of dropping an edge in an augmented view.
@@ -112,6 +118,7 @@ class LossConfig:
     solo_flow_components: int = 16
     structure_weight: float = 0.0
     flow_structure_components: int = 32
+    decorrelation_weight: float = 0.0
     balance_weight: float = 0.01
     feature_drop: float = 0.2
     edge_drop: float = 0.2
@@ -122,7 +129,7 @@ class LossConfig:
             raise ConfigError(f"LossConfig.temperature must be > 0, got {self.temperature}")
         for name in ("aggregated_weight", "point_weight", "fusion_weight", "mobility_weight",
                      "poi_similarity_weight", "landuse_similarity_weight", "feature_weight", "balance_weight",
-                     "structure_weight"):
+                     "structure_weight", "decorrelation_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}")
         if self.feature_target not in FEATURE_TARGETS:
@@ -315,6 +322,30 @@ def similarity_reconstruction_loss(emb: Tensor, x: Tensor, mask: Tensor) -> Tens
     xe = F.normalize(x[mask].float(), dim=-1)
     ze = F.normalize(emb[mask].float(), dim=-1)
     return F.mse_loss(ze @ ze.t(), xe @ xe.t())
+
+
+def decorrelation_loss(emb: Tensor) -> Tensor:
+    """Mean squared off-diagonal correlation between the columns of ``emb``.
+
+    ``C = Z^T Z / (R - 1)`` with ``Z`` the column-standardised rows; the loss is
+    ``sum_{i != j} C_ij^2 / (D (D - 1))``, in ``[0, 1]``: 0 when every pair of columns is
+    uncorrelated, 1 when all columns are one signal (up to sign). A constant column counts as
+    uncorrelated with every other.
+
+    Args:
+        emb: ``[R, D]`` embeddings (``R >= 2``, ``D >= 2``).
+
+    Returns:
+        Scalar loss (0 for fewer than two rows or columns).
+    """
+    r, d = emb.shape
+    if r < 2 or d < 2:
+        return emb.sum() * 0.0
+    z = emb.float() - emb.float().mean(dim=0)
+    z = z / z.pow(2).sum(dim=0).div(r - 1).add(1e-8).sqrt()
+    c = z.t() @ z / (r - 1)
+    off = c - torch.diag_embed(torch.diagonal(c))
+    return off.pow(2).sum() / (d * (d - 1))
 
 
 def structure_loss(emb: Tensor, views: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
