@@ -111,6 +111,18 @@ BUDGET_CANDIDATES = ("urbanrep", "abl_single_member", "dev_ens5", "dev_ens8", "d
 #: (about 10). Same rule and cities; the default's runs are round j's.
 DECORRELATION_CANDIDATES = ("urbanrep", "dev_decor10", "dev_decor50")
 
+#: Round 2026-12-06l (declared after round k, before its runs): issue 14 asks whether region-specific
+#: fusion weights beat one global weight per modality by more than one standard deviation on the
+#: development cities, and whether the dedicated experts beat one identical architecture. Both
+#: ablations were last scored under round a's rule (Chicago-77 and Singapore, shuffled folds, an
+#: older default); this round scores them under the current rule on all three cities. They are
+#: measured, not candidates: each removes a part that defines the method (``METHOD_ABLATIONS``).
+ABLATION_CANDIDATES = ("urbanrep", "abl_global_fusion", "abl_uniform_experts")
+
+#: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
+#: loop scores them beside the default but never selects one.
+METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")
+
 #: The cost rule (round 2026-12-06j on): a candidate whose training CPU time (summed over the
 #: development cities, mean over seeds) exceeds the default's by more than ``COST_TOLERANCE`` (timing
 #: noise) must beat the default's score by ``COST_GAIN`` and cost at most ``COST_LIMIT`` times as much.
@@ -256,7 +268,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for entry in results["candidates"].values():
         entry["paper"] = float(np.mean([c["paper"] for c in entry["cities"].values()])) if entry["cities"] else 0.0
     apply_cost_rule(results)
-    eligible = [c for c in results["candidates"] if c not in pruned and not results["candidates"][c].get("too_costly")]
+    eligible = [c for c in results["candidates"] if c not in pruned and c not in METHOD_ABLATIONS
+                and not results["candidates"][c].get("too_costly")]
     best = max(results["candidates"][c]["score"] for c in eligible)
     tied = [c for c in eligible if results["candidates"][c]["score"] >= best - TIE_MARGIN]
     results["tied"] = tied
@@ -377,7 +390,11 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
     lines += ["", "`(= default here)`: the candidate changes nothing the city has (e.g. flow retention without "
               "mobility, a fusion option with one modality), so it trains exactly as the default there and "
               "reuses the default's runs."]
-    lines += ["", f"Tied within {TIE_MARGIN} of the highest score: {', '.join(res.get('tied', []))}.",
+    measured = [c for c in res["candidates"] if c in METHOD_ABLATIONS]
+    if measured:
+        lines += ["", "Measured, never selected (each removes a part that defines the method): "
+                  + ", ".join(measured) + "."]
+    lines += ["", f"Tied within {TIE_MARGIN} of the highest (eligible) score: {', '.join(res.get('tied', []))}.",
               "", f"Selected: **{res['selected']}**.", ""]
     return "\n".join(lines)
 
