@@ -119,6 +119,12 @@ DECORRELATION_CANDIDATES = ("urbanrep", "dev_decor10", "dev_decor50")
 #: measured, not candidates: each removes a part that defines the method (``METHOD_ABLATIONS``).
 ABLATION_CANDIDATES = ("urbanrep", "abl_global_fusion", "abl_uniform_experts")
 
+#: Round 2026-12-06m (declared after round l was started, before any run of its own): HAFusion-style
+#: intra-view attention inside the experts (issue 14's list), as a pre-norm residual region
+#: self-attention block on each aggregated modality's expert output (``MoEConfig.region_attention``
+#: heads, 1 or 4). Same rule and cities; the default's runs are round j's.
+ATTENTION_CANDIDATES = ("urbanrep", "dev_attn1", "dev_attn4")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")

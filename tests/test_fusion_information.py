@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,3 +207,22 @@ def test_flow_retention_applies_alone_by_default_and_with_others_on_request():
     assert asked.flow_components == 4
     res = train(data, ModelConfig(ensemble=1, modalities=("mobility",)), TrainConfig(epochs=2, seed=0, num_threads=1))
     assert res.embeddings.shape == (30, 192)
+
+
+def test_region_attention_option_attends_over_regions_with_data():
+    from urbanrep.experts.moe import MoEConfig
+
+    data = random_region_graph(30, modalities=("poi", "mobility"), seed=4)
+    mc = ModelConfig(ensemble=1, moe=MoEConfig(region_attention=4))
+    res = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
+    assert res.embeddings.shape[0] == 30 and np.isfinite(res.embeddings).all()
+    again = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
+    np.testing.assert_array_equal(res.embeddings, again.embeddings)  # deterministic for a seed
+    off = train(data, ModelConfig(ensemble=1), TrainConfig(epochs=2, seed=0, num_threads=1))
+    assert not np.allclose(off.embeddings, res.embeddings)
+    with pytest.raises(Exception, match="region_attention"):
+        MoEConfig(region_attention=-1)
+    from urbanrep.network import GraphMetadata, RegionModel
+
+    with pytest.raises(Exception, match="must divide"):
+        RegionModel(ModelConfig(ensemble=1, moe=MoEConfig(region_attention=5)), GraphMetadata.from_data(data))

@@ -341,7 +341,8 @@ class RegionModel(nn.Module):
             shared = [] if m == "street_view" else [
                 expert_from_config(SharedExpert, in_ch, ec, modality=m, backbone=bb) for bb in self.backbones
             ]
-            experts[m] = ModalityMoE(dedicated, shared, mc.routing, mc.top_k, mc.gate_dropout)
+            experts[m] = ModalityMoE(dedicated, shared, mc.routing, mc.top_k, mc.gate_dropout,
+                                     0 if m == "street_view" else mc.region_attention)
         self.experts = nn.ModuleDict(experts)
         fc = config.fusion
         self.fusion = SpatialFusion(len(self.modalities), c, fc.hidden_channels, fc.mode, fc.pos_frequencies,

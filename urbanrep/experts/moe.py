@@ -24,12 +24,19 @@ class MoEConfig:
             largest gate values, renormalised).
         top_k: Experts kept per region with ``"topk"`` routing.
         gate_dropout: Dropout on the gate input.
+        region_attention: Heads of a region self-attention block on each modality's expert
+            output (0, default: none). In the spirit of HAFusion's intra-view attention: every
+            region with the modality's data attends to every other such region, so a region can
+            borrow from look-alikes anywhere in the city, not only from its graph neighbours.
+            Pre-norm and residual; regions without the modality's data keep their output. Costs
+            ``O(N^2)`` memory per step (with mini-batches, attention stays inside each batch).
     """
 
     num_shared: int = 0
     routing: str = "softmax"
     top_k: int = 1
     gate_dropout: float = 0.0
+    region_attention: int = 0
 
     def __post_init__(self) -> None:
         if self.num_shared < 0:
@@ -39,6 +46,9 @@ class MoEConfig:
         if not 1 <= self.top_k <= self.num_shared + 1 and self.num_shared > 0:
             raise ConfigError(f"MoEConfig.top_k must be in [1, num_shared + 1 = {self.num_shared + 1}], "
                               f"got {self.top_k}")
+        if self.region_attention < 0:
+            raise ConfigError(f"MoEConfig.region_attention must be >= 0 heads (0 switches it off), "
+                              f"got {self.region_attention}")
 
 
 def load_balancing_loss(gates: Tensor, mask: Tensor) -> Tensor:
@@ -75,13 +85,15 @@ class ModalityMoE(nn.Module):
         routing: ``"softmax"`` or ``"topk"``.
         top_k: Experts kept per region for ``"topk"``.
         gate_dropout: Dropout on the gate input.
+        region_attention: Heads of the region self-attention block after the gate (0: none; see
+            :class:`MoEConfig`). Must divide the experts' ``out_channels``.
 
     Shapes:
         ``forward(data)`` -> ``(out [N, C], aux_loss scalar, gates [N, 1 + k])``.
     """
 
     def __init__(self, dedicated: Expert, shared: list[Expert] | None = None, routing: str = "softmax",
-                 top_k: int = 1, gate_dropout: float = 0.0) -> None:
+                 top_k: int = 1, gate_dropout: float = 0.0, region_attention: int = 0) -> None:
         super().__init__()
         self.dedicated = dedicated
         self.shared = nn.ModuleList(shared or [])
@@ -90,6 +102,14 @@ class ModalityMoE(nn.Module):
         self.out_channels = dedicated.out_channels
         num = 1 + len(self.shared)
         self.gate = nn.Sequential(nn.Dropout(gate_dropout), nn.Linear(num * self.out_channels, num))
+        self.attention: nn.MultiheadAttention | None = None
+        self.attention_norm: nn.LayerNorm | None = None
+        if region_attention:
+            if self.out_channels % region_attention:
+                raise ConfigError(f"MoEConfig.region_attention={region_attention} heads must divide the expert "
+                                  f"width {self.out_channels}")
+            self.attention = nn.MultiheadAttention(self.out_channels, region_attention, batch_first=True)
+            self.attention_norm = nn.LayerNorm(self.out_channels)
         self.reset_parameters(experts=False)
 
     def reset_parameters(self, experts: bool = True) -> None:
@@ -101,6 +121,9 @@ class ModalityMoE(nn.Module):
         lin.reset_parameters()
         nn.init.zeros_(lin.weight)  # start from uniform routing
         nn.init.zeros_(lin.bias)
+        if self.attention is not None and self.attention_norm is not None:
+            self.attention._reset_parameters()
+            self.attention_norm.reset_parameters()
 
     def region_mask(self, data: HeteroData) -> Tensor:
         """``[N]`` bool: regions where the modality has data."""
@@ -108,6 +131,21 @@ class ModalityMoE(nn.Module):
 
     def forward(self, data: HeteroData) -> tuple[Tensor, Tensor, Tensor]:
         """Gate the experts per region; see the class docstring for shapes."""
+        out, aux, gates = self._gated(data)
+        return self._attend(out, data), aux, gates
+
+    def _attend(self, out: Tensor, data: HeteroData) -> Tensor:
+        """``out + attention(norm(out))`` over the regions with data (``out`` ``[N, C]``)."""
+        if self.attention is None or self.attention_norm is None:
+            return out
+        mask = self.region_mask(data)
+        if int(mask.sum()) < 2:
+            return out
+        q = self.attention_norm(out).unsqueeze(0)
+        h, _ = self.attention(q, q, q, key_padding_mask=~mask.unsqueeze(0), need_weights=False)
+        return out + h.squeeze(0) * mask.unsqueeze(-1).to(h.dtype)
+
+    def _gated(self, data: HeteroData) -> tuple[Tensor, Tensor, Tensor]:
         out = self.dedicated(data)
         if not len(self.shared):
             return out, out.new_zeros(()), out.new_ones(out.size(0), 1)
