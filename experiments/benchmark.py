@@ -414,13 +414,11 @@ def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = Fa
     path, meta_path, hit = _cached_run(data, twin, tc.seed, tc.epochs, cache)
     if hit is not None or cached_only:
         return hit
-    cpu0 = time.process_time()
     res = train(data, trained_mc, tc, run_dir=None)
-    cpu_s = time.process_time() - cpu0  # the run's own CPU time: its cost on a shared machine
     hist = res.history
     tail, mid = _loss_windows([h["total"] for h in hist])
     meta = {"variant": twin, "seed": tc.seed, "epochs": res.epochs_run, "wall_s": round(res.wall_time_s, 1),
-            "cpu_s": round(cpu_s, 1), "code": _code_version(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "cpu_s": round(res.cpu_time_s, 1), "code": _code_version(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "model_config": config_to_dict(trained_mc), "train_config": train_dict,
             "loss_first": hist[0]["total"], "loss_last": hist[-1]["total"],
             "loss_last10pct_mean": float(np.mean(tail)), "loss_prev10pct_mean": float(np.mean(mid)),

@@ -148,7 +148,7 @@ def test_minibatch_run_dir_outputs(nyc_graph, tmp_path: Path) -> None:
         model = load_model(tmp_path / MODEL_FILE)
         again = model.final_embedding(model(nyc_graph).embedding.numpy(), nyc_graph)
     np.testing.assert_allclose(again, res.embeddings, atol=1e-6)
-    assert res.run_dir == tmp_path and res.epochs_run == 2
+    assert res.run_dir == tmp_path and res.epochs_run == 2 and res.cpu_time_s > 0
 
 
 @SAMPLERS

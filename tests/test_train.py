@@ -127,6 +127,7 @@ def test_resume_with_larger_budget_equals_uninterrupted(nyc, tmp_path):
     first = train(nyc, SMALL, dataclasses.replace(FAST, epochs=3, checkpoint_every=1, keep_checkpoints=2),
                   tmp_path / "split")
     assert first.epochs_run == 3
+    assert 0 < first.cpu_time_s  # the run's own CPU seconds (the benchmark's cost measure)
     assert sorted(p.name for p in (tmp_path / "split" / CHECKPOINT_DIR).glob("*.pt")) == \
         ["epoch_000002.pt", "epoch_000003.pt"]
     resumed = train(nyc, SMALL, dataclasses.replace(FAST, epochs=5), tmp_path / "split", resume=True)
