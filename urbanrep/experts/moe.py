@@ -71,6 +71,40 @@ def load_balancing_loss(gates: Tensor, mask: Tensor) -> Tensor:
     return num_experts * (f * p).sum()
 
 
+class RegionSelfAttention(nn.Module):
+    """Pre-norm residual self-attention over the regions that have a modality's data.
+
+    ``x + attention(norm(x))`` for those regions, attending only to each other; regions without
+    data are not attended to and keep ``x``. With fewer than two such regions it returns ``x``.
+
+    Args:
+        channels: Width ``C``.
+        heads: Attention heads (must divide ``C``).
+
+    Shapes:
+        ``forward(x [N, C], mask [N] bool)`` -> ``[N, C]``.
+    """
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ConfigError(f"MoEConfig.region_attention={heads} heads must divide the expert width {channels}")
+        self.norm = nn.LayerNorm(channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.attn._reset_parameters()
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Attend over the regions in ``mask``; see the class docstring."""
+        if int(mask.sum()) < 2:
+            return x
+        q = self.norm(x).unsqueeze(0)
+        h, _ = self.attn(q, q, q, key_padding_mask=~mask.unsqueeze(0), need_weights=False)
+        return x + h.squeeze(0) * mask.unsqueeze(-1).to(h.dtype)
+
+
 class ModalityMoE(nn.Module):
     """Per-region gate over one dedicated expert and ``k`` shared experts.
 
@@ -102,14 +136,7 @@ class ModalityMoE(nn.Module):
         self.out_channels = dedicated.out_channels
         num = 1 + len(self.shared)
         self.gate = nn.Sequential(nn.Dropout(gate_dropout), nn.Linear(num * self.out_channels, num))
-        self.attention: nn.MultiheadAttention | None = None
-        self.attention_norm: nn.LayerNorm | None = None
-        if region_attention:
-            if self.out_channels % region_attention:
-                raise ConfigError(f"MoEConfig.region_attention={region_attention} heads must divide the expert "
-                                  f"width {self.out_channels}")
-            self.attention = nn.MultiheadAttention(self.out_channels, region_attention, batch_first=True)
-            self.attention_norm = nn.LayerNorm(self.out_channels)
+        self.attention = RegionSelfAttention(self.out_channels, region_attention) if region_attention else None
         self.reset_parameters(experts=False)
 
     def reset_parameters(self, experts: bool = True) -> None:
@@ -121,9 +148,8 @@ class ModalityMoE(nn.Module):
         lin.reset_parameters()
         nn.init.zeros_(lin.weight)  # start from uniform routing
         nn.init.zeros_(lin.bias)
-        if self.attention is not None and self.attention_norm is not None:
-            self.attention._reset_parameters()
-            self.attention_norm.reset_parameters()
+        if self.attention is not None:
+            self.attention.reset_parameters()
 
     def region_mask(self, data: HeteroData) -> Tensor:
         """``[N]`` bool: regions where the modality has data."""
@@ -132,18 +158,9 @@ class ModalityMoE(nn.Module):
     def forward(self, data: HeteroData) -> tuple[Tensor, Tensor, Tensor]:
         """Gate the experts per region; see the class docstring for shapes."""
         out, aux, gates = self._gated(data)
-        return self._attend(out, data), aux, gates
-
-    def _attend(self, out: Tensor, data: HeteroData) -> Tensor:
-        """``out + attention(norm(out))`` over the regions with data (``out`` ``[N, C]``)."""
-        if self.attention is None or self.attention_norm is None:
-            return out
-        mask = self.region_mask(data)
-        if int(mask.sum()) < 2:
-            return out
-        q = self.attention_norm(out).unsqueeze(0)
-        h, _ = self.attention(q, q, q, key_padding_mask=~mask.unsqueeze(0), need_weights=False)
-        return out + h.squeeze(0) * mask.unsqueeze(-1).to(h.dtype)
+        if self.attention is not None:
+            out = self.attention(out, self.region_mask(data))
+        return out, aux, gates
 
     def _gated(self, data: HeteroData) -> tuple[Tensor, Tensor, Tensor]:
         out = self.dedicated(data)
