@@ -306,9 +306,9 @@ def apply_cost_rule(results: dict[str, Any]) -> None:
                                    and (cost > COST_LIMIT or entry["score"] < default["score"] + COST_GAIN))
 
 
-def _cell(entry: dict[str, Any], city: str, key: str) -> str:
+def _cell(entry: dict[str, Any], city: str, key: str, fmt: str = ".3f") -> str:
     v = (entry["cities"].get(city) or {}).get(key)
-    return "" if v is None else f"{v:.3f}"
+    return "" if v is None else format(v, fmt)
 
 
 def format_markdown(res: dict[str, Any], command: str) -> str:
@@ -381,9 +381,8 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
         for cand in sorted(res["candidates"], key=lambda c: res["candidates"][c].get("cost") or 0.0):
             e = res["candidates"][cand]
             cost = e.get("cost")
-            lines.append(f"| {cand} | " + " | ".join(
-                "" if (e["cities"].get(c) or {}).get("cpu_s") is None else f"{e['cities'][c]['cpu_s']:.1f}"
-                for c in cities) + f" | {'' if cost is None else f'{cost:.2f}'} | "
+            lines.append(f"| {cand} | " + " | ".join(_cell(e, c, "cpu_s", ".1f") for c in cities)
+                         + f" | {'' if cost is None else f'{cost:.2f}'} | "
                 + ("pruned" if e["pruned"] else f"{e['score']:.3f}")
                 + f" | {'no' if e.get('too_costly') else 'yes'} |")
     if res.get("incomplete"):

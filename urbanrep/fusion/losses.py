@@ -341,7 +341,8 @@ def decorrelation_loss(emb: Tensor) -> Tensor:
     r, d = emb.shape
     if r < 2 or d < 2:
         return emb.sum() * 0.0
-    z = emb.float() - emb.float().mean(dim=0)
+    x = emb.float()
+    z = x - x.mean(dim=0)
     z = z / z.pow(2).sum(dim=0).div(r - 1).add(1e-8).sqrt()
     c = z.t() @ z / (r - 1)
     off = c - torch.diag_embed(torch.diagonal(c))
