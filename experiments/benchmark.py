@@ -161,6 +161,19 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                       lambda mc: replace(mc, moe=replace(mc.moe, region_attention=1))),
         "dev_attn4": ("candidate: region self-attention (4 heads) on each modality's expert output",
                       lambda mc: replace(mc, moe=replace(mc.moe, region_attention=4))),
+        "dev_width32": ("candidate: 32-d embedding and hidden width (96-d written)", _width(32)),
+        "dev_width96": ("candidate: 96-d embedding and hidden width (288-d written)", _width(96)),
+        "dev_ens2_width144": ("candidate: two 144-d members (consensus output, 432-d written)",
+                              lambda mc: replace(_width(144)(mc), ensemble=2)),
+        "dev_lr3e4": ("candidate: learning rate 3e-4 (default 1e-3)", lambda mc: mc),
+        "dev_lr3e3": ("candidate: learning rate 3e-3 (default 1e-3)", lambda mc: mc),
+        "dev_wd1e3": ("candidate: weight decay 1e-3 (default 1e-4)", lambda mc: mc),
+        "dev_shared1": ("candidate: one shared adjacency expert in each modality's mixture (per-region softmax gate)",
+                        lambda mc: replace(mc, moe=replace(mc.moe, num_shared=1))),
+        "dev_shared2": ("candidate: two shared adjacency experts in each modality's mixture (per-region softmax gate)",
+                        lambda mc: replace(mc, moe=replace(mc.moe, num_shared=2))),
+        "dev_indrop02": ("candidate: dropout 0.2 on the standardised input features (default 0)",
+                         lambda mc: replace(mc, expert=replace(mc.expert, input_dropout=0.2))),
         "dev_decor10": ("candidate: redundancy reduction of the fused embedding (decorrelation weight 10)",
                         loss(decorrelation_weight=10.0)),
         "dev_decor50": ("candidate: redundancy reduction of the fused embedding (decorrelation weight 50)",
@@ -207,7 +220,8 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
 
 #: Training-budget overrides of variants that differ in their training, not in their model.
 TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"dev_epochs600": {"epochs": 600}, "dev_epochs150": {"epochs": 150},
-                                               "dev_no_fusion_e150": {"epochs": 150}}
+                                               "dev_no_fusion_e150": {"epochs": 150}, "dev_lr3e4": {"lr": 3e-4},
+                                               "dev_lr3e3": {"lr": 3e-3}, "dev_wd1e3": {"weight_decay": 1e-3}}
 
 
 def _width(c: int) -> Callable[[Any], Any]:

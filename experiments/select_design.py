@@ -125,6 +125,28 @@ ABLATION_CANDIDATES = ("urbanrep", "abl_global_fusion", "abl_uniform_experts")
 #: heads, 1 or 4). Same rule and cities; the default's runs are round j's.
 ATTENTION_CANDIDATES = ("urbanrep", "dev_attn1", "dev_attn4")
 
+#: Round 2026-12-06n (declared after round m, before its runs): the embedding's width against the
+#: number of regions a probe learns from. Round j's 144-d gained on Singapore and São Paulo (374 and
+#: 323 regions) and lost on Chicago-77 (61 training regions per fold for 432 written columns), so
+#: both directions are tried: 32-d and 96-d members, and two 144-d members, which cost about what
+#: the default's three 64-d members cost (round j: one 64-d member 0.32x, three 144-d members 1.71x).
+#: Same rule and cities; the default's runs are round j's.
+WIDTH_CANDIDATES = ("urbanrep", "dev_width32", "dev_width96", "dev_ens2_width144")
+
+#: Round 2026-12-06o (declared after round n, before its runs): the optimiser's settings, which no
+#: earlier round varied (Adam, learning rate 1e-3, weight decay 1e-4 since the first default):
+#: learning rate 3e-4 and 3e-3, weight decay 1e-3. Same rule and cities; the default's runs are
+#: round j's.
+OPTIMISER_CANDIDATES = ("urbanrep", "dev_lr3e4", "dev_lr3e3", "dev_wd1e3")
+
+#: Round 2026-12-06p (declared after round o, before its runs): two settings of the experts that no
+#: round varied since the first default. Each modality's mixture has held its dedicated expert
+#: alone (``MoEConfig.num_shared=0``); one or two shared GCN experts over region adjacency give the
+#: per-region gate something to weigh. And dropout on the standardised input features
+#: (``ExpertConfig.input_dropout`` 0.2; remote sensing already uses 0.3). Same rule and cities; the
+#: default's runs are round j's.
+EXPERT_CANDIDATES = ("urbanrep", "dev_shared1", "dev_shared2", "dev_indrop02")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")

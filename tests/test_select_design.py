@@ -44,3 +44,22 @@ def test_cost_rule_compares_over_the_cities_a_candidate_ran_on() -> None:
     res = {"candidates": {"x": _entry(0.5, {"a": 1.0})}}
     apply_cost_rule(res)  # no default among the candidates: nothing to compare with
     assert res["candidates"]["x"] == {"score": 0.5, "cities": {"a": {"cpu_s": 1.0}}, "cost": None, "too_costly": False}
+
+
+def test_every_declared_round_names_known_variants_and_training_overrides_are_real_fields() -> None:
+    """A round's candidates (the ``*_CANDIDATES`` tuples) must be variants the benchmark can train,
+    and a training override must name a ``TrainConfig`` field (else the candidate trains as the default)."""
+    import dataclasses
+
+    import experiments.select_design as sd
+    from experiments.benchmark import TRAIN_OVERRIDES, model_variants
+    from urbanrep.train import TrainConfig
+
+    rounds = {k: v for k, v in vars(sd).items() if k.endswith("CANDIDATES") and isinstance(v, tuple)}
+    assert {"WIDTH_CANDIDATES", "OPTIMISER_CANDIDATES", "EXPERT_CANDIDATES"} <= set(rounds)
+    known = set(model_variants())
+    for name, cands in rounds.items():
+        assert set(cands) <= known, (name, set(cands) - known)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for variant, overrides in TRAIN_OVERRIDES.items():
+        assert variant in known and set(overrides) <= fields, (variant, overrides)
