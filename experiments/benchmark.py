@@ -113,7 +113,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                                                                     fusion_contrast="cross"))),
         "prev_default": ("the previous default: one member, fusion contrast of two augmented views, no noise prior",
                          lambda mc: replace(mc, ensemble=1, fusion=replace(mc.fusion, prior="none"),
-                                            output_smoothing=0.0, output_scales=0,
+                                            output_smoothing=0.0, output_scales=0, output_position=0,
                                             loss=replace(mc.loss, fusion_weight=1.0, fusion_contrast="views",
                                                          temperature=0.2))),
         "abl_views_fusion": ("ablation: fusion-level contrast of two augmented graph views (weight 1)",
@@ -174,24 +174,33 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                         lambda mc: replace(mc, moe=replace(mc.moe, num_shared=2))),
         "dev_indrop02": ("candidate: dropout 0.2 on the standardised input features (default 0)",
                          lambda mc: replace(mc, expert=replace(mc.expert, input_dropout=0.2))),
+        "dev_pos4": ("candidate: one positional column (Laplacian eigenvector of the adjacency) per 4 regions, "
+                     "at most 64, appended", lambda mc: replace(mc, output_position=4)),
+        "dev_pos8": ("candidate: one positional column (Laplacian eigenvector of the adjacency) per 8 regions, "
+                     "at most 64, appended", lambda mc: replace(mc, output_position=8)),
+        "dev_pos16": ("candidate: one positional column (Laplacian eigenvector of the adjacency) per 16 regions, "
+                      "at most 64, appended", lambda mc: replace(mc, output_position=16)),
         "dev_decor10": ("candidate: redundancy reduction of the fused embedding (decorrelation weight 10)",
                         loss(decorrelation_weight=10.0)),
         "dev_decor50": ("candidate: redundancy reduction of the fused embedding (decorrelation weight 50)",
                         loss(decorrelation_weight=50.0)),
         "dev_smooth25": ("candidate: written embedding mixed with its adjacent regions' mean (share 0.25)",
-                         lambda mc: replace(mc, output_smoothing=0.25, output_scales=0)),
+                         lambda mc: replace(mc, output_smoothing=0.25, output_scales=0, output_position=0)),
         "dev_smooth50": ("candidate: written embedding mixed with its adjacent regions' mean (share 0.5)",
-                         lambda mc: replace(mc, output_smoothing=0.5, output_scales=0)),
+                         lambda mc: replace(mc, output_smoothing=0.5, output_scales=0, output_position=0)),
         "dev_scales1": ("candidate: smoothing share 0.5, and the 1-hop neighbour mean of that appended (128-d)",
-                        lambda mc: replace(mc, output_smoothing=0.5, output_scales=1)),
+                        lambda mc: replace(mc, output_smoothing=0.5, output_scales=1, output_position=0)),
         "dev_scales2": ("candidate: smoothing share 0.5, and its 1- and 2-hop neighbour means appended (192-d)",
-                        lambda mc: replace(mc, output_smoothing=0.5, output_scales=2)),
+                        lambda mc: replace(mc, output_smoothing=0.5, output_scales=2, output_position=0)),
         "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing or scales (64-d; the "
-                             "default before 2026-12-06c)", lambda mc: replace(mc, output_smoothing=0.0, output_scales=0)),
+                             "default before 2026-12-06c)",
+                             lambda mc: replace(mc, output_smoothing=0.0, output_scales=0, output_position=0)),
+        "abl_no_position": ("ablation: no positional columns (192-d; the default before round 2026-12-06q)",
+                            lambda mc: replace(mc, output_position=0)),
         "dev_scales2_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means appended (192-d)",
-                            lambda mc: replace(mc, output_smoothing=0.0, output_scales=2)),
+                            lambda mc: replace(mc, output_smoothing=0.0, output_scales=2, output_position=0)),
         "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
-                        lambda mc: replace(mc, output_smoothing=0.0, output_scales=3)),
+                        lambda mc: replace(mc, output_smoothing=0.0, output_scales=3, output_position=0)),
         "abl_temp02": ("ablation: InfoNCE temperature 0.2 (the default before round 2026-12-06f)",
                        loss(temperature=0.2)),
         # Round 2026-12-06f: training settings no earlier round varied (declared before their runs).
@@ -401,7 +410,7 @@ def changed_settings(cached: dict[str, Any], current: dict[str, Any], prefix: st
     transform, which did not exist before and so was 0.
     """
     if not prefix:
-        cached = {"output_smoothing": 0.0, "output_scales": 0, **cached}
+        cached = {"output_smoothing": 0.0, "output_scales": 0, "output_position": 0, **cached}
     out: list[str] = []
     for key, value in current.items():
         if key not in cached:
@@ -422,9 +431,10 @@ def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = Fa
     """
     from urbanrep.train import config_to_dict, embeddings_frame, train
 
-    trained_mc = replace(mc, output_smoothing=0.0, output_scales=0)
+    trained_mc = replace(mc, output_smoothing=0.0, output_scales=0, output_position=0)
     train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
-    twin = f"{TRAINED_PREFIX}{_config_hash({'model': config_to_dict(trained_mc), 'train': train_dict})}"
+    model_dict = {k: v for k, v in config_to_dict(trained_mc).items() if k not in _LATER_TRANSFORM_FIELDS}
+    twin = f"{TRAINED_PREFIX}{_config_hash({'model': model_dict, 'train': train_dict})}"
     path, meta_path, hit = _cached_run(data, twin, tc.seed, tc.epochs, cache)
     if hit is not None or cached_only:
         return hit
@@ -465,14 +475,14 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     if changed:
         log.info("%s seed %d: the cached run has other settings (%s); it is made anew", variant, seed,
                  ", ".join(changed))
-    got = trained_run(data, mc, tc, cache, cached_only)
+    got = _recorded_twin(hit, changed) or trained_run(data, mc, tc, cache, cached_only)
     if got is None:
         if hit is not None:
             log.warning("%s seed %d: the cached run differs in %s and --cached-only trains nothing: left out",
                         variant, seed, ", ".join(changed))
         return None
     trained, trained_meta, trained_path = got
-    emb = output_transform(trained, data, mc.output_smoothing, mc.output_scales)
+    emb = output_transform(trained, data, mc.output_smoothing, mc.output_scales, mc.output_position)
     meta = dict(trained_meta, variant=variant, model_config=config_to_dict(mc), as_trained=trained_path.name)
     for kind in EVAL_CACHE_KINDS:
         for stale in path.parent.glob(eval_cache_name(path, kind, "*")):
@@ -482,20 +492,46 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     return emb, meta, path
 
 
+#: The settings of the written-embedding transform: a run that differs only in them needs no training.
+TRANSFORM_FIELDS = ("output_smoothing", "output_scales", "output_position")
+
+
+def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, changed: Sequence[str]
+                   ) -> tuple[pd.DataFrame, dict[str, Any], Path] | None:
+    """The as-trained run a cached embedding records (``as_trained``), when only its transform changed.
+
+    Found by name rather than by :func:`trained_run`'s hash: that hash covers the whole model
+    config, so a training setting added to the code since (off by default) would miss the twin.
+    """
+    if hit is None or not changed or not set(changed) <= set(TRANSFORM_FIELDS) or not hit[1].get("as_trained"):
+        return None
+    twin = hit[2].parent / str(hit[1]["as_trained"])
+    if not (twin.exists() and twin.with_suffix(".json").exists()):
+        return None
+    return pd.read_parquet(twin).set_index("region_id"), json.loads(twin.with_suffix(".json").read_text()), twin
+
+
+#: Output-transform settings added after the as-trained runs were first hashed. A twin always has
+#: them off, so they are left out of its hash and the twins trained before them still match.
+_LATER_TRANSFORM_FIELDS = ("output_position",)
+
 #: Cache-name prefix of the as-trained runs that transform-only variants share.
 TRAINED_PREFIX = "trained_"
 
 
-def output_transform(trained: pd.DataFrame, data: Any, share: float, scales: int) -> pd.DataFrame:
-    """The written embedding of a model with ``output_smoothing=share`` and ``output_scales=scales``
-    from its as-trained embedding (``region_id`` index; the same function the model applies)."""
+def output_transform(trained: pd.DataFrame, data: Any, share: float, scales: int, position: int = 0) -> pd.DataFrame:
+    """The written embedding of a model with ``output_smoothing=share``, ``output_scales=scales`` and
+    ``output_position=position`` from its as-trained embedding (``region_id`` index; the same
+    functions the model applies)."""
     from urbanrep.graphs.schema import ADJACENT
+    from urbanrep.position import append_position
     from urbanrep.smoothing import neighbourhood_transform
     from urbanrep.train import embeddings_frame
 
     ids = list(data.region_ids)
     x = trained.loc[ids].to_numpy(np.float32)
-    out = neighbourhood_transform(x, data[ADJACENT].edge_index.cpu().numpy(), share, scales)
+    edges = data[ADJACENT].edge_index.cpu().numpy()
+    out = append_position(neighbourhood_transform(x, edges, share, scales), edges, position)
     return embeddings_frame(ids, out)
 
 

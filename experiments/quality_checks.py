@@ -57,17 +57,36 @@ class NotCached(Exception):
 
 def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int, cache: Path, tag: str,
            allowed: bool) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Train the default model (on ``modalities``) or reuse the run cached under ``tag``."""
+    """Train the default model (on ``modalities``) or reuse the run cached under ``tag``.
+
+    A cached run whose recorded settings differ from the current default's is trained anew, except
+    when the only difference is the positional columns (``output_position``, added after the run):
+    they come last in the written embedding, so they are appended to the cached one.
+    """
+    from experiments.benchmark import changed_settings
+    from urbanrep.graphs.schema import ADJACENT
     from urbanrep.network import ModelConfig
+    from urbanrep.position import append_position
     from urbanrep.train import TrainConfig, embeddings_frame, train
 
+    mc = replace(ModelConfig(), modalities=modalities)
     path = cache / f"{tag}_s{seed}_e{epochs}.parquet"
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
-        return pd.read_parquet(path).set_index("region_id"), json.loads(meta.read_text())["weights"]
+        cached = json.loads(meta.read_text())
+        emb = pd.read_parquet(path).set_index("region_id")
+        changed = changed_settings(cached.get("model_config") or {}, config_to_dict(mc))
+        if not changed:
+            return emb, cached["weights"]
+        if changed == ["output_position"] and not (cached.get("model_config") or {}).get("output_position"):
+            ids = list(data.region_ids)
+            out = append_position(emb.loc[ids].to_numpy(np.float32), data[ADJACENT].edge_index.cpu().numpy(),
+                                  mc.output_position)
+            return embeddings_frame(ids, out), cached["weights"]
+        log.info("%s seed %d: the cached run has other settings (%s); it is trained anew", tag, seed,
+                 ", ".join(changed))
     if not allowed:
         raise NotCached(tag)
-    mc = replace(ModelConfig(), modalities=modalities)
     res = train(data, mc, TrainConfig(epochs=epochs, seed=seed, num_threads=1))
     weights = dict(zip(res.modalities, res.fusion_weights.mean(0).tolist(), strict=True))
     emb = embeddings_frame(res.region_ids, res.embeddings)

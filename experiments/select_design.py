@@ -147,6 +147,17 @@ OPTIMISER_CANDIDATES = ("urbanrep", "dev_lr3e4", "dev_lr3e3", "dev_wd1e3")
 #: default's runs are round j's.
 EXPERT_CANDIDATES = ("urbanrep", "dev_shared1", "dev_shared2", "dev_indrop02")
 
+#: Round 2026-12-06q (declared after round p and after an exploratory look, before these runs):
+#: where a region sits in its city. Target-free location alone (the low-frequency eigenvectors of
+#: the adjacency graph's normalised Laplacian) scores 0.52 on Singapore, level with the default,
+#: and appending K of them to the default's embedding changed the city scores by -0.01 to -0.08 on
+#: Chicago-77 and up to +0.12 on Singapore and +0.02 on São Paulo, depending on K (8-64; the look
+#: is recorded in the round's file). Chicago-77 has 77 regions, so the number of columns is tied to
+#: the number of regions: one per 4, 8 or 16 regions, at most 64 (``ModelConfig.output_position``).
+#: A transform of the written embedding: the default's training runs serve all three. Same rule
+#: and cities.
+POSITION_CANDIDATES = ("urbanrep", "dev_pos4", "dev_pos8", "dev_pos16")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")

@@ -628,6 +628,7 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: py
     # variants that differ only in the output transform reuse the one as-trained run
     from urbanrep.graphs import GraphConfig, build_graph
     from urbanrep.network import ModelConfig
+    from urbanrep.position import append_position
     from urbanrep.smoothing import neighbourhood_transform
 
     def no_training(*args: object, **kwargs: object) -> None:
@@ -640,8 +641,10 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: py
     got = benchmark.train_embedding(data, "abl_no_smoothing", 0, 1, out / "embeddings" / "chicago77", "cpu")
     assert got is not None and got[0].shape == (77, 64) and got[1]["as_trained"] == trained[0].name
     default = ModelConfig()
-    again = neighbourhood_transform(got[0].loc[list(data.region_ids)].to_numpy(), data["region", "adjacent", "region"]
-                                    .edge_index.numpy(), default.output_smoothing, default.output_scales)
+    edges = data["region", "adjacent", "region"].edge_index.numpy()
+    again = append_position(neighbourhood_transform(got[0].loc[list(data.region_ids)].to_numpy(), edges,
+                                                    default.output_smoothing, default.output_scales),
+                            edges, default.output_position)
     np.testing.assert_allclose(emb.loc[list(data.region_ids)].to_numpy(), again, atol=1e-6)
     with pytest.raises(SystemExit):  # outputs never land inside the repository
         benchmark.parse_args(["--out", str(Path(benchmark.__file__).parent / "out")])
@@ -660,6 +663,25 @@ def test_benchmark_cache_notices_changed_settings() -> None:
     assert changed_settings({"loss": {"temperature": 0.5}, "ensemble": 3}, now) == ["output_smoothing",
                                                                                   "output_scales"]
     assert changed_settings({"loss": {}, "ensemble": 3}, dict(now, output_smoothing=0.0, output_scales=0)) == []
+    assert changed_settings({"loss": {}, "ensemble": 3}, dict(now, output_position=8)) == [
+        "output_smoothing", "output_scales", "output_position"]
+
+
+def test_benchmark_derives_a_transform_change_from_the_recorded_as_trained_run(tmp_path: Path) -> None:
+    """Only the written-embedding transform changed: the run's recorded twin is reused by name (no training),
+    even where the twin's hash no longer matches the current config (a training setting added since)."""
+    from experiments.benchmark import _recorded_twin
+
+    twin = tmp_path / "trained_0123456789_s0_e300_abc.parquet"
+    pd.DataFrame({"region_id": ["a", "b"], "emb_000": [1.0, 2.0]}).to_parquet(twin)
+    twin.with_suffix(".json").write_text('{"cpu_s": 3.0}')
+    run = tmp_path / "urbanrep_s0_e300_abc.parquet"
+    hit = (pd.DataFrame(), {"as_trained": twin.name}, run)
+    got = _recorded_twin(hit, ["output_position"])
+    assert got is not None and got[2] == twin and got[1] == {"cpu_s": 3.0} and list(got[0].index) == ["a", "b"]
+    assert _recorded_twin(hit, ["output_position", "loss.temperature"]) is None  # training changed: retrain
+    assert _recorded_twin(hit, []) is None and _recorded_twin(None, ["output_scales"]) is None
+    assert _recorded_twin((pd.DataFrame(), {}, run), ["output_scales"]) is None  # no twin recorded
 
 
 def test_benchmark_targets_relative_to_best_raw() -> None:

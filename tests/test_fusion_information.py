@@ -87,7 +87,7 @@ def test_flow_components_exact_and_randomised_agree(monkeypatch):
 @pytest.mark.parametrize("contrast", ["cross", "views"])
 def test_flow_retention_and_cross_contrast_train(contrast):
     data = random_region_graph(60, modalities=("poi", "mobility", "landuse"), seed=0)
-    mc = ModelConfig(loss=LossConfig(flow_components=8, fusion_weight=1.0, fusion_contrast=contrast),
+    mc = ModelConfig(output_position=0, loss=LossConfig(flow_components=8, fusion_weight=1.0, fusion_contrast=contrast),
                      fusion=FusionConfig(prior="coherence"), ensemble=1)
     res = train(data, mc, TrainConfig(epochs=3, seed=0, num_threads=1))
     assert res.embeddings.shape == (60, 192)
@@ -102,7 +102,8 @@ def test_ensemble_concatenates_members_and_round_trips(tmp_path):
     from urbanrep.train import load_model, save_model
 
     data = random_region_graph(40, modalities=("poi", "mobility"), seed=1)
-    mc = ModelConfig(ensemble=2, ensemble_output="concat", loss=LossConfig(fusion_weight=0.0), output_smoothing=0.0,
+    mc = ModelConfig(ensemble=2, ensemble_output="concat", loss=LossConfig(fusion_weight=0.0), output_position=0,
+                     output_smoothing=0.0,
                      output_scales=0)
     res = train(data, mc, TrainConfig(epochs=3, seed=0, num_threads=1))
     assert res.embeddings.shape == (40, 128) and res.model.out_channels == 128
@@ -143,7 +144,8 @@ def test_aligned_ensemble_output_is_one_member_wide(tmp_path):
     from urbanrep.train import load_model, save_model
 
     data = random_region_graph(40, modalities=("poi", "mobility"), seed=1)
-    mc = ModelConfig(ensemble=3, ensemble_output="aligned", loss=LossConfig(fusion_weight=0.0), output_scales=0)
+    mc = ModelConfig(ensemble=3, ensemble_output="aligned", loss=LossConfig(fusion_weight=0.0), output_scales=0,
+                     output_position=0)
     res = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
     assert res.embeddings.shape == (40, 64) and res.model.embedding_channels == 64
     save_model(res.model, tmp_path / "model.pt", TrainConfig())
@@ -205,7 +207,8 @@ def test_flow_retention_applies_alone_by_default_and_with_others_on_request():
     assert both.flow_components == 0
     asked = RegionModel(ModelConfig(ensemble=1, loss=LossConfig(flow_components=4)), meta)
     assert asked.flow_components == 4
-    res = train(data, ModelConfig(ensemble=1, modalities=("mobility",)), TrainConfig(epochs=2, seed=0, num_threads=1))
+    res = train(data, ModelConfig(ensemble=1, modalities=("mobility",), output_position=0),
+                TrainConfig(epochs=2, seed=0, num_threads=1))
     assert res.embeddings.shape == (30, 192)
 
 

@@ -15,6 +15,7 @@ from urbanrep.fusion import FusionConfig, LossConfig
 from urbanrep.minibatch import BatchSampler, MiniBatchConfig, train_minibatch
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
 from urbanrep.partition import PartitionSampler, edge_cut, spatial_partition
+from urbanrep.position import position_count
 from urbanrep.train import TrainConfig, train
 
 SMALL = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_layers=1, heads=2),
@@ -166,4 +167,4 @@ def test_partition_training_is_seeded_and_covers_every_region(graph) -> None:
     c = train_minibatch(graph, SMALL, dataclasses.replace(FAST, seed=1), bc)
     assert np.array_equal(a.embeddings, b.embeddings) and a.history == b.history
     assert not np.allclose(a.embeddings, c.embeddings)
-    assert a.embeddings.shape == (500, 8 * (1 + SMALL.output_scales)) and np.isfinite(a.embeddings).all() and (a.embeddings != 0).any(1).all()
+    assert a.embeddings.shape == (500, 8 * (1 + SMALL.output_scales) + position_count(500, SMALL.output_position)) and np.isfinite(a.embeddings).all() and (a.embeddings != 0).any(1).all()

@@ -19,6 +19,7 @@ from urbanrep.bundle import read_bundle, write_bundle
 from urbanrep.cli import main
 from urbanrep.errors import BundleError, GraphError, UrbanRepError
 from urbanrep.graphs import GraphConfig, build_graph
+from urbanrep.position import position_count
 from urbanrep.vocabulary import available_vocabularies, load_vocabulary
 
 pytest.importorskip("osmium")
@@ -226,7 +227,7 @@ def test_model_trained_on_helsinki_embeds_singapore_and_sao_paulo(pbf: Path, dat
     poi_model = UrbanRep(load_run_config(None, [*sets, "graph.modalities=[poi]"])).fit(helsinki)
     singapore = get_converter("singapore")(data_root / "singapore")
     emb = poi_model.transform(singapore)
-    assert list(emb.index) == list(singapore.regions["region_id"]) and emb.shape[1] == 16 * 3  # 16 columns and two neighbourhood scales
+    assert list(emb.index) == list(singapore.regions["region_id"]) and emb.shape[1] == 16 * 3 + position_count(len(emb), 8)  # 16 columns, two scales, positional columns
     assert np.isfinite(emb.to_numpy()).all()
     road_model = UrbanRep(load_run_config(None, [*sets, "graph.modalities=[road]"])).fit(helsinki)
     sao = get_converter("sao_paulo")(data_root / "sao_paulo")

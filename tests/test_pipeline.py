@@ -20,6 +20,7 @@ from shapely.geometry import box
 
 from tests.conftest import grid_bundle
 from urbanrep.cli import main
+from urbanrep.position import position_count
 from urbanrep.runconfig import RunConfig, load_run_config
 
 TINY = ["--set", "train.epochs=3", "--set", "train.num_threads=1", "--set", "model.ensemble=1",
@@ -48,7 +49,7 @@ def test_run_writes_every_stage(nyc_run: Path) -> None:
                  "gis/embeddings.parquet", "gis/regions.gpkg", "gis/embeddings.geojson", "run.json"):
         assert (nyc_run / name).exists(), name
     emb = pd.read_parquet(nyc_run / "embeddings.parquet")
-    assert len(emb) == 180 and emb["region_id"].is_unique and emb.shape[1] == 1 + 16 * 3  # region_id, 16 columns and two neighbourhood scales
+    assert len(emb) == 180 and emb["region_id"].is_unique and emb.shape[1] == 1 + 16 * 3 + position_count(180, 8)  # region_id, 16 columns, two scales, positions
     assert np.isfinite(emb.drop(columns="region_id").to_numpy()).all()
     metrics = json.loads((nyc_run / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"crime", "check_in", "service_call", "carbon", "income"}
@@ -154,7 +155,7 @@ def test_api_on_your_own_geodataframes(tmp_path: Path) -> None:
     model = UrbanRep(tiny_config()).fit(bundle)
     emb = model.transform(bundle)
     assert list(emb.index) == list(regions["region_id"]) and emb.index.name == "region_id"
-    assert emb.shape == (25, 16 * 3) and np.isfinite(emb.to_numpy()).all()
+    assert emb.shape == (25, 16 * 3 + position_count(25, 8)) and np.isfinite(emb.to_numpy()).all()
     weights = model.fusion_weights(bundle)
     assert list(weights.columns) == ["poi"]
     model.save(tmp_path / "m")
@@ -289,7 +290,7 @@ def test_estimator_minibatch_with_sampled_inference(nyc_run: Path) -> None:
     assert api.result_ is not None and len(api.result_.history) == 3
     assert "mode=minibatch" in repr(api)
     emb = api.transform()
-    assert emb.shape == (180, 16 * 3) and np.isfinite(emb.to_numpy()).all()
+    assert emb.shape == (180, 16 * 3 + position_count(180, 8)) and np.isfinite(emb.to_numpy()).all()
     np.testing.assert_allclose(emb.to_numpy(), api.result_.embeddings, atol=1e-6)  # same sampled inference
 
 

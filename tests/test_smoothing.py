@@ -55,8 +55,9 @@ def test_output_smoothing_applies_to_the_written_embedding_only(tmp_path):
 
     data = random_region_graph(40, modalities=("poi", "mobility"), seed=1)
     loss = LossConfig(fusion_weight=0.0)
-    plain = train(data, ModelConfig(ensemble=2, loss=loss, output_smoothing=0.0, output_scales=0), TrainConfig(epochs=2, seed=0, num_threads=1))
-    smooth = train(data, ModelConfig(ensemble=2, loss=loss, output_smoothing=0.25, output_scales=0),
+    plain = train(data, ModelConfig(ensemble=2, loss=loss, output_smoothing=0.0, output_scales=0, output_position=0),
+                  TrainConfig(epochs=2, seed=0, num_threads=1))
+    smooth = train(data, ModelConfig(ensemble=2, loss=loss, output_smoothing=0.25, output_scales=0, output_position=0),
                    TrainConfig(epochs=2, seed=0, num_threads=1))
     # same training, the written embedding is the plain one smoothed
     assert [h["total"] for h in plain.history] == [h["total"] for h in smooth.history]
@@ -91,7 +92,8 @@ def test_output_scales_widen_the_written_embedding(tmp_path):
     from urbanrep.train import load_model, save_model
 
     data = random_region_graph(30, modalities=("poi", "landuse"), seed=2)
-    mc = ModelConfig(ensemble=1, loss=LossConfig(fusion_weight=0.0), output_smoothing=0.5, output_scales=1)
+    mc = ModelConfig(ensemble=1, loss=LossConfig(fusion_weight=0.0), output_smoothing=0.5, output_scales=1,
+                     output_position=0)
     res = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
     assert res.embeddings.shape == (30, 128) and res.model.embedding_channels == 128
     save_model(res.model, tmp_path / "model.pt", TrainConfig())

@@ -59,6 +59,7 @@ from urbanrep.graphs.schema import (
     REGION,
     feature_key,
 )
+from urbanrep.position import append_position, position_count
 from urbanrep.smoothing import neighbourhood_transform
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
@@ -189,6 +190,14 @@ class ModelConfig:
             the written embedding is ``1 + output_scales`` times as wide (default 2: 192
             columns, the region, its neighbours and their neighbours), and a probe can weigh the
             spatial scale per task. 0 appends nothing.
+        output_position: Append one positional column per this many regions (at most 64): the
+            low-frequency eigenvectors of the region adjacency graph's normalised Laplacian
+            (:func:`urbanrep.position.append_position`), so that a probe can weigh where a region
+            sits in its city beside what it holds. Training is the same whatever its value; 0
+            appends nothing. Default 8 (Chicago-77: 9 columns, 180 regions: 22, 500 or more: 64),
+            chosen on the development cities in round 2026-12-06q
+            (``experiments/DESIGN_SELECTION.md``: score 0.530 against 0.495 without; one column
+            per 4 regions was pruned, one per 16 scored 0.507).
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -203,6 +212,7 @@ class ModelConfig:
     ensemble_output: str = "aligned"
     output_smoothing: float = 0.5
     output_scales: int = 2
+    output_position: int = 8
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
@@ -221,6 +231,9 @@ class ModelConfig:
                               f"got {self.output_smoothing}")
         if self.output_scales < 0:
             raise ConfigError(f"ModelConfig.output_scales must be >= 0 (0 appends nothing), got {self.output_scales}")
+        if self.output_position < 0:
+            raise ConfigError(f"ModelConfig.output_position must be >= 0 regions per positional column "
+                              f"(0 appends nothing), got {self.output_position}")
 
 
 @dataclass
@@ -399,10 +412,15 @@ class RegionModel(nn.Module):
 
     @property
     def embedding_channels(self) -> int:
-        """Width of the embedding a run writes (after :meth:`final_embedding`)."""
+        """Width of the embedding a run writes (after :meth:`final_embedding`), before any positional
+        columns (``output_position``; their number depends on the graph: :meth:`written_channels`)."""
         aligned = self.config.ensemble_output == "aligned"
         width = self.config.expert.out_channels if aligned else self.out_channels
         return width * (1 + self.config.output_scales)
+
+    def written_channels(self, num_regions: int) -> int:
+        """Width of the embedding a run writes for a graph of ``num_regions`` regions."""
+        return self.embedding_channels + position_count(num_regions, self.config.output_position)
 
     def final_embedding(self, emb: np.ndarray, data: HeteroData) -> np.ndarray:
         """The embedding a run writes from :meth:`forward`'s, for every region of the graph.
@@ -412,20 +430,22 @@ class RegionModel(nn.Module):
         (:func:`align_members`). Then, with ``output_smoothing`` > 0, each row is mixed with the
         mean of its adjacent regions' rows (:func:`urbanrep.smoothing.smooth_over_neighbours`), and
         with ``output_scales`` > 0 the neighbour means over 1..``output_scales`` hops are
-        appended (:func:`urbanrep.smoothing.neighbourhood_scales`). Apply it to the whole graph's
-        embedding at once, never per batch.
+        appended (:func:`urbanrep.smoothing.neighbourhood_scales`), and with ``output_position``
+        > 0 the positional columns (:func:`urbanrep.position.append_position`). Apply it to the
+        whole graph's embedding at once, never per batch.
 
         Args:
             emb: ``[N, out_channels]`` embedding of every region.
             data: The whole region graph ``emb`` belongs to (its adjacency edges).
 
         Returns:
-            ``[N, embedding_channels]`` float32.
+            ``[N, written_channels(N)]`` float32.
         """
         if self.config.ensemble > 1 and self.config.ensemble_output == "aligned":
             emb = align_members(emb, self.config.ensemble)
-        return neighbourhood_transform(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config.output_smoothing,
-                                       self.config.output_scales)
+        edges = data[ADJACENT].edge_index.cpu().numpy()
+        out = neighbourhood_transform(emb, edges, self.config.output_smoothing, self.config.output_scales)
+        return append_position(out, edges, self.config.output_position)
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""

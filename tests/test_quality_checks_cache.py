@@ -1,0 +1,44 @@
+"""The quality checks' run cache (experiments/quality_checks.py) never hands back a stale embedding."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from urbanrep.experts.testing import random_region_graph
+from urbanrep.network import ModelConfig
+from urbanrep.position import position_count
+from urbanrep.train import config_to_dict
+
+
+def _cache_run(folder: Path, mc: ModelConfig, ids: list[str]) -> pd.DataFrame:
+    emb = pd.DataFrame(np.arange(len(ids) * 5, dtype=np.float32).reshape(len(ids), 5) % 7,
+                       index=pd.Index(ids, name="region_id"), columns=[f"emb_{i:03d}" for i in range(5)])
+    emb.reset_index().to_parquet(folder / "default_s0_e300.parquet")
+    (folder / "default_s0_e300.json").write_text(json.dumps({"weights": {"poi": 1.0}, "model_config": config_to_dict(mc)}))
+    return emb
+
+
+def test_cached_runs_are_reused_extended_or_refused(tmp_path: Path) -> None:
+    from experiments.quality_checks import NotCached, _train
+
+    data = random_region_graph(30, modalities=("poi", "landuse"), seed=1)
+    ids = list(data.region_ids)
+    emb = _cache_run(tmp_path, ModelConfig(), ids)
+    got, weights = _train(data, None, 0, 300, tmp_path, "default", allowed=False)
+    pd.testing.assert_frame_equal(got, emb)
+    assert weights == {"poi": 1.0}
+    # a run from before the positional columns: they are appended, nothing is trained
+    _cache_run(tmp_path, replace(ModelConfig(), output_position=0), ids)
+    got, _ = _train(data, None, 0, 300, tmp_path, "default", allowed=False)
+    assert got.shape == (30, 5 + position_count(30, ModelConfig().output_position))
+    np.testing.assert_array_equal(got.loc[ids].to_numpy()[:, :5], emb.loc[ids].to_numpy())
+    # a run trained differently is never reused
+    _cache_run(tmp_path, replace(ModelConfig(), ensemble=1), ids)
+    with pytest.raises(NotCached):
+        _train(data, None, 0, 300, tmp_path, "default", allowed=False)
