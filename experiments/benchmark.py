@@ -169,38 +169,35 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_lr3e3": ("candidate: learning rate 3e-3 (default 1e-3)", lambda mc: mc),
         "dev_wd1e3": ("candidate: weight decay 1e-3 (default 1e-4)", lambda mc: mc),
         "dev_shared1": ("candidate: one shared adjacency expert in each modality's mixture (per-region softmax gate)",
-                        lambda mc: replace(mc, moe=replace(mc.moe, num_shared=1))),
+                        _shared(1)),
         "dev_shared2": ("candidate: two shared adjacency experts in each modality's mixture (per-region softmax gate)",
-                        lambda mc: replace(mc, moe=replace(mc.moe, num_shared=2))),
+                        _shared(2)),
         "dev_indrop02": ("candidate: dropout 0.2 on the standardised input features (default 0)",
                          lambda mc: replace(mc, expert=replace(mc.expert, input_dropout=0.2))),
-        "dev_pos4": ("candidate: one positional column (Laplacian eigenvector of the adjacency) per 4 regions, "
-                     "at most 64, appended", lambda mc: replace(mc, output_position=4)),
-        "dev_pos8": ("candidate: one positional column (Laplacian eigenvector of the adjacency) per 8 regions, "
-                     "at most 64, appended", lambda mc: replace(mc, output_position=8)),
-        "dev_pos16": ("candidate: one positional column (Laplacian eigenvector of the adjacency) per 16 regions, "
-                      "at most 64, appended", lambda mc: replace(mc, output_position=16)),
+        "dev_pos4": (_POSITION_CANDIDATE.format(k=4), _position(4)),
+        "dev_pos8": (_POSITION_CANDIDATE.format(k=8), _position(8)),
+        "dev_pos16": (_POSITION_CANDIDATE.format(k=16), _position(16)),
         "dev_decor10": ("candidate: redundancy reduction of the fused embedding (decorrelation weight 10)",
                         loss(decorrelation_weight=10.0)),
         "dev_decor50": ("candidate: redundancy reduction of the fused embedding (decorrelation weight 50)",
                         loss(decorrelation_weight=50.0)),
         "dev_smooth25": ("candidate: written embedding mixed with its adjacent regions' mean (share 0.25)",
-                         lambda mc: replace(mc, output_smoothing=0.25, output_scales=0, output_position=0)),
+                         _written(0.25, 0)),
         "dev_smooth50": ("candidate: written embedding mixed with its adjacent regions' mean (share 0.5)",
-                         lambda mc: replace(mc, output_smoothing=0.5, output_scales=0, output_position=0)),
+                         _written(0.5, 0)),
         "dev_scales1": ("candidate: smoothing share 0.5, and the 1-hop neighbour mean of that appended (128-d)",
-                        lambda mc: replace(mc, output_smoothing=0.5, output_scales=1, output_position=0)),
+                        _written(0.5, 1)),
         "dev_scales2": ("candidate: smoothing share 0.5, and its 1- and 2-hop neighbour means appended (192-d)",
-                        lambda mc: replace(mc, output_smoothing=0.5, output_scales=2, output_position=0)),
+                        _written(0.5, 2)),
         "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing or scales (64-d; the "
                              "default before 2026-12-06c)",
-                             lambda mc: replace(mc, output_smoothing=0.0, output_scales=0, output_position=0)),
+                             _written(0.0, 0)),
         "abl_no_position": ("ablation: no positional columns (192-d; the default before round 2026-12-06q)",
-                            lambda mc: replace(mc, output_position=0)),
+                            _position(0)),
         "dev_scales2_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means appended (192-d)",
-                            lambda mc: replace(mc, output_smoothing=0.0, output_scales=2, output_position=0)),
+                            _written(0.0, 2)),
         "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
-                        lambda mc: replace(mc, output_smoothing=0.0, output_scales=3, output_position=0)),
+                        _written(0.0, 3)),
         "abl_temp02": ("ablation: InfoNCE temperature 0.2 (the default before round 2026-12-06f)",
                        loss(temperature=0.2)),
         # Round 2026-12-06f: training settings no earlier round varied (declared before their runs).
@@ -231,6 +228,25 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
 TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"dev_epochs600": {"epochs": 600}, "dev_epochs150": {"epochs": 150},
                                                "dev_no_fusion_e150": {"epochs": 150}, "dev_lr3e4": {"lr": 3e-4},
                                                "dev_lr3e3": {"lr": 3e-3}, "dev_wd1e3": {"weight_decay": 1e-3}}
+
+
+_POSITION_CANDIDATE = ("candidate: one positional column (Laplacian eigenvector of the adjacency) per {k} regions, "
+                       "at most 64, appended")
+
+
+def _position(k: int) -> Callable[[Any], Any]:
+    """Variant: one positional column per ``k`` regions (``ModelConfig.output_position``)."""
+    return lambda mc: replace(mc, output_position=k)
+
+
+def _shared(k: int) -> Callable[[Any], Any]:
+    """Variant: ``k`` shared adjacency experts in each modality's mixture."""
+    return lambda mc: replace(mc, moe=replace(mc.moe, num_shared=k))
+
+
+def _written(share: float, scales: int) -> Callable[[Any], Any]:
+    """Variant: the written embedding with smoothing ``share`` and ``scales`` hop means, no positional columns."""
+    return lambda mc: replace(mc, output_smoothing=share, output_scales=scales, output_position=0)
 
 
 def _width(c: int) -> Callable[[Any], Any]:
