@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from urbanrep.smoothing import undirected_adjacency
+
 #: Most positional columns appended, whatever the number of regions.
 POSITION_MAX = 64
 #: Up to this many regions the eigenvectors come from a dense symmetric solver; above it from a
@@ -46,8 +48,8 @@ def position_count(num_nodes: int, regions_per_column: int) -> int:
 def laplacian_position(edge_index: np.ndarray, num_nodes: int, k: int) -> np.ndarray:
     """The ``k`` eigenvectors of the normalised Laplacian with the smallest eigenvalues after the first.
 
-    ``L = I - D^-1/2 A D^-1/2`` of the undirected, unweighted adjacency ``A`` (duplicates and self
-    loops dropped; an isolated region counts as degree 1). The first eigenvector (proportional to
+    ``L = I - D^-1/2 A D^-1/2`` of the undirected, unweighted adjacency ``A``
+    (:func:`urbanrep.smoothing.undirected_adjacency`; an isolated region counts as degree 1). The first eigenvector (proportional to
     ``sqrt(degree)`` on a connected graph) carries no position and is dropped; on a graph of several
     components the next ones mark the components. Each eigenvector's sign is fixed so that its
     first clearly non-zero entry, in graph order, is positive, so the same graph always gives the
@@ -65,12 +67,7 @@ def laplacian_position(edge_index: np.ndarray, num_nodes: int, k: int) -> np.nda
         return np.zeros((num_nodes, 0))
     if k >= num_nodes:
         raise ValueError(f"laplacian_position: k={k} needs more than {num_nodes} regions")
-    src, dst = np.asarray(edge_index[0], np.int64), np.asarray(edge_index[1], np.int64)
-    keep = src != dst
-    a = sp.csr_matrix((np.ones(2 * int(keep.sum())), (np.concatenate([src[keep], dst[keep]]),
-                                                      np.concatenate([dst[keep], src[keep]]))),
-                      shape=(num_nodes, num_nodes))
-    a.data[:] = 1.0
+    a = undirected_adjacency(edge_index, num_nodes)
     inv_sqrt = sp.diags(1.0 / np.sqrt(np.maximum(np.diff(a.indptr), 1).astype(np.float64)))
     lap = sp.identity(num_nodes, format="csr") - inv_sqrt @ a @ inv_sqrt
     if num_nodes <= DENSE_MAX:

@@ -20,11 +20,29 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def neighbour_mean_operator(edge_index: np.ndarray, num_nodes: int) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Row-normalised adjacency of an undirected region graph.
+def undirected_adjacency(edge_index: np.ndarray, num_nodes: int) -> sp.csr_matrix:
+    """0/1 adjacency ``A`` ``[N, N]`` of an undirected region graph.
 
     Edges count in both directions whatever way they are stored; duplicates and self loops
     are dropped.
+
+    Args:
+        edge_index: ``[2, E]`` integer node pairs.
+        num_nodes: ``N``.
+    """
+    src, dst = np.asarray(edge_index[0], np.int64), np.asarray(edge_index[1], np.int64)
+    keep = src != dst
+    rows = np.concatenate([dst[keep], src[keep]])
+    cols = np.concatenate([src[keep], dst[keep]])
+    a = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(num_nodes, num_nodes))
+    a.data[:] = 1.0  # summed duplicates -> one edge
+    return a
+
+
+def neighbour_mean_operator(edge_index: np.ndarray, num_nodes: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Row-normalised adjacency of an undirected region graph.
+
+    Edges count as in :func:`undirected_adjacency`.
 
     Args:
         edge_index: ``[2, E]`` integer node pairs.
@@ -34,12 +52,7 @@ def neighbour_mean_operator(edge_index: np.ndarray, num_nodes: int) -> tuple[sp.
         ``(P, degree)``: ``P`` ``[N, N]`` with ``(P @ x)[i]`` the mean of ``x`` over the
         neighbours of ``i`` (a zero row for a region without neighbours), and ``degree`` ``[N]``.
     """
-    src, dst = np.asarray(edge_index[0], np.int64), np.asarray(edge_index[1], np.int64)
-    keep = src != dst
-    rows = np.concatenate([dst[keep], src[keep]])
-    cols = np.concatenate([src[keep], dst[keep]])
-    a = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(num_nodes, num_nodes))
-    a.data[:] = 1.0  # summed duplicates -> one edge
+    a = undirected_adjacency(edge_index, num_nodes)
     degree = np.diff(a.indptr).astype(np.float64)
     p = sp.diags(1.0 / np.maximum(degree, 1.0)) @ a
     return sp.csr_matrix(p), degree
