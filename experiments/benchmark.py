@@ -538,17 +538,15 @@ TRAINED_PREFIX = "trained_"
 def output_transform(trained: pd.DataFrame, data: Any, share: float, scales: int, position: int = 0) -> pd.DataFrame:
     """The written embedding of a model with ``output_smoothing=share``, ``output_scales=scales`` and
     ``output_position=position`` from its as-trained embedding (``region_id`` index; the same
-    functions the model applies)."""
+    function the model applies, :func:`urbanrep.position.written_transform`)."""
     from urbanrep.graphs.schema import ADJACENT
-    from urbanrep.position import append_position
-    from urbanrep.smoothing import neighbourhood_transform
+    from urbanrep.position import written_transform
     from urbanrep.train import embeddings_frame
 
     ids = list(data.region_ids)
     x = trained.loc[ids].to_numpy(np.float32)
-    edges = data[ADJACENT].edge_index.cpu().numpy()
-    out = append_position(neighbourhood_transform(x, edges, share, scales), edges, position)
-    return embeddings_frame(ids, out)
+    return embeddings_frame(ids, written_transform(x, data[ADJACENT].edge_index.cpu().numpy(), share, scales,
+                                                   position))
 
 
 PEER_PREFIX = "peer_"

@@ -59,8 +59,7 @@ from urbanrep.graphs.schema import (
     REGION,
     feature_key,
 )
-from urbanrep.position import append_position, position_count
-from urbanrep.smoothing import neighbourhood_transform
+from urbanrep.position import position_count, written_transform
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
 
@@ -443,9 +442,8 @@ class RegionModel(nn.Module):
         """
         if self.config.ensemble > 1 and self.config.ensemble_output == "aligned":
             emb = align_members(emb, self.config.ensemble)
-        edges = data[ADJACENT].edge_index.cpu().numpy()
-        out = neighbourhood_transform(emb, edges, self.config.output_smoothing, self.config.output_scales)
-        return append_position(out, edges, self.config.output_position)
+        return written_transform(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config.output_smoothing,
+                                 self.config.output_scales, self.config.output_position)
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""

@@ -109,11 +109,12 @@ def neighbourhood_scales(emb: np.ndarray, hop: sp.csr_matrix, scales: int) -> np
 
 
 def neighbourhood_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int) -> np.ndarray:
-    """The written-embedding transform: :func:`smooth_over_neighbours`, then :func:`neighbourhood_scales`.
+    """The neighbourhood part of the written-embedding transform: :func:`smooth_over_neighbours`, then
+    :func:`neighbourhood_scales`.
 
-    What :meth:`urbanrep.network.RegionModel.final_embedding` applies after training
-    (``ModelConfig.output_smoothing`` and ``output_scales``); a pure function of the embedding as
-    trained and the graph's adjacency, so it can also be applied to a saved as-trained embedding.
+    The first part of what :meth:`urbanrep.network.RegionModel.final_embedding` applies after
+    training (``ModelConfig.output_smoothing`` and ``output_scales``; the positional columns follow:
+    :func:`urbanrep.position.written_transform` is the whole transform).
 
     Args:
         emb: ``[N, C]`` embedding as trained, rows in graph node order.
