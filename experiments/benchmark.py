@@ -194,6 +194,13 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                              _written(0.0, 0)),
         "abl_no_position": ("ablation: no positional columns (192-d; the default before round 2026-12-06q)",
                             _position(0)),
+        # Round 2026-12-06r: the neighbourhood transform again, now beside the positional columns.
+        "dev_pos8_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means and the positional columns "
+                         "appended (192-d + one per 8 regions)", _written(0.0, 2, 8)),
+        "dev_pos8_scales1": ("candidate: smoothing share 0.5; its 1-hop neighbour mean and the positional columns "
+                             "appended (128-d + one per 8 regions)", _written(0.5, 1, 8)),
+        "dev_pos8_bare": ("candidate: the embedding as trained and the positional columns, no neighbour smoothing "
+                          "or scales (64-d + one per 8 regions)", _written(0.0, 0, 8)),
         "dev_scales2_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means appended (192-d)",
                             _written(0.0, 2)),
         "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
@@ -244,9 +251,10 @@ def _shared(k: int) -> Callable[[Any], Any]:
     return lambda mc: replace(mc, moe=replace(mc.moe, num_shared=k))
 
 
-def _written(share: float, scales: int) -> Callable[[Any], Any]:
-    """Variant: the written embedding with smoothing ``share`` and ``scales`` hop means, no positional columns."""
-    return lambda mc: replace(mc, output_smoothing=share, output_scales=scales, output_position=0)
+def _written(share: float, scales: int, position: int = 0) -> Callable[[Any], Any]:
+    """Variant: the written embedding with smoothing ``share``, ``scales`` hop means and one positional column
+    per ``position`` regions (0: none)."""
+    return lambda mc: replace(mc, output_smoothing=share, output_scales=scales, output_position=position)
 
 
 def _width(c: int) -> Callable[[Any], Any]:

@@ -158,6 +158,19 @@ EXPERT_CANDIDATES = ("urbanrep", "dev_shared1", "dev_shared2", "dev_indrop02")
 #: and cities.
 POSITION_CANDIDATES = ("urbanrep", "dev_pos4", "dev_pos8", "dev_pos16")
 
+#: Round 2026-12-06r (declared after round q, before these runs): the neighbourhood transform beside
+#: the positional columns. Rounds c-e and i chose the half-smoothed row and its 1- and 2-hop means
+#: when the written embedding had no other location signal; now the positional columns carry the
+#: large-scale location, so the question is whether the region's own row still needs smoothing and
+#: the 2-hop scale. Candidates: the unsmoothed row with both hop means (round i's candidate plus the
+#: positional columns), the smoothed row with one hop mean, and the embedding as trained with the
+#: positional columns only. The question was also prompted by the held-out NYC-180 table published
+#: with round q, where the embedding as trained (``abl_no_smoothing``) scores above the default under
+#: spatial-block folds (it has done so since round c); the choice is made on the development cities
+#: only, by the same rule. All three are transforms of the written embedding: the default's training
+#: runs serve them.
+NEIGHBOURHOOD_CANDIDATES = ("urbanrep", "dev_pos8_raw", "dev_pos8_scales1", "dev_pos8_bare")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")
