@@ -112,8 +112,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                                                        loss=replace(mc.loss, fusion_weight=1.0,
                                                                     fusion_contrast="cross"))),
         "prev_default": ("the previous default: one member, fusion contrast of two augmented views, no noise prior",
-                         lambda mc: replace(mc, ensemble=1, fusion=replace(mc.fusion, prior="none"),
-                                            output_smoothing=0.0, output_scales=0, output_position=0,
+                         lambda mc: replace(mc, ensemble=1, fusion=replace(mc.fusion, prior="none"), **TRANSFORM_OFF,
                                             loss=replace(mc.loss, fusion_weight=1.0, fusion_contrast="views",
                                                          temperature=0.2))),
         "abl_views_fusion": ("ablation: fusion-level contrast of two augmented graph views (weight 1)",
@@ -201,6 +200,9 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                              "appended (128-d + one per 8 regions)", _written(0.5, 1, 8)),
         "dev_pos8_bare": ("candidate: the embedding as trained and the positional columns, no neighbour smoothing "
                           "or scales (64-d + one per 8 regions)", _written(0.0, 0, 8)),
+        # Round 2026-12-06s: the written embedding's overall scale.
+        "dev_unitvar": ("candidate: the written embedding scaled to unit total variance (output_norm)",
+                        lambda mc: replace(mc, output_norm="unit_variance")),
         "dev_scales2_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means appended (192-d)",
                             _written(0.0, 2)),
         "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
@@ -434,7 +436,7 @@ def changed_settings(cached: dict[str, Any], current: dict[str, Any], prefix: st
     transform, which did not exist before and so was 0.
     """
     if not prefix:
-        cached = {"output_smoothing": 0.0, "output_scales": 0, "output_position": 0, **cached}
+        cached = {**TRANSFORM_OFF, **cached}
     out: list[str] = []
     for key, value in current.items():
         if key not in cached:
@@ -455,7 +457,7 @@ def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = Fa
     """
     from urbanrep.train import config_to_dict, embeddings_frame, train
 
-    trained_mc = replace(mc, output_smoothing=0.0, output_scales=0, output_position=0)
+    trained_mc = replace(mc, **TRANSFORM_OFF)
     train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
     model_dict = {k: v for k, v in config_to_dict(trained_mc).items() if k not in _LATER_TRANSFORM_FIELDS}
     twin = f"{TRAINED_PREFIX}{_config_hash({'model': model_dict, 'train': train_dict})}"
@@ -506,7 +508,7 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
                         variant, seed, ", ".join(changed))
         return None
     trained, trained_meta, trained_path = got
-    emb = output_transform(trained, data, mc.output_smoothing, mc.output_scales, mc.output_position)
+    emb = output_transform(trained, data, mc)
     meta = dict(trained_meta, variant=variant, model_config=config_to_dict(mc), as_trained=trained_path.name)
     for kind in EVAL_CACHE_KINDS:
         for stale in path.parent.glob(eval_cache_name(path, kind, "*")):
@@ -516,8 +518,11 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
     return emb, meta, path
 
 
-#: The settings of the written-embedding transform: a run that differs only in them needs no training.
-TRANSFORM_FIELDS = ("output_smoothing", "output_scales", "output_position")
+#: The settings of the written-embedding transform, switched off: a run that differs only in them needs
+#: no training, and a cached run's meta that lacks one was written with it off.
+TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "output_position": 0,
+                                 "output_norm": "none"}
+TRANSFORM_FIELDS = tuple(TRANSFORM_OFF)
 
 
 def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, changed: Sequence[str]
@@ -537,24 +542,24 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 
 #: Output-transform settings added after the as-trained runs were first hashed. A twin always has
 #: them off, so they are left out of its hash and the twins trained before them still match.
-_LATER_TRANSFORM_FIELDS = ("output_position",)
+_LATER_TRANSFORM_FIELDS = ("output_position", "output_norm")
 
 #: Cache-name prefix of the as-trained runs that transform-only variants share.
 TRAINED_PREFIX = "trained_"
 
 
-def output_transform(trained: pd.DataFrame, data: Any, share: float, scales: int, position: int = 0) -> pd.DataFrame:
-    """The written embedding of a model with ``output_smoothing=share``, ``output_scales=scales`` and
-    ``output_position=position`` from its as-trained embedding (``region_id`` index; the same
-    function the model applies, :func:`urbanrep.position.written_transform`)."""
+def output_transform(trained: pd.DataFrame, data: Any, mc: Any) -> pd.DataFrame:
+    """The written embedding of a model configured by ``mc`` (a ``ModelConfig``) from its as-trained
+    embedding (``region_id`` index; the same function the model applies,
+    :func:`urbanrep.written.written_transform`)."""
     from urbanrep.graphs.schema import ADJACENT
-    from urbanrep.position import written_transform
     from urbanrep.train import embeddings_frame
+    from urbanrep.written import written_transform
 
     ids = list(data.region_ids)
     x = trained.loc[ids].to_numpy(np.float32)
-    return embeddings_frame(ids, written_transform(x, data[ADJACENT].edge_index.cpu().numpy(), share, scales,
-                                                   position))
+    return embeddings_frame(ids, written_transform(x, data[ADJACENT].edge_index.cpu().numpy(), mc.output_smoothing,
+                                                   mc.output_scales, mc.output_position, mc.output_norm))
 
 
 PEER_PREFIX = "peer_"

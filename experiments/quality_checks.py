@@ -60,14 +60,15 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     """Train the default model (on ``modalities``) or reuse the run cached under ``tag``.
 
     A cached run whose recorded settings differ from the current default's is trained anew, except
-    when the only difference is the positional columns (``output_position``, added after the run):
-    they come last in the written embedding, so they are appended to the cached one.
+    when the only differences are the positional columns and the overall scale (``output_position``
+    and ``output_norm``, added after the run and off in it): they are the last steps of the written
+    embedding, so they are applied to the cached one.
     """
     from experiments.benchmark import changed_settings
     from urbanrep.graphs.schema import ADJACENT
     from urbanrep.network import ModelConfig
-    from urbanrep.position import append_position
     from urbanrep.train import TrainConfig, embeddings_frame, train
+    from urbanrep.written import written_transform
 
     mc = replace(ModelConfig(), modalities=modalities)
     path = cache / f"{tag}_s{seed}_e{epochs}.parquet"
@@ -75,13 +76,16 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     if path.exists() and meta.exists():
         cached = json.loads(meta.read_text())
         emb = pd.read_parquet(path).set_index("region_id")
-        changed = changed_settings(cached.get("model_config") or {}, config_to_dict(mc))
+        recorded = cached.get("model_config") or {}
+        changed = changed_settings(recorded, config_to_dict(mc))
         if not changed:
             return emb, cached["weights"]
-        if changed == ["output_position"] and not (cached.get("model_config") or {}).get("output_position"):
+        later = {"output_position": 0, "output_norm": "none"}  # the two last steps, off
+        if set(changed) <= set(later) and all(recorded.get(k, off) == off for k, off in later.items() if k in changed):
             ids = list(data.region_ids)
-            out = append_position(emb.loc[ids].to_numpy(np.float32), data[ADJACENT].edge_index.cpu().numpy(),
-                                  mc.output_position)
+            out = written_transform(emb.loc[ids].to_numpy(np.float32), data[ADJACENT].edge_index.cpu().numpy(),
+                                    0.0, 0, mc.output_position if "output_position" in changed else 0,
+                                    mc.output_norm if "output_norm" in changed else "none")
             return embeddings_frame(ids, out), cached["weights"]
         log.info("%s seed %d: the cached run has other settings (%s); it is trained anew", tag, seed,
                  ", ".join(changed))

@@ -171,6 +171,18 @@ POSITION_CANDIDATES = ("urbanrep", "dev_pos4", "dev_pos8", "dev_pos16")
 #: runs serve them.
 NEIGHBOURHOOD_CANDIDATES = ("urbanrep", "dev_pos8_raw", "dev_pos8_scales1", "dev_pos8_bare")
 
+#: Round 2026-12-06s (declared after round r and after an exploratory look, before this run): the
+#: written embedding's overall scale. The strict score standardises inside each fold, so a rescaled
+#: embedding scores exactly as the default does and the declared tie rule hands the choice to the
+#: paper protocol (a bare ``Ridge(alpha=1)``, which regularises by the embedding's scale). Round p
+#: looked at target-free conventions without the positional columns and found none better than
+#: the scale as trained. Since round q the written embedding has up to 64 more columns, and the
+#: paper protocol fell on São Paulo (0.358 to 0.106). A look at the default's round-q runs
+#: (recorded in the round's file) found unit total variance now ahead on the paper protocol. The
+#: candidate: the written embedding divided by the square root of the sum of its column variances
+#: (``ModelConfig.output_norm="unit_variance"``). A transform: the default's runs serve it.
+NORM_CANDIDATES = ("urbanrep", "dev_unitvar")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")

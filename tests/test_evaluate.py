@@ -628,8 +628,7 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: py
     # variants that differ only in the output transform reuse the one as-trained run
     from urbanrep.graphs import GraphConfig, build_graph
     from urbanrep.network import ModelConfig
-    from urbanrep.position import append_position
-    from urbanrep.smoothing import neighbourhood_transform
+    from urbanrep.written import written_transform
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a transform-only variant was trained again")
@@ -642,9 +641,9 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: py
     assert got is not None and got[0].shape == (77, 64) and got[1]["as_trained"] == trained[0].name
     default = ModelConfig()
     edges = data["region", "adjacent", "region"].edge_index.numpy()
-    again = append_position(neighbourhood_transform(got[0].loc[list(data.region_ids)].to_numpy(), edges,
-                                                    default.output_smoothing, default.output_scales),
-                            edges, default.output_position)
+    as_trained = pd.read_parquet(trained[0]).set_index("region_id").loc[list(data.region_ids)].to_numpy()
+    again = written_transform(as_trained, edges, default.output_smoothing, default.output_scales,
+                              default.output_position, default.output_norm)
     np.testing.assert_allclose(emb.loc[list(data.region_ids)].to_numpy(), again, atol=1e-6)
     with pytest.raises(SystemExit):  # outputs never land inside the repository
         benchmark.parse_args(["--out", str(Path(benchmark.__file__).parent / "out")])
@@ -665,6 +664,8 @@ def test_benchmark_cache_notices_changed_settings() -> None:
     assert changed_settings({"loss": {}, "ensemble": 3}, dict(now, output_smoothing=0.0, output_scales=0)) == []
     assert changed_settings({"loss": {}, "ensemble": 3}, dict(now, output_position=8)) == [
         "output_smoothing", "output_scales", "output_position"]
+    assert changed_settings({"loss": {}, "ensemble": 3, "output_smoothing": 0.5, "output_scales": 2},
+                            dict(now, output_norm="unit_variance")) == ["output_norm"]
 
 
 def test_benchmark_derives_a_transform_change_from_the_recorded_as_trained_run(tmp_path: Path) -> None:

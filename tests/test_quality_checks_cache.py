@@ -14,6 +14,7 @@ from urbanrep.experts.testing import random_region_graph
 from urbanrep.network import ModelConfig
 from urbanrep.position import position_count
 from urbanrep.train import config_to_dict
+from urbanrep.written import written_transform
 
 
 def _cache_run(folder: Path, mc: ModelConfig, ids: list[str]) -> pd.DataFrame:
@@ -24,7 +25,7 @@ def _cache_run(folder: Path, mc: ModelConfig, ids: list[str]) -> pd.DataFrame:
     return emb
 
 
-def test_cached_runs_are_reused_extended_or_refused(tmp_path: Path) -> None:
+def test_cached_runs_are_reused_extended_or_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from experiments.quality_checks import NotCached, _train
 
     data = random_region_graph(30, modalities=("poi", "landuse"), seed=1)
@@ -33,11 +34,28 @@ def test_cached_runs_are_reused_extended_or_refused(tmp_path: Path) -> None:
     got, weights = _train(data, None, 0, 300, tmp_path, "default", allowed=False)
     pd.testing.assert_frame_equal(got, emb)
     assert weights == {"poi": 1.0}
-    # a run from before the positional columns: they are appended, nothing is trained
-    _cache_run(tmp_path, replace(ModelConfig(), output_position=0), ids)
+    # a run from before the positional columns and the overall scale: they are applied, nothing is trained
+    default = ModelConfig()
+    edges = data["region", "adjacent", "region"].edge_index.numpy()
+    for norm in ("none", "unit_variance"):
+        _cache_run(tmp_path, replace(default, output_position=0, output_norm="none"), ids)
+        with_norm = replace(default, output_norm=norm)
+        monkeypatch.setattr("urbanrep.network.ModelConfig", lambda mc=with_norm: mc)
+        got, _ = _train(data, None, 0, 300, tmp_path, "default", allowed=False)
+        assert got.shape == (30, 5 + position_count(30, default.output_position))
+        want = written_transform(emb.loc[ids].to_numpy(), edges, 0.0, 0, default.output_position, norm)
+        np.testing.assert_allclose(got.loc[ids].to_numpy(), want, rtol=1e-6)
+        if norm == "none":
+            np.testing.assert_array_equal(got.loc[ids].to_numpy()[:, :5], emb.loc[ids].to_numpy())
+        else:
+            assert abs(got.to_numpy(np.float64).var(axis=0).sum() - 1.0) < 1e-5
+    # only the scale differs from a run with the positional columns: it is applied
+    _cache_run(tmp_path, replace(default, output_norm="none"), ids)
+    monkeypatch.setattr("urbanrep.network.ModelConfig", lambda: replace(default, output_norm="unit_variance"))
     got, _ = _train(data, None, 0, 300, tmp_path, "default", allowed=False)
-    assert got.shape == (30, 5 + position_count(30, ModelConfig().output_position))
-    np.testing.assert_array_equal(got.loc[ids].to_numpy()[:, :5], emb.loc[ids].to_numpy())
+    np.testing.assert_allclose(got.to_numpy(), emb.to_numpy() / np.sqrt(emb.to_numpy(np.float64).var(axis=0).sum()),
+                               rtol=1e-6)
+    monkeypatch.undo()
     # a run trained differently is never reused
     _cache_run(tmp_path, replace(ModelConfig(), ensemble=1), ids)
     with pytest.raises(NotCached):

@@ -59,7 +59,8 @@ from urbanrep.graphs.schema import (
     REGION,
     feature_key,
 )
-from urbanrep.position import position_count, written_transform
+from urbanrep.position import position_count
+from urbanrep.written import OUTPUT_NORMS, written_transform
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
 
@@ -197,6 +198,12 @@ class ModelConfig:
             chosen on the development cities in round 2026-12-06q
             (``experiments/DESIGN_SELECTION.md``: score 0.530 against 0.495 without; one column
             per 4 regions was pruned, one per 16 scored 0.507).
+        output_norm: The written embedding's overall scale, set last
+            (:func:`urbanrep.written.unit_total_variance`): ``"none"`` keeps the scale as
+            trained; ``"unit_variance"`` divides by the square root of the sum of the column
+            variances, so a probe with a fixed penalty (a bare ``Ridge(alpha=1)``) regularises
+            alike on every city. Anything that standardises columns, measures angles or clusters
+            is unaffected.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -212,6 +219,7 @@ class ModelConfig:
     output_smoothing: float = 0.5
     output_scales: int = 2
     output_position: int = 8
+    output_norm: str = "none"
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
@@ -233,6 +241,8 @@ class ModelConfig:
         if self.output_position < 0:
             raise ConfigError(f"ModelConfig.output_position must be >= 0 regions per positional column "
                               f"(0 appends nothing), got {self.output_position}")
+        if self.output_norm not in OUTPUT_NORMS:
+            raise ConfigError(f"ModelConfig.output_norm must be one of {OUTPUT_NORMS}, got {self.output_norm!r}")
 
 
 @dataclass
@@ -430,8 +440,10 @@ class RegionModel(nn.Module):
         mean of its adjacent regions' rows (:func:`urbanrep.smoothing.smooth_over_neighbours`), and
         with ``output_scales`` > 0 the neighbour means over 1..``output_scales`` hops are
         appended (:func:`urbanrep.smoothing.neighbourhood_scales`), and with ``output_position``
-        > 0 the positional columns (:func:`urbanrep.position.append_position`). Apply it to the
-        whole graph's embedding at once, never per batch.
+        > 0 the positional columns (:func:`urbanrep.position.append_position`); last, with
+        ``output_norm="unit_variance"``, the whole is scaled to unit total variance
+        (:func:`urbanrep.written.written_transform`). Apply it to the whole graph's embedding at
+        once, never per batch.
 
         Args:
             emb: ``[N, out_channels]`` embedding of every region.
@@ -443,7 +455,7 @@ class RegionModel(nn.Module):
         if self.config.ensemble > 1 and self.config.ensemble_output == "aligned":
             emb = align_members(emb, self.config.ensemble)
         return written_transform(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config.output_smoothing,
-                                 self.config.output_scales, self.config.output_position)
+                                 self.config.output_scales, self.config.output_position, self.config.output_norm)
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from urbanrep.smoothing import neighbourhood_transform, undirected_adjacency
+from urbanrep.smoothing import undirected_adjacency
 
 #: Most positional columns appended, whatever the number of regions.
 POSITION_MAX = 64
@@ -108,26 +108,3 @@ def append_position(emb: np.ndarray, edge_index: np.ndarray, regions_per_column:
     pos = pos / np.maximum(pos.std(axis=0), 1e-12) * scale
     return np.hstack([emb, pos]).astype(np.float32)
 
-
-def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int,
-                      regions_per_column: int) -> np.ndarray:
-    """The whole written-embedding transform: :func:`~urbanrep.smoothing.neighbourhood_transform`,
-    then :func:`append_position`.
-
-    What :meth:`urbanrep.network.RegionModel.final_embedding` applies after training
-    (``ModelConfig.output_smoothing``, ``output_scales`` and ``output_position``); a pure function
-    of the embedding as trained and the graph's adjacency, so it can also be applied to a saved
-    as-trained embedding.
-
-    Args:
-        emb: ``[N, C]`` embedding as trained, rows in graph node order.
-        edge_index: ``[2, E]`` adjacency edges of the region graph.
-        share: Smoothing share (0: none).
-        scales: Hops of neighbour means to append (0: none).
-        regions_per_column: One positional column per this many regions (0: none).
-
-    Returns:
-        ``[N, (1 + scales) * C + position_count(N, regions_per_column)]`` float32 (``emb`` itself
-        when all three are 0).
-    """
-    return append_position(neighbourhood_transform(emb, edge_index, share, scales), edge_index, regions_per_column)

@@ -114,7 +114,7 @@ def neighbourhood_transform(emb: np.ndarray, edge_index: np.ndarray, share: floa
 
     The first part of what :meth:`urbanrep.network.RegionModel.final_embedding` applies after
     training (``ModelConfig.output_smoothing`` and ``output_scales``; the positional columns follow:
-    :func:`urbanrep.position.written_transform` is the whole transform).
+    :func:`urbanrep.written.written_transform` is the whole transform).
 
     Args:
         emb: ``[N, C]`` embedding as trained, rows in graph node order.

@@ -1,0 +1,45 @@
+"""The written-embedding transform's last step: the overall scale (ModelConfig.output_norm)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from urbanrep.errors import ConfigError
+from urbanrep.network import ModelConfig
+from urbanrep.position import position_count
+from urbanrep.written import column_variances, unit_total_variance, written_transform
+
+
+def _path(n: int) -> np.ndarray:
+    return np.array([np.arange(n - 1), np.arange(1, n)])
+
+
+def test_unit_total_variance_sums_the_column_variances_to_one() -> None:
+    rng = np.random.default_rng(0)
+    emb = (rng.normal(size=(50, 130)) * rng.uniform(0.1, 9.0, size=130) + 4.0).astype(np.float32)
+    np.testing.assert_allclose(column_variances(emb), emb.astype(np.float64).var(axis=0), rtol=1e-12)
+    out = unit_total_variance(emb)
+    assert out.dtype == np.float32 and out.shape == emb.shape
+    assert abs(out.astype(np.float64).var(axis=0).sum() - 1.0) < 1e-5
+    ratio = out / emb  # one factor for every entry: directions, angles and clusters are unchanged
+    np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-5)
+    constant = np.ones((5, 3), np.float32)
+    assert unit_total_variance(constant) is constant  # nothing to scale
+
+
+def test_written_transform_applies_the_scale_last() -> None:
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(40, 6)).astype(np.float32) * 7
+    plain = written_transform(emb, _path(40), 0.5, 2, 8)
+    scaled = written_transform(emb, _path(40), 0.5, 2, 8, "unit_variance")
+    assert plain.shape == scaled.shape == (40, 18 + position_count(40, 8))
+    np.testing.assert_allclose(scaled, plain / np.sqrt(plain.astype(np.float64).var(axis=0).sum()), rtol=1e-5)
+    assert written_transform(emb, _path(40), 0.0, 0, 0) is emb
+    with pytest.raises(ValueError, match="norm"):
+        written_transform(emb, _path(40), 0.0, 0, 0, "l2")
+
+
+def test_model_config_checks_output_norm() -> None:
+    with pytest.raises(ConfigError, match="output_norm"):
+        ModelConfig(output_norm="standardise")

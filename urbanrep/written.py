@@ -1,0 +1,91 @@
+"""The embedding a run writes: the transform applied to the embedding as trained.
+
+After training, :meth:`urbanrep.network.RegionModel.final_embedding` puts the embedding through
+three target-free steps, each a pure function of the embedding and the region adjacency graph:
+
+1. the neighbourhood scales (:func:`urbanrep.smoothing.neighbourhood_transform`);
+2. the positional columns (:func:`urbanrep.position.append_position`);
+3. the overall scale (:func:`unit_total_variance`).
+
+The last step sets the written embedding's total variance (the sum of its column variances, the
+mean squared distance of a row from the mean row) to 1. As trained, that scale is an accident of
+the training run (between about 40 and 60 on the development cities, depending on city and seed),
+and a probe with a fixed penalty, such as the bare ``Ridge(alpha=1)`` the published region
+embedding papers fit, regularises by it: on a few hundred regions and a few hundred columns it is
+then nearly unpenalised least squares. At unit total variance the same fixed penalty means the same
+thing on every city and every width: it shrinks the directions that carry less than about ``1/N`` of
+the variance. Anything that standardises columns, measures angles or clusters (a scaler and ridge,
+cosine similarity, KMeans) is unaffected.
+
+Shapes: ``emb`` ``[N, C]``; ``edge_index`` ``[2, E]`` (region graph node indices).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from urbanrep.position import append_position
+from urbanrep.smoothing import neighbourhood_transform
+
+#: ``ModelConfig.output_norm`` values: the scale as trained, or unit total variance.
+OUTPUT_NORMS = ("none", "unit_variance")
+
+_CHUNK = 64  # columns per float64 block when measuring variances (no float64 copy of the whole)
+
+
+def column_variances(emb: np.ndarray) -> np.ndarray:
+    """Population variance of every column of ``emb``, computed in float64 block by block.
+
+    Args:
+        emb: ``[N, C]``.
+
+    Returns:
+        ``[C]`` float64.
+    """
+    out = np.empty(emb.shape[1], np.float64)
+    for start in range(0, emb.shape[1], _CHUNK):
+        out[start:start + _CHUNK] = emb[:, start:start + _CHUNK].astype(np.float64).var(axis=0)
+    return out
+
+
+def unit_total_variance(emb: np.ndarray) -> np.ndarray:
+    """``emb`` scaled so that its column variances sum to 1 (unchanged if they sum to 0).
+
+    Args:
+        emb: ``[N, C]`` embedding.
+
+    Returns:
+        ``[N, C]`` float32: ``emb / sqrt(sum of column variances)``.
+    """
+    total = float(column_variances(emb).sum())
+    if not np.isfinite(total) or total <= 0.0:
+        return emb
+    return (emb * np.float32(1.0 / np.sqrt(total))).astype(np.float32, copy=False)
+
+
+def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int,
+                      regions_per_column: int, norm: str = "none") -> np.ndarray:
+    """The whole written-embedding transform: :func:`~urbanrep.smoothing.neighbourhood_transform`,
+    then :func:`~urbanrep.position.append_position`, then the overall scale.
+
+    What :meth:`urbanrep.network.RegionModel.final_embedding` applies after training
+    (``ModelConfig.output_smoothing``, ``output_scales``, ``output_position`` and ``output_norm``);
+    a pure function of the embedding as trained and the graph's adjacency, so it can also be
+    applied to a saved as-trained embedding.
+
+    Args:
+        emb: ``[N, C]`` embedding as trained, rows in graph node order.
+        edge_index: ``[2, E]`` adjacency edges of the region graph.
+        share: Smoothing share (0: none).
+        scales: Hops of neighbour means to append (0: none).
+        regions_per_column: One positional column per this many regions (0: none).
+        norm: ``"none"`` (the scale as trained) or ``"unit_variance"`` (:func:`unit_total_variance`).
+
+    Returns:
+        ``[N, (1 + scales) * C + position_count(N, regions_per_column)]`` float32 (``emb`` itself
+        when every step is off).
+    """
+    if norm not in OUTPUT_NORMS:
+        raise ValueError(f"written_transform: norm must be one of {OUTPUT_NORMS}, got {norm!r}")
+    out = append_position(neighbourhood_transform(emb, edge_index, share, scales), edge_index, regions_per_column)
+    return unit_total_variance(out) if norm == "unit_variance" else out
