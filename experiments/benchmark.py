@@ -191,8 +191,9 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing or scales (64-d; the "
                              "default before 2026-12-06c)",
                              _written(0.0, 0)),
-        "abl_no_position": ("ablation: no positional columns (192-d; the default before round 2026-12-06q)",
-                            _position(0)),
+        "abl_no_norm": ("ablation: the written embedding at the scale as trained (the default before round "
+                        "2026-12-06s)", lambda mc: replace(mc, output_norm="none")),
+        "abl_no_position": ("ablation: no positional columns (192-d)", _position(0)),
         # Round 2026-12-06r: the neighbourhood transform again, now beside the positional columns.
         "dev_pos8_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means and the positional columns "
                          "appended (192-d + one per 8 regions)", _written(0.0, 2, 8)),

@@ -114,7 +114,7 @@ def test_ensemble_concatenates_members_and_round_trips(tmp_path):
     again = load_model(tmp_path / "model.pt")
     again.eval()
     with torch.no_grad():
-        emb = again(data).embedding.numpy()
+        emb = again.final_embedding(again(data).embedding.numpy(), data)
     assert emb.shape == (40, 128)
     assert torch.allclose(torch.as_tensor(emb), torch.as_tensor(res.embeddings), atol=1e-5)
 

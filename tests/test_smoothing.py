@@ -55,10 +55,10 @@ def test_output_smoothing_applies_to_the_written_embedding_only(tmp_path):
 
     data = random_region_graph(40, modalities=("poi", "mobility"), seed=1)
     loss = LossConfig(fusion_weight=0.0)
-    plain = train(data, ModelConfig(ensemble=2, loss=loss, output_smoothing=0.0, output_scales=0, output_position=0),
-                  TrainConfig(epochs=2, seed=0, num_threads=1))
-    smooth = train(data, ModelConfig(ensemble=2, loss=loss, output_smoothing=0.25, output_scales=0, output_position=0),
-                   TrainConfig(epochs=2, seed=0, num_threads=1))
+    plain = train(data, ModelConfig(ensemble=2, loss=loss, output_smoothing=0.0, output_scales=0, output_position=0,
+                                    output_norm="none"), TrainConfig(epochs=2, seed=0, num_threads=1))
+    smooth = train(data, ModelConfig(ensemble=2, loss=loss, output_smoothing=0.25, output_scales=0, output_position=0,
+                                     output_norm="none"), TrainConfig(epochs=2, seed=0, num_threads=1))
     # same training, the written embedding is the plain one smoothed
     assert [h["total"] for h in plain.history] == [h["total"] for h in smooth.history]
     edges = data[ADJACENT].edge_index.numpy()

@@ -43,3 +43,14 @@ def test_written_transform_applies_the_scale_last() -> None:
 def test_model_config_checks_output_norm() -> None:
     with pytest.raises(ConfigError, match="output_norm"):
         ModelConfig(output_norm="standardise")
+
+
+def test_saved_configs_keep_their_scale() -> None:
+    """A saved model writes what it wrote when it was trained: a config from before ``output_norm``
+    existed (no key) reads back at the scale as trained."""
+    from urbanrep.train import config_to_dict, model_config_from_dict
+
+    now = config_to_dict(ModelConfig())
+    assert model_config_from_dict(now).output_norm == "unit_variance"
+    before = {k: v for k, v in now.items() if k != "output_norm"}
+    assert model_config_from_dict(before).output_norm == "none"
