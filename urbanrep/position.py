@@ -107,4 +107,3 @@ def append_position(emb: np.ndarray, edge_index: np.ndarray, regions_per_column:
     scale = float(np.sqrt(np.mean(emb.astype(np.float64).var(axis=0)))) or 1.0
     pos = pos / np.maximum(pos.std(axis=0), 1e-12) * scale
     return np.hstack([emb, pos]).astype(np.float32)
-
