@@ -249,6 +249,65 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: Names in RESULTS.md's summary (the raw rows stay in SRAI_BASELINES.md only).
+SUMMARY_NAMES = {"srai_count": "srai CountEmbedder", "srai_contextual_count": "srai ContextualCountEmbedder",
+                 "srai_hex2vec": "srai Hex2Vec", "srai_highway2vec": "srai Highway2Vec",
+                 "urbanrep_poi_only": "urbanrep (POI only)", "urbanrep_road_only": "urbanrep (roads only)",
+                 "urbanrep": "urbanrep"}
+#: RESULTS.md's section markers (``experiments.benchmark.KEPT_SECTIONS`` keeps it when the benchmark rewrites the file).
+SECTION_START = "<!-- srai peers: written by experiments/srai_baselines.py --results; benchmark --publish keeps it -->"
+SECTION_END = "<!-- end srai peers -->"
+
+
+def results_section(rows: list[dict[str, Any]], command: str) -> str:
+    """RESULTS.md's summary of the srai peers: population (strict R²) and one other task per city,
+    the best embedding of each column in bold."""
+    def first(scores: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, float, str] | None:
+        for key in keys:
+            if key in scores:
+                v = scores[key]
+                if "r2" in v:
+                    return key, v["r2"], f"{v['r2']:.3f} ± {v['r2_std']:.3f}"
+                return key, v["cosine"], f"{v['cosine']:.3f}"
+        return None
+
+    lines = [SECTION_START, "## srai peers in the same harness", "",
+             f"`{command}` (srai 0.10.2, `pip install -e \".[srai]\"`). `strict` R² (mean ± std over 10 shuffles, "
+             "averaged over seeds 0-2 for trained embedders); land use: cosine of the predicted shares. Setup, "
+             "timings and the raw rows: [SRAI_BASELINES.md](SRAI_BASELINES.md).", "",
+             "| city | embedding | inputs | population | other |", "|---|---|---|---|---|"]
+    for city in dict.fromkeys(r["city"] for r in rows):
+        sub = [r for r in rows if r["city"] == city and r["embedding"] in SUMMARY_NAMES]
+        cells = {r["embedding"]: (first(r["scores"], ("population",)),
+                                  first(r["scores"], ("landuse_shares", "jobs"))) for r in sub}
+        best = [max((c[i][1] for c in cells.values() if c[i] is not None), default=None) for i in (0, 1)]
+        for r in sub:
+            shown = []
+            for i, cell in enumerate(cells[r["embedding"]]):
+                if cell is None:
+                    shown.append("")
+                    continue
+                key, value, text = cell
+                text = f"**{text}**" if value == best[i] else text
+                shown.append(text if i == 0 else f"{'land-use cosine' if key == 'landuse_shares' else key} {text}")
+            lines.append(f"| {city} | {SUMMARY_NAMES[r['embedding']]} | {r['inputs'].replace(',', ', ')} | "
+                         f"{shown[0]} | {shown[1]} |")
+    lines.append(SECTION_END)
+    return "\n".join(lines)
+
+
+def replace_section(path: Path, section: str) -> None:
+    """Put ``section`` in place of the file's srai section (appended when it has none), atomically."""
+    text = path.read_text(encoding="utf-8")
+    a = text.find(SECTION_START.split(":")[0])  # "<!-- srai peers", whatever the rest of the marker says
+    b = text.find(SECTION_END, max(a, 0))
+    if a >= 0 and b > a:
+        text = text[:a] + section + text[b + len(SECTION_END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    write_text_atomic(path, text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cities", nargs="+", default=list(CITIES), choices=CITIES)
@@ -257,6 +316,8 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", default=None, help="JSON file for the rows")
     parser.add_argument("--md", default=None, help="markdown file for the tables")
+    parser.add_argument("--results", default=None,
+                        help="a RESULTS.md whose srai section is replaced by this run's summary")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "urbanrep"):
@@ -272,6 +333,8 @@ def main() -> None:
         write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2))
     if args.md:
         write_text_atomic(args.md, f"# srai peers in urbanrep's harness\n\n`{meta['command']}`\n\n{table}")
+    if args.results:
+        replace_section(Path(args.results), results_section(rows, meta["command"]))
 
 
 if __name__ == "__main__":
