@@ -170,7 +170,7 @@ def test_dask_engine_warms_shared_index(dask_engine) -> None:
 _STRESS = """
 import sys, threading
 import numpy as np, shapely
-sys.path.insert(0, {root!r})
+sys.path[:0] = [{root!r}, {root!r} + "/tests"]  # tests.test_engine imports tests/helpers.py as ``helpers``
 from tests.test_engine import _voronoi_index
 pts = shapely.points(np.random.default_rng(1).uniform(0, 100, (100_000, 2)))
 expect = _voronoi_index(5000).locate_local(pts)
