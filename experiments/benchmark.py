@@ -188,8 +188,9 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                         _written(0.5, 1)),
         "dev_scales2": ("candidate: smoothing share 0.5, and its 1- and 2-hop neighbour means appended (192-d)",
                         _written(0.5, 2)),
-        "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing or scales (64-d; the "
-                             "default before 2026-12-06c)",
+        "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing, scales or positional "
+                             "columns (64-d, rescaled to unit total variance; the default before 2026-12-06c, at "
+                             "the scale as trained)",
                              _written(0.0, 0)),
         "abl_no_norm": ("ablation: the written embedding at the scale as trained (the default before round "
                         "2026-12-06s)", lambda mc: replace(mc, output_norm="none")),
