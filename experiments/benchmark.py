@@ -461,7 +461,7 @@ def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = Fa
 
     trained_mc = replace(mc, **TRANSFORM_OFF)
     train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
-    model_dict = {k: v for k, v in config_to_dict(trained_mc).items() if k not in _LATER_TRANSFORM_FIELDS}
+    model_dict = {k: v for k, v in config_to_dict(trained_mc).items() if k not in LATER_TRANSFORM_FIELDS}
     twin = f"{TRAINED_PREFIX}{_config_hash({'model': model_dict, 'train': train_dict})}"
     path, meta_path, hit = _cached_run(data, twin, tc.seed, tc.epochs, cache)
     if hit is not None or cached_only:
@@ -543,8 +543,9 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 
 
 #: Output-transform settings added after the as-trained runs were first hashed. A twin always has
-#: them off, so they are left out of its hash and the twins trained before them still match.
-_LATER_TRANSFORM_FIELDS = ("output_position", "output_norm")
+#: them off, so they are left out of its hash and the twins trained before them still match; a
+#: cached run from before them lacks them (``experiments/quality_checks.py`` applies them to it).
+LATER_TRANSFORM_FIELDS = ("output_position", "output_norm")
 
 #: Cache-name prefix of the as-trained runs that transform-only variants share.
 TRAINED_PREFIX = "trained_"
@@ -959,7 +960,8 @@ def format_report(results: dict[str, Any]) -> str:
 
 #: Sections of RESULTS.md written by other scripts, kept when the benchmark rewrites the file:
 #: ``(start marker, end marker)`` (experiments/srai_baselines.py writes the srai peers).
-KEPT_SECTIONS = (("<!-- srai peers", "<!-- end srai peers -->"),)
+SRAI_SECTION = ("<!-- srai peers", "<!-- end srai peers -->")
+KEPT_SECTIONS = (SRAI_SECTION,)
 
 
 def kept_sections(path: Path) -> str:

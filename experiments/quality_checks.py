@@ -64,7 +64,7 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     and ``output_norm``, added after the run and off in it): they are the last steps of the written
     embedding, so they are applied to the cached one.
     """
-    from experiments.benchmark import changed_settings
+    from experiments.benchmark import LATER_TRANSFORM_FIELDS, TRANSFORM_OFF, changed_settings
     from urbanrep.graphs.schema import ADJACENT
     from urbanrep.network import ModelConfig
     from urbanrep.train import TrainConfig, embeddings_frame, train
@@ -80,7 +80,7 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
         changed = changed_settings(recorded, config_to_dict(mc))
         if not changed:
             return emb, cached["weights"]
-        later = {"output_position": 0, "output_norm": "none"}  # the two last steps, off
+        later = {k: TRANSFORM_OFF[k] for k in LATER_TRANSFORM_FIELDS}  # the two last steps, off
         if set(changed) <= set(later) and all(recorded.get(k, off) == off for k, off in later.items() if k in changed):
             ids = list(data.region_ids)
             out = written_transform(emb.loc[ids].to_numpy(np.float32), data[ADJACENT].edge_index.cpu().numpy(),

@@ -42,6 +42,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from experiments.benchmark import SRAI_SECTION
 from urbanrep.atomic import write_text_atomic
 from urbanrep.bundle import CityBundle
 from urbanrep.bundle.validate import validate_bundle
@@ -255,8 +256,8 @@ SUMMARY_NAMES = {"srai_count": "srai CountEmbedder", "srai_contextual_count": "s
                  "urbanrep_poi_only": "urbanrep (POI only)", "urbanrep_road_only": "urbanrep (roads only)",
                  "urbanrep": "urbanrep"}
 #: RESULTS.md's section markers (``experiments.benchmark.KEPT_SECTIONS`` keeps it when the benchmark rewrites the file).
-SECTION_START = "<!-- srai peers: written by experiments/srai_baselines.py --results; benchmark --publish keeps it -->"
-SECTION_END = "<!-- end srai peers -->"
+SECTION_START = f"{SRAI_SECTION[0]}: written by experiments/srai_baselines.py --results; benchmark --publish keeps it -->"
+SECTION_END = SRAI_SECTION[1]
 
 
 def results_section(rows: list[dict[str, Any]], command: str) -> str:
@@ -299,7 +300,7 @@ def results_section(rows: list[dict[str, Any]], command: str) -> str:
 def replace_section(path: Path, section: str) -> None:
     """Put ``section`` in place of the file's srai section (appended when it has none), atomically."""
     text = path.read_text(encoding="utf-8")
-    a = text.find(SECTION_START.split(":")[0])  # "<!-- srai peers", whatever the rest of the marker says
+    a = text.find(SRAI_SECTION[0])  # whatever the rest of an older start marker says
     b = text.find(SECTION_END, max(a, 0))
     if a >= 0 and b > a:
         text = text[:a] + section + text[b + len(SECTION_END):]

@@ -7,8 +7,8 @@ import pytest
 
 from urbanrep.errors import ConfigError
 from urbanrep.network import ModelConfig
-from urbanrep.position import position_count
-from urbanrep.written import column_variances, unit_total_variance, written_transform
+from urbanrep.position import column_variances, position_count
+from urbanrep.written import unit_total_variance, written_transform
 
 
 def _path(n: int) -> np.ndarray:

@@ -85,6 +85,24 @@ def laplacian_position(edge_index: np.ndarray, num_nodes: int, k: int) -> np.nda
     return np.asarray(vecs * np.sign(vecs[first, np.arange(vecs.shape[1])]), dtype=np.float64)
 
 
+_CHUNK = 64  # columns per float64 block when measuring variances (no float64 copy of the whole)
+
+
+def column_variances(emb: np.ndarray) -> np.ndarray:
+    """Population variance of every column of ``emb``, computed in float64 block by block.
+
+    Args:
+        emb: ``[N, C]``.
+
+    Returns:
+        ``[C]`` float64.
+    """
+    out = np.empty(emb.shape[1], np.float64)
+    for start in range(0, emb.shape[1], _CHUNK):
+        out[start:start + _CHUNK] = emb[:, start:start + _CHUNK].astype(np.float64).var(axis=0)
+    return out
+
+
 def append_position(emb: np.ndarray, edge_index: np.ndarray, regions_per_column: int) -> np.ndarray:
     """``emb`` with :func:`laplacian_position` columns appended, scaled like one of its columns.
 
@@ -104,6 +122,6 @@ def append_position(emb: np.ndarray, edge_index: np.ndarray, regions_per_column:
     if k == 0:
         return emb
     pos = laplacian_position(edge_index, emb.shape[0], k)
-    scale = float(np.sqrt(np.mean(emb.astype(np.float64).var(axis=0)))) or 1.0
+    scale = float(np.sqrt(np.mean(column_variances(emb)))) or 1.0
     pos = pos / np.maximum(pos.std(axis=0), 1e-12) * scale
     return np.hstack([emb, pos]).astype(np.float32)

@@ -24,28 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from urbanrep.position import append_position
+from urbanrep.position import append_position, column_variances
 from urbanrep.smoothing import neighbourhood_transform
 
 #: ``ModelConfig.output_norm`` values: the scale as trained, or unit total variance.
 OUTPUT_NORMS = ("none", "unit_variance")
-
-_CHUNK = 64  # columns per float64 block when measuring variances (no float64 copy of the whole)
-
-
-def column_variances(emb: np.ndarray) -> np.ndarray:
-    """Population variance of every column of ``emb``, computed in float64 block by block.
-
-    Args:
-        emb: ``[N, C]``.
-
-    Returns:
-        ``[C]`` float64.
-    """
-    out = np.empty(emb.shape[1], np.float64)
-    for start in range(0, emb.shape[1], _CHUNK):
-        out[start:start + _CHUNK] = emb[:, start:start + _CHUNK].astype(np.float64).var(axis=0)
-    return out
 
 
 def unit_total_variance(emb: np.ndarray) -> np.ndarray:
