@@ -205,6 +205,11 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         # Round 2026-12-06s: the written embedding's overall scale.
         "dev_unitvar": ("candidate: the written embedding scaled to unit total variance (output_norm)",
                         lambda mc: replace(mc, output_norm="unit_variance")),
+        # Round 2026-12-06t: near regions are not each other's negatives in the region-level contrast.
+        "dev_neg1": ("candidate: adjacent regions are not each other's negatives in the contrast (negative_hops 1)",
+                     loss(negative_hops=1)),
+        "dev_neg2": ("candidate: regions within 2 adjacency hops are not each other's negatives (negative_hops 2)",
+                     loss(negative_hops=2)),
         "dev_scales2_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means appended (192-d)",
                             _written(0.0, 2)),
         "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
@@ -462,6 +467,8 @@ def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = Fa
     trained_mc = replace(mc, **TRANSFORM_OFF)
     train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
     model_dict = {k: v for k, v in config_to_dict(trained_mc).items() if k not in LATER_TRANSFORM_FIELDS}
+    for section, fields in LATER_TRAINING_OFF.items():  # at these values the run trains as before they existed
+        model_dict[section] = {k: v for k, v in model_dict[section].items() if fields.get(k, object()) != v}
     twin = f"{TRAINED_PREFIX}{_config_hash({'model': model_dict, 'train': train_dict})}"
     path, meta_path, hit = _cached_run(data, twin, tc.seed, tc.epochs, cache)
     if hit is not None or cached_only:
@@ -546,6 +553,11 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 #: them off, so they are left out of its hash and the twins trained before them still match; a
 #: cached run from before them lacks them (``experiments/quality_checks.py`` applies them to it).
 LATER_TRANSFORM_FIELDS = ("output_position", "output_norm")
+
+#: Training settings added after the as-trained runs were first hashed, with the value at which a run
+#: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that
+#: value a setting is left out of the hash, so the twins trained before it still match.
+LATER_TRAINING_OFF: dict[str, dict[str, Any]] = {"loss": {"negative_hops": 0}}
 
 #: Cache-name prefix of the as-trained runs that transform-only variants share.
 TRAINED_PREFIX = "trained_"

@@ -183,6 +183,15 @@ NEIGHBOURHOOD_CANDIDATES = ("urbanrep", "dev_pos8_raw", "dev_pos8_scales1", "dev
 #: (``ModelConfig.output_norm="unit_variance"``). A transform: the default's runs serve it.
 NORM_CANDIDATES = ("urbanrep", "dev_unitvar")
 
+#: Round 2026-12-06t (declared after round s, before these runs): the contrast's negatives. Every
+#: region-level InfoNCE term has treated every other region as a negative, adjacent ones included,
+#: while most targets vary smoothly over space and adjacent regions tend to be alike; pushing them
+#: apart works against that. The candidates drop the regions within one or two adjacency hops from
+#: each region's negatives (``LossConfig.negative_hops``). Training changes only where a city has two
+#: or more modalities (the aggregated-level contrast; the fusion-level contrast is off): Chicago-77
+#: and São Paulo; Singapore reuses the default's runs. Same rule and cities.
+NEGATIVES_CANDIDATES = ("urbanrep", "dev_neg1", "dev_neg2")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")
@@ -208,7 +217,7 @@ def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3"):
         return "mobility" not in modalities
     if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01",
-                     "abl_temp02"):
+                     "abl_temp02", "dev_neg1", "dev_neg2"):
         return single
     return False
 

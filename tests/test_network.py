@@ -21,6 +21,7 @@ from urbanrep.fusion import (
     augment_graph,
     info_nce,
     mobility_reconstruction_loss,
+    near_pairs,
     positional_encoding,
 )
 from urbanrep.graphs.schema import ADJACENT, IMAGE, REGION, feature_key, mask_key, validate_graph
@@ -294,6 +295,53 @@ def test_info_nce():
     shuffled = info_nce(a, a[torch.randperm(32, generator=g)], 0.2)
     assert float(aligned) < 0.5 and float(shuffled) > math.log(32)  # chance level is log(K)
     assert float(info_nce(a[:1], a[:1], 0.2)) == 0.0
+
+
+def test_info_nce_exclude_drops_negatives():
+    """An excluded pair leaves the softmax as if that negative were not there."""
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    none = torch.zeros(6, 6, dtype=torch.bool)
+    assert float(info_nce(a, b, 0.5, none)) == pytest.approx(float(info_nce(a, b, 0.5)))
+    ex = none.clone()
+    ex[0, 1] = ex[1, 0] = True
+    keep = [0, 2, 3, 4, 5]  # row 0's negatives without region 1
+    an, bn = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    row0 = -torch.log_softmax(an[0] @ bn[keep].t() / 0.5, 0)[0]
+    full = torch.nn.functional.cross_entropy((an @ bn.t() / 0.5).masked_fill(ex, float("-inf")), torch.arange(6),
+                                             reduction="none")
+    assert float(full[0]) == pytest.approx(float(row0), rel=1e-5)
+    assert float(info_nce(a, b, 0.5, ex)) < float(info_nce(a, b, 0.5))  # fewer negatives, lower loss
+
+
+def test_near_pairs_on_a_path():
+    """Path 0-1-2-3-4: hop distances, paths through regions outside the subset, symmetry."""
+    edges = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])  # one direction only
+    one = near_pairs(edges, 5, torch.arange(5), 1)
+    assert one.tolist() == [[i != j and abs(i - j) <= 1 for j in range(5)] for i in range(5)]
+    two = near_pairs(edges, 5, torch.arange(5), 2)
+    assert two.tolist() == [[i != j and abs(i - j) <= 2 for j in range(5)] for i in range(5)]
+    sub = near_pairs(edges, 5, torch.tensor([4, 0, 2]), 2)  # 2 reaches 0 and 4 through 1 and 3
+    assert sub.tolist() == [[False, False, True], [False, False, True], [True, True, False]]
+
+
+def test_negative_hops_changes_only_the_contrast(synth):
+    """``negative_hops`` removes near regions from the negatives of the region-level contrast terms."""
+    base = _model(tiny(), synth).train()
+    out = base(synth)
+    _, parts = base.loss(synth, out, torch.Generator().manual_seed(0))
+    near = copy.deepcopy(base)
+    near.config = tiny(loss_negative_hops=1)
+    total, near_parts = near.loss(synth, out, torch.Generator().manual_seed(0))
+    assert torch.isfinite(total)
+    assert float(near_parts["aggregated"]) < float(parts["aggregated"])
+    assert float(near_parts["mobility"]) == float(parts["mobility"])
+    subset = copy.deepcopy(base)
+    subset.config = tiny(loss_negative_hops=2, loss_max_nodes=16)  # on a sampled subset of regions
+    t, _ = subset.loss(synth, out, torch.Generator().manual_seed(0))
+    assert torch.isfinite(t)
+    with pytest.raises(ConfigError, match="negative_hops"):
+        LossConfig(negative_hops=-1)
 
 
 def test_mobility_reconstruction_loss():

@@ -45,6 +45,7 @@ from urbanrep.fusion.losses import (
     flow_profile_components,
     info_nce,
     mobility_reconstruction_loss,
+    near_pairs,
     sample_nodes,
     similarity_reconstruction_loss,
     structure_loss,
@@ -546,6 +547,15 @@ class RegionModel(nn.Module):
         def sel(t: Tensor) -> Tensor:
             return t if rows is None else t[rows]
 
+        near_all = None  # [R, R] selected regions within lc.negative_hops of each other
+        if lc.negative_hops > 0:
+            anchors = torch.arange(n, device=dev) if rows is None else rows
+            near_all = near_pairs(data[ADJACENT].edge_index, n, anchors, lc.negative_hops)
+
+        def near(mask: Tensor) -> Tensor | None:
+            """The pairs among the selected rows ``mask`` that are not each other's negatives."""
+            return None if near_all is None else near_all[mask][:, mask]
+
         parts: dict[str, tuple[float, Tensor]] = {}
         if lc.aggregated_weight > 0 and len(self.modalities) >= 2:
             proj = {m: self.contrast_head(sel(out.modality_embeddings[m])) for m in self.modalities}
@@ -553,7 +563,7 @@ class RegionModel(nn.Module):
             for a, b in itertools.combinations(self.modalities, 2):
                 both = sel(out.masks[a] & out.masks[b])
                 if int(both.sum()) >= 2:
-                    terms.append(info_nce(proj[a][both], proj[b][both], lc.temperature))
+                    terms.append(info_nce(proj[a][both], proj[b][both], lc.temperature, near(both)))
                     if out.prior is not None:  # aligning with a noise-like modality teaches nothing
                         pair_w.append(out.prior[self.modalities.index(a)] * out.prior[self.modalities.index(b)])
             if terms:
@@ -564,7 +574,7 @@ class RegionModel(nn.Module):
                 else:
                     parts["aggregated"] = (lc.aggregated_weight, stacked.mean())
         if lc.fusion_weight > 0:
-            parts["fusion"] = (lc.fusion_weight, self._fusion_loss(data, out, generator, sel))
+            parts["fusion"] = (lc.fusion_weight, self._fusion_loss(data, out, generator, sel, near))
         if lc.point_weight > 0 and "street_view" in self.modalities:
             parts["point"] = (lc.point_weight, self._point_loss(data, generator))
         if self.mob_src is not None and self.mob_dst is not None:
@@ -676,26 +686,26 @@ class RegionModel(nn.Module):
         return graph_flow_components(data, self.config.loss.flow_structure_components)
 
     def _fusion_loss(self, data: HeteroData, out: ModelOutput, generator: torch.Generator | None,
-                     sel: Any) -> Tensor:
+                     sel: Any, near: Any) -> Tensor:
         lc = self.config.loss
         present = sel(torch.stack([out.masks[m] for m in self.modalities], 1).any(1))
         if lc.fusion_contrast == "views" or (lc.fusion_contrast == "cross" and len(self.modalities) < 2):
             v1 = self(augment_graph(data, lc.feature_drop, lc.edge_drop, generator)).embedding
             v2 = self(augment_graph(data, lc.feature_drop, lc.edge_drop, generator)).embedding
             return info_nce(self.contrast_head(sel(v1)[present]), self.contrast_head(sel(v2)[present]),
-                            lc.temperature)
+                            lc.temperature, near(present))
         if lc.fusion_contrast == "cross" and len(self.modalities) >= 2:
-            return self._cross_fusion_loss(out, sel)
+            return self._cross_fusion_loss(out, sel, near)
         fused = self.contrast_head(sel(out.embedding))
         terms = []
         for m in self.modalities:
             mk = sel(out.masks[m])
             if int(mk.sum()) >= 2:
                 terms.append(info_nce(fused[mk], self.contrast_head(sel(out.modality_embeddings[m]))[mk],
-                                      lc.temperature))
+                                      lc.temperature, near(mk)))
         return torch.stack(terms).mean() if terms else fused.sum() * 0.0
 
-    def _cross_fusion_loss(self, out: ModelOutput, sel: Any) -> Tensor:
+    def _cross_fusion_loss(self, out: ModelOutput, sel: Any, near: Any) -> Tensor:
         """Fusion of the other modalities (renormalised region weights) vs each modality, InfoNCE."""
         w = out.fusion_weights
         zs = torch.stack([out.modality_embeddings[m] for m in self.modalities], 1)
@@ -708,7 +718,7 @@ class RegionModel(nn.Module):
             if int(rows.sum()) >= 2:
                 terms.append(info_nce(self.contrast_head(sel(fused_others))[rows],
                                       self.contrast_head(sel(out.modality_embeddings[m]))[rows],
-                                      self.config.loss.temperature))
+                                      self.config.loss.temperature, near(rows)))
         return torch.stack(terms).mean() if terms else out.embedding.sum() * 0.0
 
     def _point_loss(self, data: HeteroData, generator: torch.Generator | None) -> Tensor:

@@ -5,6 +5,7 @@ from urbanrep.fusion.losses import (
     augment_graph,
     info_nce,
     mobility_reconstruction_loss,
+    near_pairs,
     similarity_reconstruction_loss,
 )
 from urbanrep.fusion.spatial import FusionConfig, SpatialFusion, positional_encoding
@@ -16,6 +17,7 @@ __all__ = [
     "augment_graph",
     "info_nce",
     "mobility_reconstruction_loss",
+    "near_pairs",
     "positional_encoding",
     "similarity_reconstruction_loss",
 ]

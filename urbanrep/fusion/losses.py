@@ -102,6 +102,14 @@ class LossConfig:
         edge_drop: Probability of dropping an edge in an augmented view.
         max_nodes: Largest number of regions (or images) in one dense ``[R, R]`` loss
             term; larger graphs use a seeded random subset per step.
+        negative_hops: Region-level contrast (aggregated and fusion levels) without near
+            negatives: two regions within this many adjacency hops of each other are not each
+            other's negatives (:func:`near_pairs`), on the idea that adjacent regions tend to be
+            alike and pushing them apart works against targets that vary smoothly over space.
+            0 (default): every other region is a negative. On the development cities one and two
+            hops scored 0.526 and 0.523 against 0.530 (round 2026-12-06t,
+            ``experiments/DESIGN_SELECTION.md``): telling a region from its neighbours helped
+            Chicago-77's probes, under spatial-block folds most, more than it cost.
     """
 
     temperature: float = 0.5
@@ -123,6 +131,7 @@ class LossConfig:
     feature_drop: float = 0.2
     edge_drop: float = 0.2
     max_nodes: int = 2048
+    negative_hops: int = 0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -148,6 +157,9 @@ class LossConfig:
             raise ConfigError(f"LossConfig.flow_structure_components must be >= 1, got {self.flow_structure_components}")
         if self.max_nodes < 2:
             raise ConfigError(f"LossConfig.max_nodes must be >= 2, got {self.max_nodes}")
+        if self.negative_hops < 0:
+            raise ConfigError(f"LossConfig.negative_hops must be >= 0 (0: every other region is a negative), "
+                              f"got {self.negative_hops}")
 
 
 def sample_nodes(num: int, max_nodes: int, generator: torch.Generator | None, device: torch.device) -> Tensor | None:
@@ -158,13 +170,15 @@ def sample_nodes(num: int, max_nodes: int, generator: torch.Generator | None, de
     return perm[:max_nodes].sort().values.to(device)
 
 
-def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+def info_nce(a: Tensor, b: Tensor, temperature: float, exclude: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE: row ``i`` of ``a`` and of ``b`` are positives, other rows negatives.
 
     Args:
         a: ``[K, D]`` anchors.
         b: ``[K, D]`` positives.
         temperature: Softmax temperature.
+        exclude: Optional ``[K, K]`` bool, symmetric with a False diagonal: pairs that are not
+            each other's negatives (e.g. :func:`near_pairs`).
 
     Returns:
         Scalar loss (0 when ``K < 2``).
@@ -174,8 +188,47 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     a = F.normalize(a.float(), dim=-1)
     b = F.normalize(b.float(), dim=-1)
     logits = a @ b.t() / temperature
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
     target = torch.arange(a.size(0), device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def near_pairs(edge_index: Tensor, num_nodes: int, index: Tensor, hops: int) -> Tensor:
+    """Which of the regions ``index`` lie within ``hops`` adjacency hops of each other.
+
+    The paths may pass through regions outside ``index`` (a sampled subset sees the whole graph's
+    distances). Sparse: the cost grows with the edges within ``hops`` of ``index``, not with
+    ``num_nodes``.
+
+    Args:
+        edge_index: ``[2, E]`` adjacency edges (either direction; the result is symmetric).
+        num_nodes: Number of regions in the graph.
+        index: ``[K]`` distinct region indices.
+        hops: Largest hop distance (>= 1).
+
+    Returns:
+        ``[K, K]`` bool, False on the diagonal.
+    """
+    k = index.numel()
+    dev = index.device
+    both = torch.cat([edge_index, edge_index.flip(0)], 1).to(dev)
+    adj = torch.sparse_coo_tensor(both, torch.ones(both.size(1), device=dev), (num_nodes, num_nodes),
+                                  check_invariants=False).coalesce()
+    frontier = adj.index_select(0, index).coalesce()  # [K, N]: one hop from each anchor
+    reach = frontier
+    for _ in range(hops - 1):
+        frontier = torch.sparse.mm(frontier, adj).coalesce()
+        reach = (reach + frontier).coalesce()
+    rows, cols = reach.indices()
+    pos = torch.full((num_nodes,), -1, dtype=torch.long, device=dev)
+    pos[index] = torch.arange(k, device=dev)
+    keep = pos[cols] >= 0
+    near = torch.zeros(k, k, dtype=torch.bool, device=dev)
+    near[rows[keep], pos[cols[keep]]] = True
+    near |= near.t().clone()
+    near.fill_diagonal_(False)
+    return near
 
 
 def dense_od(edge_index: Tensor, weight: Tensor, num_nodes: int, rows: Tensor | None) -> Tensor:
