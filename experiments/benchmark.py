@@ -188,13 +188,15 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                         _written(0.5, 1)),
         "dev_scales2": ("candidate: smoothing share 0.5, and its 1- and 2-hop neighbour means appended (192-d)",
                         _written(0.5, 2)),
-        "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing, scales or positional "
-                             "columns (64-d, rescaled to unit total variance; the default before 2026-12-06c, at "
+        "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing, scales, positional "
+                             "columns or volumes (64-d, rescaled to unit total variance; the default before 2026-12-06c, at "
                              "the scale as trained)",
                              _written(0.0, 0)),
-        "abl_no_norm": ("ablation: the written embedding at the scale as trained (the default before round "
-                        "2026-12-06s)", lambda mc: replace(mc, output_norm="none")),
-        "abl_no_position": ("ablation: no positional columns (192-d)", _position(0)),
+        "abl_no_norm": ("ablation: the written embedding, volumes included, at the scale as trained (the scale of "
+                        "the default before round 2026-12-06s)", lambda mc: replace(mc, output_norm="none")),
+        "abl_no_volumes": ("ablation: no region volumes appended (the default before round 2026-12-06u)",
+                           lambda mc: replace(mc, output_volumes=False)),
+        "abl_no_position": ("ablation: no positional columns (the neighbourhood scales and the volumes)", _position(0)),
         # Round 2026-12-06r: the neighbourhood transform again, now beside the positional columns.
         "dev_pos8_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means and the positional columns "
                          "appended (192-d + one per 8 regions)", _written(0.0, 2, 8)),
@@ -210,6 +212,9 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                      loss(negative_hops=1)),
         "dev_neg2": ("candidate: regions within 2 adjacency hops are not each other's negatives (negative_hops 2)",
                      loss(negative_hops=2)),
+        # Round 2026-12-06u: each region's own count totals appended to the written embedding.
+        "dev_volumes": ("candidate: each region's total count per modality with count columns, log and linear "
+                        "scale, appended (output_volumes)", lambda mc: replace(mc, output_volumes=True)),
         "dev_scales2_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means appended (192-d)",
                             _written(0.0, 2)),
         "dev_scales3": ("candidate: no smoothing; the 1-, 2- and 3-hop neighbour means appended (256-d)",
@@ -262,8 +267,9 @@ def _shared(k: int) -> Callable[[Any], Any]:
 
 def _written(share: float, scales: int, position: int = 0) -> Callable[[Any], Any]:
     """Variant: the written embedding with smoothing ``share``, ``scales`` hop means and one positional column
-    per ``position`` regions (0: none)."""
-    return lambda mc: replace(mc, output_smoothing=share, output_scales=scales, output_position=position)
+    per ``position`` regions (0: none), and no region volumes (these variants predate them)."""
+    return lambda mc: replace(mc, output_smoothing=share, output_scales=scales, output_position=position,
+                              output_volumes=False)
 
 
 def _width(c: int) -> Callable[[Any], Any]:
@@ -455,6 +461,23 @@ def changed_settings(cached: dict[str, Any], current: dict[str, Any], prefix: st
     return out
 
 
+def twin_name(mc: Any, tc: Any) -> str:
+    """Cache name of the as-trained run of ``mc`` trained with ``tc``: a hash of what shapes training.
+
+    The written-embedding transform is off in it; the transform settings added after the first
+    twins (:data:`LATER_TRANSFORM_FIELDS`), and the training settings added since at the value that
+    trains as before (:data:`LATER_TRAINING_OFF`), are left out, so earlier twins still match.
+    """
+    from urbanrep.train import config_to_dict
+
+    train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
+    model_dict = {k: v for k, v in config_to_dict(replace(mc, **TRANSFORM_OFF)).items()
+                  if k not in LATER_TRANSFORM_FIELDS}
+    for section, fields in LATER_TRAINING_OFF.items():
+        model_dict[section] = {k: v for k, v in model_dict[section].items() if fields.get(k, object()) != v}
+    return f"{TRAINED_PREFIX}{_config_hash({'model': model_dict, 'train': train_dict})}"
+
+
 def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = False
                 ) -> tuple[pd.DataFrame, dict[str, Any], Path] | None:
     """The as-trained embedding (no output smoothing or scales) of ``mc`` trained with ``tc``.
@@ -466,10 +489,7 @@ def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = Fa
 
     trained_mc = replace(mc, **TRANSFORM_OFF)
     train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
-    model_dict = {k: v for k, v in config_to_dict(trained_mc).items() if k not in LATER_TRANSFORM_FIELDS}
-    for section, fields in LATER_TRAINING_OFF.items():  # at these values the run trains as before they existed
-        model_dict[section] = {k: v for k, v in model_dict[section].items() if fields.get(k, object()) != v}
-    twin = f"{TRAINED_PREFIX}{_config_hash({'model': model_dict, 'train': train_dict})}"
+    twin = twin_name(mc, tc)
     path, meta_path, hit = _cached_run(data, twin, tc.seed, tc.epochs, cache)
     if hit is not None or cached_only:
         return hit
@@ -530,7 +550,7 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
 #: The settings of the written-embedding transform, switched off: a run that differs only in them needs
 #: no training, and a cached run's meta that lacks one was written with it off.
 TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "output_position": 0,
-                                 "output_norm": "none"}
+                                 "output_norm": "none", "output_volumes": False}
 TRANSFORM_FIELDS = tuple(TRANSFORM_OFF)
 
 
@@ -538,8 +558,9 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
                    ) -> tuple[pd.DataFrame, dict[str, Any], Path] | None:
     """The as-trained run a cached embedding records (``as_trained``), when only its transform changed.
 
-    Found by name rather than by :func:`trained_run`'s hash: that hash covers the whole model
-    config, so a training setting added to the code since (off by default) would miss the twin.
+    Found by name rather than by :func:`twin_name`'s hash: that hash covers the whole model config,
+    so a training setting added to the code since and not listed in :data:`LATER_TRAINING_OFF`
+    would miss the twin; the name the run recorded cannot.
     """
     if hit is None or not changed or not set(changed) <= set(TRANSFORM_FIELDS) or not hit[1].get("as_trained"):
         return None
@@ -552,7 +573,7 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 #: Output-transform settings added after the as-trained runs were first hashed. A twin always has
 #: them off, so they are left out of its hash and the twins trained before them still match; a
 #: cached run from before them lacks them (``experiments/quality_checks.py`` applies them to it).
-LATER_TRANSFORM_FIELDS = ("output_position", "output_norm")
+LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes")
 
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that
@@ -569,12 +590,14 @@ def output_transform(trained: pd.DataFrame, data: Any, mc: Any) -> pd.DataFrame:
     :func:`urbanrep.written.written_transform`)."""
     from urbanrep.graphs.schema import ADJACENT
     from urbanrep.train import embeddings_frame
+    from urbanrep.volumes import region_volumes
     from urbanrep.written import written_transform
 
     ids = list(data.region_ids)
     x = trained.loc[ids].to_numpy(np.float32)
+    volumes = region_volumes(data, mc.modalities or data.modalities) if mc.output_volumes else None
     return embeddings_frame(ids, written_transform(x, data[ADJACENT].edge_index.cpu().numpy(), mc.output_smoothing,
-                                                   mc.output_scales, mc.output_position, mc.output_norm))
+                                                   mc.output_scales, mc.output_position, mc.output_norm, volumes))
 
 
 PEER_PREFIX = "peer_"

@@ -68,6 +68,7 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     from urbanrep.graphs.schema import ADJACENT
     from urbanrep.network import ModelConfig
     from urbanrep.train import TrainConfig, embeddings_frame, train
+    from urbanrep.volumes import region_volumes
     from urbanrep.written import written_transform
 
     mc = replace(ModelConfig(), modalities=modalities)
@@ -83,9 +84,10 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
         later = {k: TRANSFORM_OFF[k] for k in LATER_TRANSFORM_FIELDS}  # the two last steps, off
         if set(changed) <= set(later) and all(recorded.get(k, off) == off for k, off in later.items() if k in changed):
             ids = list(data.region_ids)
+            volumes = region_volumes(data, modalities or data.modalities) if "output_volumes" in changed else None
             out = written_transform(emb.loc[ids].to_numpy(np.float32), data[ADJACENT].edge_index.cpu().numpy(),
                                     0.0, 0, mc.output_position if "output_position" in changed else 0,
-                                    mc.output_norm if "output_norm" in changed else "none")
+                                    mc.output_norm if "output_norm" in changed else "none", volumes)
             return embeddings_frame(ids, out), cached["weights"]
         log.info("%s seed %d: the cached run has other settings (%s); it is trained anew", tag, seed,
                  ", ".join(changed))

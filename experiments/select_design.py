@@ -192,6 +192,16 @@ NORM_CANDIDATES = ("urbanrep", "dev_unitvar")
 #: and São Paulo; Singapore reuses the default's runs. Same rule and cities.
 NEGATIVES_CANDIDATES = ("urbanrep", "dev_neg1", "dev_neg2")
 
+#: Round 2026-12-06u (declared after round t and after an exploratory look, before this run): the
+#: region's own volume. The written embedding mixes each region's row with its neighbours' and the
+#: experts see counts on a log scale, so how much a region holds reaches a probe blurred. The look
+#: (development cities only, the default's round-t runs; recorded in the round's file) appended,
+#: per modality with count columns, the region's total count on a log scale, on a linear scale, or
+#: both: both raised Chicago-77 from 0.546 to 0.574 and left Singapore and São Paulo level (0.628,
+#: 0.414). The candidate is that one (``ModelConfig.output_volumes``); a transform of the written
+#: embedding, so the default's training runs serve it. Same rule and cities.
+VOLUME_CANDIDATES = ("urbanrep", "dev_volumes")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")

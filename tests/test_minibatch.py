@@ -82,7 +82,7 @@ def test_minibatch_nyc180(nyc_graph) -> None:
     res = train_minibatch(nyc_graph, ModelConfig(expert=ExpertConfig(hidden_channels=32, out_channels=16), ensemble=1), tc,
                           MiniBatchConfig(batch_size=64, num_neighbors=(5, 5)))
     n = nyc_graph["region"].num_nodes
-    assert res.embeddings.shape == (n, res.model.written_channels(n)) and np.isfinite(res.embeddings).all()
+    assert res.embeddings.shape == (n, res.model.written_channels(nyc_graph)) and np.isfinite(res.embeddings).all()
     assert res.fusion_weights.shape == (n, len(res.modalities))
     assert len(res.history) == 2 and all(np.isfinite(r["total"]) for r in res.history)
     assert list(res.embeddings_frame().index) == list(nyc_graph.region_ids)
@@ -90,7 +90,7 @@ def test_minibatch_nyc180(nyc_graph) -> None:
                             MiniBatchConfig(batch_size=64, num_neighbors=(5, 5), inference="sampled",
                                             inference_batch_size=50))
     assert np.allclose(again.history[-1]["total"], res.history[-1]["total"])  # seeded
-    assert again.embeddings.shape == (n, res.model.written_channels(n)) and np.isfinite(again.embeddings).all()
+    assert again.embeddings.shape == (n, res.model.written_channels(nyc_graph)) and np.isfinite(again.embeddings).all()
 
 
 def test_minibatch_config_checked() -> None:
@@ -275,7 +275,7 @@ def test_minibatch_100k_regions(tmp_path: Path) -> None:
     res = train_minibatch(g, ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=16), ensemble=1),
                           TrainConfig(epochs=1, num_threads=1),
                           MiniBatchConfig(), run_dir=tmp_path)
-    assert res.embeddings.shape == (100_000, res.model.written_channels(100_000)) and np.isfinite(res.embeddings).all()
+    assert res.embeddings.shape == (100_000, res.model.written_channels(g)) and np.isfinite(res.embeddings).all()
     assert np.isfinite(res.history[-1]["total"])
     assert latest_checkpoint(tmp_path).name == "epoch_000001.pt"
     assert len(pd.read_parquet(tmp_path / EMBEDDINGS)) == 100_000

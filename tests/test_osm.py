@@ -227,7 +227,7 @@ def test_model_trained_on_helsinki_embeds_singapore_and_sao_paulo(pbf: Path, dat
     poi_model = UrbanRep(load_run_config(None, [*sets, "graph.modalities=[poi]"])).fit(helsinki)
     singapore = get_converter("singapore")(data_root / "singapore")
     emb = poi_model.transform(singapore)
-    assert list(emb.index) == list(singapore.regions["region_id"]) and emb.shape[1] == 16 * 3 + position_count(len(emb), 8)  # 16 columns, two scales, positional columns
+    assert list(emb.index) == list(singapore.regions["region_id"]) and emb.shape[1] == 16 * 3 + position_count(len(emb), 8) + 2  # 16 columns, two scales, positions, POI volumes
     assert np.isfinite(emb.to_numpy()).all()
     road_model = UrbanRep(load_run_config(None, [*sets, "graph.modalities=[road]"])).fit(helsinki)
     sao = get_converter("sao_paulo")(data_root / "sao_paulo")

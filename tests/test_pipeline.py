@@ -49,7 +49,7 @@ def test_run_writes_every_stage(nyc_run: Path) -> None:
                  "gis/embeddings.parquet", "gis/regions.gpkg", "gis/embeddings.geojson", "run.json"):
         assert (nyc_run / name).exists(), name
     emb = pd.read_parquet(nyc_run / "embeddings.parquet")
-    assert len(emb) == 180 and emb["region_id"].is_unique and emb.shape[1] == 1 + 16 * 3 + position_count(180, 8)  # region_id, 16 columns, two scales, positions
+    assert len(emb) == 180 and emb["region_id"].is_unique and emb.shape[1] == 1 + 16 * 3 + position_count(180, 8) + 2 * 3  # region_id, 16 columns, two scales, positions, volumes of poi, mobility, landuse
     assert np.isfinite(emb.drop(columns="region_id").to_numpy()).all()
     metrics = json.loads((nyc_run / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"crime", "check_in", "service_call", "carbon", "income"}
@@ -155,7 +155,7 @@ def test_api_on_your_own_geodataframes(tmp_path: Path) -> None:
     model = UrbanRep(tiny_config()).fit(bundle)
     emb = model.transform(bundle)
     assert list(emb.index) == list(regions["region_id"]) and emb.index.name == "region_id"
-    assert emb.shape == (25, 16 * 3 + position_count(25, 8)) and np.isfinite(emb.to_numpy()).all()
+    assert emb.shape == (25, 16 * 3 + position_count(25, 8) + 2) and np.isfinite(emb.to_numpy()).all()  # + POI volumes
     weights = model.fusion_weights(bundle)
     assert list(weights.columns) == ["poi"]
     model.save(tmp_path / "m")
@@ -290,7 +290,7 @@ def test_estimator_minibatch_with_sampled_inference(nyc_run: Path) -> None:
     assert api.result_ is not None and len(api.result_.history) == 3
     assert "mode=minibatch" in repr(api)
     emb = api.transform()
-    assert emb.shape == (180, 16 * 3 + position_count(180, 8)) and np.isfinite(emb.to_numpy()).all()
+    assert emb.shape == (180, 16 * 3 + position_count(180, 8) + 2 * 3) and np.isfinite(emb.to_numpy()).all()
     np.testing.assert_allclose(emb.to_numpy(), api.result_.embeddings, atol=1e-6)  # same sampled inference
 
 

@@ -63,3 +63,35 @@ def test_every_declared_round_names_known_variants_and_training_overrides_are_re
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for variant, overrides in TRAIN_OVERRIDES.items():
         assert variant in known and set(overrides) <= fields, (variant, overrides)
+
+
+def test_twin_name_is_stable_across_later_settings() -> None:
+    """Transform-only changes, and training settings added later at their off value, keep the twin."""
+    from dataclasses import replace
+
+    from experiments.benchmark import LATER_TRAINING_OFF, _config_hash, twin_name
+    from urbanrep.network import ModelConfig
+    from urbanrep.train import TrainConfig, config_to_dict
+
+    mc, tc = ModelConfig(), TrainConfig(epochs=300, seed=0, num_threads=1)
+    base = twin_name(mc, tc)
+    assert twin_name(replace(mc, output_volumes=False, output_norm="none", output_smoothing=0.0), tc) == base
+    assert twin_name(replace(mc, loss=replace(mc.loss, negative_hops=1)), tc) != base
+    assert twin_name(replace(mc, loss=replace(mc.loss, temperature=0.2)), tc) != base
+    # what a run hashed before ``negative_hops`` existed recorded: the same name
+    assert LATER_TRAINING_OFF["loss"]["negative_hops"] == 0
+    assert base.endswith(_config_hash({"model": _before(config_to_dict(mc)), "train": _train(config_to_dict(tc))}))
+
+
+def _before(model: dict[str, Any]) -> dict[str, Any]:
+    from experiments.benchmark import LATER_TRANSFORM_FIELDS, TRANSFORM_OFF
+
+    out = {k: v for k, v in {**model, **TRANSFORM_OFF}.items() if k not in LATER_TRANSFORM_FIELDS}
+    out["loss"] = {k: v for k, v in out["loss"].items() if k != "negative_hops"}
+    return out
+
+
+def _train(train: dict[str, Any]) -> dict[str, Any]:
+    from experiments.benchmark import _NON_SEMANTIC
+
+    return {k: v for k, v in train.items() if k not in _NON_SEMANTIC}

@@ -29,6 +29,7 @@ from urbanrep.train import (
     load_model,
     train,
 )
+from urbanrep.volumes import volume_modalities
 
 ALL = ("poi", "mobility", "landuse", "road", "remote_sensing", "street_view")
 BUNDLES = ("nyc_manhattan180", "chicago77", "nyc_tracts", "singapore", "helsinki_osm", "sao_paulo",
@@ -41,9 +42,10 @@ FAST = TrainConfig(epochs=3, lr=5e-3, device="cpu", log_every=1000)
 WIDTH = 8 * (1 + SMALL.output_scales)
 
 
-def written(n: int) -> int:
-    """Columns SMALL writes for a graph of ``n`` regions (its scales, then its positional columns)."""
-    return WIDTH + position_count(n, SMALL.output_position)
+def written(data) -> int:
+    """Columns SMALL writes for the graph ``data`` (its scales, its positional columns, its volumes)."""
+    volumes = 2 * len(volume_modalities(data, data.modalities)) if SMALL.output_volumes else 0
+    return WIDTH + position_count(data["region"].num_nodes, SMALL.output_position) + volumes
 
 
 def loss_cfg(cfg: ModelConfig, **loss) -> ModelConfig:
@@ -85,7 +87,7 @@ def test_loss_decreases_on_nyc(nyc):
     # 12 epochs at lr 5e-3 take the total down by 10% (temperature 0.5; 13% at 0.2): a clear descent
     assert np.mean(totals[-3:]) < 0.93 * np.mean(totals[:3]), totals
     assert all(b < a for a, b in zip(totals, totals[1:], strict=False)), totals
-    assert res.embeddings.shape == (180, written(180)) and np.isfinite(res.embeddings).all()
+    assert res.embeddings.shape == (180, written(nyc)) and np.isfinite(res.embeddings).all()
     assert res.fusion_weights.shape == (180, 4)
     assert res.region_ids == list(nyc.region_ids)
 
@@ -165,7 +167,7 @@ def test_run_dir_outputs(nyc, tmp_path):
     assert {"total", "aggregated", "fusion", "mobility"} <= set(loss.columns)
     np.testing.assert_allclose(loss["total"], [r["total"] for r in res.history])
     emb = pd.read_parquet(tmp_path / EMBEDDINGS)
-    assert list(emb.columns) == ["region_id", *[f"emb_{i:03d}" for i in range(written(len(emb)))]]
+    assert list(emb.columns) == ["region_id", *[f"emb_{i:03d}" for i in range(written(nyc))]]
     assert list(emb["region_id"]) == list(nyc.region_ids)
     np.testing.assert_array_equal(emb.drop(columns="region_id").to_numpy(), res.embeddings)
     pd.testing.assert_frame_equal(emb.set_index("region_id"), res.embeddings_frame())
@@ -194,7 +196,7 @@ def test_every_switch_trains(synth, name):
     cfg, parts = SWITCHES[name]
     res = train(synth, cfg, dataclasses.replace(FAST, epochs=2))
     assert set(res.history[-1]) == {"epoch", "total", *parts}
-    assert np.isfinite(res.embeddings).all() and res.embeddings.shape == (30, written(30))
+    assert np.isfinite(res.embeddings).all() and res.embeddings.shape == (30, written(synth))
     assert np.isfinite(res.fusion_weights).all()
     assert res.modalities == (cfg.modalities or ALL)
 
@@ -270,7 +272,7 @@ def test_every_bundle_trains_without_nan(data_root, name):
     data = _bundle_graph(data_root, name)
     res = train(data, SMALL, FAST)
     n = data["region"].num_nodes
-    assert res.embeddings.shape == (n, written(n)) and np.isfinite(res.embeddings).all()
+    assert res.embeddings.shape == (n, written(data)) and np.isfinite(res.embeddings).all()
     assert np.isfinite(res.fusion_weights).all()
     assert all(math.isfinite(r["total"]) for r in res.history)
 

@@ -61,6 +61,7 @@ from urbanrep.graphs.schema import (
     feature_key,
 )
 from urbanrep.position import position_count
+from urbanrep.volumes import region_volumes, volume_modalities
 from urbanrep.written import OUTPUT_NORMS, written_transform
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
@@ -197,7 +198,7 @@ class ModelConfig:
             sits in its city beside what it holds. Training is the same whatever its value; 0
             appends nothing. Default 8 (Chicago-77: 9 columns, 180 regions: 22, 500 or more: 64),
             chosen on the development cities in round 2026-12-06q
-            (``experiments/DESIGN_SELECTION.md``: score 0.530 against 0.495 without; one column
+            (``experiments/DESIGN_SELECTION_2026-12-06q.md``: score 0.530 against 0.495 without; one column
             per 4 regions was pruned, one per 16 scored 0.507).
         output_norm: The written embedding's overall scale, set last
             (:func:`urbanrep.written.unit_total_variance`): ``"unit_variance"`` (default) divides
@@ -205,9 +206,19 @@ class ModelConfig:
             (a bare ``Ridge(alpha=1)``) regularises alike on every city; ``"none"`` keeps the
             scale as trained (a total variance of about 40-60). Anything that standardises
             columns, measures angles or clusters is unaffected. Chosen on the development cities
-            in round 2026-12-06s (``experiments/DESIGN_SELECTION.md``): the same strict score
+            in round 2026-12-06s (``experiments/DESIGN_SELECTION_2026-12-06s.md``): the same strict score
             (0.530), paper-protocol R² 0.475 against 0.418 (São Paulo 0.373 against 0.106;
             Chicago-77 0.613 against 0.650, Singapore 0.438 against 0.498).
+        output_volumes: Append each region's own volume, before the overall scale: for every
+            aggregated modality whose features include count columns, the total count on a log
+            and on a linear scale (:func:`urbanrep.volumes.region_volumes`), each scaled like one
+            embedding column. The smoothing and the neighbour means blur a region's own volume;
+            these columns keep it (NYC-180: 6 columns, for POIs, trips and land use). Training is
+            the same either way. On by default since round 2026-12-06u
+            (``experiments/DESIGN_SELECTION.md``): score 0.539 against 0.530, a tie that the
+            paper protocol decided (0.484 against 0.475); Chicago-77 0.574 against 0.546,
+            Singapore and São Paulo level. Models saved before the option existed read back
+            without it.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -224,6 +235,7 @@ class ModelConfig:
     output_scales: int = 2
     output_position: int = 8
     output_norm: str = "unit_variance"
+    output_volumes: bool = True
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
@@ -431,9 +443,10 @@ class RegionModel(nn.Module):
         width = self.config.expert.out_channels if aligned else self.out_channels
         return width * (1 + self.config.output_scales)
 
-    def written_channels(self, num_regions: int) -> int:
-        """Width of the embedding a run writes for a graph of ``num_regions`` regions."""
-        return self.embedding_channels + position_count(num_regions, self.config.output_position)
+    def written_channels(self, data: HeteroData) -> int:
+        """Width of the embedding a run writes for the graph ``data``."""
+        volumes = 2 * len(volume_modalities(data, self.modalities)) if self.config.output_volumes else 0
+        return self.embedding_channels + position_count(num_regions(data), self.config.output_position) + volumes
 
     def final_embedding(self, emb: np.ndarray, data: HeteroData) -> np.ndarray:
         """The embedding a run writes from :meth:`forward`'s, for every region of the graph.
@@ -445,7 +458,8 @@ class RegionModel(nn.Module):
         with ``output_scales`` > 0 the neighbour means over 1..``output_scales`` hops are
         appended (:func:`urbanrep.smoothing.neighbourhood_scales`), and with ``output_position``
         > 0 the positional columns (:func:`urbanrep.position.append_position`); last, with
-        ``output_norm="unit_variance"``, the whole is scaled to unit total variance
+        ``output_volumes`` the regions' own count totals (:func:`urbanrep.volumes.region_volumes`);
+        last, with ``output_norm="unit_variance"``, the whole is scaled to unit total variance
         (:func:`urbanrep.written.written_transform`). Apply it to the whole graph's embedding at
         once, never per batch.
 
@@ -454,12 +468,14 @@ class RegionModel(nn.Module):
             data: The whole region graph ``emb`` belongs to (its adjacency edges).
 
         Returns:
-            ``[N, written_channels(N)]`` float32.
+            ``[N, written_channels(data)]`` float32.
         """
         if self.config.ensemble > 1 and self.config.ensemble_output == "aligned":
             emb = align_members(emb, self.config.ensemble)
+        volumes = region_volumes(data, self.modalities) if self.config.output_volumes else None
         return written_transform(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config.output_smoothing,
-                                 self.config.output_scales, self.config.output_position, self.config.output_norm)
+                                 self.config.output_scales, self.config.output_position, self.config.output_norm,
+                                 volumes)
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""

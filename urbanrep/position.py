@@ -121,7 +121,25 @@ def append_position(emb: np.ndarray, edge_index: np.ndarray, regions_per_column:
     k = position_count(emb.shape[0], regions_per_column)
     if k == 0:
         return emb
-    pos = laplacian_position(edge_index, emb.shape[0], k)
+    return append_scaled(emb, laplacian_position(edge_index, emb.shape[0], k))
+
+
+def append_scaled(emb: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """``emb`` with ``extra``'s columns appended, each scaled like one column of ``emb``.
+
+    Each appended column is divided by its standard deviation and given the root-mean-square column
+    standard deviation of ``emb``, so that a probe without standardisation weighs it like an
+    embedding column. Columns are not centred (centre them first where that matters).
+
+    Args:
+        emb: ``[N, C]`` embedding.
+        extra: ``[N, K]`` columns to append.
+
+    Returns:
+        ``[N, C + K]`` float32 (``emb`` itself when ``K == 0``).
+    """
+    if extra.shape[1] == 0:
+        return emb
     scale = float(np.sqrt(np.mean(column_variances(emb)))) or 1.0
-    pos = pos / np.maximum(pos.std(axis=0), 1e-12) * scale
-    return np.hstack([emb, pos]).astype(np.float32)
+    x = extra / np.maximum(extra.std(axis=0), 1e-12) * scale
+    return np.hstack([emb, x]).astype(np.float32)

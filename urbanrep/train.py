@@ -245,6 +245,7 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         output_scales=int(d.get("output_scales", 0)),
         output_position=int(d.get("output_position", 0)),
         output_norm=str(d.get("output_norm", "none")),
+        output_volumes=bool(d.get("output_volumes", False)),
     )
 
 

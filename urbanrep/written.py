@@ -1,11 +1,14 @@
 """The embedding a run writes: the transform applied to the embedding as trained.
 
 After training, :meth:`urbanrep.network.RegionModel.final_embedding` puts the embedding through
-three target-free steps, each a pure function of the embedding and the region adjacency graph:
+target-free steps, each a pure function of the embedding, the region adjacency graph and (for
+the volumes) the region's own input counts:
 
 1. the neighbourhood scales (:func:`urbanrep.smoothing.neighbourhood_transform`);
 2. the positional columns (:func:`urbanrep.position.append_position`);
-3. the overall scale (:func:`unit_total_variance`).
+3. the region volumes, if given (:func:`urbanrep.volumes.region_volumes`, appended with
+   :func:`urbanrep.position.append_scaled`);
+4. the overall scale (:func:`unit_total_variance`).
 
 The last step sets the written embedding's total variance (the sum of its column variances, the
 mean squared distance of a row from the mean row) to 1. As trained, that scale is an accident of
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from urbanrep.position import append_position, column_variances
+from urbanrep.position import append_position, append_scaled, column_variances
 from urbanrep.smoothing import neighbourhood_transform
 
 #: ``ModelConfig.output_norm`` values: the scale as trained, or unit total variance.
@@ -47,14 +50,14 @@ def unit_total_variance(emb: np.ndarray) -> np.ndarray:
 
 
 def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int,
-                      regions_per_column: int, norm: str = "none") -> np.ndarray:
+                      regions_per_column: int, norm: str = "none", volumes: np.ndarray | None = None) -> np.ndarray:
     """The whole written-embedding transform: :func:`~urbanrep.smoothing.neighbourhood_transform`,
-    then :func:`~urbanrep.position.append_position`, then the overall scale.
+    then :func:`~urbanrep.position.append_position`, then the volumes, then the overall scale.
 
     What :meth:`urbanrep.network.RegionModel.final_embedding` applies after training
-    (``ModelConfig.output_smoothing``, ``output_scales``, ``output_position`` and ``output_norm``);
-    a pure function of the embedding as trained and the graph's adjacency, so it can also be
-    applied to a saved as-trained embedding.
+    (``ModelConfig.output_smoothing``, ``output_scales``, ``output_position``, ``output_volumes``
+    and ``output_norm``); a pure function of the embedding as trained, the graph's adjacency and
+    the volumes, so it can also be applied to a saved as-trained embedding.
 
     Args:
         emb: ``[N, C]`` embedding as trained, rows in graph node order.
@@ -63,12 +66,16 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
         scales: Hops of neighbour means to append (0: none).
         regions_per_column: One positional column per this many regions (0: none).
         norm: ``"none"`` (the scale as trained) or ``"unit_variance"`` (:func:`unit_total_variance`).
+        volumes: Optional ``[N, V]`` centred columns to append, each scaled like one embedding column
+            (:func:`urbanrep.volumes.region_volumes`; None or ``V == 0``: none).
 
     Returns:
-        ``[N, (1 + scales) * C + position_count(N, regions_per_column)]`` float32 (``emb`` itself
-        when every step is off).
+        ``[N, (1 + scales) * C + position_count(N, regions_per_column) + V]`` float32 (``emb``
+        itself when every step is off).
     """
     if norm not in OUTPUT_NORMS:
         raise ValueError(f"written_transform: norm must be one of {OUTPUT_NORMS}, got {norm!r}")
     out = append_position(neighbourhood_transform(emb, edge_index, share, scales), edge_index, regions_per_column)
+    if volumes is not None:
+        out = append_scaled(out, volumes)
     return unit_total_variance(out) if norm == "unit_variance" else out

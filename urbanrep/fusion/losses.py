@@ -108,7 +108,7 @@ class LossConfig:
             alike and pushing them apart works against targets that vary smoothly over space.
             0 (default): every other region is a negative. On the development cities one and two
             hops scored 0.526 and 0.523 against 0.530 (round 2026-12-06t,
-            ``experiments/DESIGN_SELECTION.md``): telling a region from its neighbours helped
+            ``experiments/DESIGN_SELECTION_2026-12-06t.md``): telling a region from its neighbours helped
             Chicago-77's probes, under spatial-block folds most, more than it cost.
     """
 

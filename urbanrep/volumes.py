@@ -1,0 +1,82 @@
+"""How much each region holds: per-modality count totals, for the written embedding.
+
+The experts see each modality's counts on a log scale and the written embedding mixes every
+region's row with its neighbours' (:mod:`urbanrep.smoothing`), so a region's own volume (how many
+POIs, trips or land parcels it has) reaches a linear probe only blurred. With
+``ModelConfig.output_volumes`` the written embedding carries it as it is: for every aggregated
+modality of the model whose features include count columns (the ``log1p:`` columns the converters
+write) and whose total varies between regions, the region's total count on a log and on a linear
+scale.
+
+Shapes: ``[N, 2 * K]`` for ``K`` modalities with count columns; rows in graph node order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch_geometric.data import HeteroData
+
+from urbanrep.graphs.schema import AGGREGATED_MODALITIES, REGION, feature_key, mask_key
+
+#: Feature-name prefix of count columns stored as ``log1p(count)`` (see ``experts.base.signed_log1p``).
+COUNT_PREFIX = "log1p:"
+
+
+def count_columns(data: HeteroData, modality: str) -> list[int]:
+    """Indices of ``modality``'s count columns in the graph's features (none without feature names)."""
+    names = getattr(data, "feature_names", {}).get(modality, [])
+    return [i for i, name in enumerate(names) if name.startswith(COUNT_PREFIX)]
+
+
+def _totals(data: HeteroData, modality: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(total [N], has [N] bool)``: the sum of ``modality``'s count columns turned back into counts,
+    and which regions have the modality; None when it has no count columns or the total is the same
+    for every region that has it (shares that sum to one, say: nothing to tell apart)."""
+    cols = count_columns(data, modality) if modality in AGGREGATED_MODALITIES and modality in data.modalities else []
+    if not cols:
+        return None
+    n = int(data[REGION].num_nodes)
+    x = data[REGION][feature_key(modality)].double().cpu().numpy()[:, cols]
+    mask = getattr(data[REGION], mask_key(modality), None)
+    has = np.ones(n, bool) if mask is None else mask.cpu().numpy().astype(bool)
+    total = np.expm1(x).clip(min=0.0).sum(axis=1)
+    if not has.any() or np.ptp(total[has]) <= 1e-9 * max(1.0, float(np.abs(total[has]).max())):
+        return None
+    return total, has
+
+
+def volume_modalities(data: HeteroData, modalities: Sequence[str]) -> list[str]:
+    """The modalities of ``modalities`` whose count totals vary over the regions of ``data``, in order."""
+    return [m for m in modalities if _totals(data, m) is not None]
+
+
+def region_volumes(data: HeteroData, modalities: Sequence[str]) -> np.ndarray:
+    """Each region's total count per modality, on a log and a linear scale, centred.
+
+    The total is the sum of the modality's count columns turned back into counts. Both columns are
+    centred over the regions that have the modality; a region without it (its mask is False) gets
+    the mean, 0. Modalities without count columns, or whose total is the same in every region
+    (e.g. land-use shares with a constant total), are skipped.
+
+    Args:
+        data: Region graph with ``feature_names``.
+        modalities: Modalities to take (:func:`volume_modalities` of them are used).
+
+    Returns:
+        ``[N, 2 * len(volume_modalities(data, modalities))]`` float64: per modality
+        ``log1p(total)``, then ``total``.
+    """
+    n = int(data[REGION].num_nodes)
+    out = []
+    for m in modalities:
+        got = _totals(data, m)
+        if got is None:
+            continue
+        total, has = got
+        for col in (np.log1p(total), total):
+            c = np.zeros(n)
+            c[has] = col[has] - col[has].mean()
+            out.append(c)
+    return np.stack(out, axis=1) if out else np.zeros((n, 0))
