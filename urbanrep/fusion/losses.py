@@ -8,6 +8,7 @@ switches a part off (it is not computed at all).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -218,7 +219,9 @@ def near_pairs(edge_index: Tensor, num_nodes: int, index: Tensor, hops: int) -> 
     frontier = adj.index_select(0, index).coalesce()  # [K, N]: one hop from each anchor
     reach = frontier
     for _ in range(hops - 1):
-        frontier = torch.sparse.mm(frontier, adj).coalesce()
+        with warnings.catch_warnings():  # torch notes once that sparse CSR support is in beta
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            frontier = torch.sparse.mm(frontier, adj).coalesce()
         reach = (reach + frontier).coalesce()
     rows, cols = reach.indices()
     pos = torch.full((num_nodes,), -1, dtype=torch.long, device=dev)
