@@ -470,12 +470,18 @@ def twin_name(mc: Any, tc: Any) -> str:
     """
     from urbanrep.train import config_to_dict
 
-    train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
     model_dict = {k: v for k, v in config_to_dict(replace(mc, **TRANSFORM_OFF)).items()
                   if k not in LATER_TRANSFORM_FIELDS}
     for section, fields in LATER_TRAINING_OFF.items():
         model_dict[section] = {k: v for k, v in model_dict[section].items() if fields.get(k, object()) != v}
-    return f"{TRAINED_PREFIX}{_config_hash({'model': model_dict, 'train': train_dict})}"
+    return f"{TRAINED_PREFIX}{_config_hash({'model': model_dict, 'train': _train_key(tc)})}"
+
+
+def _train_key(tc: Any) -> dict[str, Any]:
+    """The ``TrainConfig`` settings that shape the trained embedding (``_NON_SEMANTIC`` left out)."""
+    from urbanrep.train import config_to_dict
+
+    return {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
 
 
 def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = False
@@ -488,7 +494,7 @@ def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = Fa
     from urbanrep.train import config_to_dict, embeddings_frame, train
 
     trained_mc = replace(mc, **TRANSFORM_OFF)
-    train_dict = {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
+    train_dict = _train_key(tc)
     twin = twin_name(mc, tc)
     path, meta_path, hit = _cached_run(data, twin, tc.seed, tc.epochs, cache)
     if hit is not None or cached_only:

@@ -60,16 +60,18 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     """Train the default model (on ``modalities``) or reuse the run cached under ``tag``.
 
     A cached run whose recorded settings differ from the current default's is trained anew, except
-    when the only differences are the positional columns and the overall scale (``output_position``
-    and ``output_norm``, added after the run and off in it): they are the last steps of the written
-    embedding, so they are applied to the cached one.
+    when the only differences are written-embedding steps added after the run and off in it
+    (``benchmark.LATER_TRANSFORM_FIELDS``: the positional columns, the overall scale, the volumes):
+    they are the last steps of the written embedding, so they are applied to the cached one.
     """
-    from experiments.benchmark import LATER_TRANSFORM_FIELDS, TRANSFORM_OFF, changed_settings
-    from urbanrep.graphs.schema import ADJACENT
+    from experiments.benchmark import (
+        LATER_TRANSFORM_FIELDS,
+        TRANSFORM_OFF,
+        changed_settings,
+        output_transform,
+    )
     from urbanrep.network import ModelConfig
     from urbanrep.train import TrainConfig, embeddings_frame, train
-    from urbanrep.volumes import region_volumes
-    from urbanrep.written import written_transform
 
     mc = replace(ModelConfig(), modalities=modalities)
     path = cache / f"{tag}_s{seed}_e{epochs}.parquet"
@@ -81,14 +83,10 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
         changed = changed_settings(recorded, config_to_dict(mc))
         if not changed:
             return emb, cached["weights"]
-        later = {k: TRANSFORM_OFF[k] for k in LATER_TRANSFORM_FIELDS}  # the two last steps, off
+        later = {k: TRANSFORM_OFF[k] for k in LATER_TRANSFORM_FIELDS}  # the last steps, off
         if set(changed) <= set(later) and all(recorded.get(k, off) == off for k, off in later.items() if k in changed):
-            ids = list(data.region_ids)
-            volumes = region_volumes(data, modalities or data.modalities) if "output_volumes" in changed else None
-            out = written_transform(emb.loc[ids].to_numpy(np.float32), data[ADJACENT].edge_index.cpu().numpy(),
-                                    0.0, 0, mc.output_position if "output_position" in changed else 0,
-                                    mc.output_norm if "output_norm" in changed else "none", volumes)
-            return embeddings_frame(ids, out), cached["weights"]
+            missing = replace(mc, **{k: off for k, off in TRANSFORM_OFF.items() if k not in changed})
+            return output_transform(emb, data, missing), cached["weights"]
         log.info("%s seed %d: the cached run has other settings (%s); it is trained anew", tag, seed,
                  ", ".join(changed))
     if not allowed:

@@ -61,7 +61,7 @@ from urbanrep.graphs.schema import (
     feature_key,
 )
 from urbanrep.position import position_count
-from urbanrep.volumes import region_volumes, volume_modalities
+from urbanrep.volumes import region_volumes, volume_count
 from urbanrep.written import OUTPUT_NORMS, written_transform
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
@@ -445,7 +445,7 @@ class RegionModel(nn.Module):
 
     def written_channels(self, data: HeteroData) -> int:
         """Width of the embedding a run writes for the graph ``data``."""
-        volumes = 2 * len(volume_modalities(data, self.modalities)) if self.config.output_volumes else 0
+        volumes = volume_count(data, self.modalities) if self.config.output_volumes else 0
         return self.embedding_channels + position_count(num_regions(data), self.config.output_position) + volumes
 
     def final_embedding(self, emb: np.ndarray, data: HeteroData) -> np.ndarray:
@@ -457,7 +457,7 @@ class RegionModel(nn.Module):
         mean of its adjacent regions' rows (:func:`urbanrep.smoothing.smooth_over_neighbours`), and
         with ``output_scales`` > 0 the neighbour means over 1..``output_scales`` hops are
         appended (:func:`urbanrep.smoothing.neighbourhood_scales`), and with ``output_position``
-        > 0 the positional columns (:func:`urbanrep.position.append_position`); last, with
+        > 0 the positional columns (:func:`urbanrep.position.append_position`), with
         ``output_volumes`` the regions' own count totals (:func:`urbanrep.volumes.region_volumes`);
         last, with ``output_norm="unit_variance"``, the whole is scaled to unit total variance
         (:func:`urbanrep.written.written_transform`). Apply it to the whole graph's embedding at

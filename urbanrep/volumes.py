@@ -52,6 +52,11 @@ def volume_modalities(data: HeteroData, modalities: Sequence[str]) -> list[str]:
     return [m for m in modalities if _totals(data, m) is not None]
 
 
+def volume_count(data: HeteroData, modalities: Sequence[str]) -> int:
+    """Number of columns :func:`region_volumes` gives for ``modalities`` on ``data``."""
+    return 2 * len(volume_modalities(data, modalities))
+
+
 def region_volumes(data: HeteroData, modalities: Sequence[str]) -> np.ndarray:
     """Each region's total count per modality, on a log and a linear scale, centred.
 
