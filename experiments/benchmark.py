@@ -197,6 +197,8 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "abl_no_volumes": ("ablation: no region volumes appended (the default before round 2026-12-06u)",
                            lambda mc: replace(mc, output_volumes=False)),
         "abl_no_position": ("ablation: no positional columns (the neighbourhood scales and the volumes)", _position(0)),
+        "abl_log_volumes": ("option: the region volumes on a log scale only (model.volume_scales=[log]; the default "
+                            "writes log and linear)", lambda mc: replace(mc, volume_scales=("log",))),
         # Round 2026-12-06r: the neighbourhood transform again, now beside the positional columns.
         "dev_pos8_raw": ("candidate: no smoothing; the 1- and 2-hop neighbour means and the positional columns "
                          "appended (192-d + one per 8 regions)", _written(0.0, 2, 8)),
@@ -449,7 +451,7 @@ def changed_settings(cached: dict[str, Any], current: dict[str, Any], prefix: st
     transform, which did not exist before and so was 0.
     """
     if not prefix:
-        cached = {**TRANSFORM_OFF, **cached}
+        cached = {**json.loads(json.dumps(TRANSFORM_OFF)), **cached}  # tuples as the meta's lists
     out: list[str] = []
     for key, value in current.items():
         if key not in cached:
@@ -556,7 +558,9 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
 #: The settings of the written-embedding transform, switched off: a run that differs only in them needs
 #: no training, and a cached run's meta that lacks one was written with it off.
 TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "output_position": 0,
-                                 "output_norm": "none", "output_volumes": False}
+                                 "output_norm": "none", "output_volumes": False,
+                                 # inert with the volumes off; the scales every run before it wrote
+                                 "volume_scales": ("log", "linear")}
 TRANSFORM_FIELDS = tuple(TRANSFORM_OFF)
 
 
@@ -579,7 +583,7 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 #: Output-transform settings added after the as-trained runs were first hashed. A twin always has
 #: them off, so they are left out of its hash and the twins trained before them still match; a
 #: cached run from before them lacks them (``experiments/quality_checks.py`` applies them to it).
-LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes")
+LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "volume_scales")
 
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that
@@ -601,7 +605,7 @@ def output_transform(trained: pd.DataFrame, data: Any, mc: Any) -> pd.DataFrame:
 
     ids = list(data.region_ids)
     x = trained.loc[ids].to_numpy(np.float32)
-    volumes = region_volumes(data, mc.modalities or data.modalities) if mc.output_volumes else None
+    volumes = region_volumes(data, mc.modalities or data.modalities, mc.volume_scales) if mc.output_volumes else None
     return embeddings_frame(ids, written_transform(x, data[ADJACENT].edge_index.cpu().numpy(), mc.output_smoothing,
                                                    mc.output_scales, mc.output_position, mc.output_norm, volumes))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from urbanrep.experts.testing import random_region_graph
@@ -12,7 +13,7 @@ from urbanrep.graphs.schema import REGION, feature_key, mask_key
 from urbanrep.network import ModelConfig
 from urbanrep.position import column_variances
 from urbanrep.train import TrainConfig, load_model, save_model, train
-from urbanrep.volumes import count_columns, region_volumes, volume_modalities
+from urbanrep.volumes import count_columns, region_volumes, volume_count, volume_modalities
 from urbanrep.written import written_transform
 
 
@@ -88,3 +89,43 @@ def test_a_constant_total_adds_no_columns() -> None:
                        "poi": [f"log1p:c{i}" for i in range(g[REGION][feature_key("poi")].size(1))]}
     assert volume_modalities(g, ("landuse", "poi")) == ["poi"]
     assert region_volumes(g, ("landuse", "poi")).shape == (20, 2)
+
+
+def test_volume_scales_choose_the_columns(nyc) -> None:
+    """``scales`` picks the columns and their order; the default is log then linear."""
+    both = region_volumes(nyc, ("poi",))
+    np.testing.assert_array_equal(region_volumes(nyc, ("poi",), ("log", "linear")), both)
+    np.testing.assert_array_equal(region_volumes(nyc, ("poi",), ("linear",)), both[:, 1:])
+    x = nyc[REGION][feature_key("poi")].double().numpy()[:, count_columns(nyc, "poi")]
+    has = nyc[REGION][mask_key("poi")].numpy().astype(bool)
+    root = np.sqrt(np.expm1(x).sum(1))[has]
+    three = region_volumes(nyc, ("poi", "mobility"), ("sqrt", "log", "linear"))
+    assert three.shape == (180, 6)
+    np.testing.assert_allclose(three[has, 0], root - root.mean(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(three[:, 1:3], both)
+    assert volume_count(nyc, ("poi", "mobility"), ("log",)) == 2
+    for bad in ((), ("log", "log"), ("cube",), "log"):
+        with pytest.raises(ValueError, match="one or more distinct"):
+            region_volumes(nyc, ("poi",), bad)
+
+
+def test_volume_scales_in_the_config_and_a_saved_model(tmp_path) -> None:
+    """A bad setting is a one-line config error; a model saved before the option reads back with log and linear."""
+    from urbanrep.errors import ConfigError
+    from urbanrep.runconfig import RunConfig
+    from urbanrep.train import config_to_dict, model_config_from_dict
+
+    with pytest.raises(ConfigError, match=r"volume_scales must be one or more distinct .*model.volume_scales=\[log\]"):
+        ModelConfig(volume_scales=("log", "cube"))
+    assert RunConfig.from_overrides("model.volume_scales=[log]").model.volume_scales == ("log",)
+    old = config_to_dict(ModelConfig())
+    del old["volume_scales"]
+    assert model_config_from_dict(old).volume_scales == ("log", "linear")
+    data = random_region_graph(30, ("poi", "mobility"), seed=4)
+    data.feature_names = {m: [f"log1p:c{i}" for i in range(data[REGION][feature_key(m)].size(1))]
+                          for m in ("poi", "mobility")}
+    res = train(data, ModelConfig(ensemble=1, volume_scales=("log",)), TrainConfig(epochs=1, seed=0, num_threads=1))
+    assert res.embeddings.shape == (30, res.model.written_channels(data))
+    assert res.model.written_channels(data) == res.model.embedding_channels + 2 + 3  # 2 volumes, 30 // 8 positions
+    save_model(res.model, tmp_path / "m.pt", TrainConfig())
+    assert load_model(tmp_path / "m.pt").config.volume_scales == ("log",)

@@ -63,6 +63,7 @@ from urbanrep.graphs.schema import validate_graph
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel, combine_member_losses
 from urbanrep.progress import start_progress
 from urbanrep.safe_files import load_weights_only
+from urbanrep.volumes import DEFAULT_VOLUME_SCALES
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         output_position=int(d.get("output_position", 0)),
         output_norm=str(d.get("output_norm", "none")),
         output_volumes=bool(d.get("output_volumes", False)),
+        volume_scales=tuple(d.get("volume_scales", DEFAULT_VOLUME_SCALES)),
     )
 
 

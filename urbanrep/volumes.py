@@ -6,19 +6,26 @@ POIs, trips or land parcels it has) reaches a linear probe only blurred. With
 ``ModelConfig.output_volumes`` the written embedding carries it as it is: for every aggregated
 modality of the model whose features include count columns (the ``log1p:`` columns the converters
 write) and whose total varies between regions, the region's total count on a log and on a linear
-scale.
+scale (``ModelConfig.volume_scales``: any of a log, a square-root and a linear scale).
 
-Shapes: ``[N, 2 * K]`` for ``K`` modalities with count columns; rows in graph node order.
+Shapes: ``[N, S * K]`` for ``K`` modalities with count columns and ``S`` scales; rows in graph node
+order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from torch_geometric.data import HeteroData
 
 from urbanrep.graphs.schema import AGGREGATED_MODALITIES, REGION, feature_key, mask_key
+
+#: The scales a total can be written on (``ModelConfig.volume_scales``), each a function of the count.
+VOLUME_SCALES: dict[str, Callable[[np.ndarray], np.ndarray]] = {"log": np.log1p, "sqrt": np.sqrt,
+                                                                 "linear": lambda total: total}
+#: The scales written by default (and by every model saved before ``volume_scales`` existed).
+DEFAULT_VOLUME_SCALES = ("log", "linear")
 
 #: Feature-name prefix of count columns stored as ``log1p(count)`` (see ``experts.base.signed_log1p``).
 COUNT_PREFIX = "log1p:"
@@ -52,15 +59,24 @@ def volume_modalities(data: HeteroData, modalities: Sequence[str]) -> list[str]:
     return [m for m in modalities if _totals(data, m) is not None]
 
 
-def volume_count(data: HeteroData, modalities: Sequence[str]) -> int:
+def volume_scales_problem(scales: Sequence[str]) -> str | None:
+    """What is wrong with ``scales`` (None when it names one or more distinct :data:`VOLUME_SCALES`)."""
+    if isinstance(scales, str) or not scales or len(set(scales)) != len(scales) \
+            or any(s not in VOLUME_SCALES for s in scales):
+        return f"must be one or more distinct of {list(VOLUME_SCALES)}, got {scales!r}"
+    return None
+
+
+def volume_count(data: HeteroData, modalities: Sequence[str], scales: Sequence[str] = DEFAULT_VOLUME_SCALES) -> int:
     """Number of columns :func:`region_volumes` gives for ``modalities`` on ``data``."""
-    return 2 * len(volume_modalities(data, modalities))
+    return len(scales) * len(volume_modalities(data, modalities))
 
 
-def region_volumes(data: HeteroData, modalities: Sequence[str]) -> np.ndarray:
-    """Each region's total count per modality, on a log and a linear scale, centred.
+def region_volumes(data: HeteroData, modalities: Sequence[str],
+                   scales: Sequence[str] = DEFAULT_VOLUME_SCALES) -> np.ndarray:
+    """Each region's total count per modality, on each of ``scales``, centred.
 
-    The total is the sum of the modality's count columns turned back into counts. Both columns are
+    The total is the sum of the modality's count columns turned back into counts. Every column is
     centred over the regions that have the modality; a region without it (its mask is False) gets
     the mean, 0. Modalities without count columns, or whose total is the same in every region
     (e.g. land-use shares with a constant total), are skipped.
@@ -68,11 +84,16 @@ def region_volumes(data: HeteroData, modalities: Sequence[str]) -> np.ndarray:
     Args:
         data: Region graph with ``feature_names``.
         modalities: Modalities to take (:func:`volume_modalities` of them are used).
+        scales: Names from :data:`VOLUME_SCALES`, in the order wanted: ``"log"`` (``log1p(total)``),
+            ``"sqrt"`` or ``"linear"`` (the total as it is).
 
     Returns:
-        ``[N, 2 * len(volume_modalities(data, modalities))]`` float64: per modality
-        ``log1p(total)``, then ``total``.
+        ``[N, len(scales) * len(volume_modalities(data, modalities))]`` float64: per modality, one
+        column per scale.
     """
+    problem = volume_scales_problem(scales)
+    if problem:
+        raise ValueError(f"region_volumes: scales {problem}")
     n = int(data[REGION].num_nodes)
     out = []
     for m in modalities:
@@ -80,7 +101,7 @@ def region_volumes(data: HeteroData, modalities: Sequence[str]) -> np.ndarray:
         if got is None:
             continue
         total, has = got
-        for col in (np.log1p(total), total):
+        for col in (VOLUME_SCALES[name](total) for name in scales):
             c = np.zeros(n)
             c[has] = col[has] - col[has].mean()
             out.append(c)
