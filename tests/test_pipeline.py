@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -91,6 +92,33 @@ def test_stage_commands_match_the_run(nyc_run: Path, tmp_path: Path, capsys: pyt
     back = gpd.read_parquet(gis / "embeddings.parquet")
     assert len(back) == 180 and back.crs is not None
     assert gpd.read_file(gis / "embeddings.geojson").crs.to_epsg() == 4326
+
+
+def test_embed_changes_only_the_written_embedding(nyc_run: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``embed --set`` applies written-embedding settings to the run's own model and refuses the rest."""
+    from urbanrep.bundle import read_bundle
+    from urbanrep.model import UrbanRep
+
+    full = pd.read_parquet(nyc_run / "embeddings.parquet").set_index("region_id")
+    out = tmp_path / "no_volumes"
+    assert main(["-q", "embed", str(nyc_run), str(nyc_run / "bundle"), "--out", str(out),
+                 "--set", "model.output_volumes=false", "--set", "train.device=cpu"]) == 0
+    bare = pd.read_parquet(out / "embeddings.parquet").set_index("region_id")
+    assert bare.shape[1] == full.shape[1] - 6  # POIs, trips, land use: log and linear totals
+    # the same columns before the volumes, only at another overall scale
+    ratio = full.to_numpy()[:, :bare.shape[1]] / bare.to_numpy()
+    np.testing.assert_allclose(ratio[np.abs(bare.to_numpy()) > 1e-3], ratio[0, 0], rtol=1e-3)
+    capsys.readouterr()
+    main(["-q", "embed", str(nyc_run), str(nyc_run / "bundle"), "--out", str(tmp_path / "x"),
+          "--set", "model.expert.num_layers=3"])
+    err = capsys.readouterr().err.strip()
+    assert "model.expert.num_layers=3 (trained: 2)" in err and "\n" not in err and not (tmp_path / "x").exists()
+    # the API: the loaded config holds the model's settings; a written setting changes what transform() gives
+    api = UrbanRep.load(nyc_run)
+    assert api.config.model == api.model_.config
+    api.config = replace(api.config, model=replace(api.config.model, volume_scales=("log",)))
+    assert api.transform(read_bundle(nyc_run / "bundle")).shape == (180, full.shape[1] - 3)
 
 
 def test_resume_after_a_kill_equals_uninterrupted(tmp_path: Path, nyc_run: Path) -> None:

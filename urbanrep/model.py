@@ -19,6 +19,7 @@ and feature widths the model was trained with (the same city, or a city prepared
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -246,8 +247,11 @@ class UrbanRep:
         return self.build_graph(bundle)[0]
 
     def _embed(self, bundle: CityBundle | HeteroData | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        model = self._require_model()
+        for taken in model.take_written_settings(self.config.model, "UrbanRep.config.model"):
+            log.info("written embedding: %s", taken)
         minibatch = self.config.minibatch if self.config.train.mode == "minibatch" else None
-        return embed_graph(self._require_model(), self._graph_of(bundle), self.config.train.device, minibatch)
+        return embed_graph(model, self._graph_of(bundle), self.config.train.device, minibatch)
 
     def transform(self, bundle: CityBundle | HeteroData | None = None) -> pd.DataFrame:
         """Embeddings ``[N, C]`` indexed by ``region_id`` (None: the training city).
@@ -298,6 +302,8 @@ class UrbanRep:
             raise UrbanRepError(f"{folder} holds no {MODEL_FILE}; pass a folder written by UrbanRep.save, "
                                 "'urbanrep train' or 'urbanrep run'")
         config = read_run_config(folder) if (folder / CONFIG_FILE).exists() else RunConfig()
-        self = cls(config)
-        self.model_ = load_model(folder / MODEL_FILE, device=device)
+        model = load_model(folder / MODEL_FILE, device=device)
+        # the model's own settings are the truth (a config.json fills settings added since with today's defaults)
+        self = cls(dataclasses.replace(config, model=model.config))
+        self.model_ = model
         return self

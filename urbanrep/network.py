@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -346,6 +346,30 @@ def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_channels, out_channels), nn.ELU(), nn.Linear(out_channels, out_channels))
 
 
+
+#: The ``ModelConfig`` settings that shape only the embedding a run writes
+#: (:meth:`RegionModel.final_embedding`), not training: they may differ from the trained model's when
+#: it embeds (``urbanrep embed --set``, :meth:`RegionModel.take_written_settings`).
+WRITTEN_FIELDS = ("ensemble_output", "output_smoothing", "output_scales", "output_position", "output_norm",
+                  "output_volumes", "volume_scales")
+
+
+def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted name, value in a, value in b)`` for every setting two config dataclasses hold differently."""
+    da, db = asdict(a), asdict(b)
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(x: dict[str, Any], y: dict[str, Any], where: str) -> None:
+        for key, value in x.items():
+            other = y.get(key)
+            if isinstance(value, dict) and isinstance(other, dict):
+                walk(value, other, f"{where}{key}.")
+            elif value != other:
+                out.append((f"{where}{key}", value, other))
+
+    walk(da, db, prefix)
+    return out
+
 class RegionModel(nn.Module):
     """Modality experts (each a :class:`~urbanrep.experts.moe.ModalityMoE`), fusion and loss heads.
 
@@ -503,6 +527,33 @@ class RegionModel(nn.Module):
         heads: list[nn.Module] = [self.contrast_head, *self.sim_heads.values(), *self.feature_heads.values()]
         heads += [h for h in (self.image_head, self.mob_src, self.mob_dst) if h is not None]
         return [m for h in heads for m in h.modules() if isinstance(m, nn.Linear)]
+
+    def take_written_settings(self, requested: ModelConfig, source: str = "the configuration") -> list[str]:
+        """Write embeddings with ``requested``'s written-embedding settings from now on.
+
+        The settings of :data:`WRITTEN_FIELDS` act after training, so a trained model can write
+        its embedding another way (without the volumes, say) without retraining. Any other setting
+        shaped the weights: if ``requested`` differs from the model in one, nothing changes and a
+        :class:`~urbanrep.errors.ConfigError` names it.
+
+        Args:
+            requested: The model configuration asked for.
+            source: Where ``requested`` came from, for the messages.
+
+        Returns:
+            ``"model.<field>=<value> (trained: <value>)"`` for every written-embedding setting taken.
+        """
+        differ = config_differences(requested, self.config, "model.")
+        fixed = [(k, want, have) for k, want, have in differ if k.removeprefix("model.") not in WRITTEN_FIELDS]
+        if fixed:
+            listed = "; ".join(f"{k}={want!r} (trained: {have!r})" for k, want, have in fixed)
+            raise ConfigError(f"{source} differs from the trained model in settings that only training applies: "
+                              f"{listed}; train a new model with them, or leave them as trained (only "
+                              f"{', '.join('model.' + f for f in WRITTEN_FIELDS)} can change after training)")
+        taken = {k.removeprefix("model."): want for k, want, _ in differ}
+        if taken:
+            self.config = replace(self.config, **{k: requested.__dict__[k] for k in taken})
+        return [f"{k}={want!r} (trained: {have!r})" for k, want, have in differ]
 
     def check_graph(self, data: HeteroData) -> None:
         """Raise :class:`GraphError` when ``data`` lacks a modality this model was built for."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,18 +280,29 @@ def _claim_run(run_dir: Path, overwrite: bool, keep: bool, outputs: tuple[str, .
 
 
 def embed_stage(model_dir: str | Path, bundle: CityBundle, out_dir: str | Path,
-                config: RunConfig | None = None, overwrite: bool = False) -> pd.DataFrame:
+                config: RunConfig | None = None, overwrite: bool = False,
+                overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Apply the model in ``model_dir`` to ``bundle``; write embeddings and fusion weights to ``out_dir``.
+
+    The configuration is ``config`` if given, else the run folder's own (its model settings as
+    trained), with the ``section.key=value`` ``overrides`` applied. Its written-embedding settings
+    (:data:`urbanrep.network.WRITTEN_FIELDS`, e.g. ``model.output_volumes``) may differ from the
+    trained model's and are applied; any other model setting that differs is an error
+    (:meth:`urbanrep.network.RegionModel.take_written_settings`).
 
     ``out_dir`` must be new, empty or urbanrep's own; earlier embeddings there are replaced
     only with ``overwrite``.
     """
+    from urbanrep.configuration import apply_overrides
     from urbanrep.folders import EMBED
 
     claim_folder(out_dir, EMBED, overwrite=overwrite, create=False)
     api = UrbanRep.load(model_dir)
-    if config is not None:
-        api.config = config
+    if config is not None or overrides:
+        base = (config or api.config).to_dict()
+        api.config = RunConfig.from_mapping(apply_overrides(base, list(overrides)), "--set")
+    for taken in api._require_model().take_written_settings(api.config.model, f"the configuration for {model_dir}"):
+        log.info("written embedding: %s", taken)  # before building the graph: a bad setting fails fast
     data, report = api.build_graph(bundle)
     minibatch = api.config.minibatch if api.config.train.mode == "minibatch" else None
     emb, weights = embed_graph(api._require_model(), data, api.config.train.device, minibatch)

@@ -135,10 +135,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from urbanrep.pipeline import embed_stage, require_run_folder, resolve_bundle
 
     require_run_folder(args.model)
-    config = _config(args) if (args.config or args.set) else None
+    # --config FILE replaces the run's configuration; --set alone changes the run's own
+    config = _config(args) if args.config else None
     claim_folder(args.out, EMBED, overwrite=args.overwrite, create=False)  # before the work: fail fast
     bundle = resolve_bundle(args.dataset, args.data_root)
-    emb = embed_stage(args.model, bundle, args.out, config, overwrite=args.overwrite)
+    emb = embed_stage(args.model, bundle, args.out, config, overwrite=args.overwrite,
+                      overrides=[] if args.config else list(args.set or []))
     print(f"embeddings of {len(emb)} regions of {bundle.name} written to {Path(args.out) / 'embeddings.parquet'}")
     return 0
 
@@ -272,7 +274,11 @@ def add_commands(sub: argparse._SubParsersAction, add_dataset_args: Callable[[ar
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("embed", help="apply a trained model to a bundle",
-                       description="Embed a city with a trained model (same modalities and feature widths).",
+                       description="Embed a city with a trained model (same modalities and feature widths). "
+                                   "--set changes the run's own configuration; of the model settings only "
+                                   "those of the written embedding can change after training (e.g. --set "
+                                   "model.output_volumes=false, --set 'model.volume_scales=[log]'); --config "
+                                   "FILE replaces the run's configuration.",
                        epilog=RUN_EPILOG, formatter_class=fmt)
     p.add_argument("model", help="folder holding model.pt and config.json (a run folder)")
     add_dataset_args(p)
