@@ -106,6 +106,15 @@ def test_embed_changes_only_the_written_embedding(nyc_run: Path, tmp_path: Path,
                  "--set", "model.output_volumes=false", "--set", "train.device=cpu"]) == 0
     bare = pd.read_parquet(out / "embeddings.parquet").set_index("region_id")
     assert bare.shape[1] == full.shape[1] - 6  # POIs, trips, land use: log and linear totals
+    # each file says what its columns hold (Parquet metadata), and `info` prints it
+    held = [c["holds"] for c in full.attrs["urbanrep_columns"]]
+    assert held[-1] == "volume: landuse total, linear scale" and not any("volume" in h for h in
+                                                                        bare.attrs["urbanrep_columns"][-1]["holds"])
+    assert full.attrs["urbanrep_columns"][-1]["last"] == full.columns[-1]
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "emb_000 … " in printed and " position: low-frequency Laplacian eigenvectors" in printed
     # the same columns before the volumes, only at another overall scale
     ratio = full.to_numpy()[:, :bare.shape[1]] / bare.to_numpy()
     np.testing.assert_allclose(ratio[np.abs(bare.to_numpy()) > 1e-3], ratio[0, 0], rtol=1e-3)

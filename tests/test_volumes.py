@@ -13,7 +13,7 @@ from urbanrep.graphs.schema import REGION, feature_key, mask_key
 from urbanrep.network import ModelConfig
 from urbanrep.position import column_variances
 from urbanrep.train import TrainConfig, load_model, save_model, train
-from urbanrep.volumes import count_columns, region_volumes, volume_count, volume_modalities
+from urbanrep.volumes import count_columns, region_volumes, volume_modalities, volume_names
 from urbanrep.written import written_transform
 
 
@@ -103,7 +103,7 @@ def test_volume_scales_choose_the_columns(nyc) -> None:
     assert three.shape == (180, 6)
     np.testing.assert_allclose(three[has, 0], root - root.mean(), rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(three[:, 1:3], both)
-    assert volume_count(nyc, ("poi", "mobility"), ("log",)) == 2
+    assert volume_names(nyc, ("poi", "mobility"), ("log",)) == ["poi total, log scale", "mobility total, log scale"]
     for bad in ((), ("log", "log"), ("cube",), "log"):
         with pytest.raises(ValueError, match="one or more distinct"):
             region_volumes(nyc, ("poi",), bad)

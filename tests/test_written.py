@@ -54,3 +54,22 @@ def test_saved_configs_keep_their_scale() -> None:
     assert model_config_from_dict(now).output_norm == "unit_variance"
     before = {k: v for k, v in now.items() if k != "output_norm"}
     assert model_config_from_dict(before).output_norm == "none"
+
+
+def test_written_layout_names_every_column() -> None:
+    """The layout's widths add up to the written width; layout_columns turns them into column ranges."""
+    from urbanrep.written import layout_columns, written_layout
+
+    emb = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    edges = np.array([np.arange(39), np.arange(1, 40)])
+    vol = np.random.default_rng(1).normal(size=(40, 2))
+    out = written_transform(emb, edges, 0.5, 2, 8, "unit_variance", vol)
+    layout = written_layout(6, 0.5, 2, position_count(40, 8), ["poi total, log scale", "poi total, linear scale"],
+                            "the consensus of the 3 members")
+    assert sum(w for _, w in layout) == out.shape[1] == 6 * 3 + 5 + 2
+    cols = layout_columns(layout)
+    assert cols[0] == {"first": "emb_000", "last": "emb_005",
+                       "holds": "the consensus of the 3 members, mixed with the neighbours' mean (share 0.5)"}
+    assert cols[2]["holds"] == "its 2-hop neighbour mean" and cols[3]["first"] == "emb_018"
+    assert cols[-1] == {"first": "emb_024", "last": "emb_024", "holds": "volume: poi total, linear scale"}
+    assert written_layout(6, 0.0, 0, 0)[0] == ("the embedding as trained", 6)

@@ -83,6 +83,7 @@ from urbanrep.train import (
     save_checkpoint,
     write_run_outputs,
 )
+from urbanrep.written import layout_columns
 
 log = logging.getLogger(__name__)
 
@@ -520,7 +521,8 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
     emb, weights = embed_minibatch(model, data, bc, device, tc.amp)  # as transform() will embed
     result = TrainResult(model=model, embeddings=emb, fusion_weights=weights, modalities=model.modalities,
                          region_ids=list(getattr(data, "region_ids", range(n))), history=history,
-                         epochs_run=last, stopped_early=stopping.stopped, run_dir=run_dir)
+                         epochs_run=last, stopped_early=stopping.stopped, run_dir=run_dir,
+                         columns=layout_columns(model.written_layout(data)))
     if writes is not None:
         write_run_outputs(result, writes, tc)
     return result

@@ -45,6 +45,7 @@ from urbanrep.progress import progress_logging
 from urbanrep.runconfig import CONFIG_FILE, RunConfig, read_run_config
 from urbanrep.safe_files import load_weights_only
 from urbanrep.train import (
+    COLUMNS_ATTR,
     EMBEDDINGS,
     FUSION_WEIGHTS,
     MODEL_FILE,
@@ -56,6 +57,7 @@ from urbanrep.train import (
     save_model,
     train,
 )
+from urbanrep.written import layout_columns
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ def embed_graph(model: RegionModel, data: HeteroData, device: str = "cpu",
         emb_np = model.final_embedding(out.embedding.float().cpu().numpy(), data)
         weights_np = out.fusion_weights.float().cpu().numpy()
     ids = pd.Index(list(data.region_ids), name="region_id")
-    emb = embeddings_frame(list(ids), emb_np)
+    emb = embeddings_frame(list(ids), emb_np, layout_columns(model.written_layout(data)))
     weights = pd.DataFrame(weights_np, columns=list(model.modalities), index=ids)
     return emb, weights
 
@@ -135,7 +137,7 @@ def _result_from_run_dir(run_dir: Path) -> TrainResult:
                        fusion_weights=weights[list(model.modalities)].to_numpy(np.float32),
                        modalities=model.modalities, region_ids=list(emb["region_id"]), history=history,
                        epochs_run=int(history[-1]["epoch"]) if history else 0, stopped_early=bool(ckpt["stopped"]),
-                       run_dir=run_dir)
+                       run_dir=run_dir, columns=list(emb.attrs.get(COLUMNS_ATTR, [])))
 
 
 class UrbanRep:

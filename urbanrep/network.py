@@ -61,8 +61,8 @@ from urbanrep.graphs.schema import (
     feature_key,
 )
 from urbanrep.position import position_count
-from urbanrep.volumes import DEFAULT_VOLUME_SCALES, region_volumes, volume_count, volume_scales_problem
-from urbanrep.written import OUTPUT_NORMS, written_transform
+from urbanrep.volumes import DEFAULT_VOLUME_SCALES, region_volumes, volume_names, volume_scales_problem
+from urbanrep.written import OUTPUT_NORMS, written_layout, written_transform
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
 
@@ -482,8 +482,17 @@ class RegionModel(nn.Module):
 
     def written_channels(self, data: HeteroData) -> int:
         """Width of the embedding a run writes for the graph ``data``."""
-        volumes = volume_count(data, self.modalities, self.config.volume_scales) if self.config.output_volumes else 0
-        return self.embedding_channels + position_count(num_regions(data), self.config.output_position) + volumes
+        return sum(width for _, width in self.written_layout(data))
+
+    def written_layout(self, data: HeteroData) -> list[tuple[str, int]]:
+        """What the columns of the embedding a run writes for ``data`` hold: ``(description, width)``
+        per block, in order (:func:`urbanrep.written.written_layout`)."""
+        c = self.config
+        volumes = volume_names(data, self.modalities, c.volume_scales) if c.output_volumes else []
+        row = ("the trained embedding" if c.ensemble == 1 else f"the consensus of the {c.ensemble} members"
+               if c.ensemble_output == "aligned" else f"the {c.ensemble} members side by side")
+        return written_layout(self.embedding_channels // (1 + c.output_scales), c.output_smoothing, c.output_scales,
+                              position_count(num_regions(data), c.output_position), volumes, row)
 
     def final_embedding(self, emb: np.ndarray, data: HeteroData) -> np.ndarray:
         """The embedding a run writes from :meth:`forward`'s, for every region of the graph.

@@ -64,6 +64,7 @@ from urbanrep.network import GraphMetadata, ModelConfig, RegionModel, combine_me
 from urbanrep.progress import start_progress
 from urbanrep.safe_files import load_weights_only
 from urbanrep.volumes import DEFAULT_VOLUME_SCALES
+from urbanrep.written import layout_columns
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,8 @@ class TrainResult:
         cpu_time_s: CPU seconds this process spent in this call (``time.process_time``; on a
             shared machine the honest measure of a run's cost).
         run_dir: Output folder, if any.
+        columns: What the embedding's columns hold (:func:`urbanrep.written.layout_columns`; empty
+            when unknown); written with them into ``embeddings.parquet``.
     """
 
     model: RegionModel
@@ -198,10 +201,11 @@ class TrainResult:
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
     run_dir: Path | None = None
+    columns: list[dict[str, str]] = field(default_factory=list)
 
     def embeddings_frame(self) -> pd.DataFrame:
         """Embeddings as a DataFrame indexed by ``region_id`` (columns ``emb_000``...)."""
-        return embeddings_frame(self.region_ids, self.embeddings)
+        return embeddings_frame(self.region_ids, self.embeddings, self.columns)
 
     def fusion_weights_frame(self) -> pd.DataFrame:
         """Fusion weights as a DataFrame indexed by ``region_id`` (one column per modality)."""
@@ -209,10 +213,22 @@ class TrainResult:
                             index=pd.Index(self.region_ids, name="region_id"))
 
 
-def embeddings_frame(region_ids: list[Any], embeddings: np.ndarray) -> pd.DataFrame:
-    """``region_id``-indexed DataFrame with columns ``emb_000``, ``emb_001``..."""
+#: ``DataFrame.attrs`` key (kept in the Parquet file's metadata) of what an embedding's columns hold.
+COLUMNS_ATTR = "urbanrep_columns"
+
+
+def embeddings_frame(region_ids: list[Any], embeddings: np.ndarray,
+                     columns: list[dict[str, str]] | None = None) -> pd.DataFrame:
+    """``region_id``-indexed DataFrame with columns ``emb_000``, ``emb_001``...
+
+    ``columns`` (what the columns hold, :func:`urbanrep.written.layout_columns`) goes into
+    ``attrs[COLUMNS_ATTR]``, which pandas keeps in a Parquet file's metadata.
+    """
     cols = [f"emb_{i:03d}" for i in range(embeddings.shape[1])]
-    return pd.DataFrame(embeddings, columns=cols, index=pd.Index(region_ids, name="region_id"))
+    frame = pd.DataFrame(embeddings, columns=cols, index=pd.Index(region_ids, name="region_id"))
+    if columns:
+        frame.attrs[COLUMNS_ATTR] = list(columns)
+    return frame
 
 
 def resolve_device(device: str) -> torch.device:
@@ -762,7 +778,8 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
     weights = out.fusion_weights.float().cpu().numpy().astype(np.float32)
     result = TrainResult(model=model, embeddings=emb, fusion_weights=weights, modalities=model.modalities,
                          region_ids=list(data.region_ids), history=history, epochs_run=last,
-                         stopped_early=stopping.stopped, run_dir=run_dir)
+                         stopped_early=stopping.stopped, run_dir=run_dir,
+                         columns=layout_columns(model.written_layout(data)))
     if run_dir is not None:
         write_run_outputs(result, run_dir, tc)
     return result

@@ -67,9 +67,10 @@ def volume_scales_problem(scales: Sequence[str]) -> str | None:
     return None
 
 
-def volume_count(data: HeteroData, modalities: Sequence[str], scales: Sequence[str] = DEFAULT_VOLUME_SCALES) -> int:
-    """Number of columns :func:`region_volumes` gives for ``modalities`` on ``data``."""
-    return len(scales) * len(volume_modalities(data, modalities))
+def volume_names(data: HeteroData, modalities: Sequence[str], scales: Sequence[str] = DEFAULT_VOLUME_SCALES
+                 ) -> list[str]:
+    """One name per column of :func:`region_volumes` (``"poi total, log scale"`` ...), in its order."""
+    return [f"{m} total, {s} scale" for m in volume_modalities(data, modalities) for s in scales]
 
 
 def region_volumes(data: HeteroData, modalities: Sequence[str],

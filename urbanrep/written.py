@@ -25,6 +25,8 @@ Shapes: ``emb`` ``[N, C]``; ``edge_index`` ``[2, E]`` (region graph node indices
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from urbanrep.position import append_position, append_scaled, column_variances
@@ -79,3 +81,36 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
     if volumes is not None:
         out = append_scaled(out, volumes)
     return unit_total_variance(out) if norm == "unit_variance" else out
+
+
+def written_layout(channels: int, share: float, scales: int, positions: int,
+                   volumes: Sequence[str] = (), row: str = "the embedding as trained") -> list[tuple[str, int]]:
+    """What the columns of :func:`written_transform`'s output hold, block by block, in order.
+
+    Args:
+        channels: ``C``, the width of the embedding as trained (after the members' consensus).
+        share: Smoothing share (0: the row as trained).
+        scales: Hops of neighbour means appended.
+        positions: Positional columns appended (:func:`urbanrep.position.position_count`).
+        volumes: One name per volume column (:func:`urbanrep.volumes.volume_names`).
+        row: What the region's own row is (e.g. the members' consensus).
+
+    Returns:
+        ``(description, width)`` per block; the widths add up to the written width.
+    """
+    own = row if share == 0 else f"{row}, mixed with the neighbours' mean (share {share:g})"
+    blocks = [(own, channels)] + [(f"its {h}-hop neighbour mean", channels) for h in range(1, scales + 1)]
+    if positions:
+        blocks.append(("position: low-frequency Laplacian eigenvectors of the adjacency graph", positions))
+    blocks += [(f"volume: {name}", 1) for name in volumes]
+    return blocks
+
+
+def layout_columns(layout: Sequence[tuple[str, int]], prefix: str = "emb_") -> list[dict[str, str]]:
+    """:func:`written_layout` as ``{"first", "last", "holds"}`` column ranges (``emb_000`` ...)."""
+    out, start = [], 0
+    for holds, width in layout:
+        if width > 0:
+            out.append({"first": f"{prefix}{start:03d}", "last": f"{prefix}{start + width - 1:03d}", "holds": holds})
+        start += width
+    return out
