@@ -719,3 +719,31 @@ def test_peer_protocols_reproduce_the_published_scorers(name: str, folds: int) -
     theirs[theirs < 0] = 0
     np.testing.assert_allclose(ours, theirs)
     assert regression_mod.regression_metrics(y, ours[None])["r2"] == pytest.approx(r2_score(y, theirs))
+
+
+def test_input_rows_compare_the_embedding_with_each_input() -> None:
+    """R² and NMI: higher is better; share L1: lower is better; missing figures are left out."""
+    from urbanrep.evaluate.report import input_rows
+
+    metrics = {"tasks": {"a": {"r2": 0.5}, "b": {"r2": 0.2}}, "landuse": {"lu": {"l1": 0.3}},
+               "clustering": {"nmi": 0.7},
+               "inputs": {"poi": {"tasks": {"a": {"r2": 0.4}, "b": {"r2": 0.3}}, "landuse": {"lu": {"l1": 0.2}}},
+                          "road": {"tasks": {"a": {"r2": 0.1}}, "clustering": {"nmi": 0.6}}}}
+    rows = {label: (own, values, better) for label, own, values, better in input_rows(metrics)}
+    assert rows["a R2"] == (0.5, [0.4, 0.1], True)
+    assert rows["b R2"] == (0.2, [0.3, None], False)
+    assert rows["lu L1"] == (0.3, [0.2, None], False)
+    assert rows["clustering NMI"] == (0.7, [None, 0.6], True)
+    assert input_rows({"tasks": {"a": {"r2": 0.5}}}) == []
+
+
+def test_input_tables_take_the_graph_features(nyc) -> None:
+    from urbanrep.graphs.schema import REGION, feature_key
+    from urbanrep.input_baselines import input_tables
+
+    tables = input_tables(nyc, ("mobility", "poi", "road"))
+    assert list(tables) == ["poi", "mobility"]  # graph order; road is not in this graph
+    poi = tables["poi"]
+    assert poi.index.name == "region_id" and list(poi.index) == list(nyc.region_ids)
+    np.testing.assert_array_equal(poi.to_numpy(), nyc[REGION][feature_key("poi")].numpy())
+    assert poi.columns[0].startswith("log1p:")

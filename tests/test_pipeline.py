@@ -55,6 +55,13 @@ def test_run_writes_every_stage(nyc_run: Path) -> None:
     metrics = json.loads((nyc_run / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"crime", "check_in", "service_call", "carbon", "income"}
     assert metrics["clustering"]["label"] == "community_district"
+    # the model's own inputs, scored the same way
+    assert list(metrics["inputs"]) == ["poi", "mobility", "landuse", "remote_sensing"]
+    assert set(metrics["inputs"]["poi"]["tasks"]) == set(metrics["tasks"])
+    assert 0.0 <= metrics["inputs"]["mobility"]["clustering"]["nmi"] <= 1.0
+    from urbanrep.export.report import _metrics_html
+
+    assert "Against the model's own inputs" in _metrics_html(metrics)
     summary = json.loads((nyc_run / "run.json").read_text())
     assert set(summary["stages_s"]) == {"bundle", "graph", "train", "evaluate", "export"}
     config = json.loads((nyc_run / "config.json").read_text())
@@ -84,7 +91,15 @@ def test_stage_commands_match_the_run(nyc_run: Path, tmp_path: Path, capsys: pyt
                  "--json", str(out_json)]) == 0
     rep = json.loads(out_json.read_text())
     assert rep["protocol"] == "paper" and "check_in" in rep["tasks"]
+    assert "no graph.pt" in rep["skipped"]["inputs"] and "inputs" not in rep  # a train folder of a graph file
     assert "paper protocol" in capsys.readouterr().out
+    assert main(["-q", "evaluate", str(nyc_run), "--json", str(tmp_path / "run.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "the model's own inputs, one modality at a time" in printed and "remote_sensing" in printed
+    assert main(["-q", "evaluate", str(nyc_run), "--json", str(tmp_path / "off.json"),
+                 "--set", "evaluate.inputs=false"]) == 0
+    assert "inputs" not in json.loads((tmp_path / "off.json").read_text())
+    capsys.readouterr()
     # export into a chosen folder, two formats
     gis = tmp_path / "gis"
     assert main(["-q", "export", str(train_dir), "--bundle", str(nyc_run / "bundle"), "--out", str(gis),

@@ -346,8 +346,12 @@ def _check_json_target(path: Path) -> None:
 
 
 def evaluate_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | None = None,
-                   json_path: str | Path | None = None) -> dict[str, Any]:
+                   json_path: str | Path | None = None, data: HeteroData | None = None) -> dict[str, Any]:
     """Evaluate ``run_dir/embeddings.parquet`` on the bundle's targets.
+
+    With ``evaluate.inputs`` (default) the model's own inputs are scored beside it under the same
+    protocol (``metrics["inputs"]``, :mod:`urbanrep.input_baselines`), taken from ``data`` or the
+    run folder's ``graph.pt``; without either they are skipped and ``metrics["skipped"]`` says so.
 
     Without ``json_path`` the metrics and out-of-fold predictions replace ``run_dir``'s
     ``metrics.json`` and ``predictions.parquet`` (the earlier ones are removed first, under the
@@ -367,16 +371,39 @@ def evaluate_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | 
         _check_json_target(Path(json_path))
         emb = read_parquet(path, "re-run training to rewrite it").set_index("region_id")
         result = run_evaluation(emb, bundle, config.evaluate)
+        _add_input_scores(result.metrics, run_dir, bundle, config, data)
         write_metrics(result.metrics, json_path)
         return result.metrics
     with owned_run_folder(run_dir, keep=True):
         remove_outputs(run_dir, EVAL_OUTPUTS)
         emb = read_parquet(path, "re-run training to rewrite it").set_index("region_id")
         result = run_evaluation(emb, bundle, config.evaluate)
+        _add_input_scores(result.metrics, run_dir, bundle, config, data)
         write_metrics(result.metrics, run_dir / METRICS_FILE)
         if len(result.predictions):  # every task skipped (too few regions): no predictions to write
             write_parquet_atomic(result.predictions, run_dir / PREDICTIONS_FILE)
     return result.metrics
+
+
+def _add_input_scores(metrics: dict[str, Any], run_dir: Path, bundle: CityBundle, config: RunConfig,
+                      data: HeteroData | None) -> None:
+    """``metrics["inputs"]``: the model's inputs under the embedding's evaluation (``evaluate.inputs``)."""
+    if not config.evaluate.inputs:
+        return
+    from urbanrep.input_baselines import input_tables, score_inputs
+    from urbanrep.runconfig import read_run_config
+
+    if data is None and not (run_dir / GRAPH_FILE).exists():
+        metrics.setdefault("skipped", {})["inputs"] = (f"no {GRAPH_FILE} in {run_dir} to take the model's inputs "
+                                                       "from; evaluate a run folder of 'urbanrep run'")
+        return
+    if data is None:
+        data = load_graph(run_dir / GRAPH_FILE)
+    trained = read_run_config(run_dir).model.modalities if (run_dir / "config.json").exists() else None
+    tables = input_tables(data, trained)
+    if tables:
+        metrics["inputs"] = score_inputs(tables, bundle, config.evaluate)
+        log.info("scored the model's inputs under the same protocol: %s", ", ".join(tables))
 
 
 def export_stage(run_dir: str | Path, bundle: CityBundle, config: RunConfig | None = None,
@@ -468,7 +495,7 @@ def _run_stages(bundle: CityBundle, run_dir: Path, config: RunConfig, resume: bo
     metrics = None
     if _has_evaluation_data(bundle):
         with _timed(stages, "evaluate"):
-            metrics = evaluate_stage(run_dir, bundle, config)
+            metrics = evaluate_stage(run_dir, bundle, config, data=data)
     else:
         remove_outputs(run_dir, EVAL_OUTPUTS)  # an earlier run's metrics must not outlive it
         skipped["evaluate"] = f"bundle {bundle.name} has no targets or labels"

@@ -169,6 +169,27 @@ def print_metrics(metrics: dict[str, Any]) -> None:
         print(f"  clustering     NMI={clus['nmi']:.3f}  ARI={clus['ari']:.3f} ({clus.get('label')})")
     for task, why in metrics.get("skipped", {}).items():
         print(f"  {task}: skipped ({why})")
+    print_input_scores(metrics)
+
+
+def print_input_scores(metrics: dict[str, Any]) -> None:
+    """The embedding beside the model's own inputs under the same protocol (``metrics["inputs"]``)."""
+    inputs = metrics.get("inputs") or {}
+    if not inputs:
+        return
+    from urbanrep.evaluate.report import input_rows
+
+    rows = input_rows(metrics)
+    if not rows:
+        return
+    names = list(inputs)
+    width = max(10, *(len(n) + 2 for n in names))
+    print("the model's own inputs, one modality at a time, same protocol:")
+    print(f"  {'':<18}{'embedding':>10}" + "".join(f"{n:>{width}}" for n in names))
+    for label, own, others, better in rows:
+        mark = "" if better else "  <- an input does better"
+        print(f"  {label:<18}{own:>10.3f}" + "".join(f"{v:>{width}.3f}" if v is not None else f"{'':>{width}}"
+                                                      for v in others) + mark)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -124,6 +124,10 @@ class EvalConfig:
             evaluates every one the bundle has. Clustering is not affected.
         blas_threads: BLAS threads while evaluating (``threadpoolctl``); probes on a few hundred
             regions run much faster single-threaded. ``None`` leaves the setting alone.
+        inputs: Also score the model's own inputs, one modality at a time, under the same
+            protocol (:mod:`urbanrep.input_baselines`; the run folder's evaluation does it, where
+            the region graph is at hand), so the report shows whether the embedding beats what it
+            was built from on this city. Costs one more evaluation per modality.
     """
 
     protocol: str = "strict"
@@ -148,6 +152,7 @@ class EvalConfig:
     mlp_max_iter: int = 500
     n_jobs: int = 1
     blas_threads: int | None = 1
+    inputs: bool = True
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

@@ -86,3 +86,27 @@ def write_report(results: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     write_text_atomic(path, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
     return path
+
+
+def input_rows(metrics: dict[str, Any]) -> list[tuple[str, float, list[float | None], bool]]:
+    """``(figure, embedding's value, each input's value, whether the embedding is at least as good)``
+    for every task R², share-prediction L1 (lower is better) and clustering NMI both were scored on."""
+    inputs = metrics.get("inputs") or {}
+    rows: list[tuple[str, float, list[float | None], bool]] = []
+
+    def add(label: str, own: float | None, values: list[float | None], lower: bool = False) -> None:
+        got = [v for v in values if v is not None]
+        if own is None or not got:
+            return
+        better = own <= min(got) if lower else own >= max(got)
+        rows.append((label, float(own), values, better))
+
+    for task, vals in (metrics.get("tasks") or {}).items():
+        add(f"{task} R2", vals.get("r2"), [(i.get("tasks") or {}).get(task, {}).get("r2") for i in inputs.values()])
+    for group, vals in (metrics.get("landuse") or {}).items():
+        add(f"{group} L1", vals.get("l1"), [(i.get("landuse") or {}).get(group, {}).get("l1")
+                                           for i in inputs.values()], lower=True)
+    clus = metrics.get("clustering") or {}
+    if clus.get("nmi") is not None:
+        add("clustering NMI", clus["nmi"], [(i.get("clustering") or {}).get("nmi") for i in inputs.values()])
+    return rows

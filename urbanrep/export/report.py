@@ -146,12 +146,30 @@ def _metrics_html(metrics: dict[str, Any] | None) -> str:
         rows = [[_esc(g)] + [_esc(_fmt(res.get(c))) for c in cols] for g, res in landuse.items()]
         parts.append("<h3>Share prediction (out-of-fold)</h3>")
         parts.append(_table(["target group", *cols], rows))
-    skip = ("protocol", "tasks", "clustering", "landuse")
+    parts.append(_inputs_html(metrics))
+    skip = ("protocol", "tasks", "clustering", "landuse", "inputs")
     rest = {k: v for k, v in metrics.items() if k not in skip}
     if rest:
         parts.append("<details><summary>Other metrics</summary><pre>"
                      f"{_esc(json.dumps(rest, indent=2, default=str))}</pre></details>")
     return "\n".join(parts)
+
+
+def _inputs_html(metrics: dict[str, Any]) -> str:
+    """The embedding beside the model's own inputs under the same protocol (``metrics["inputs"]``)."""
+    from urbanrep.evaluate.report import input_rows
+
+    rows = input_rows(metrics)
+    if not rows:
+        return ""
+    names = list(metrics.get("inputs") or {})
+    body = [[_esc(label), f"<b>{_esc(_fmt(own))}</b>" if better else _esc(_fmt(own)),
+             *[_esc(_fmt(v)) for v in values], "yes" if better else "<b>no</b>"]
+            for label, own, values, better in rows]
+    return ("<h3>Against the model's own inputs</h3><p class=\"note\">Each input modality's features, as the "
+            "model was given them, through the same evaluation (protocol, folds, probe). Where an input does "
+            "better, the embedding does not earn its keep on that task in this city.</p>"
+            + _table(["figure", "embedding", *[_esc(n) for n in names], "embedding at least as good"], body))
 
 
 def _config_html(config: dict[str, Any] | None) -> str:
