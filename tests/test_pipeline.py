@@ -59,9 +59,10 @@ def test_run_writes_every_stage(nyc_run: Path) -> None:
     assert list(metrics["inputs"]) == ["poi", "mobility", "landuse", "remote_sensing"]
     assert set(metrics["inputs"]["poi"]["tasks"]) == set(metrics["tasks"])
     assert 0.0 <= metrics["inputs"]["mobility"]["clustering"]["nmi"] <= 1.0
-    from urbanrep.export.report import _metrics_html
+    from urbanrep.export.report import _metrics_html, _tables_html
 
     assert "Against the model's own inputs" in _metrics_html(metrics)
+    assert "What the embedding's columns hold" in _tables_html(nyc_run, None)
     summary = json.loads((nyc_run / "run.json").read_text())
     assert set(summary["stages_s"]) == {"bundle", "graph", "train", "evaluate", "export"}
     config = json.loads((nyc_run / "config.json").read_text())

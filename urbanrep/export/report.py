@@ -186,11 +186,17 @@ def _tables_html(run_dir: Path, regions: gpd.GeoDataFrame | None) -> str:
     n_regions = len(regions) if regions is not None else None
     emb_path = run_dir / "embeddings.parquet"
     if emb_path.exists():
-        emb = region_table(pd.read_parquet(emb_path), "embeddings")
+        raw = pd.read_parquet(emb_path)
+        emb = region_table(raw, "embeddings")
         complete = int(np.isfinite(emb.to_numpy(dtype=np.float64)).all(axis=1).sum())
         of = f" of {n_regions} regions" if n_regions is not None else ""
         parts.append(f"<p>Embedding: <b>{len(emb)}</b> rows{_esc(of)}, <b>{emb.shape[1]}</b> dimensions, "
                      f"{complete} rows complete (no NaN).</p>")
+        layout = raw.attrs.get("urbanrep_columns") or []  # train.COLUMNS_ATTR; absent in runs before it
+        if layout:
+            rows = [[_esc(b["first"] if b["first"] == b["last"] else f"{b['first']} … {b['last']}"), _esc(b["holds"])]
+                    for b in layout]
+            parts.append("<h3>What the embedding's columns hold</h3>" + _table(["columns", "holds"], rows))
     w_path = run_dir / "fusion_weights.parquet"
     if w_path.exists():
         w = region_table(pd.read_parquet(w_path), "fusion_weights")
