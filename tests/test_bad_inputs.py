@@ -40,6 +40,12 @@ TINY = ["--set", "train.epochs=2", "--set", "train.num_threads=1", "--set", "mod
         "--set", "evaluate.folds=2", "--set", "export.report=false", "--set", "export.figures=false"]
 
 
+def tiny(*sections: str) -> list[str]:
+    """The ``TINY`` settings of ``sections`` only (a stage command warns about the ones it ignores)."""
+    pairs = [TINY[i + 1] for i in range(0, len(TINY), 2)]
+    return [a for s in pairs if s.split(".", 1)[0] in sections for a in ("--set", s)]
+
+
 def _bundle(tmp_path: Path, name: str = "city", targets: bool = True) -> Path:
     b = grid_bundle(2)
     if not targets:
@@ -162,7 +168,7 @@ def test_second_run_into_a_locked_folder_fails_at_once(tmp_path: Path, capsys: p
         before = _snapshot(run)
         for argv in (["run", str(city), "--out", str(run), "--overwrite", *TINY],
                      ["run", str(city), "--out", str(run), "--resume", *TINY],
-                     ["evaluate", str(run)], ["export", str(run), *TINY]):
+                     ["evaluate", str(run)], ["export", str(run), *tiny("export")]):
             err = _err(capsys, argv)
             assert f"{run} is in use by another urbanrep process (PID {holder.pid} on here" in err, err
         assert _snapshot(run) == before
@@ -205,13 +211,13 @@ def test_stale_temporaries_are_removed_and_foreign_ones_kept(tmp_path: Path) -> 
     assert main(["-q", "run", str(city), "--out", str(run), "--resume", *TINY]) == 0
     assert not killed.exists() and not (run / ".model.pt.abc.tmp").exists()
     gis = tmp_path / "gis"  # an export folder of its own
-    assert main(["-q", "export", str(run), "--out", str(gis), *TINY]) == 0
+    assert main(["-q", "export", str(run), "--out", str(gis), *tiny("export")]) == 0
     (gis / ".embeddings.gpkg.q7.tmp").mkdir()
-    assert main(["-q", "export", str(run), "--out", str(gis), "--formats", "parquet", *TINY]) == 0
+    assert main(["-q", "export", str(run), "--out", str(gis), "--formats", "parquet", *tiny("export")]) == 0
     assert sorted(p.name for p in gis.iterdir()) == [".urbanrep", "embeddings.parquet", "fusion_weights.parquet",
                                                      "predictions.parquet"]  # stale formats and temporaries gone
     (gis / "notes.txt").write_text("mine")
-    assert main(["-q", "export", str(run), "--out", str(gis), *TINY]) == 1
+    assert main(["-q", "export", str(run), "--out", str(gis), *tiny("export")]) == 1
     assert (gis / "notes.txt").read_text() == "mine"
 
 
@@ -221,12 +227,12 @@ def test_evaluate_json_leaves_the_run_folder_alone(tmp_path: Path, capsys: pytes
     assert main(["-q", "run", str(city), "--out", str(run), *TINY]) == 0
     before = _snapshot(run)
     out = tmp_path / "paper.json"
-    assert main(["-q", "evaluate", str(run), "--protocol", "paper", "--json", str(out), *TINY]) == 0
+    assert main(["-q", "evaluate", str(run), "--protocol", "paper", "--json", str(out), *tiny("evaluate")]) == 0
     assert json.loads(out.read_text())["protocol"] == "paper"
     assert _snapshot(run) == before  # metrics.json and predictions.parquet untouched
     mine = tmp_path / "mine.json"
     mine.write_text('{"my": "notes"}')
-    err = _err(capsys, ["evaluate", str(run), "--json", str(mine), *TINY])
+    err = _err(capsys, ["evaluate", str(run), "--json", str(mine), *tiny("evaluate")])
     assert f"{mine} exists and is not a metrics report urbanrep wrote" in err
     assert mine.read_text() == '{"my": "notes"}'
 
@@ -235,17 +241,17 @@ def test_graph_and_embed_outputs_never_replace_foreign_files(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     city = _bundle(tmp_path)
     graph = tmp_path / "g" / "graph.pt"
-    assert main(["-q", "build-graphs", str(city), "--out", str(graph), *TINY]) == 0
-    err = _err(capsys, ["build-graphs", str(city), "--out", str(graph), *TINY])
+    assert main(["-q", "build-graphs", str(city), "--out", str(graph), *tiny("graph")]) == 0
+    err = _err(capsys, ["build-graphs", str(city), "--out", str(graph), *tiny("graph")])
     assert f"{graph} already holds an urbanrep graph; pass --overwrite" in err
-    assert main(["-q", "build-graphs", str(city), "--out", str(graph), "--overwrite", *TINY]) == 0
+    assert main(["-q", "build-graphs", str(city), "--out", str(graph), "--overwrite", *tiny("graph")]) == 0
     user = tmp_path / "paper.pt"
     user.write_bytes(b"not a graph")
-    err = _err(capsys, ["build-graphs", str(city), "--out", str(user), "--overwrite", *TINY])
+    err = _err(capsys, ["build-graphs", str(city), "--out", str(user), "--overwrite", *tiny("graph")])
     assert f"{user} exists and was not written by urbanrep" in err and user.read_bytes() == b"not a graph"
     # train continues in the folder build-graphs made; embed refuses a foreign folder
-    assert main(["-q", "train", str(graph), "--out", str(graph.parent), *TINY]) == 0
-    err = _err(capsys, ["train", str(graph), "--out", str(graph.parent), *TINY])
+    assert main(["-q", "train", str(graph), "--out", str(graph.parent), *tiny("model", "train")]) == 0
+    err = _err(capsys, ["train", str(graph), "--out", str(graph.parent), *tiny("model", "train")])
     assert "already holds an urbanrep run (config.json" in err
     emb = tmp_path / "E"
     emb.mkdir()

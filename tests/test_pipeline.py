@@ -98,9 +98,10 @@ def test_stage_commands_match_the_run(nyc_run: Path, tmp_path: Path, capsys: pyt
     printed = capsys.readouterr().out
     assert "the model's own inputs, one modality at a time" in printed and "remote_sensing" in printed
     assert main(["-q", "evaluate", str(nyc_run), "--json", str(tmp_path / "off.json"),
-                 "--set", "evaluate.inputs=false"]) == 0
+                 "--set", "evaluate.inputs=false", "--set", "model.output_volumes=false"]) == 0
     assert "inputs" not in json.loads((tmp_path / "off.json").read_text())
-    capsys.readouterr()
+    err = capsys.readouterr().err  # a setting the command does not read is named, not dropped silently
+    assert "'urbanrep evaluate' reads only the evaluate settings; ignored: --set model.output_volumes=false" in err
     # export into a chosen folder, two formats
     gis = tmp_path / "gis"
     assert main(["-q", "export", str(train_dir), "--bundle", str(nyc_run / "bundle"), "--out", str(gis),
@@ -351,7 +352,7 @@ def test_minibatch_launch_mistakes_are_one_line_errors(nyc_run: Path, tmp_path: 
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     graph = str(nyc_run / "graph.pt")
     cases = [
-        ["train", graph, "--out", str(tmp_path / "t"), "--nproc", "2", *TINY],  # full-graph mode
+        ["train", graph, "--out", str(tmp_path / "t"), "--nproc", "2", "--set", "train.epochs=3"],  # full graph
         ["train", graph, "--out", str(tmp_path / "t"), "--set", "train.mode=sampled"],
         ["train", graph, "--out", str(tmp_path / "t"), "--set", "minibatch.batch_size=0"],
     ]

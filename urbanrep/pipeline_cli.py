@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from urbanrep.errors import UrbanRepError
+
+log = logging.getLogger(__name__)
 
 RUN_EPILOG = """\
 Dataset resolution: an explicit bundle folder (with manifest.json); else the named data set in the
@@ -35,12 +38,41 @@ def _default_run_dir(dataset: str | None) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+#: The sections of a run configuration (``RunConfig``'s fields).
+RUN_SECTIONS = ("graph", "model", "train", "minibatch", "evaluate", "export")
+#: The configuration sections each stage command reads (``run`` reads them all); a ``--set`` of
+#: another section would have no effect there, so it is refused rather than silently ignored.
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "build-graphs": ("graph",),
+    "train": ("model", "train", "minibatch"),
+    "embed": ("graph", "model", "train", "minibatch"),
+    "evaluate": ("evaluate",),
+    "export": ("export",),
+}
+
+
 def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Any:
     from urbanrep.runconfig import load_run_config
 
+    check_set_sections(getattr(args, "command", None), getattr(args, "set", None) or [])
     threads = [f"train.num_threads={args.threads}"] if getattr(args, "threads", None) else []
     return load_run_config(getattr(args, "config", None),
                            [*(getattr(args, "set", None) or []), *threads, *(extra or [])])
+
+
+def check_set_sections(command: str | None, overrides: list[str]) -> list[str]:
+    """Warn, in one line, about every ``--set`` that ``command`` ignores (a setting of a section it does
+    not read: e.g. the same flags given to every stage); returns them."""
+    sections = COMMAND_SECTIONS.get(command or "")
+    if sections is None:
+        return []
+    unused = [item for item in overrides
+              if (section := item.split("=", 1)[0].strip().split(".", 1)[0]) in RUN_SECTIONS
+              and section not in sections]  # an unknown section is the loader's error
+    if unused:
+        log.warning("'urbanrep %s' reads only the %s settings; ignored: %s", command, ", ".join(sections),
+                    ", ".join(f"--set {u}" for u in unused))
+    return unused
 
 
 def _tqdm_reporter(stage: str, total: int | None) -> Any:
