@@ -346,7 +346,6 @@ def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_channels, out_channels), nn.ELU(), nn.Linear(out_channels, out_channels))
 
 
-
 #: The ``ModelConfig`` settings that shape only the embedding a run writes
 #: (:meth:`RegionModel.final_embedding`), not training: they may differ from the trained model's when
 #: it embeds (``urbanrep embed --set``, :meth:`RegionModel.take_written_settings`).
@@ -369,6 +368,7 @@ def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any,
 
     walk(da, db, prefix)
     return out
+
 
 class RegionModel(nn.Module):
     """Modality experts (each a :class:`~urbanrep.experts.moe.ModalityMoE`), fusion and loss heads.
@@ -561,7 +561,7 @@ class RegionModel(nn.Module):
                               f"{', '.join('model.' + f for f in WRITTEN_FIELDS)} can change after training)")
         taken = {k.removeprefix("model."): want for k, want, _ in differ}
         if taken:
-            self.config = replace(self.config, **{k: requested.__dict__[k] for k in taken})
+            self.config = replace(self.config, **{k: getattr(requested, k) for k in taken})
         return [f"{k}={want!r} (trained: {have!r})" for k, want, have in differ]
 
     def check_graph(self, data: HeteroData) -> None:
