@@ -639,8 +639,14 @@ class RegionModel(nn.Module):
 
         near_all = None  # [R, R] selected regions within lc.negative_hops of each other
         if lc.negative_hops > 0:
-            anchors = torch.arange(n, device=dev) if rows is None else rows
-            near_all = near_pairs(data[ADJACENT].edge_index, n, anchors, lc.negative_hops)
+            adj_ei, hops = data[ADJACENT].edge_index, lc.negative_hops
+            if rows is None:  # the whole graph: the same pairs every step and for every member
+                near_all = graph_constant("near_pairs", (adj_ei,),
+                                          lambda: near_pairs(adj_ei, n, torch.arange(n, device=dev), hops),
+                                          extra=(n, hops, str(dev)))
+            else:
+                near_all = near_pairs(adj_ei, n, rows, hops)
+
 
         def near(mask: Tensor) -> Tensor | None:
             """The pairs among the selected rows ``mask`` that are not each other's negatives."""
