@@ -560,6 +560,7 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
 TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "output_position": 0,
                                  "output_norm": "none", "output_volumes": False,
                                  # inert with the volumes off; the scales every run before it wrote
+                                 # (urbanrep.volumes.DEFAULT_VOLUME_SCALES; literal: torch stays unimported here)
                                  "volume_scales": ("log", "linear")}
 TRANSFORM_FIELDS = tuple(TRANSFORM_OFF)
 

@@ -81,6 +81,11 @@ def test_twin_name_is_stable_across_later_settings() -> None:
     # what a run hashed before ``negative_hops`` existed recorded: the same name
     assert LATER_TRAINING_OFF["loss"]["negative_hops"] == 0
     assert base.endswith(_config_hash({"model": _before(config_to_dict(mc)), "train": _train(config_to_dict(tc))}))
+    # a cached run's meta without volume_scales was written with the package default
+    from experiments.benchmark import TRANSFORM_OFF
+    from urbanrep.volumes import DEFAULT_VOLUME_SCALES
+
+    assert TRANSFORM_OFF["volume_scales"] == DEFAULT_VOLUME_SCALES
 
 
 def _before(model: dict[str, Any]) -> dict[str, Any]:

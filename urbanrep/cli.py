@@ -194,9 +194,10 @@ def _print_run(run_dir: Path) -> None:
 
     emb = read_parquet(run_dir / "embeddings.parquet", "re-run training to rewrite it")
     print(f"run {run_dir}: {len(emb)} regions x {emb.shape[1] - 1} embedding dims")
-    for block in emb.attrs.get("urbanrep_columns", []):  # train.COLUMNS_ATTR; absent in runs before it
-        span = block["first"] if block["first"] == block["last"] else f"{block['first']} … {block['last']}"
-        print(f"  {span:<19} {block['holds']}")
+    from urbanrep.written import COLUMNS_ATTR, column_span
+
+    for block in emb.attrs.get(COLUMNS_ATTR, []):
+        print(f"  {column_span(block):<19} {block['holds']}")
     mpath = run_dir / "metrics.json"
     if mpath.exists():
         from urbanrep.pipeline_cli import print_metrics

@@ -83,7 +83,6 @@ from urbanrep.train import (
     save_checkpoint,
     write_run_outputs,
 )
-from urbanrep.written import layout_columns
 
 log = logging.getLogger(__name__)
 
@@ -522,7 +521,7 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
     result = TrainResult(model=model, embeddings=emb, fusion_weights=weights, modalities=model.modalities,
                          region_ids=list(getattr(data, "region_ids", range(n))), history=history,
                          epochs_run=last, stopped_early=stopping.stopped, run_dir=run_dir,
-                         columns=layout_columns(model.written_layout(data)))
+                         columns=model.written_columns(data))
     if writes is not None:
         write_run_outputs(result, writes, tc)
     return result

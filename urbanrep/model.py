@@ -45,7 +45,6 @@ from urbanrep.progress import progress_logging
 from urbanrep.runconfig import CONFIG_FILE, RunConfig, read_run_config
 from urbanrep.safe_files import load_weights_only
 from urbanrep.train import (
-    COLUMNS_ATTR,
     EMBEDDINGS,
     FUSION_WEIGHTS,
     MODEL_FILE,
@@ -57,7 +56,7 @@ from urbanrep.train import (
     save_model,
     train,
 )
-from urbanrep.written import layout_columns
+from urbanrep.written import COLUMNS_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def embed_graph(model: RegionModel, data: HeteroData, device: str = "cpu",
         emb_np = model.final_embedding(out.embedding.float().cpu().numpy(), data)
         weights_np = out.fusion_weights.float().cpu().numpy()
     ids = pd.Index(list(data.region_ids), name="region_id")
-    emb = embeddings_frame(list(ids), emb_np, layout_columns(model.written_layout(data)))
+    emb = embeddings_frame(list(ids), emb_np, model.written_columns(data))
     weights = pd.DataFrame(weights_np, columns=list(model.modalities), index=ids)
     return emb, weights
 

@@ -62,7 +62,7 @@ from urbanrep.graphs.schema import (
 )
 from urbanrep.position import position_count
 from urbanrep.volumes import DEFAULT_VOLUME_SCALES, region_volumes, volume_names, volume_scales_problem
-from urbanrep.written import OUTPUT_NORMS, written_layout, written_transform
+from urbanrep.written import OUTPUT_NORMS, layout_columns, written_layout, written_transform
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
 
@@ -494,6 +494,11 @@ class RegionModel(nn.Module):
         return written_layout(self.embedding_channels // (1 + c.output_scales), c.output_smoothing, c.output_scales,
                               position_count(num_regions(data), c.output_position), volumes, row)
 
+    def written_columns(self, data: HeteroData) -> list[dict[str, str]]:
+        """:meth:`written_layout` as column ranges (:func:`urbanrep.written.layout_columns`), as
+        ``embeddings.parquet`` records them."""
+        return layout_columns(self.written_layout(data))
+
     def final_embedding(self, emb: np.ndarray, data: HeteroData) -> np.ndarray:
         """The embedding a run writes from :meth:`forward`'s, for every region of the graph.
 
@@ -646,7 +651,6 @@ class RegionModel(nn.Module):
                                           extra=(n, hops, str(dev)))
             else:
                 near_all = near_pairs(adj_ei, n, rows, hops)
-
 
         def near(mask: Tensor) -> Tensor | None:
             """The pairs among the selected rows ``mask`` that are not each other's negatives."""

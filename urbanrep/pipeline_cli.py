@@ -41,7 +41,7 @@ def _default_run_dir(dataset: str | None) -> Path:
 #: The sections of a run configuration (``RunConfig``'s fields).
 RUN_SECTIONS = ("graph", "model", "train", "minibatch", "evaluate", "export")
 #: The configuration sections each stage command reads (``run`` reads them all); a ``--set`` of
-#: another section would have no effect there, so it is refused rather than silently ignored.
+#: another section has no effect there, so it is named in a warning rather than dropped silently.
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "build-graphs": ("graph",),
     "train": ("model", "train", "minibatch"),
@@ -60,19 +60,18 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Any:
                            [*(getattr(args, "set", None) or []), *threads, *(extra or [])])
 
 
-def check_set_sections(command: str | None, overrides: list[str]) -> list[str]:
+def check_set_sections(command: str | None, overrides: list[str]) -> None:
     """Warn, in one line, about every ``--set`` that ``command`` ignores (a setting of a section it does
-    not read: e.g. the same flags given to every stage); returns them."""
+    not read: e.g. the same flags given to every stage)."""
     sections = COMMAND_SECTIONS.get(command or "")
     if sections is None:
-        return []
+        return
     unused = [item for item in overrides
               if (section := item.split("=", 1)[0].strip().split(".", 1)[0]) in RUN_SECTIONS
               and section not in sections]  # an unknown section is the loader's error
     if unused:
         log.warning("'urbanrep %s' reads only the %s settings; ignored: %s", command, ", ".join(sections),
                     ", ".join(f"--set {u}" for u in unused))
-    return unused
 
 
 def _tqdm_reporter(stage: str, total: int | None) -> Any:

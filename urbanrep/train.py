@@ -64,7 +64,7 @@ from urbanrep.network import GraphMetadata, ModelConfig, RegionModel, combine_me
 from urbanrep.progress import start_progress
 from urbanrep.safe_files import load_weights_only
 from urbanrep.volumes import DEFAULT_VOLUME_SCALES
-from urbanrep.written import layout_columns
+from urbanrep.written import COLUMNS_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +211,6 @@ class TrainResult:
         """Fusion weights as a DataFrame indexed by ``region_id`` (one column per modality)."""
         return pd.DataFrame(self.fusion_weights, columns=list(self.modalities),
                             index=pd.Index(self.region_ids, name="region_id"))
-
-
-#: ``DataFrame.attrs`` key (kept in the Parquet file's metadata) of what an embedding's columns hold.
-COLUMNS_ATTR = "urbanrep_columns"
 
 
 def embeddings_frame(region_ids: list[Any], embeddings: np.ndarray,
@@ -779,7 +775,7 @@ def _train(data: HeteroData, mc: ModelConfig, tc: TrainConfig, device: torch.dev
     result = TrainResult(model=model, embeddings=emb, fusion_weights=weights, modalities=model.modalities,
                          region_ids=list(data.region_ids), history=history, epochs_run=last,
                          stopped_early=stopping.stopped, run_dir=run_dir,
-                         columns=layout_columns(model.written_layout(data)))
+                         columns=model.written_columns(data))
     if run_dir is not None:
         write_run_outputs(result, run_dir, tc)
     return result

@@ -106,6 +106,16 @@ def written_layout(channels: int, share: float, scales: int, positions: int,
     return blocks
 
 
+#: ``DataFrame.attrs`` key (kept in the Parquet file's metadata) of what an embedding's columns hold
+#: (:func:`layout_columns`; absent in embeddings written before it).
+COLUMNS_ATTR = "urbanrep_columns"
+
+
+def column_span(block: dict[str, str]) -> str:
+    """``"emb_000 … emb_063"`` (or the one column) of a :func:`layout_columns` block."""
+    return block["first"] if block["first"] == block["last"] else f"{block['first']} … {block['last']}"
+
+
 def layout_columns(layout: Sequence[tuple[str, int]], prefix: str = "emb_") -> list[dict[str, str]]:
     """:func:`written_layout` as ``{"first", "last", "holds"}`` column ranges (``emb_000`` ...)."""
     out, start = [], 0

@@ -28,6 +28,7 @@ from urbanrep import __version__
 from urbanrep.atomic import write_text_atomic
 from urbanrep.export.gis import ExportError, region_table
 from urbanrep.export.maps import make_figures
+from urbanrep.written import COLUMNS_ATTR, column_span
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +193,9 @@ def _tables_html(run_dir: Path, regions: gpd.GeoDataFrame | None) -> str:
         of = f" of {n_regions} regions" if n_regions is not None else ""
         parts.append(f"<p>Embedding: <b>{len(emb)}</b> rows{_esc(of)}, <b>{emb.shape[1]}</b> dimensions, "
                      f"{complete} rows complete (no NaN).</p>")
-        layout = raw.attrs.get("urbanrep_columns") or []  # train.COLUMNS_ATTR; absent in runs before it
+        layout = raw.attrs.get(COLUMNS_ATTR) or []
         if layout:
-            rows = [[_esc(b["first"] if b["first"] == b["last"] else f"{b['first']} … {b['last']}"), _esc(b["holds"])]
-                    for b in layout]
+            rows = [[_esc(column_span(b)), _esc(b["holds"])] for b in layout]
             parts.append("<h3>What the embedding's columns hold</h3>" + _table(["columns", "holds"], rows))
     w_path = run_dir / "fusion_weights.parquet"
     if w_path.exists():
