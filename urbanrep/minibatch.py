@@ -77,6 +77,7 @@ from urbanrep.train import (
     _deterministic,
     _num_threads,
     checkpoint_state,
+    make_optimiser,
     optimisation_step,
     read_checkpoint,
     resolve_device,
@@ -408,7 +409,7 @@ def _train_minibatch(data: HeteroData, mc: ModelConfig, tc: TrainConfig, bc: Min
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     metadata = GraphMetadata.from_data(data)
     model = RegionModel(mc, metadata).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)  # as train() builds it
+    opt = make_optimiser(model, tc)
     sampler = BatchSampler(data, bc)
     n = sampler.n
     loss_nodes = sampler.loss_nodes(mc.loss.max_nodes)
