@@ -189,7 +189,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_scales2": ("candidate: smoothing share 0.5, and its 1- and 2-hop neighbour means appended (192-d)",
                         _written(0.5, 2)),
         "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing, scales, positional "
-                             "columns or volumes (64-d, rescaled to unit total variance; the default before 2026-12-06c, at "
+                             "columns or volumes (64-d, rescaled to the default's total variance; the default before 2026-12-06c, at "
                              "the scale as trained)",
                              _written(0.0, 0)),
         "abl_no_norm": ("ablation: the written embedding, volumes included, at the scale as trained (the scale of "
@@ -209,6 +209,11 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         # Round 2026-12-06s: the written embedding's overall scale.
         "dev_unitvar": ("candidate: the written embedding scaled to unit total variance (output_norm)",
                         lambda mc: replace(mc, output_norm="unit_variance")),
+        # Round 2026-12-06v: the total variance the written embedding is scaled to.
+        "dev_var3": ("candidate: the written embedding scaled to total variance 3 (output_variance; default 1)",
+                     lambda mc: replace(mc, output_variance=3.0)),
+        "dev_var10": ("candidate: the written embedding scaled to total variance 10 (output_variance)",
+                      lambda mc: replace(mc, output_variance=10.0)),
         # Round 2026-12-06t: near regions are not each other's negatives in the region-level contrast.
         "dev_neg1": ("candidate: adjacent regions are not each other's negatives in the contrast (negative_hops 1)",
                      loss(negative_hops=1)),
@@ -559,6 +564,8 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
 #: no training, and a cached run's meta that lacks one was written with it off.
 TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "output_position": 0,
                                  "output_norm": "none", "output_volumes": False,
+                                 # inert with output_norm "none"; the total variance every run before it wrote
+                                 "output_variance": 1.0,
                                  # inert with the volumes off; the scales every run before it wrote
                                  # (urbanrep.volumes.DEFAULT_VOLUME_SCALES; literal: torch stays unimported here)
                                  "volume_scales": ("log", "linear")}
@@ -584,7 +591,7 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 #: Output-transform settings added after the as-trained runs were first hashed. A twin always has
 #: them off, so they are left out of its hash and the twins trained before them still match; a
 #: cached run from before them lacks them (``experiments/quality_checks.py`` applies them to it).
-LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "volume_scales")
+LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "volume_scales", "output_variance")
 
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that
@@ -608,7 +615,8 @@ def output_transform(trained: pd.DataFrame, data: Any, mc: Any) -> pd.DataFrame:
     x = trained.loc[ids].to_numpy(np.float32)
     volumes = region_volumes(data, mc.modalities or data.modalities, mc.volume_scales) if mc.output_volumes else None
     return embeddings_frame(ids, written_transform(x, data[ADJACENT].edge_index.cpu().numpy(), mc.output_smoothing,
-                                                   mc.output_scales, mc.output_position, mc.output_norm, volumes))
+                                                   mc.output_scales, mc.output_position, mc.output_norm, volumes,
+                                                   mc.output_variance))
 
 
 PEER_PREFIX = "peer_"

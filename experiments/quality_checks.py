@@ -55,13 +55,18 @@ class NotCached(Exception):
     """A run that ``--only`` left to another process is not in the cache yet."""
 
 
+#: Settings of a written-embedding step rather than steps (inert while their step is off).
+STEP_SETTINGS = ("volume_scales", "output_variance")
+
+
 def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int, cache: Path, tag: str,
            allowed: bool) -> tuple[pd.DataFrame, dict[str, float]]:
     """Train the default model (on ``modalities``) or reuse the run cached under ``tag``.
 
     A cached run whose recorded settings differ from the current default's is trained anew, except
     when the only differences are written-embedding steps added after the run and off in it
-    (``benchmark.LATER_TRANSFORM_FIELDS``: the positional columns, the overall scale, the volumes):
+    (``benchmark.LATER_TRANSFORM_FIELDS``: the positional columns, the overall scale and its total
+    variance, the volumes):
     they are the last steps of the written embedding, so they are applied to the cached one.
     """
     from experiments.benchmark import (
@@ -85,7 +90,10 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
             return emb, cached["weights"]
         later = {k: TRANSFORM_OFF[k] for k in LATER_TRANSFORM_FIELDS}  # the last steps, off
         if set(changed) <= set(later) and all(recorded.get(k, off) == off for k, off in later.items() if k in changed):
-            missing = replace(mc, **{k: off for k, off in TRANSFORM_OFF.items() if k not in changed})
+            redo = set(changed) | set(STEP_SETTINGS)  # a step's settings are always the current ones
+            if "output_variance" in changed:  # the run was scaled to another total: scaling it again sets this one
+                redo.add("output_norm")
+            missing = replace(mc, **{k: off for k, off in TRANSFORM_OFF.items() if k not in redo})
             return output_transform(emb, data, missing), cached["weights"]
         log.info("%s seed %d: the cached run has other settings (%s); it is trained anew", tag, seed,
                  ", ".join(changed))

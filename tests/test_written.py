@@ -73,3 +73,36 @@ def test_written_layout_names_every_column() -> None:
     assert cols[2]["holds"] == "its 2-hop neighbour mean" and cols[3]["first"] == "emb_018"
     assert cols[-1] == {"first": "emb_024", "last": "emb_024", "holds": "volume: poi total, linear scale"}
     assert written_layout(6, 0.0, 0, 0)[0] == ("the embedding as trained", 6)
+
+
+def test_output_variance_sets_the_total_variance() -> None:
+    """``output_variance`` is the total the written embedding is scaled to; one factor for every entry."""
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(40, 6)).astype(np.float32) * 7
+    one = written_transform(emb, _path(40), 0.5, 2, 8, "unit_variance")
+    three = written_transform(emb, _path(40), 0.5, 2, 8, "unit_variance", total_variance=3.0)
+    assert abs(three.astype(np.float64).var(axis=0).sum() - 3.0) < 1e-4
+    np.testing.assert_allclose(three, one * np.sqrt(3.0), rtol=1e-5)
+    # inert without the overall scale
+    np.testing.assert_array_equal(written_transform(emb, _path(40), 0.5, 2, 8, total_variance=3.0),
+                                  written_transform(emb, _path(40), 0.5, 2, 8))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="output_variance"):
+            ModelConfig(output_variance=bad)
+
+
+def test_saved_configs_keep_their_total_variance() -> None:
+    """A model saved before ``output_variance`` existed wrote unit total variance and still does."""
+    from urbanrep.train import config_to_dict, model_config_from_dict
+
+    now = config_to_dict(ModelConfig())
+    assert model_config_from_dict(now).output_variance == ModelConfig().output_variance
+    before = {k: v for k, v in now.items() if k != "output_variance"}
+    assert model_config_from_dict(before).output_variance == 1.0
+
+
+def test_benchmark_twins_ignore_the_total_variance() -> None:
+    """The benchmark's 'off' value of output_variance is the one every run before it wrote."""
+    from experiments.benchmark import LATER_TRANSFORM_FIELDS, TRANSFORM_OFF
+
+    assert TRANSFORM_OFF["output_variance"] == 1.0 and "output_variance" in LATER_TRANSFORM_FIELDS

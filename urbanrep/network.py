@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
@@ -201,14 +202,24 @@ class ModelConfig:
             (``experiments/DESIGN_SELECTION_2026-12-06q.md``: score 0.530 against 0.495 without; one column
             per 4 regions was pruned, one per 16 scored 0.507).
         output_norm: The written embedding's overall scale, set last
-            (:func:`urbanrep.written.unit_total_variance`): ``"unit_variance"`` (default) divides
-            by the square root of the sum of the column variances, so a probe with a fixed penalty
+            (:func:`urbanrep.written.unit_total_variance`): ``"unit_variance"`` (default) scales it
+            to a fixed total variance (``output_variance``; the sum of the column variances), so a probe with a fixed penalty
             (a bare ``Ridge(alpha=1)``) regularises alike on every city; ``"none"`` keeps the
             scale as trained (a total variance of about 40-60). Anything that standardises
             columns, measures angles or clusters is unaffected. Chosen on the development cities
             in round 2026-12-06s (``experiments/DESIGN_SELECTION_2026-12-06s.md``): the same strict score
             (0.530), paper-protocol R² 0.475 against 0.418 (São Paulo 0.373 against 0.106;
             Chicago-77 0.613 against 0.650, Singapore 0.438 against 0.498).
+        output_variance: The total variance (sum of column variances) ``output_norm="unit_variance"``
+            scales the written embedding to. It sets how strongly a probe with a fixed penalty
+            (``Ridge(alpha=1)`` on the raw embedding) shrinks: directions that carry less than
+            about ``1 / (N * output_variance)`` of the variance are shrunk by more than half.
+            Nothing that standardises columns, measures angles or clusters sees it. Default 3,
+            chosen on the development cities in round 2026-12-06v (``experiments/DESIGN_SELECTION.md``):
+            every value ties on the strict score, and the paper protocol decided (mean R² 0.517
+            against 0.484 at 1 and 0.514 at 10; Chicago-77 0.709 against 0.642, Singapore 0.478
+            against 0.439, São Paulo 0.363 against 0.372). Models saved before the option read
+            back with 1, the scale they wrote.
         output_volumes: Append each region's own volume, before the overall scale: for every
             aggregated modality whose features include count columns, the total count on a log
             and on a linear scale (:func:`urbanrep.volumes.region_volumes`), each scaled like one
@@ -244,6 +255,7 @@ class ModelConfig:
     output_scales: int = 2
     output_position: int = 8
     output_norm: str = "unit_variance"
+    output_variance: float = 3.0
     output_volumes: bool = True
     volume_scales: tuple[str, ...] = DEFAULT_VOLUME_SCALES
 
@@ -269,6 +281,9 @@ class ModelConfig:
                               f"(0 appends nothing), got {self.output_position}")
         if self.output_norm not in OUTPUT_NORMS:
             raise ConfigError(f"ModelConfig.output_norm must be one of {OUTPUT_NORMS}, got {self.output_norm!r}")
+        if not (math.isfinite(self.output_variance) and self.output_variance > 0):
+            raise ConfigError(f"ModelConfig.output_variance must be a finite number > 0 (the written embedding's "
+                              f"total variance, default 3), got {self.output_variance}")
         problem = volume_scales_problem(self.volume_scales)
         if problem:
             raise ConfigError(f"ModelConfig.volume_scales {problem} (e.g. --set 'model.volume_scales=[log]')")
@@ -350,7 +365,7 @@ def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
 #: (:meth:`RegionModel.final_embedding`), not training: they may differ from the trained model's when
 #: it embeds (``urbanrep embed --set``, :meth:`RegionModel.take_written_settings`).
 WRITTEN_FIELDS = ("ensemble_output", "output_smoothing", "output_scales", "output_position", "output_norm",
-                  "output_volumes", "volume_scales")
+                  "output_variance", "output_volumes", "volume_scales")
 
 
 def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -510,8 +525,8 @@ class RegionModel(nn.Module):
         appended (:func:`urbanrep.smoothing.neighbourhood_scales`), and with ``output_position``
         > 0 the positional columns (:func:`urbanrep.position.append_position`), with
         ``output_volumes`` the regions' own count totals (:func:`urbanrep.volumes.region_volumes`);
-        last, with ``output_norm="unit_variance"``, the whole is scaled to unit total variance
-        (:func:`urbanrep.written.written_transform`). Apply it to the whole graph's embedding at
+        last, with ``output_norm="unit_variance"``, the whole is scaled to the total variance
+        ``output_variance`` (:func:`urbanrep.written.written_transform`). Apply it to the whole graph's embedding at
         once, never per batch.
 
         Args:
@@ -527,7 +542,7 @@ class RegionModel(nn.Module):
                    if self.config.output_volumes else None)
         return written_transform(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config.output_smoothing,
                                  self.config.output_scales, self.config.output_position, self.config.output_norm,
-                                 volumes)
+                                 volumes, self.config.output_variance)
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""

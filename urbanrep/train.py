@@ -258,6 +258,7 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         output_scales=int(d.get("output_scales", 0)),
         output_position=int(d.get("output_position", 0)),
         output_norm=str(d.get("output_norm", "none")),
+        output_variance=float(d.get("output_variance", 1.0)),
         output_volumes=bool(d.get("output_volumes", False)),
         volume_scales=tuple(d.get("volume_scales", DEFAULT_VOLUME_SCALES)),
     )

@@ -11,13 +11,14 @@ the volumes) the region's own input counts:
 4. the overall scale (:func:`unit_total_variance`).
 
 The last step sets the written embedding's total variance (the sum of its column variances, the
-mean squared distance of a row from the mean row) to 1. As trained, that scale is an accident of
+mean squared distance of a row from the mean row) to a fixed value (``ModelConfig.output_variance``,
+3 since round 2026-12-06v; 1 from round 2026-12-06s to it). As trained, that scale is an accident of
 the training run (between about 40 and 60 on the development cities, depending on city and seed),
 and a probe with a fixed penalty, such as the bare ``Ridge(alpha=1)`` the published region
 embedding papers fit, regularises by it: on a few hundred regions and a few hundred columns it is
-then nearly unpenalised least squares. At unit total variance the same fixed penalty means the same
-thing on every city and every width: it shrinks the directions that carry less than about ``1/N`` of
-the variance. Anything that standardises columns, measures angles or clusters (a scaler and ridge,
+then nearly unpenalised least squares. At a fixed total variance ``T`` the same fixed penalty means the
+same thing on every city and every width: it shrinks the directions that carry less than about
+``1/(N T)`` of the variance by more than half. Anything that standardises columns, measures angles or clusters (a scaler and ridge,
 cosine similarity, KMeans) is unaffected.
 
 Shapes: ``emb`` ``[N, C]``; ``edge_index`` ``[2, E]`` (region graph node indices).
@@ -36,23 +37,25 @@ from urbanrep.smoothing import neighbourhood_transform
 OUTPUT_NORMS = ("none", "unit_variance")
 
 
-def unit_total_variance(emb: np.ndarray) -> np.ndarray:
-    """``emb`` scaled so that its column variances sum to 1 (unchanged if they sum to 0).
+def unit_total_variance(emb: np.ndarray, total_variance: float = 1.0) -> np.ndarray:
+    """``emb`` scaled so that its column variances sum to ``total_variance`` (unchanged if they sum to 0).
 
     Args:
         emb: ``[N, C]`` embedding.
+        total_variance: The sum of column variances to scale to (``ModelConfig.output_variance``).
 
     Returns:
-        ``[N, C]`` float32: ``emb / sqrt(sum of column variances)``.
+        ``[N, C]`` float32: ``emb * sqrt(total_variance / sum of column variances)``.
     """
     total = float(column_variances(emb).sum())
     if not np.isfinite(total) or total <= 0.0:
         return emb
-    return (emb * np.float32(1.0 / np.sqrt(total))).astype(np.float32, copy=False)
+    return (emb * np.float32(np.sqrt(total_variance / total))).astype(np.float32, copy=False)
 
 
 def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int,
-                      regions_per_column: int, norm: str = "none", volumes: np.ndarray | None = None) -> np.ndarray:
+                      regions_per_column: int, norm: str = "none", volumes: np.ndarray | None = None,
+                      total_variance: float = 1.0) -> np.ndarray:
     """The whole written-embedding transform: :func:`~urbanrep.smoothing.neighbourhood_transform`,
     then :func:`~urbanrep.position.append_position`, then the volumes, then the overall scale.
 
@@ -70,6 +73,7 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
         norm: ``"none"`` (the scale as trained) or ``"unit_variance"`` (:func:`unit_total_variance`).
         volumes: Optional ``[N, V]`` centred columns to append, each scaled like one embedding column
             (:func:`urbanrep.volumes.region_volumes`; None or ``V == 0``: none).
+        total_variance: The total variance ``"unit_variance"`` scales to (``ModelConfig.output_variance``).
 
     Returns:
         ``[N, (1 + scales) * C + position_count(N, regions_per_column) + V]`` float32 (``emb``
@@ -80,7 +84,7 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
     out = append_position(neighbourhood_transform(emb, edge_index, share, scales), edge_index, regions_per_column)
     if volumes is not None:
         out = append_scaled(out, volumes)
-    return unit_total_variance(out) if norm == "unit_variance" else out
+    return unit_total_variance(out, total_variance) if norm == "unit_variance" else out
 
 
 def written_layout(channels: int, share: float, scales: int, positions: int,
