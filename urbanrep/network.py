@@ -226,7 +226,7 @@ class ModelConfig:
             embedding column. The smoothing and the neighbour means blur a region's own volume;
             these columns keep it (NYC-180: 6 columns, for POIs, trips and land use). Training is
             the same either way. On by default since round 2026-12-06u
-            (``experiments/DESIGN_SELECTION.md``): score 0.539 against 0.530, a tie that the
+            (``experiments/DESIGN_SELECTION_2026-12-06u.md``): score 0.539 against 0.530, a tie that the
             paper protocol decided (0.484 against 0.475); Chicago-77 0.574 against 0.546,
             Singapore and São Paulo level. Models saved before the option existed read back
             without it.
@@ -237,7 +237,7 @@ class ModelConfig:
             the linear scale they are far out in the tail, and a probe that standardises its
             columns then leans on them: on the held-out NYC-180 (measured after the choice, not
             used for it) ``("log",)`` keeps the strict-protocol R² of the embedding without
-            volumes where the default loses up to 0.05 (``experiments/DESIGN_SELECTION.md``,
+            volumes where the default loses up to 0.05 (``experiments/DESIGN_SELECTION_2026-12-06u.md``,
             README). The development cities do not tell the scales apart.
     """
 
