@@ -8,24 +8,24 @@ import pytest
 from urbanrep.errors import ConfigError
 from urbanrep.network import ModelConfig
 from urbanrep.position import column_variances, position_count
-from urbanrep.written import unit_total_variance, written_transform
+from urbanrep.written import scale_to_total_variance, written_transform
 
 
 def _path(n: int) -> np.ndarray:
     return np.array([np.arange(n - 1), np.arange(1, n)])
 
 
-def test_unit_total_variance_sums_the_column_variances_to_one() -> None:
+def test_scale_to_total_variance_sums_the_column_variances_to_one_by_default() -> None:
     rng = np.random.default_rng(0)
     emb = (rng.normal(size=(50, 130)) * rng.uniform(0.1, 9.0, size=130) + 4.0).astype(np.float32)
     np.testing.assert_allclose(column_variances(emb), emb.astype(np.float64).var(axis=0), rtol=1e-12)
-    out = unit_total_variance(emb)
+    out = scale_to_total_variance(emb)
     assert out.dtype == np.float32 and out.shape == emb.shape
     assert abs(out.astype(np.float64).var(axis=0).sum() - 1.0) < 1e-5
     ratio = out / emb  # one factor for every entry: directions, angles and clusters are unchanged
     np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-5)
     constant = np.ones((5, 3), np.float32)
-    assert unit_total_variance(constant) is constant  # nothing to scale
+    assert scale_to_total_variance(constant) is constant  # nothing to scale
 
 
 def test_written_transform_applies_the_scale_last() -> None:

@@ -202,8 +202,9 @@ class ModelConfig:
             (``experiments/DESIGN_SELECTION_2026-12-06q.md``: score 0.530 against 0.495 without; one column
             per 4 regions was pruned, one per 16 scored 0.507).
         output_norm: The written embedding's overall scale, set last
-            (:func:`urbanrep.written.unit_total_variance`): ``"unit_variance"`` (default) scales it
-            to a fixed total variance (``output_variance``; the sum of the column variances), so a probe with a fixed penalty
+            (:func:`urbanrep.written.scale_to_total_variance`): ``"unit_variance"`` (default; the
+            name from when the total was always 1) scales it to a fixed total variance
+            (``output_variance``; the sum of the column variances), so a probe with a fixed penalty
             (a bare ``Ridge(alpha=1)``) regularises alike on every city; ``"none"`` keeps the
             scale as trained (a total variance of about 40-60). Anything that standardises
             columns, measures angles or clusters is unaffected. Chosen on the development cities

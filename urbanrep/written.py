@@ -8,7 +8,7 @@ the volumes) the region's own input counts:
 2. the positional columns (:func:`urbanrep.position.append_position`);
 3. the region volumes, if given (:func:`urbanrep.volumes.region_volumes`, appended with
    :func:`urbanrep.position.append_scaled`);
-4. the overall scale (:func:`unit_total_variance`).
+4. the overall scale (:func:`scale_to_total_variance`).
 
 The last step sets the written embedding's total variance (the sum of its column variances, the
 mean squared distance of a row from the mean row) to a fixed value (``ModelConfig.output_variance``,
@@ -18,8 +18,8 @@ and a probe with a fixed penalty, such as the bare ``Ridge(alpha=1)`` the publis
 embedding papers fit, regularises by it: on a few hundred regions and a few hundred columns it is
 then nearly unpenalised least squares. At a fixed total variance ``T`` the same fixed penalty means the
 same thing on every city and every width: it shrinks the directions that carry less than about
-``1/(N T)`` of the variance by more than half. Anything that standardises columns, measures angles or clusters (a scaler and ridge,
-cosine similarity, KMeans) is unaffected.
+``1/(N T)`` of the variance by more than half. Anything that standardises columns, measures angles
+or clusters (a scaler and ridge, cosine similarity, KMeans) is unaffected.
 
 Shapes: ``emb`` ``[N, C]``; ``edge_index`` ``[2, E]`` (region graph node indices).
 """
@@ -37,7 +37,7 @@ from urbanrep.smoothing import neighbourhood_transform
 OUTPUT_NORMS = ("none", "unit_variance")
 
 
-def unit_total_variance(emb: np.ndarray, total_variance: float = 1.0) -> np.ndarray:
+def scale_to_total_variance(emb: np.ndarray, total_variance: float = 1.0) -> np.ndarray:
     """``emb`` scaled so that its column variances sum to ``total_variance`` (unchanged if they sum to 0).
 
     Args:
@@ -70,7 +70,7 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
         share: Smoothing share (0: none).
         scales: Hops of neighbour means to append (0: none).
         regions_per_column: One positional column per this many regions (0: none).
-        norm: ``"none"`` (the scale as trained) or ``"unit_variance"`` (:func:`unit_total_variance`).
+        norm: ``"none"`` (the scale as trained) or ``"unit_variance"`` (:func:`scale_to_total_variance`).
         volumes: Optional ``[N, V]`` centred columns to append, each scaled like one embedding column
             (:func:`urbanrep.volumes.region_volumes`; None or ``V == 0``: none).
         total_variance: The total variance ``"unit_variance"`` scales to (``ModelConfig.output_variance``).
@@ -84,7 +84,7 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
     out = append_position(neighbourhood_transform(emb, edge_index, share, scales), edge_index, regions_per_column)
     if volumes is not None:
         out = append_scaled(out, volumes)
-    return unit_total_variance(out, total_variance) if norm == "unit_variance" else out
+    return scale_to_total_variance(out, total_variance) if norm == "unit_variance" else out
 
 
 def written_layout(channels: int, share: float, scales: int, positions: int,
