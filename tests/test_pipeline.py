@@ -132,6 +132,12 @@ def test_embed_changes_only_the_written_embedding(nyc_run: Path, tmp_path: Path,
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "emb_000 … " in printed and " position: low-frequency Laplacian eigenvectors" in printed
+    assert "total variance 3 (the sum of the column variances)" in printed  # model.output_variance
+    assert main(["-q", "embed", str(nyc_run), str(nyc_run / "bundle"), "--out", str(tmp_path / "var1"),
+                 "--set", "model.output_variance=1"]) == 0
+    var1 = pd.read_parquet(tmp_path / "var1" / "embeddings.parquet").set_index("region_id")
+    assert abs(var1.to_numpy(np.float64).var(axis=0).sum() - 1.0) < 1e-4
+    np.testing.assert_allclose(var1.to_numpy() * np.sqrt(3.0), full.to_numpy(), rtol=1e-4, atol=1e-6)
     # the same columns before the volumes, only at another overall scale
     ratio = full.to_numpy()[:, :bare.shape[1]] / bare.to_numpy()
     np.testing.assert_allclose(ratio[np.abs(bare.to_numpy()) > 1e-3], ratio[0, 0], rtol=1e-3)

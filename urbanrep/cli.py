@@ -198,6 +198,9 @@ def _print_run(run_dir: Path) -> None:
 
     for block in emb.attrs.get(COLUMNS_ATTR, []):
         print(f"  {column_span(block):<19} {block['holds']}")
+    values = emb.drop(columns="region_id", errors="ignore").select_dtypes("number").to_numpy(dtype="float64")
+    if values.size:  # what a fixed-penalty probe regularises by (model.output_norm, model.output_variance)
+        print(f"  total variance {values.var(axis=0).sum():.4g} (the sum of the column variances)")
     mpath = run_dir / "metrics.json"
     if mpath.exists():
         from urbanrep.pipeline_cli import print_metrics
