@@ -570,6 +570,9 @@ TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "o
                                  # (urbanrep.volumes.DEFAULT_VOLUME_SCALES; literal: torch stays unimported here)
                                  "volume_scales": ("log", "linear")}
 TRANSFORM_FIELDS = tuple(TRANSFORM_OFF)
+#: Of those, the settings of a step rather than steps (inert while their step is off): code that
+#: switches steps off (``experiments/quality_checks.py``) keeps the current values of these.
+STEP_SETTINGS = ("volume_scales", "output_variance")
 
 
 def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, changed: Sequence[str]
@@ -609,14 +612,12 @@ def output_transform(trained: pd.DataFrame, data: Any, mc: Any) -> pd.DataFrame:
     from urbanrep.graphs.schema import ADJACENT
     from urbanrep.train import embeddings_frame
     from urbanrep.volumes import region_volumes
-    from urbanrep.written import written_transform
+    from urbanrep.written import written_from_config
 
     ids = list(data.region_ids)
     x = trained.loc[ids].to_numpy(np.float32)
     volumes = region_volumes(data, mc.modalities or data.modalities, mc.volume_scales) if mc.output_volumes else None
-    return embeddings_frame(ids, written_transform(x, data[ADJACENT].edge_index.cpu().numpy(), mc.output_smoothing,
-                                                   mc.output_scales, mc.output_position, mc.output_norm, volumes,
-                                                   mc.output_variance))
+    return embeddings_frame(ids, written_from_config(x, data[ADJACENT].edge_index.cpu().numpy(), mc, volumes))
 
 
 PEER_PREFIX = "peer_"

@@ -55,10 +55,6 @@ class NotCached(Exception):
     """A run that ``--only`` left to another process is not in the cache yet."""
 
 
-#: Settings of a written-embedding step rather than steps (inert while their step is off).
-STEP_SETTINGS = ("volume_scales", "output_variance")
-
-
 def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int, cache: Path, tag: str,
            allowed: bool) -> tuple[pd.DataFrame, dict[str, float]]:
     """Train the default model (on ``modalities``) or reuse the run cached under ``tag``.
@@ -71,6 +67,7 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     """
     from experiments.benchmark import (
         LATER_TRANSFORM_FIELDS,
+        STEP_SETTINGS,
         TRANSFORM_OFF,
         changed_settings,
         output_transform,

@@ -63,7 +63,7 @@ from urbanrep.graphs.schema import (
 )
 from urbanrep.position import position_count
 from urbanrep.volumes import DEFAULT_VOLUME_SCALES, region_volumes, volume_names, volume_scales_problem
-from urbanrep.written import OUTPUT_NORMS, layout_columns, written_layout, written_transform
+from urbanrep.written import OUTPUT_NORMS, layout_columns, written_from_config, written_layout
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
 
@@ -541,9 +541,7 @@ class RegionModel(nn.Module):
             emb = align_members(emb, self.config.ensemble)
         volumes = (region_volumes(data, self.modalities, self.config.volume_scales)
                    if self.config.output_volumes else None)
-        return written_transform(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config.output_smoothing,
-                                 self.config.output_scales, self.config.output_position, self.config.output_norm,
-                                 volumes, self.config.output_variance)
+        return written_from_config(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config, volumes)
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""

@@ -27,6 +27,7 @@ Shapes: ``emb`` ``[N, C]``; ``edge_index`` ``[2, E]`` (region graph node indices
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,25 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
     if volumes is not None:
         out = append_scaled(out, volumes)
     return scale_to_total_variance(out, total_variance) if norm == "unit_variance" else out
+
+
+def written_from_config(emb: np.ndarray, edge_index: np.ndarray, config: Any,
+                        volumes: np.ndarray | None = None) -> np.ndarray:
+    """:func:`written_transform` with the settings of a model configuration.
+
+    The one place that maps ``ModelConfig``'s written-embedding settings (``output_smoothing``,
+    ``output_scales``, ``output_position``, ``output_norm``, ``output_variance``) onto the
+    transform, for the model (:meth:`urbanrep.network.RegionModel.final_embedding`) and for code
+    that applies it to a saved as-trained embedding.
+
+    Args:
+        emb: ``[N, C]`` embedding as trained, rows in graph node order.
+        edge_index: ``[2, E]`` adjacency edges of the region graph.
+        config: A ``ModelConfig`` (read by attribute, so this module needs no import of it).
+        volumes: ``[N, V]`` region volumes when ``config.output_volumes``, else None.
+    """
+    return written_transform(emb, edge_index, config.output_smoothing, config.output_scales, config.output_position,
+                             config.output_norm, volumes, config.output_variance)
 
 
 def written_layout(channels: int, share: float, scales: int, positions: int,
