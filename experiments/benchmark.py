@@ -113,8 +113,12 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                                                                     fusion_contrast="cross"))),
         "prev_default": ("the previous default: one member, fusion contrast of two augmented views, no noise prior",
                          lambda mc: replace(mc, ensemble=1, fusion=replace(mc.fusion, prior="none"), **TRANSFORM_OFF,
+                                            expert=replace(mc.expert, flow_inputs=0),
                                             loss=replace(mc.loss, fusion_weight=1.0, fusion_contrast="views",
                                                          temperature=0.2))),
+        "abl_no_flow_inputs": ("ablation: the mobility expert without flow-profile inputs (expert.flow_inputs=0; "
+                               "the default before round 2026-12-07w)",
+                               lambda mc: replace(mc, expert=replace(mc.expert, flow_inputs=0))),
         "abl_views_fusion": ("ablation: fusion-level contrast of two augmented graph views (weight 1)",
                              loss(fusion_weight=1.0, fusion_contrast="views")),
         "abl_no_noise_prior": ("ablation: no noise prior on fusion and input retention",
@@ -231,6 +235,10 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         # Round 2026-12-06f: training settings no earlier round varied (declared before their runs).
         "dev_temp05": ("candidate: InfoNCE temperature 0.5 (0.2 then; the default since this round)", loss(temperature=0.5)),
         "dev_temp01": ("candidate: InfoNCE temperature 0.1", loss(temperature=0.1)),
+        "dev_flowin16": ("candidate: the mobility expert also gets 16 flow-profile components as input (expert.flow_inputs)",
+                         lambda mc: replace(mc, expert=replace(mc.expert, flow_inputs=16))),
+        "dev_flowin32": ("candidate: the mobility expert also gets 32 flow-profile components as input (expert.flow_inputs)",
+                         lambda mc: replace(mc, expert=replace(mc.expert, flow_inputs=32))),
         "dev_layers1": ("candidate: one message-passing layer per expert (default 2)",
                         lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1))),
         "dev_layers3": ("candidate: three message-passing layers per expert",
@@ -453,10 +461,13 @@ def changed_settings(cached: dict[str, Any], current: dict[str, Any], prefix: st
 
     A setting the cached meta lacks was added to the code after that run and is not compared
     (its run was trained without it, which its off default describes), except the output
-    transform, which did not exist before and so was 0.
+    transform, which did not exist before and so was 0, and the training settings of
+    :data:`LATER_TRAINING_OFF`, compared at their off value (a default since changed from it).
     """
     if not prefix:
         cached = {**json.loads(json.dumps(TRANSFORM_OFF)), **cached}  # tuples as the meta's lists
+        cached = {**cached, **{section: {**off, **cached[section]} for section, off in LATER_TRAINING_OFF.items()
+                               if isinstance(cached.get(section), dict)}}  # trained before they existed: off
     out: list[str] = []
     for key, value in current.items():
         if key not in cached:
@@ -599,7 +610,7 @@ LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "v
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that
 #: value a setting is left out of the hash, so the twins trained before it still match.
-LATER_TRAINING_OFF: dict[str, dict[str, Any]] = {"loss": {"negative_hops": 0}}
+LATER_TRAINING_OFF: dict[str, dict[str, Any]] = {"loss": {"negative_hops": 0}, "expert": {"flow_inputs": 0}}
 
 #: Cache-name prefix of the as-trained runs that transform-only variants share.
 TRAINED_PREFIX = "trained_"
@@ -979,6 +990,11 @@ def format_report(results: dict[str, Any]) -> str:
         for mname, m in res["methods"].items():
             legend.setdefault(mname, m["description"])
     lines += ["Rows: " + "; ".join(f"`{k}` = {v}" for k, v in legend.items()) + ".", ""]
+    if meta.get("kept"):
+        k = meta["kept"]
+        moved = "".join(f"; its `{a}` rows are shown as `{b}`" for a, b in (k.get("renamed") or {}).items())
+        lines += [f"Kept as measured on {k['date']} (`{k['from']}`{moved}), not recomputed by this run: "
+                  + ", ".join(f"`{r}`" for r in k["rows"]) + ".", ""]
     if meta.get("left_out"):
         lines += ["Not in this table (not trained for every seed yet): " + ", ".join(meta["left_out"]) + ".", ""]
     for name, res in results["cities"].items():
@@ -1076,6 +1092,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="train nothing: report the variants whose embeddings are cached for every seed")
     p.add_argument("--train-only", action="store_true",
                    help="only fill the embedding cache (run several in parallel, then once without it)")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="an earlier results.json whose rows this run does not compute are kept in the tables "
+                        "(peers, unchanged variants, other cities; each with its own code stamp)")
+    p.add_argument("--keep-renamed", nargs="*", default=[], metavar="OLD=NEW",
+                   help="with --keep: an earlier row of a city this run computes, kept under a new name (after a "
+                        "default change, urbanrep=abl_... keeps the previous default as the ablation restoring it)")
     p.add_argument("--publish", action="store_true",
                    help="also write experiments/RESULTS.md and experiments/results.json")
     args = p.parse_args(argv)
@@ -1112,6 +1134,45 @@ def check_out_folder(parser: argparse.ArgumentParser, out: Path) -> Path:
     return out
 
 
+def keep_rows(cities: dict[str, Any], path: Path, renamed: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fill ``cities`` (this run's results) with the rows of an earlier ``results.json`` it did not compute.
+
+    A row this run computed replaces the earlier one; an earlier row it did not compute (a peer, a
+    variant whose configuration a default change left as it was) and a whole city it did not run
+    are kept as they were measured, with their own training code stamps. Each merged city's quality
+    targets are checked again over the merged rows. ``renamed`` moves an earlier row of a city this
+    run computed to the name that now describes it (after a default change, the previous default's
+    ``urbanrep`` row is the ablation that restores it: ``{"urbanrep": "abl_no_flow_inputs"}``).
+
+    Returns:
+        What was kept: ``{"from": the earlier command, "date": its date, "rows": ["city/row", ...]}``.
+    """
+    old = json.loads(path.read_text())
+    renamed = renamed or {}
+    rows: list[str] = []
+    for name, earlier in old["cities"].items():
+        if name not in cities:
+            cities[name] = earlier
+            rows.append(f"{name}/*")
+            continue
+        merged = cities[name]["methods"]
+        for row, entry in earlier["methods"].items():
+            if row in renamed:
+                row = renamed[row]
+                entry = dict(entry, description=variant_description(row))
+            if row not in merged:
+                merged[row] = entry
+                rows.append(f"{name}/{row}")
+        order = [renamed.get(r, r) for r in earlier["methods"]]
+        order = ["urbanrep"] + [r for r in merged if r not in order] + [r for r in order if r != "urbanrep"]
+        cities[name]["methods"] = {r: merged[r] for r in dict.fromkeys(order) if r in merged}
+        cities[name]["tasks"] = [t for t in CITIES[name].tasks if _has_task(t, cities[name]["methods"])]
+        cities[name]["targets"] = check_targets(CITIES[name], cities[name]["methods"])
+    order = [c for c in old["cities"] if c in cities] + [c for c in cities if c not in old["cities"]]
+    cities.update({c: cities.pop(c) for c in order})
+    return {"from": old["meta"]["command"], "date": old["meta"]["date"], "rows": rows, "renamed": renamed}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("urbanrep").setLevel(logging.WARNING)
@@ -1132,6 +1193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--cached-only"]
     cmd = "python -m experiments.benchmark " + " ".join(shown)
+    kept = keep_rows(cities, args.keep, dict(r.split("=", 1) for r in args.keep_renamed)) if args.keep else None
     results = {"meta": {"command": cmd.strip(), "date": time.strftime("%Y-%m-%d"), "epochs": args.epochs,
                         "seeds": list(args.seeds), "strict_seeds": args.strict_seeds, "threads": args.threads,
                         "device": args.device, "ablations": args.ablation_list, "code_at_report": _code_version(),
@@ -1139,7 +1201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "train_wall_s": round(sum(m["train"]["wall_s_mean"] * len(m["train"]["seeds"])
                                                   for c in cities.values() for m in c["methods"].values()
                                                   if m["kind"] == "learned"), 1),
-                        "wall_s": round(time.perf_counter() - t0, 1)},
+                        "wall_s": round(time.perf_counter() - t0, 1), "kept": kept},
                "cities": cities}
     md = format_report(results)
     js = json.dumps(_json_safe(results), indent=1, allow_nan=False) + "\n"

@@ -213,6 +213,22 @@ VOLUME_CANDIDATES = ("urbanrep", "dev_volumes")
 #: (``ModelConfig.output_variance``); a transform, so the default's runs serve them. Same rule and cities.
 VARIANCE_CANDIDATES = ("urbanrep", "dev_var3", "dev_var10")
 
+#: Round 2026-12-07w (the eleventh session's first round): the mobility expert's inputs are its
+#: flow totals; the OD structure (where a region's trips go) reaches it only through message
+#: passing. The candidates also feed it the leading principal components of each region's flow
+#: profile (``ExpertConfig.flow_inputs``, 16 or 32), an input-side counterpart of round h's
+#: flow-profile retention. Trained anew (a training change); Singapore has no mobility and reuses
+#: the default's runs. Same rule and cities.
+FLOW_INPUT_CANDIDATES = ("urbanrep", "dev_flowin16", "dev_flowin32")
+
+#: Round 2026-12-07x (declared after round w and a look at mobility-only models on Chicago-77 and
+#: São Paulo, before this run): the same candidates on the development cities' graphs built with
+#: mobility alone (``--modalities mobility --cities chicago77 sao_paulo``), the development view of
+#: issue 14's mobility-only check. The look (3 seeds, written embedding) put flow inputs 16 at a city
+#: score of 0.295 against 0.273 on Chicago-77 and 0.347 against 0.338 on São Paulo (32: 0.342 on São
+#: Paulo). A win here would set the flow inputs of mobility-only models only (round w decides the rest).
+SOLO_FLOW_INPUT_CANDIDATES = FLOW_INPUT_CANDIDATES
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")
@@ -235,7 +251,7 @@ HELD_OUT = ("nyc180", "nyc_tracts")
 def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     """Whether ``candidate`` trains exactly like the default on a graph with ``modalities``."""
     single = len(modalities) < 2
-    if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3"):
+    if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3", "dev_flowin16", "dev_flowin32"):
         return "mobility" not in modalities
     if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01",
                      "abl_temp02", "dev_neg1", "dev_neg2"):
@@ -300,13 +316,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train and score every candidate on every development city."""
     from urbanrep.graphs import GraphConfig, build_graph
 
+    modalities = tuple(args.modalities) if args.modalities else None
     results: dict[str, Any] = {"candidates": {}, "cities": list(args.cities), "seeds": list(args.seeds),
-                               "epochs": args.epochs, "strict_seeds": args.strict_seeds}
+                               "epochs": args.epochs, "strict_seeds": args.strict_seeds,
+                               "modalities": list(modalities) if modalities else None}
     pruned: dict[str, float] = {}
     cities = sorted(args.cities, key=lambda c: c != PRUNE_CITY)
     for city_name in cities:
         bundle = load_city(CITIES[city_name], args.data_root)
-        data, _ = build_graph(bundle, GraphConfig())
+        data, _ = build_graph(bundle, GraphConfig(modalities=modalities))
+        if modalities and set(data.modalities) != set(modalities):
+            raise SystemExit(f"select_design: {city_name} has {list(data.modalities)}, not every one of "
+                             f"--modalities {list(modalities)}; leave it out of --cities")
         tasks = scalar_tasks(city_name)
         blocks = spatial_blocks_for(len(bundle.region_ids))
         for cand in args.candidates:
@@ -406,7 +427,10 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
              f"Regenerate with `{command}` ({time.strftime('%Y-%m-%d')}).", "",
              f"Development cities: {', '.join(cities)} (strict protocol, {res['strict_seeds']} shuffled splits; "
              f"{res['epochs']} epochs; training seeds {res['seeds']}). Held out, never scored here: "
-             f"{', '.join(HELD_OUT)}. Score = mean over cities of the city score, which is the mean of the "
+             f"{', '.join(HELD_OUT)}."
+             + (f" Every city's graph holds only {', '.join(res['modalities'])} (a modality-subset round)."
+                if res.get("modalities") else "")
+             + " Score = mean over cities of the city score, which is the mean of the "
              "strict R² over the city's scalar tasks under shuffled folds and under spatial-block folds (the "
              f"same strict pipeline, GroupKFold over about {SPATIAL_BLOCK_REGIONS} regions per block, at least "
              f"{MIN_SPATIAL_BLOCKS} blocks; KMeans on region centroids; the probe's ridge alpha chosen on held-out "
@@ -497,6 +521,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cities", nargs="+", default=list(DEV_CITIES), choices=[c for c in CITIES if c not in HELD_OUT],
                    help="development cities (the held-out benchmark cities cannot be chosen)")
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(model_variants()))
+    p.add_argument("--modalities", nargs="+", default=None,
+                   help="build each city's graph with only these modalities (a subset round, e.g. mobility "
+                        "alone); every city given must have all of them")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="fixed budget (default: TrainConfig().epochs)")
     p.add_argument("--strict-seeds", type=int, default=5)

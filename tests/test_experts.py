@@ -282,3 +282,31 @@ def test_weighted_aggregate_matches_graphconv_and_gradcheck():
     plain = GraphConv(3, 5, aggr="add").double()
     torch.testing.assert_close(plain.lin_rel(weighted_aggregate(x, ei[0], ei[1], w, n)) + plain.lin_root(x),
                                plain(x, ei, w))
+
+
+def test_mobility_flow_inputs(nyc_graph):
+    """``flow_inputs`` feeds flow-profile components to the mobility expert: it changes the output
+    and stays equivariant to region order; a graph prepared for mini-batches carries the whole
+    city's components into its subgraphs, and the expert reads them there."""
+    from dataclasses import replace
+
+    from urbanrep.experts.mobility import FLOW_PROFILE_KEY, with_flow_profile
+    from urbanrep.subgraph import InducedSubgraphs
+
+    md = GraphMetadata.from_data(nyc_graph)
+    torch.manual_seed(0)
+    expert = expert_from_config(get_expert("mobility"), md.channels("mobility"), replace(CFG, flow_inputs=8),
+                                num_slices=md.num_slices).eval()
+    out = _assert_equivariant(expert, nyc_graph)
+    prepared = with_flow_profile(nyc_graph, 8)
+    assert FLOW_PROFILE_KEY not in nyc_graph["region"]  # a copy: the caller's graph is left as it was
+    with torch.no_grad():
+        torch.testing.assert_close(expert(prepared), out)  # the same components, stored or computed
+        batch = InducedSubgraphs(prepared)({"region": torch.arange(0, 180, 2).numpy()})
+        torch.testing.assert_close(expert.flow_profile(batch), prepared["region"][FLOW_PROFILE_KEY][::2])
+        expert.flow_proj.weight.zero_()
+        expert.flow_proj.bias.zero_()
+        assert not torch.allclose(out, expert(nyc_graph), atol=1e-4)
+    assert with_flow_profile(nyc_graph, 0) is nyc_graph
+    with pytest.raises(ConfigError):
+        ExpertConfig(flow_inputs=-1)

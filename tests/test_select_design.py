@@ -100,3 +100,27 @@ def _train(train: dict[str, Any]) -> dict[str, Any]:
     from experiments.benchmark import _NON_SEMANTIC
 
     return {k: v for k, v in train.items() if k not in _NON_SEMANTIC}
+
+
+def test_benchmark_keeps_the_rows_a_run_did_not_compute(tmp_path) -> None:
+    """``--keep``: an earlier results.json fills in the rows and cities a run did not compute; a row
+    of a computed city can be kept under a new name (the previous default as its ablation)."""
+    import copy
+    import json
+
+    from experiments.benchmark import REPO, keep_rows
+
+    earlier = json.loads((REPO / "experiments" / "results.json").read_text())
+    old = tmp_path / "results.json"
+    old.write_text(json.dumps(earlier))
+    sp = copy.deepcopy(earlier["cities"]["sao_paulo"])
+    sp["methods"] = {k: v for k, v in sp["methods"].items() if not k.startswith("peer_")}
+    cities = {"sao_paulo": sp}
+    kept = keep_rows(cities, old, {"urbanrep": "abl_no_flow_inputs"})
+    assert list(cities) == list(earlier["cities"])  # the other cities kept, in their order
+    methods = cities["sao_paulo"]["methods"]
+    assert list(methods)[0] == "urbanrep" and "abl_no_flow_inputs" in methods
+    assert {"peer_hafusion", "peer_hrep"} <= set(methods)
+    assert methods["abl_no_flow_inputs"]["paper"] == earlier["cities"]["sao_paulo"]["methods"]["urbanrep"]["paper"]
+    assert "sao_paulo/peer_hafusion" in kept["rows"] and "nyc180/*" in kept["rows"]
+    assert cities["nyc180"] == earlier["cities"]["nyc180"]

@@ -56,6 +56,7 @@ from urbanrep.atomic import atomic_path, write_bytes_atomic, write_parquet_atomi
 from urbanrep.distributed import current_ranks, env_world_size
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
+from urbanrep.experts.mobility import with_flow_profile
 from urbanrep.experts.moe import MoEConfig
 from urbanrep.fusion.losses import LossConfig
 from urbanrep.fusion.spatial import FusionConfig
@@ -247,7 +248,7 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     mods = d.get("modalities")
     return ModelConfig(
         # Models saved before an option existed were trained without it (its off value here).
-        expert=ExpertConfig(**d["expert"]), moe=MoEConfig(**d["moe"]),
+        expert=ExpertConfig(**{"flow_inputs": 0, **d["expert"]}), moe=MoEConfig(**d["moe"]),
         fusion=FusionConfig(**{"prior": "none", **d["fusion"]}),
         loss=LossConfig(**{"feature_target": "log", "flow_components": 0, "solo_flow_components": 0, **d["loss"]}),
         uniform_experts=d["uniform_experts"],
@@ -706,6 +707,7 @@ def train(data: HeteroData, model_config: ModelConfig | None = None, train_confi
         raise ConfigError("full-graph training runs in one process; for data-parallel training over several "
                           "processes set train.mode=minibatch (--set train.mode=minibatch)")
     validate_graph(data)
+    data = with_flow_profile(data, mc.expert.flow_inputs)  # the city's components, kept in augmented views
     t0, cpu0 = time.perf_counter(), time.process_time()
     device = resolve_device(tc.device)
     run_path = Path(run_dir) if run_dir is not None else None

@@ -45,6 +45,15 @@ class ExpertConfig:
             ``max(input_dropout, 0.3)`` because its 512-d image features are noisy).
         heads: Attention heads (POI expert).
         log_inputs: Apply ``sign(x) * log1p(|x|)`` before standardising (count-like inputs).
+        flow_inputs: Mobility expert: also feed it this many leading principal components of each
+            region's flow profile (where its trips go and where its visitors come from,
+            :func:`~urbanrep.fusion.losses.flow_profile_components`) beside its flow totals. The
+            OD structure otherwise reaches the expert only through message passing. 0: off.
+            Default 16, chosen on the development cities only (round 2026-12-07w,
+            ``experiments/DESIGN_SELECTION.md``): a tie on the strict score (0.537 against 0.539
+            without) that the declared rule hands to the paper protocol (0.526 against 0.517);
+            with mobility alone (round 2026-12-07x) 0.316 against 0.306. Models saved before the
+            option read back with 0, as they were trained.
     """
 
     hidden_channels: int = 64
@@ -54,11 +63,14 @@ class ExpertConfig:
     input_dropout: float = 0.0
     heads: int = 4
     log_inputs: bool = True
+    flow_inputs: int = 16
 
     def __post_init__(self) -> None:
         for name in ("hidden_channels", "out_channels", "num_layers", "heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ExpertConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.flow_inputs < 0:
+            raise ConfigError(f"ExpertConfig.flow_inputs must be >= 0 (0 switches it off), got {self.flow_inputs}")
         for name in ("dropout", "input_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"ExpertConfig.{name} must be in [0, 1), got {getattr(self, name)}")

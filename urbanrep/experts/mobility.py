@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
@@ -10,6 +12,7 @@ from torch_geometric.utils import scatter
 
 from urbanrep.experts.base import ResidualStackExpert, register_expert
 from urbanrep.experts.sparse import SparsePattern, edge_pattern, weighted_spmm
+from urbanrep.graphs.cache import graph_constant
 
 
 def flow_normalize(edge_index: Tensor, weight: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
@@ -53,6 +56,49 @@ def weighted_aggregate(x: Tensor, src: Tensor, dst: Tensor, weight: Tensor, num_
     if pattern is None:
         pattern = SparsePattern.from_edges(src, dst, num_nodes, num_nodes)
     return weighted_spmm(x, weight, pattern)
+
+
+#: Region attribute holding the flow-profile components a graph was prepared with (:func:`with_flow_profile`).
+FLOW_PROFILE_KEY = "flow_profile"
+
+
+def city_flow_profile(edge_index: Tensor, weight: Tensor | None, num_nodes: int, k: int) -> Tensor:
+    """``[N, k]`` leading principal components of the regions' flow profiles, with fixed signs.
+
+    :func:`~urbanrep.fusion.losses.flow_profile_components` of the OD edges (where each region's
+    trips go, as shares of its outflow, beside where its visitors come from), each column's sign
+    set so that its third moment is positive: an SVD's signs depend on the row order, this choice
+    does not, so an expert reading them stays equivariant to region order. A graph constant.
+    """
+    from urbanrep.fusion.losses import flow_profile_components
+
+    def build() -> Tensor:
+        w = torch.ones(edge_index.size(1), device=edge_index.device) if weight is None else weight
+        comps = flow_profile_components(edge_index, w, num_nodes, k)
+        return comps * torch.where(comps.pow(3).sum(0) < 0, -1.0, 1.0).to(comps.dtype)
+
+    return graph_constant("flow_inputs", (edge_index, weight), build, extra=(num_nodes, k))
+
+
+def with_flow_profile(data: HeteroData, k: int) -> HeteroData:
+    """A shallow copy of ``data`` whose regions carry their ``k`` flow-profile components of the whole graph.
+
+    Training prepares its graph with this (both paths): mini-batch training takes subgraphs of a
+    city, whose own OD edges would give other components (another basis in every batch), and an
+    augmented view with dropped edges would give others again; computed once here from the
+    city's OD graph, they travel with the regions into every batch and view
+    (``data['region'].flow_profile`` ``[N, k]``, read by :meth:`MobilityExpert.flow_profile`).
+    Returns ``data`` itself when ``k == 0`` or the graph has no OD edges.
+    """
+    from urbanrep.graphs.schema import MODALITY_EDGE
+
+    et = MODALITY_EDGE["mobility"]
+    if k <= 0 or et not in data.edge_types:
+        return data
+    out = copy.copy(data)
+    out["region"][FLOW_PROFILE_KEY] = city_flow_profile(data[et].edge_index, getattr(data[et], "edge_weight", None),
+                                                        int(data["region"].num_nodes), k)
+    return out
 
 
 #: Largest region count for which flows may be aggregated with dense ``[N, N]`` operators.
@@ -158,6 +204,8 @@ class MobilityExpert(ResidualStackExpert):
         log_inputs: Log-compress the input flows.
         num_slices: Width ``S`` of the edges' per-slice counts (0: use ``edge_weight``).
         alpha: Weight of the outgoing direction in each layer.
+        flow_inputs: Leading flow-profile components added to the encoded input (0: none);
+            see :class:`~urbanrep.experts.base.ExpertConfig`.
 
     Shapes:
         ``data['region'].x_mobility`` ``[N, F]`` -> ``[N, out_channels]``.
@@ -168,16 +216,33 @@ class MobilityExpert(ResidualStackExpert):
 
     def __init__(self, in_channels: int, hidden_channels: int = 64, out_channels: int = 64,
                  num_layers: int = 2, dropout: float = 0.1, input_dropout: float = 0.0,
-                 log_inputs: bool = True, num_slices: int = 0, alpha: float = 0.5) -> None:
+                 log_inputs: bool = True, num_slices: int = 0, alpha: float = 0.5, flow_inputs: int = 0) -> None:
         super().__init__(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout, log_inputs,
                          lambda: {"convs": nn.ModuleList([DirectedFlowConv(hidden_channels, hidden_channels, alpha)
                                                           for _ in range(num_layers)])})
         self.num_slices = num_slices
         self.slice_logits = nn.Parameter(torch.zeros(max(num_slices, 1)))
+        self.flow_inputs = flow_inputs
+        self.flow_proj = nn.Linear(flow_inputs, hidden_channels) if flow_inputs > 0 else None
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         nn.init.zeros_(self.slice_logits)
+        if self.flow_proj is not None:
+            self.flow_proj.reset_parameters()
+
+    def flow_profile(self, data: HeteroData) -> Tensor:
+        """``[N, flow_inputs]`` leading flow-profile components of the regions.
+
+        Read from ``data['region'].flow_profile`` when the graph carries them (a mini-batch of a
+        graph that :func:`with_flow_profile` prepared: the components of the whole city, not of the
+        batch), else computed from this graph's OD edges (a graph constant).
+        """
+        stored = data["region"].get(FLOW_PROFILE_KEY)
+        if stored is not None and stored.size(1) >= self.flow_inputs:
+            return stored[:, :self.flow_inputs]
+        ei, w, _ = self.view_edges(data)
+        return city_flow_profile(ei, w, data["region"].num_nodes, self.flow_inputs)
 
     def flow_weights(self, data: HeteroData) -> tuple[Tensor, Tensor, Tensor]:
         """``(edge_index, out_share, in_share)`` with the learned time-slice mix applied."""
@@ -193,6 +258,8 @@ class MobilityExpert(ResidualStackExpert):
         x, mask = self.features(data)
         ei, out_share, in_share = self.flow_weights(data)
         h = self.encoder(x, mask)
+        if self.flow_proj is not None:
+            h = h + self.flow_proj(self.flow_profile(data).to(h.dtype)) * mask.unsqueeze(-1).to(h.dtype)
         out_share, in_share = out_share.to(h.dtype), in_share.to(h.dtype)
         n = x.size(0)
         dense = dense_flow_operators(ei, out_share, in_share, n) if use_dense_flows(n, ei.size(1)) else None
