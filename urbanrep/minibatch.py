@@ -62,7 +62,7 @@ from torch_geometric.data import HeteroData
 
 from urbanrep.distributed import GradientAverager, Ranks, all_gather, broadcast, process_group, rank_device
 from urbanrep.errors import ConfigError, UrbanRepError
-from urbanrep.experts.mobility import with_flow_profile
+from urbanrep.experts.mobility import flow_inputs_for, with_flow_profile
 from urbanrep.graphs.schema import IMAGE, IMAGE_IN_REGION, REGION, validate_graph
 from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
 from urbanrep.partition import PartitionSampler, edge_cut
@@ -392,7 +392,7 @@ def train_minibatch(data: HeteroData, model_config: ModelConfig | None = None,
     if resume and run_dir is None:
         raise ConfigError("resume=True needs a run_dir holding checkpoints")
     validate_graph(data)
-    data = with_flow_profile(data, mc.expert.flow_inputs)  # the city's components, sliced into every batch
+    data = with_flow_profile(data, flow_inputs_for(mc, data))  # the city's components, sliced into every batch
     t0, cpu0 = time.perf_counter(), time.process_time()
     device = resolve_device(tc.device)
     run_path = Path(run_dir) if run_dir is not None else None
@@ -583,7 +583,7 @@ def embed_minibatch(model: RegionModel, data: HeteroData, config: MiniBatchConfi
         return (model.final_embedding(out.embedding.float().cpu().numpy().astype(np.float32), data),
                 out.fusion_weights.float().cpu().numpy().astype(np.float32))
     rng = rng or np.random.default_rng(INFERENCE_SEED)
-    prepared = with_flow_profile(data, model.config.expert.flow_inputs)  # the city's, not each batch's
+    prepared = with_flow_profile(data, flow_inputs_for(model.config, data))  # the city's, not each batch's
     sampler = BatchSampler(prepared, bc)
     emb = np.zeros((sampler.n, model.out_channels), np.float32)
     weights = np.zeros((sampler.n, len(model.modalities)), np.float32)

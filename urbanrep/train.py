@@ -56,7 +56,7 @@ from urbanrep.atomic import atomic_path, write_bytes_atomic, write_parquet_atomi
 from urbanrep.distributed import current_ranks, env_world_size
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
-from urbanrep.experts.mobility import with_flow_profile
+from urbanrep.experts.mobility import flow_inputs_for, with_flow_profile
 from urbanrep.experts.moe import MoEConfig
 from urbanrep.fusion.losses import LossConfig
 from urbanrep.fusion.spatial import FusionConfig
@@ -707,7 +707,7 @@ def train(data: HeteroData, model_config: ModelConfig | None = None, train_confi
         raise ConfigError("full-graph training runs in one process; for data-parallel training over several "
                           "processes set train.mode=minibatch (--set train.mode=minibatch)")
     validate_graph(data)
-    data = with_flow_profile(data, mc.expert.flow_inputs)  # the city's components, kept in augmented views
+    data = with_flow_profile(data, flow_inputs_for(mc, data))  # the city's components, kept in augmented views
     t0, cpu0 = time.perf_counter(), time.process_time()
     device = resolve_device(tc.device)
     run_path = Path(run_dir) if run_dir is not None else None

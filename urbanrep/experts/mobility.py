@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -99,6 +100,19 @@ def with_flow_profile(data: HeteroData, k: int) -> HeteroData:
     out["region"][FLOW_PROFILE_KEY] = city_flow_profile(data[et].edge_index, getattr(data[et], "edge_weight", None),
                                                         int(data["region"].num_nodes), k)
     return out
+
+
+def flow_inputs_for(config: Any, data: HeteroData) -> int:
+    """The flow-profile components a model configured by ``config`` (a ``ModelConfig``) reads on ``data``.
+
+    ``config.expert.flow_inputs`` when the model uses mobility (``config.modalities``, else every
+    modality of the graph) and builds its dedicated mobility expert; 0 otherwise, so that nothing is
+    computed for a model that never reads them.
+    """
+    used = config.modalities or tuple(getattr(data, "modalities", ()) or ())
+    if "mobility" not in used or config.uniform_experts:
+        return 0
+    return int(config.expert.flow_inputs)
 
 
 #: Largest region count for which flows may be aggregated with dense ``[N, N]`` operators.
