@@ -310,3 +310,14 @@ def test_mobility_flow_inputs(nyc_graph):
     assert with_flow_profile(nyc_graph, 0) is nyc_graph
     with pytest.raises(ConfigError):
         ExpertConfig(flow_inputs=-1)
+
+
+def test_models_saved_before_flow_inputs_read_back_without_them() -> None:
+    """A saved ``config.json`` without ``expert.flow_inputs`` was trained without them: it reads back 0."""
+    from urbanrep.network import ModelConfig
+    from urbanrep.train import config_to_dict, model_config_from_dict
+
+    now = config_to_dict(ModelConfig())
+    assert model_config_from_dict(now).expert.flow_inputs == ModelConfig().expert.flow_inputs == 16
+    before = {**now, "expert": {k: v for k, v in now["expert"].items() if k != "flow_inputs"}}
+    assert model_config_from_dict(before).expert.flow_inputs == 0

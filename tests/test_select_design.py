@@ -110,17 +110,24 @@ def test_benchmark_keeps_the_rows_a_run_did_not_compute(tmp_path) -> None:
 
     from experiments.benchmark import REPO, keep_rows
 
-    earlier = json.loads((REPO / "experiments" / "results.json").read_text())
+    real = json.loads((REPO / "experiments" / "results.json").read_text())["cities"]
+    sp = real["sao_paulo"]["methods"]
+    old_default, new_default = copy.deepcopy(sp["urbanrep"]), copy.deepcopy(sp["urbanrep"])
+    new_default["paper"] = dict(new_default["paper"], jobs=0.5)
+    earlier = {"meta": {"command": "python -m experiments.benchmark (earlier)", "date": "2026-12-06"},
+               "cities": {"nyc180": real["nyc180"],
+                          "sao_paulo": dict(real["sao_paulo"], methods={"urbanrep": old_default,
+                                                                         "peer_hafusion": sp["peer_hafusion"],
+                                                                         "raw_road": sp["raw_road"]})}}
     old = tmp_path / "results.json"
     old.write_text(json.dumps(earlier))
-    sp = copy.deepcopy(earlier["cities"]["sao_paulo"])
-    sp["methods"] = {k: v for k, v in sp["methods"].items() if not k.startswith("peer_")}
-    cities = {"sao_paulo": sp}
+    cities = {"sao_paulo": dict(real["sao_paulo"], methods={"urbanrep": new_default, "raw_road": sp["raw_road"]})}
     kept = keep_rows(cities, old, {"urbanrep": "abl_no_flow_inputs"})
-    assert list(cities) == list(earlier["cities"])  # the other cities kept, in their order
+    assert list(cities) == ["nyc180", "sao_paulo"]  # the other city kept, in the earlier order
     methods = cities["sao_paulo"]["methods"]
-    assert list(methods)[0] == "urbanrep" and "abl_no_flow_inputs" in methods
-    assert {"peer_hafusion", "peer_hrep"} <= set(methods)
-    assert methods["abl_no_flow_inputs"]["paper"] == earlier["cities"]["sao_paulo"]["methods"]["urbanrep"]["paper"]
-    assert "sao_paulo/peer_hafusion" in kept["rows"] and "nyc180/*" in kept["rows"]
-    assert cities["nyc180"] == earlier["cities"]["nyc180"]
+    assert list(methods) == ["urbanrep", "abl_no_flow_inputs", "peer_hafusion", "raw_road"]
+    assert methods["urbanrep"]["paper"]["jobs"] == 0.5  # this run's row wins
+    assert methods["abl_no_flow_inputs"]["paper"] == old_default["paper"]
+    assert "without flow-profile inputs" in methods["abl_no_flow_inputs"]["description"]
+    assert kept["rows"] == ["nyc180/*", "sao_paulo/abl_no_flow_inputs", "sao_paulo/peer_hafusion"]
+    assert cities["nyc180"] == real["nyc180"]
