@@ -431,6 +431,23 @@ def test_report_targets_flags_and_protocol(run_dir: Path, regions: gpd.GeoDataFr
     assert "crime: 1 region(s) have the value 0" in text
 
 
+def test_report_reads_targets_described_by_their_definition_alone(run_dir: Path, regions: gpd.GeoDataFrame,
+                                                                   tmp_path: Path) -> None:
+    """Most converters describe a target by a string (its definition): the report reads it from the
+    bundle's manifest (it used to fail on every city but NYC-180)."""
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "bundle").mkdir(exist_ok=True)
+    (run / "bundle" / "manifest.json").write_text(json.dumps(
+        {"provenance": {"targets": {"crime": "crime count (Chicago Data Portal)", "odd": 3}}}), encoding="utf-8")
+    text = write_report(run, regions).read_text(encoding="utf-8")
+    assert "crime count (Chicago Data Portal)" in text
+    text = write_report(run, regions, targets={"crime": "crimes, as a string"}).read_text(encoding="utf-8")
+    assert "crimes, as a string" in text
+
+
 def test_report_interactive_map_works_offline_in_headless_chromium(run_dir: Path, regions: gpd.GeoDataFrame,
                                                                    tmp_path: Path) -> None:
     """The report's map script runs with the network off and builds the hover panel of a region."""

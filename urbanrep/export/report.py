@@ -259,13 +259,31 @@ def _protocol_html(metrics: dict[str, Any] | None) -> str:
 
 
 def target_info(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Per-target ``definition``, ``unit`` and ``kind`` from ``run_dir/bundle/manifest.json`` (empty if none)."""
+    """Per-target ``definition``, ``unit`` and ``kind`` from ``run_dir/bundle/manifest.json`` (empty if none).
+
+    A bundle's provenance may describe a target by a mapping (``definition``, ``unit``, ``kind``) or
+    by its definition alone, a string (what most converters write); both are read.
+    """
     manifest = run_dir / "bundle" / "manifest.json"
     try:
         info = json.loads(manifest.read_text(encoding="utf-8")).get("provenance", {}).get("targets", {})
     except (OSError, ValueError, AttributeError):
         return {}
-    return info if isinstance(info, dict) else {}
+    return normalise_target_info(info)
+
+
+def normalise_target_info(info: Any) -> dict[str, dict[str, Any]]:
+    """``{target: {"definition": ..., ...}}`` from a provenance ``targets`` entry (mappings kept, a
+    string taken as the definition, anything else dropped)."""
+    if not isinstance(info, dict):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for target, meta in info.items():
+        if isinstance(meta, dict):
+            out[str(target)] = meta
+        elif isinstance(meta, str):
+            out[str(target)] = {"definition": meta}
+    return out
 
 
 def _targets_html(predictions: pd.DataFrame | None, info: dict[str, dict[str, Any]]) -> str:
@@ -325,7 +343,7 @@ def render_report(
     metrics = _read_json(run_dir / "metrics.json")
     config = _read_json(run_dir / "config.json")
     predictions = _read_table(run_dir / "predictions.parquet")
-    info = targets if targets is not None else target_info(run_dir)
+    info = normalise_target_info(targets) if targets is not None else target_info(run_dir)
     interactive = '<p class="note">No region polygons were given: no interactive map.</p>'
     if regions is not None:
         from urbanrep.export.interactive import interactive_map_html
