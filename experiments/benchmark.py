@@ -1122,6 +1122,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if bad:
             p.error(f"unknown ablation(s) {bad}; choose from {names}")
         args.ablation_list = list(args.ablations)
+    if args.keep_renamed and args.keep is None:
+        p.error("--keep-renamed needs --keep FILE (the earlier results.json whose rows it renames)")
+    if args.keep is not None and not args.keep.is_file():
+        p.error(f"--keep {args.keep}: no such file; give an earlier results.json (e.g. experiments/results.json)")
+    bad = [r for r in args.keep_renamed if r.count("=") != 1 or not all(r.split("="))]
+    if bad:
+        p.error(f"--keep-renamed takes OLD=NEW row names (e.g. urbanrep=abl_no_flow_inputs), got {bad}")
     check_out_folder(p, args.out)
     return args
 
@@ -1145,7 +1152,8 @@ def keep_rows(cities: dict[str, Any], path: Path, renamed: dict[str, str] | None
     ``urbanrep`` row is the ablation that restores it: ``{"urbanrep": "abl_no_flow_inputs"}``).
 
     Returns:
-        What was kept: ``{"from": the earlier command, "date": its date, "rows": ["city/row", ...]}``.
+        What was kept: ``{"from": the earlier command, "date": its date, "rows": ["city/row", ...],
+        "renamed": renamed}`` (``"city/*"`` for a whole city).
     """
     old = json.loads(path.read_text())
     renamed = renamed or {}

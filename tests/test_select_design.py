@@ -131,3 +131,19 @@ def test_benchmark_keeps_the_rows_a_run_did_not_compute(tmp_path) -> None:
     assert "without flow-profile inputs" in methods["abl_no_flow_inputs"]["description"]
     assert kept["rows"] == ["nyc180/*", "sao_paulo/abl_no_flow_inputs", "sao_paulo/peer_hafusion"]
     assert cities["nyc180"] == real["nyc180"]
+
+
+def test_benchmark_keep_options_are_checked(tmp_path) -> None:
+    """``--keep`` needs an existing file and ``--keep-renamed`` OLD=NEW pairs: one-line errors otherwise."""
+    from experiments.benchmark import parse_args
+
+    out = ["--out", str(tmp_path / "bench")]
+    with pytest.raises(SystemExit):
+        parse_args(out + ["--keep", str(tmp_path / "missing.json")])
+    with pytest.raises(SystemExit):
+        parse_args(out + ["--keep-renamed", "urbanrep=abl_no_flow_inputs"])  # without --keep
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        parse_args(out + ["--keep", str(tmp_path / "results.json"), "--keep-renamed", "urbanrep"])
+    args = parse_args(out + ["--keep", str(tmp_path / "results.json"), "--keep-renamed", "urbanrep=abl_x"])
+    assert args.keep_renamed == ["urbanrep=abl_x"]
