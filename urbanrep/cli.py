@@ -194,13 +194,14 @@ def _print_run(run_dir: Path) -> None:
 
     emb = read_parquet(run_dir / "embeddings.parquet", "re-run training to rewrite it")
     print(f"run {run_dir}: {len(emb)} regions x {emb.shape[1] - 1} embedding dims")
+    from urbanrep.position import column_variances
     from urbanrep.written import COLUMNS_ATTR, column_span
 
     for block in emb.attrs.get(COLUMNS_ATTR, []):
         print(f"  {column_span(block):<19} {block['holds']}")
     values = emb.drop(columns="region_id", errors="ignore").select_dtypes("number").to_numpy(dtype="float64")
     if values.size:  # what a fixed-penalty probe regularises by (model.output_norm, model.output_variance)
-        print(f"  total variance {values.var(axis=0).sum():.4g} (the sum of the column variances)")
+        print(f"  total variance {column_variances(values).sum():.4g} (the sum of the column variances)")
     mpath = run_dir / "metrics.json"
     if mpath.exists():
         from urbanrep.pipeline_cli import print_metrics

@@ -33,6 +33,7 @@ from urbanrep.experts.base import (
     signed_log1p,
     standardized_inputs,
 )
+from urbanrep.experts.mobility import flow_components
 from urbanrep.experts.moe import ModalityMoE, MoEConfig
 from urbanrep.experts.shared import GCNStack, SharedExpert, UniformExpert
 from urbanrep.experts.street_view import StreetViewExpert
@@ -43,7 +44,6 @@ from urbanrep.fusion.losses import (
     decorrelation_loss,
     dense_od,
     feature_reconstruction_loss,
-    flow_profile_components,
     info_nce,
     mobility_reconstruction_loss,
     near_pairs,
@@ -342,20 +342,15 @@ def combine_member_losses(results: list[tuple[Tensor, dict[str, Tensor]]]) -> tu
 def graph_flow_components(data: HeteroData, k: int) -> Tensor:
     """``[N, k]`` leading components of the regions' flow profiles (zeros without OD edges).
 
-    A graph constant (:func:`~urbanrep.fusion.losses.flow_profile_components` of the mobility
-    edges), computed once per graph and shared by every member and loss term that asks for it.
+    A graph constant (:func:`~urbanrep.experts.mobility.flow_components` of the mobility edges),
+    computed once per graph and shared by every member, loss term and the mobility expert's
+    flow-profile inputs when they ask for it.
     """
     n = num_regions(data)
     et = MODALITY_EDGE["mobility"]
     if et not in data.edge_types:
         return data[REGION].pos.new_zeros(n, k)
-    ei, w = data[et].edge_index, getattr(data[et], "edge_weight", None)
-
-    def build() -> Tensor:
-        weight = torch.ones(ei.size(1), device=ei.device) if w is None else w
-        return flow_profile_components(ei, weight, n, k)
-
-    return graph_constant("flow_components", (ei, w), build, extra=(n, k))
+    return flow_components(data[et].edge_index, getattr(data[et], "edge_weight", None), n, k)
 
 
 def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:

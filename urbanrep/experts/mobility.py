@@ -63,19 +63,33 @@ def weighted_aggregate(x: Tensor, src: Tensor, dst: Tensor, weight: Tensor, num_
 FLOW_PROFILE_KEY = "flow_profile"
 
 
-def city_flow_profile(edge_index: Tensor, weight: Tensor | None, num_nodes: int, k: int) -> Tensor:
-    """``[N, k]`` leading principal components of the regions' flow profiles, with fixed signs.
+def flow_components(edge_index: Tensor, weight: Tensor | None, num_nodes: int, k: int) -> Tensor:
+    """``[N, k]`` :func:`~urbanrep.fusion.losses.flow_profile_components` of OD edges (unit weights
+    when ``weight`` is None), a graph constant.
 
-    :func:`~urbanrep.fusion.losses.flow_profile_components` of the OD edges (where each region's
-    trips go, as shares of its outflow, beside where its visitors come from), each column's sign
-    set so that its third moment is positive: an SVD's signs depend on the row order, this choice
-    does not, so an expert reading them stays equivariant to region order. A graph constant.
+    The one cached SVD of a city's flow profiles: the input-retention target
+    (:func:`urbanrep.network.graph_flow_components`) and the expert's inputs
+    (:func:`city_flow_profile`) share it when they ask for the same number of components.
     """
     from urbanrep.fusion.losses import flow_profile_components
 
     def build() -> Tensor:
         w = torch.ones(edge_index.size(1), device=edge_index.device) if weight is None else weight
-        comps = flow_profile_components(edge_index, w, num_nodes, k)
+        return flow_profile_components(edge_index, w, num_nodes, k)
+
+    return graph_constant("flow_components", (edge_index, weight), build, extra=(num_nodes, k))
+
+
+def city_flow_profile(edge_index: Tensor, weight: Tensor | None, num_nodes: int, k: int) -> Tensor:
+    """``[N, k]`` leading principal components of the regions' flow profiles, with fixed signs.
+
+    :func:`flow_components` of the OD edges (where each region's trips go, as shares of its
+    outflow, beside where its visitors come from), each column's sign set so that its third moment
+    is positive: an SVD's signs depend on the row order, this choice does not, so an expert reading
+    them stays equivariant to region order. A graph constant.
+    """
+    def build() -> Tensor:
+        comps = flow_components(edge_index, weight, num_nodes, k)
         return comps * torch.where(comps.pow(3).sum(0) < 0, -1.0, 1.0).to(comps.dtype)
 
     return graph_constant("flow_inputs", (edge_index, weight), build, extra=(num_nodes, k))
