@@ -312,6 +312,43 @@ def test_mobility_flow_inputs(nyc_graph):
         ExpertConfig(flow_inputs=-1)
 
 
+def test_flow_targets_travel_with_the_city(nyc_graph):
+    """A mobility-only model's input-retention target is the whole city's flow-profile components in
+    every mini-batch (a batch's own OD edges would give another basis in every batch); a model with
+    other modalities (flow_components 0) asks for none. Without OD edges the expert's flow inputs come
+    from the adjacency it falls back to, once for the city, and no retention target is stored."""
+    import copy
+    from dataclasses import replace
+
+    from urbanrep.experts.mobility import FLOW_PROFILE_KEY, city_flow_profile, flow_target_key, with_flow_profile
+    from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE
+    from urbanrep.network import ModelConfig, flow_target_widths, graph_flow_components
+    from urbanrep.subgraph import InducedSubgraphs
+
+    solo = replace(ModelConfig(), modalities=("mobility",))
+    assert flow_target_widths(solo, nyc_graph) == (16,)
+    assert flow_target_widths(ModelConfig(), nyc_graph) == ()
+    assert flow_target_widths(replace(solo, loss=replace(solo.loss, feature_weight=0.0)), nyc_graph) == ()
+    assert flow_target_widths(replace(ModelConfig(), modalities=("poi",)), nyc_graph) == ()
+    prepared = with_flow_profile(nyc_graph, 0, (16,))
+    whole = graph_flow_components(nyc_graph, 16)
+    assert torch.equal(graph_flow_components(prepared, 16), whole)  # full batch: what it computed before
+    rows = torch.arange(0, 180, 3)
+    batch = InducedSubgraphs(prepared)({"region": rows.numpy()})
+    torch.testing.assert_close(graph_flow_components(batch, 16), whole[rows])
+    own = graph_flow_components(InducedSubgraphs(nyc_graph)({"region": rows.numpy()}), 16)
+    assert not torch.allclose(own.abs(), whole[rows].abs(), atol=1e-3)  # what a batch computed before
+
+    no_od = copy.copy(nyc_graph)
+    del no_od[MODALITY_EDGE["mobility"]]
+    ready = with_flow_profile(no_od, 8, (16,))
+    adj = no_od[ADJACENT]
+    ones = torch.ones(adj.edge_index.size(1))
+    torch.testing.assert_close(ready["region"][FLOW_PROFILE_KEY],
+                               city_flow_profile(adj.edge_index, ones, 180, 8))
+    assert flow_target_key(16) not in ready["region"]
+
+
 def test_models_saved_before_flow_inputs_read_back_without_them() -> None:
     """A saved ``config.json`` without ``expert.flow_inputs`` was trained without them: it reads back 0."""
     from urbanrep.network import ModelConfig

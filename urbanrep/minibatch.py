@@ -64,7 +64,7 @@ from urbanrep.distributed import GradientAverager, Ranks, all_gather, broadcast,
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.mobility import flow_inputs_for, with_flow_profile
 from urbanrep.graphs.schema import IMAGE, IMAGE_IN_REGION, REGION, validate_graph
-from urbanrep.network import GraphMetadata, ModelConfig, RegionModel
+from urbanrep.network import GraphMetadata, ModelConfig, RegionModel, flow_target_widths
 from urbanrep.partition import PartitionSampler, edge_cut
 from urbanrep.progress import start_progress
 from urbanrep.subgraph import InducedSubgraphs, ranges
@@ -392,7 +392,8 @@ def train_minibatch(data: HeteroData, model_config: ModelConfig | None = None,
     if resume and run_dir is None:
         raise ConfigError("resume=True needs a run_dir holding checkpoints")
     validate_graph(data)
-    data = with_flow_profile(data, flow_inputs_for(mc, data))  # the city's components, sliced into every batch
+    # the city's flow-profile components, sliced into every batch (a batch's own would be another basis)
+    data = with_flow_profile(data, flow_inputs_for(mc, data), flow_target_widths(mc, data))
     t0, cpu0 = time.perf_counter(), time.process_time()
     device = resolve_device(tc.device)
     run_path = Path(run_dir) if run_dir is not None else None

@@ -33,7 +33,7 @@ from urbanrep.experts.base import (
     signed_log1p,
     standardized_inputs,
 )
-from urbanrep.experts.mobility import flow_components
+from urbanrep.experts.mobility import flow_components, flow_target_key
 from urbanrep.experts.moe import ModalityMoE, MoEConfig
 from urbanrep.experts.shared import GCNStack, SharedExpert, UniformExpert
 from urbanrep.experts.street_view import StreetViewExpert
@@ -344,13 +344,38 @@ def graph_flow_components(data: HeteroData, k: int) -> Tensor:
 
     A graph constant (:func:`~urbanrep.experts.mobility.flow_components` of the mobility edges),
     computed once per graph and shared by every member, loss term and the mobility expert's
-    flow-profile inputs when they ask for it.
+    flow-profile inputs when they ask for it. A graph that :func:`~urbanrep.experts.mobility.with_flow_profile`
+    prepared (a mini-batch of a city) carries the whole city's components: those are used, not the
+    batch's own (another basis in every batch).
     """
+    stored = data[REGION].get(flow_target_key(k))
+    if stored is not None:
+        return stored
     n = num_regions(data)
     et = MODALITY_EDGE["mobility"]
     if et not in data.edge_types:
         return data[REGION].pos.new_zeros(n, k)
     return flow_components(data[et].edge_index, getattr(data[et], "edge_weight", None), n, k)
+
+
+def flow_target_widths(config: ModelConfig, data: HeteroData) -> tuple[int, ...]:
+    """Widths of the flow-profile components the loss terms of a model configured by ``config`` read on ``data``.
+
+    The input-retention target of mobility (``LossConfig.flow_components``, or
+    ``solo_flow_components`` when mobility is the model's only modality) and the structure term's
+    (``flow_structure_components``) while their terms are on; empty for a model without mobility.
+    Training prepares its graph with them (:func:`~urbanrep.experts.mobility.with_flow_profile`).
+    """
+    wanted = config.modalities if config.modalities is not None else tuple(getattr(data, "modalities", ()) or ())
+    if "mobility" not in wanted:
+        return ()
+    lc = config.loss
+    widths = []
+    if lc.feature_weight > 0:
+        widths.append(lc.solo_flow_components if set(wanted) == {"mobility"} else lc.flow_components)
+    if lc.structure_weight > 0:
+        widths.append(lc.flow_structure_components)
+    return tuple(sorted({w for w in widths if w > 0}))
 
 
 def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:

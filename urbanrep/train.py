@@ -61,7 +61,13 @@ from urbanrep.experts.moe import MoEConfig
 from urbanrep.fusion.losses import LossConfig
 from urbanrep.fusion.spatial import FusionConfig
 from urbanrep.graphs.schema import validate_graph
-from urbanrep.network import GraphMetadata, ModelConfig, RegionModel, combine_member_losses
+from urbanrep.network import (
+    GraphMetadata,
+    ModelConfig,
+    RegionModel,
+    combine_member_losses,
+    flow_target_widths,
+)
 from urbanrep.progress import start_progress
 from urbanrep.safe_files import load_weights_only
 from urbanrep.volumes import DEFAULT_VOLUME_SCALES
@@ -707,7 +713,8 @@ def train(data: HeteroData, model_config: ModelConfig | None = None, train_confi
         raise ConfigError("full-graph training runs in one process; for data-parallel training over several "
                           "processes set train.mode=minibatch (--set train.mode=minibatch)")
     validate_graph(data)
-    data = with_flow_profile(data, flow_inputs_for(mc, data))  # the city's components, kept in augmented views
+    # the city's flow-profile components, kept in augmented views
+    data = with_flow_profile(data, flow_inputs_for(mc, data), flow_target_widths(mc, data))
     t0, cpu0 = time.perf_counter(), time.process_time()
     device = resolve_device(tc.device)
     run_path = Path(run_dir) if run_dir is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import GraphConv
 from torch_geometric.utils import scatter
 
-from urbanrep.experts.base import ResidualStackExpert, register_expert
+from urbanrep.experts.base import ResidualStackExpert, get_edges, register_expert
 from urbanrep.experts.sparse import SparsePattern, edge_pattern, weighted_spmm
 from urbanrep.graphs.cache import graph_constant
 
@@ -95,25 +96,46 @@ def city_flow_profile(edge_index: Tensor, weight: Tensor | None, num_nodes: int,
     return graph_constant("flow_inputs", (edge_index, weight), build, extra=(num_nodes, k))
 
 
-def with_flow_profile(data: HeteroData, k: int) -> HeteroData:
-    """A shallow copy of ``data`` whose regions carry their ``k`` flow-profile components of the whole graph.
+def with_flow_profile(data: HeteroData, k: int, targets: Sequence[int] = ()) -> HeteroData:
+    """A shallow copy of ``data`` whose regions carry flow-profile components of the whole graph.
 
     Training prepares its graph with this (both paths): mini-batch training takes subgraphs of a
     city, whose own OD edges would give other components (another basis in every batch), and an
     augmented view with dropped edges would give others again; computed once here from the
-    city's OD graph, they travel with the regions into every batch and view
-    (``data['region'].flow_profile`` ``[N, k]``, read by :meth:`MobilityExpert.flow_profile`).
-    Returns ``data`` itself when ``k == 0`` or the graph has no OD edges.
+    city's OD graph, they travel with the regions into every batch and view.
+
+    Args:
+        data: The city's region graph.
+        k: Components the mobility expert reads as inputs (``data['region'].flow_profile``
+            ``[N, k]``, signs fixed, read by :meth:`MobilityExpert.flow_profile`); from the
+            OD edges, or from the adjacency the expert falls back to on a graph without them.
+        targets: Widths of the components the loss terms reconstruct or compare
+            (``data['region'].flow_target_<w>`` ``[N, w]``, read by
+            :func:`urbanrep.network.graph_flow_components`); only from OD edges.
+
+    Returns:
+        ``data`` itself when nothing is asked for.
     """
     from urbanrep.graphs.schema import MODALITY_EDGE
 
     et = MODALITY_EDGE["mobility"]
-    if k <= 0 or et not in data.edge_types:
+    widths = sorted({int(w) for w in targets if w > 0}) if et in data.edge_types else []
+    if k <= 0 and not widths:
         return data
     out = copy.copy(data)
-    out["region"][FLOW_PROFILE_KEY] = city_flow_profile(data[et].edge_index, getattr(data[et], "edge_weight", None),
-                                                        int(data["region"].num_nodes), k)
+    n = int(data["region"].num_nodes)
+    if k > 0:
+        ei, w, _ = get_edges(data, et)  # what the expert's own view would use (MobilityExpert.view_edges)
+        out["region"][FLOW_PROFILE_KEY] = city_flow_profile(ei, w, n, k)
+    for width in widths:
+        out["region"][flow_target_key(width)] = flow_components(
+            data[et].edge_index, getattr(data[et], "edge_weight", None), n, width)
     return out
+
+
+def flow_target_key(width: int) -> str:
+    """Region attribute of the ``width`` flow-profile components prepared for the loss terms."""
+    return f"flow_target_{int(width)}"
 
 
 def flow_inputs_for(config: Any, data: HeteroData) -> int:
