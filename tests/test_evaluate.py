@@ -748,3 +748,43 @@ def test_input_tables_take_the_graph_features(nyc) -> None:
     assert poi.index.name == "region_id" and list(poi.index) == list(nyc.region_ids)
     np.testing.assert_array_equal(poi.to_numpy(), nyc[REGION][feature_key("poi")].numpy())
     assert poi.columns[0].startswith("log1p:")
+
+
+def test_evaluation_reports_progress(nyc_bundle: CityBundle, gurpp: pd.DataFrame, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """One step per outer fold of every repeat of every task and one per clustering label, shown on
+    the progress bar; a log line with the ETA once the evaluation has run LOG_INTERVAL_S (none for a
+    quick one); the metrics do not change."""
+    import logging
+
+    from urbanrep import progress as pg
+    from urbanrep.evaluate.harness import run_evaluation
+
+    config = EvalConfig(seeds=(0, 1), tasks=("crime", "check_in"))
+    seen: list[tuple[str, int | None, list[str]]] = []
+
+    class Bar:
+        def __init__(self, stage: str, total: int | None) -> None:
+            seen.append((stage, total, []))
+
+        def update(self, n: int = 1, **info: object) -> None:
+            seen[-1][2].append(str(info["step"]))
+
+        def close(self) -> None:
+            seen[-1][2].append("closed")
+
+    previous = pg.set_reporter(Bar)
+    try:
+        with caplog.at_level(logging.INFO, logger="urbanrep"):
+            quiet = run_evaluation(gurpp, nyc_bundle, config).metrics
+            assert not [r for r in caplog.records if "ETA" in r.getMessage()]
+            monkeypatch.setattr(pg, "LOG_INTERVAL_S", 0.0)
+            loud = run_evaluation(gurpp, nyc_bundle, config, stage="evaluation of x").metrics
+    finally:
+        pg.set_reporter(previous)
+    assert seen[0] == ("evaluation", 21, ["crime, ridge"] * 10 + ["check_in, ridge"] * 10
+                       + ["clustering community_district", "closed"])  # 2 tasks x 2 repeats x 5 folds + 1
+    lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert len(lines) == 21 and lines[-1].startswith("evaluation of x: 21/21 done (clustering community_district)")
+    assert quiet["tasks"] == loud["tasks"] and quiet["clustering"]["nmi"] == loud["clustering"]["nmi"]
+    assert pg.format_seconds(185) == "3 min 05 s"

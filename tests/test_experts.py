@@ -320,7 +320,12 @@ def test_flow_targets_travel_with_the_city(nyc_graph):
     import copy
     from dataclasses import replace
 
-    from urbanrep.experts.mobility import FLOW_PROFILE_KEY, city_flow_profile, flow_target_key, with_flow_profile
+    from urbanrep.experts.mobility import (
+        FLOW_PROFILE_KEY,
+        city_flow_profile,
+        flow_target_key,
+        with_flow_profile,
+    )
     from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE
     from urbanrep.network import ModelConfig, flow_target_widths, graph_flow_components
     from urbanrep.subgraph import InducedSubgraphs

@@ -78,5 +78,5 @@ def score_inputs(tables: dict[str, pd.DataFrame], bundle: CityBundle, config: Ev
     """
     out: dict[str, Any] = {}
     for m, table in tables.items():
-        out[m] = _headline(run_evaluation(table, bundle, config).metrics)
+        out[m] = _headline(run_evaluation(table, bundle, config, stage=f"evaluation of the {m} inputs").metrics)
     return out

@@ -19,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-__all__ = ["ProgressBar", "progress_logging", "set_reporter", "start_progress"]
+__all__ = ["ProgressBar", "StepLog", "format_seconds", "progress_logging", "set_reporter", "start_progress"]
 
 
 class ProgressBar(Protocol):
@@ -81,3 +82,60 @@ def progress_logging(enabled: bool = True) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+#: Longest quiet spell of a :class:`StepLog` once its loop has run this long (seconds).
+LOG_INTERVAL_S = 10.0
+
+
+def format_seconds(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 05 s"`` or ``"1 h 02 min"``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class StepLog:
+    """Progress of a loop of about ``total`` steps: a progress bar (:func:`start_progress`) and log lines.
+
+    A line (steps done, the step just done, time elapsed, ETA) is logged whenever ``interval``
+    seconds have passed since the loop started or since the last line, and a last line when the
+    loop ends if any was logged: a loop that ends within ``interval`` seconds stays quiet.
+
+    Args:
+        stage: Name of the loop, first word of every line and the bar's label.
+        total: Number of steps expected (the ETA's denominator).
+        logger: Where the lines go (INFO).
+        interval: Seconds between two lines (default :data:`LOG_INTERVAL_S`).
+    """
+
+    def __init__(self, stage: str, total: int, logger: logging.Logger, interval: float | None = None) -> None:
+        self.stage, self.total, self.log = stage, max(int(total), 0), logger
+        self.interval = LOG_INTERVAL_S if interval is None else interval
+        self.done, self.done_at_line, self.what = 0, 0, ""
+        self.t0 = self.last = time.perf_counter()
+        self.bar = start_progress(stage, self.total)
+
+    def step(self, what: str, n: int = 1) -> None:
+        """``n`` more steps are done; ``what`` names the last one (shown beside the bar and in the line)."""
+        self.done += n
+        self.what = what
+        self.bar.update(n, step=what)
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self._line(now)
+
+    def close(self) -> None:
+        """End the loop: a last line when earlier ones were logged, and the bar closed."""
+        if self.done_at_line and self.done_at_line != self.done:
+            self._line(time.perf_counter())
+        self.bar.close()
+
+    def _line(self, now: float) -> None:
+        self.last, self.done_at_line = now, self.done
+        per_step = (now - self.t0) / max(self.done, 1)
+        self.log.info("%s: %d/%d done (%s), %s elapsed, ETA %s", self.stage, self.done, self.total, self.what,
+                      format_seconds(now - self.t0), format_seconds(max(self.total - self.done, 0) * per_step))

@@ -68,7 +68,7 @@ from urbanrep.network import (
     combine_member_losses,
     flow_target_widths,
 )
-from urbanrep.progress import start_progress
+from urbanrep.progress import format_seconds, start_progress
 from urbanrep.safe_files import load_weights_only
 from urbanrep.volumes import DEFAULT_VOLUME_SCALES
 from urbanrep.written import COLUMNS_ATTR
@@ -360,16 +360,6 @@ class ProgressLog:
     def cpu_seconds(self) -> float:
         """CPU seconds (all threads of this process) since the loop started."""
         return time.process_time() - self.cpu0
-
-
-def format_seconds(seconds: float) -> str:
-    """``"42 s"``, ``"3 min 05 s"`` or ``"1 h 02 min"``."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ from urbanrep.evaluate.clustering import cluster_scores
 from urbanrep.evaluate.landuse import share_metrics, share_oof_predictions, share_rows
 from urbanrep.evaluate.protocols import EvalConfig, EvaluationError, spatial_groups
 from urbanrep.evaluate.regression import oof_predictions_array, regression_metrics
+from urbanrep.progress import StepLog
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def _prediction_frame(ids: pd.Index, target: str, group: str, probe: str, observ
 
 
 def run_evaluation(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig | None = None, *,
-                   clustering: bool = True) -> EvalResult:
+                   clustering: bool = True, stage: str = "evaluation") -> EvalResult:
     """Evaluate an embedding: scalar regression, share-vector prediction and clustering.
 
     Every bundle target not in a target group is a scalar regression task; every target group
@@ -107,18 +110,21 @@ def run_evaluation(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig | N
         bundle: City bundle holding targets and labels.
         config: Evaluation configuration (default :class:`EvalConfig()`).
         clustering: Run the clustering probe.
+        stage: Name of the progress bar and of the progress lines (one outer fold of one repeat of
+            a task is a step; a line at least every 10 s once the evaluation has run that long,
+            with an ETA).
 
     Returns:
         :class:`EvalResult` with the report and the out-of-fold predictions.
     """
     config = config or EvalConfig()
     if config.blas_threads is None:
-        return _run(emb, bundle, config, clustering)
+        return _run(emb, bundle, config, clustering, stage)
     with threadpool_limits(limits=config.blas_threads):
-        return _run(emb, bundle, config, clustering)
+        return _run(emb, bundle, config, clustering, stage)
 
 
-def _run(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig, clustering: bool) -> EvalResult:
+def _run(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig, clustering: bool, stage: str) -> EvalResult:
     ids = bundle.region_ids
     x = align_embeddings(emb, ids)
     targets = bundle.target_table()
@@ -146,58 +152,66 @@ def _run(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig, clustering: 
                               "clustering": {}, "landuse": {}, "n_regions": {"total": len(ids)}, "skipped": {}}
     frames: list[pd.DataFrame] = []
 
-    for target in scalar:
-        y_all = targets[target].to_numpy(dtype=np.float64)
-        mask = np.isfinite(y_all)
-        report["n_regions"][target] = int(mask.sum())
-        for reg in config.regressors:
-            try:
-                preds = oof_predictions_array(x[mask], y_all[mask], config, reg, groups_for(mask))
-            except EvaluationError as exc:
-                log.warning("target %s skipped: %s", target, exc)
-                report["skipped"][target] = str(exc)
-                break
-            report["probes"][reg][target] = regression_metrics(y_all[mask], preds)
-            frames.append(_prediction_frame(ids[mask], target, target, reg, y_all[mask], preds))
-        if target in report["probes"][config.regressors[0]]:
-            report["tasks"][target] = report["probes"][config.regressors[0]][target]
+    labels = bundle.label_table() if clustering else None
+    folds = len(config.repeat_seeds) * config.n_folds  # fewer where spatial blocks allow fewer folds
+    steps = (len(scalar) * len(config.regressors) + len(target_groups)) * folds + (
+        len(labels.columns) if labels is not None else 0)
+    with contextlib.closing(StepLog(stage, steps, log)) as progress:
+        for target in scalar:
+            y_all = targets[target].to_numpy(dtype=np.float64)
+            mask = np.isfinite(y_all)
+            report["n_regions"][target] = int(mask.sum())
+            for reg in config.regressors:
+                try:
+                    preds = oof_predictions_array(
+                        x[mask], y_all[mask], config, reg, groups_for(mask),
+                        on_fold=functools.partial(progress.step, f"{target}, {reg}"))
+                except EvaluationError as exc:
+                    log.warning("target %s skipped: %s", target, exc)
+                    report["skipped"][target] = str(exc)
+                    break
+                report["probes"][reg][target] = regression_metrics(y_all[mask], preds)
+                frames.append(_prediction_frame(ids[mask], target, target, reg, y_all[mask], preds))
+            if target in report["probes"][config.regressors[0]]:
+                report["tasks"][target] = report["probes"][config.regressors[0]][target]
 
-    for group, members in target_groups.items():
-        absent = [m for m in members if m not in targets.columns]
-        if absent:
-            raise EvaluationError(f"target group {group!r} names targets {absent} that the bundle lacks; "
-                                  "fix target_groups in the bundle manifest")
-        table = targets[members].to_numpy(dtype=np.float64)
-        mask = share_rows(table)
-        report["n_regions"][group] = int(mask.sum())
-        y = table[mask] / table[mask].sum(axis=1, keepdims=True)
-        try:
-            preds = share_oof_predictions(x[mask], y, config, groups_for(mask))
-        except EvaluationError as exc:
-            log.warning("target group %s skipped: %s", group, exc)
-            report["skipped"][group] = str(exc)
-            continue
-        report["landuse"][group] = share_metrics(y, preds, config.kl_epsilon)
-        for j, member in enumerate(members):
-            frames.append(_prediction_frame(ids[mask], member, group, f"{config.landuse_model}_shares",
-                                            y[:, j], preds[:, :, j]))
-
-    if clustering:
-        labels = bundle.label_table()
-        by_label: dict[str, Any] = {}
-        for col in labels.columns:
-            lab = labels[col]
-            mask = lab.notna().to_numpy()
-            report["n_regions"][col] = int(mask.sum())
+        for group, members in target_groups.items():
+            absent = [m for m in members if m not in targets.columns]
+            if absent:
+                raise EvaluationError(f"target group {group!r} names targets {absent} that the bundle lacks; "
+                                      "fix target_groups in the bundle manifest")
+            table = targets[members].to_numpy(dtype=np.float64)
+            mask = share_rows(table)
+            report["n_regions"][group] = int(mask.sum())
+            y = table[mask] / table[mask].sum(axis=1, keepdims=True)
             try:
-                by_label[col] = cluster_scores(x[mask], lab.to_numpy()[mask].astype(str), config)
+                preds = share_oof_predictions(x[mask], y, config, groups_for(mask),
+                                              on_fold=functools.partial(progress.step, group))
             except EvaluationError as exc:
-                log.warning("label %s skipped: %s", col, exc)
-                report["skipped"][col] = str(exc)
-        if by_label:
-            first = next(iter(by_label))
-            report["clustering"] = {"nmi": by_label[first]["nmi"], "ari": by_label[first]["ari"],
-                                    "label": first, "by_label": by_label}
+                log.warning("target group %s skipped: %s", group, exc)
+                report["skipped"][group] = str(exc)
+                continue
+            report["landuse"][group] = share_metrics(y, preds, config.kl_epsilon)
+            for j, member in enumerate(members):
+                frames.append(_prediction_frame(ids[mask], member, group, f"{config.landuse_model}_shares",
+                                                y[:, j], preds[:, :, j]))
+
+        if labels is not None:
+            by_label: dict[str, Any] = {}
+            for col in labels.columns:
+                lab = labels[col]
+                mask = lab.notna().to_numpy()
+                report["n_regions"][col] = int(mask.sum())
+                try:
+                    by_label[col] = cluster_scores(x[mask], lab.to_numpy()[mask].astype(str), config)
+                except EvaluationError as exc:
+                    log.warning("label %s skipped: %s", col, exc)
+                    report["skipped"][col] = str(exc)
+                progress.step(f"clustering {col}")
+            if by_label:
+                first = next(iter(by_label))
+                report["clustering"] = {"nmi": by_label[first]["nmi"], "ari": by_label[first]["ari"],
+                                        "label": first, "by_label": by_label}
 
     predictions = (pd.concat(frames, ignore_index=True) if frames
                    else pd.DataFrame(columns=list(PREDICTION_COLUMNS)))

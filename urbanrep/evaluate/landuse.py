@@ -8,6 +8,7 @@ cosine similarity, each averaged over regions.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,8 @@ def share_rows(table: np.ndarray) -> np.ndarray:
 
 
 def share_oof_predictions(x: np.ndarray, y: np.ndarray, config: EvalConfig,
-                          groups: list[np.ndarray] | None = None) -> np.ndarray:
+                          groups: list[np.ndarray] | None = None,
+                          on_fold: Callable[[], None] | None = None) -> np.ndarray:
     """Out-of-fold predicted share vectors, one block per repeat.
 
     A multi-output probe (:func:`~urbanrep.evaluate.protocols.make_share_model`) is fit on the
@@ -58,6 +60,7 @@ def share_oof_predictions(x: np.ndarray, y: np.ndarray, config: EvalConfig,
         y: ``[n, K]`` observed shares (rows sum to 1).
         config: Evaluation configuration.
         groups: Optional per-repeat ``[n]`` spatial block ids.
+        on_fold: Called after each outer fold (progress reporting).
 
     Returns:
         ``[R, n, K]`` predicted distributions.
@@ -72,6 +75,8 @@ def share_oof_predictions(x: np.ndarray, y: np.ndarray, config: EvalConfig,
             for train, test in outer_splits(len(y), config, seed, g):
                 model = fold_probe(proto, config, seed, None if g is None else g[train]).fit(x[train], y[train])
                 preds[r, test] = to_distribution(np.asarray(model.predict(x[test])).reshape(len(test), -1))
+                if on_fold is not None:
+                    on_fold()
     return preds
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def oof_predictions_array(x: np.ndarray, y: np.ndarray, config: EvalConfig, regressor: str = "ridge",
-                          groups: list[np.ndarray] | None = None) -> np.ndarray:
+                          groups: list[np.ndarray] | None = None,
+                          on_fold: Callable[[], None] | None = None) -> np.ndarray:
     """Out-of-fold predictions of one scalar target, one row per repeat.
 
     Each fold fits a fresh probe (:func:`~urbanrep.evaluate.protocols.make_regressor`) on the
@@ -29,6 +31,7 @@ def oof_predictions_array(x: np.ndarray, y: np.ndarray, config: EvalConfig, regr
         config: Evaluation configuration.
         regressor: Probe name.
         groups: Optional per-repeat ``[n]`` spatial block ids (one array per repeat seed).
+        on_fold: Called after each outer fold (progress reporting).
 
     Returns:
         ``[R, n]`` predictions (``R`` = number of repeats), clipped at 0 when ``config.clip``.
@@ -43,6 +46,8 @@ def oof_predictions_array(x: np.ndarray, y: np.ndarray, config: EvalConfig, regr
             for train, test in outer_splits(len(y), config, seed, g):
                 model = fold_probe(proto, config, seed, None if g is None else g[train]).fit(x[train], y[train])
                 preds[r, test] = np.asarray(model.predict(x[test]), dtype=np.float64).reshape(-1)
+                if on_fold is not None:
+                    on_fold()
     if config.clip:
         np.maximum(preds, 0.0, out=preds)
     return preds
