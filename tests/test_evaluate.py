@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -786,5 +787,31 @@ def test_evaluation_reports_progress(nyc_bundle: CityBundle, gurpp: pd.DataFrame
                        + ["clustering community_district", "closed"])  # 2 tasks x 2 repeats x 5 folds + 1
     lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
     assert len(lines) == 21 and lines[-1].startswith("evaluation of x: 21/21 done (clustering community_district)")
+    assert ("repeat_jobs" in lines[0]) == ((os.cpu_count() or 1) > 1) and "repeat_jobs" not in lines[1]
     assert quiet["tasks"] == loud["tasks"] and quiet["clustering"]["nmi"] == loud["clustering"]["nmi"]
     assert pg.format_seconds(185) == "3 min 05 s"
+
+
+def test_repeats_in_parallel_give_the_same_numbers(nyc_bundle: CityBundle, gurpp: pd.DataFrame) -> None:
+    """``repeat_jobs`` runs the strict protocol's repeats in worker processes: the same metrics to the
+    bit, scalar and share probes, under shuffled and spatial-block folds; 0 is refused."""
+    from dataclasses import replace
+
+    from urbanrep.evaluate.harness import run_evaluation
+    from urbanrep.evaluate.landuse import share_oof_predictions
+
+    for config in (EvalConfig(seeds=(0, 1, 2), tasks=("crime",)),
+                   EvalConfig(seeds=(0, 1), tasks=("crime",), spatial_blocks=20)):
+        one = run_evaluation(gurpp, nyc_bundle, config).metrics
+        two = run_evaluation(gurpp, nyc_bundle, replace(config, repeat_jobs=2)).metrics
+        assert one["tasks"] == two["tasks"]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), rng.dirichlet(np.ones(3), size=60)
+    steps: list[int] = []
+    config = EvalConfig(seeds=(0, 1, 2), softmax_alphas=(1.0, 10.0))
+    ref = share_oof_predictions(x, y, config)
+    par = share_oof_predictions(x, y, replace(config, repeat_jobs=-1), on_fold=lambda: steps.append(1))
+    np.testing.assert_array_equal(ref, par)
+    assert len(steps) == 15  # every fold of every repeat reported
+    with pytest.raises(ConfigError, match="repeat_jobs"):
+        EvalConfig(repeat_jobs=0)

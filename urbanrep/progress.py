@@ -110,10 +110,12 @@ class StepLog:
         total: Number of steps expected (the ETA's denominator).
         logger: Where the lines go (INFO).
         interval: Seconds between two lines (default :data:`LOG_INTERVAL_S`).
+        hint: Appended to the first line (e.g. how to make the loop faster).
     """
 
-    def __init__(self, stage: str, total: int, logger: logging.Logger, interval: float | None = None) -> None:
-        self.stage, self.total, self.log = stage, max(int(total), 0), logger
+    def __init__(self, stage: str, total: int, logger: logging.Logger, interval: float | None = None,
+                 hint: str = "") -> None:
+        self.stage, self.total, self.log, self.hint = stage, max(int(total), 0), logger, hint
         self.interval = LOG_INTERVAL_S if interval is None else interval
         self.done, self.done_at_line, self.what = 0, 0, ""
         self.t0 = self.last = time.perf_counter()
@@ -135,7 +137,9 @@ class StepLog:
         self.bar.close()
 
     def _line(self, now: float) -> None:
+        first = not self.done_at_line
         self.last, self.done_at_line = now, self.done
         per_step = (now - self.t0) / max(self.done, 1)
-        self.log.info("%s: %d/%d done (%s), %s elapsed, ETA %s", self.stage, self.done, self.total, self.what,
-                      format_seconds(now - self.t0), format_seconds(max(self.total - self.done, 0) * per_step))
+        self.log.info("%s: %d/%d done (%s), %s elapsed, ETA %s%s", self.stage, self.done, self.total, self.what,
+                      format_seconds(now - self.t0), format_seconds(max(self.total - self.done, 0) * per_step),
+                      f"; {self.hint}" if first and self.hint else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,7 +157,9 @@ def _run(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig, clustering: 
     folds = len(config.repeat_seeds) * config.n_folds  # fewer where spatial blocks allow fewer folds
     steps = (len(scalar) * len(config.regressors) + len(target_groups)) * folds + (
         len(labels.columns) if labels is not None else 0)
-    with contextlib.closing(StepLog(stage, steps, log)) as progress:
+    parallel = config.repeat_jobs == 1 and len(config.repeat_seeds) > 1 and (os.cpu_count() or 1) > 1
+    hint = "evaluate.repeat_jobs=N evaluates N repeats at once (the same numbers)" if parallel else ""
+    with contextlib.closing(StepLog(stage, steps, log, hint=hint)) as progress:
         for target in scalar:
             y_all = targets[target].to_numpy(dtype=np.float64)
             mask = np.isfinite(y_all)

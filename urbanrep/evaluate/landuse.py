@@ -7,14 +7,13 @@ cosine similarity, each averaged over regions.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 
 from urbanrep.evaluate.protocols import EvalConfig, fold_probe, make_share_model, outer_splits
+from urbanrep.evaluate.repeats import map_repeats
 
 
 def to_distribution(values: np.ndarray) -> np.ndarray:
@@ -65,19 +64,25 @@ def share_oof_predictions(x: np.ndarray, y: np.ndarray, config: EvalConfig,
     Returns:
         ``[R, n, K]`` predicted distributions.
     """
-    seeds = config.repeat_seeds
-    preds = np.empty((len(seeds), *y.shape), dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for r, seed in enumerate(seeds):
-            proto = make_share_model(config, seed)
-            g = groups[r] if groups is not None else None
-            for train, test in outer_splits(len(y), config, seed, g):
-                model = fold_probe(proto, config, seed, None if g is None else g[train]).fit(x[train], y[train])
-                preds[r, test] = to_distribution(np.asarray(model.predict(x[test])).reshape(len(test), -1))
-                if on_fold is not None:
-                    on_fold()
+    repeats = [(x, y, config, seed, groups[r] if groups is not None else None)
+               for r, seed in enumerate(config.repeat_seeds)]
+    preds = np.stack(map_repeats(_one_repeat, repeats, config, on_fold)).astype(np.float64, copy=False)
     return preds
+
+
+def _one_repeat(x: np.ndarray, y: np.ndarray, config: EvalConfig, seed: int, g: np.ndarray | None,
+                on_fold: Callable[[], None] | None) -> tuple[np.ndarray, int]:
+    """``[n, K]`` out-of-fold predicted distributions of one repeat and its number of outer folds."""
+    proto = make_share_model(config, seed)
+    out = np.empty(y.shape, dtype=np.float64)
+    folds = 0
+    for train, test in outer_splits(len(y), config, seed, g):
+        folds += 1
+        model = fold_probe(proto, config, seed, None if g is None else g[train]).fit(x[train], y[train])
+        out[test] = to_distribution(np.asarray(model.predict(x[test])).reshape(len(test), -1))
+        if on_fold is not None:
+            on_fold()
+    return out, folds
 
 
 def distribution_scores(y: np.ndarray, p: np.ndarray, eps: float = 1e-9) -> dict[str, float]:
