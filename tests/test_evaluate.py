@@ -815,3 +815,30 @@ def test_repeats_in_parallel_give_the_same_numbers(nyc_bundle: CityBundle, gurpp
     assert len(steps) == 15  # every fold of every repeat reported
     with pytest.raises(ConfigError, match="repeat_jobs"):
         EvalConfig(repeat_jobs=0)
+
+
+def test_step_log_eta_follows_the_current_pace(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Quick steps and then slow ones: the ETA takes the pace of the last few steps, not the average
+    since the start; quiet within the interval, a last line at close."""
+    import logging
+
+    from urbanrep import progress as pg
+
+    clock = [0.0]
+    monkeypatch.setattr(pg.time, "perf_counter", lambda: clock[0])
+    logger = logging.getLogger("urbanrep.test_steplog")
+    with caplog.at_level(logging.INFO, logger="urbanrep"):
+        steps = pg.StepLog("evaluation", 30, logger)
+        for _ in range(20):
+            clock[0] += 0.01
+            steps.step("quick")
+        assert not caplog.records
+        for _ in range(4):
+            clock[0] += 25.0
+            steps.step("slow")
+        steps.close()
+    lines = [r.getMessage() for r in caplog.records]
+    # one line per slow step (each 25 s after the last line); close adds none after the last step's line
+    assert len(lines) == 4 and lines[0].startswith("evaluation: 21/30 done (slow), 25 s elapsed")
+    assert lines[-1].startswith("evaluation: 24/30 done (slow), 1 min 40 s elapsed, ETA 2 min 30 s")

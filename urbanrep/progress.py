@@ -16,6 +16,7 @@ logging (``UrbanRep.fit`` does that by default).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import sys
@@ -86,6 +87,8 @@ def progress_logging(enabled: bool = True) -> Iterator[None]:
 
 #: Longest quiet spell of a :class:`StepLog` once its loop has run this long (seconds).
 LOG_INTERVAL_S = 10.0
+#: Steps whose pace gives a :class:`StepLog`'s ETA.
+RECENT_STEPS = 3
 
 
 def format_seconds(seconds: float) -> str:
@@ -103,7 +106,9 @@ class StepLog:
 
     A line (steps done, the step just done, time elapsed, ETA) is logged whenever ``interval``
     seconds have passed since the loop started or since the last line, and a last line when the
-    loop ends if any was logged: a loop that ends within ``interval`` seconds stays quiet.
+    loop ends if any was logged: a loop that ends within ``interval`` seconds stays quiet. The ETA
+    takes the pace of the last :data:`RECENT_STEPS` steps, so a loop whose steps change in cost
+    (quick regression folds, then slow share-probe folds) is estimated at its current pace.
 
     Args:
         stage: Name of the loop, first word of every line and the bar's label.
@@ -119,6 +124,8 @@ class StepLog:
         self.interval = LOG_INTERVAL_S if interval is None else interval
         self.done, self.done_at_line, self.what = 0, 0, ""
         self.t0 = self.last = time.perf_counter()
+        self.recent: collections.deque[tuple[float, int]] = collections.deque([(self.t0, 0)],
+                                                                              maxlen=RECENT_STEPS + 1)
         self.bar = start_progress(stage, self.total)
 
     def step(self, what: str, n: int = 1) -> None:
@@ -127,6 +134,7 @@ class StepLog:
         self.what = what
         self.bar.update(n, step=what)
         now = time.perf_counter()
+        self.recent.append((now, self.done))
         if now - self.last >= self.interval:
             self._line(now)
 
@@ -139,7 +147,8 @@ class StepLog:
     def _line(self, now: float) -> None:
         first = not self.done_at_line
         self.last, self.done_at_line = now, self.done
-        per_step = (now - self.t0) / max(self.done, 1)
+        (t_first, done_first), (t_last, done_last) = self.recent[0], self.recent[-1]
+        per_step = (t_last - t_first) / max(done_last - done_first, 1)
         self.log.info("%s: %d/%d done (%s), %s elapsed, ETA %s%s", self.stage, self.done, self.total, self.what,
                       format_seconds(now - self.t0), format_seconds(max(self.total - self.done, 0) * per_step),
                       f"; {self.hint}" if first and self.hint else "")
