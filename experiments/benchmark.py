@@ -239,6 +239,10 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                          lambda mc: replace(mc, expert=replace(mc.expert, flow_inputs=16))),
         "dev_flowin32": ("candidate: the mobility expert also gets 32 flow-profile components as input (expert.flow_inputs)",
                          lambda mc: replace(mc, expert=replace(mc.expert, flow_inputs=32))),
+        "dev_mask25": ("candidate: masked-region training, each modality hidden from 25 % of the regions per step "
+                       "(loss.region_mask)", loss(region_mask=0.25)),
+        "dev_mask50": ("candidate: masked-region training, each modality hidden from 50 % of the regions per step "
+                       "(loss.region_mask)", loss(region_mask=0.5)),
         "dev_layers1": ("candidate: one message-passing layer per expert (default 2)",
                         lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1))),
         "dev_layers3": ("candidate: three message-passing layers per expert",
@@ -610,7 +614,8 @@ LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "v
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that
 #: value a setting is left out of the hash, so the twins trained before it still match.
-LATER_TRAINING_OFF: dict[str, dict[str, Any]] = {"loss": {"negative_hops": 0}, "expert": {"flow_inputs": 0}}
+LATER_TRAINING_OFF: dict[str, dict[str, Any]] = {"loss": {"negative_hops": 0, "region_mask": 0.0},
+                                                   "expert": {"flow_inputs": 0}}
 
 #: Cache-name prefix of the as-trained runs that transform-only variants share.
 TRAINED_PREFIX = "trained_"

@@ -380,3 +380,33 @@ def test_config_validation():
         LossConfig(aggregated_weight=-1.0)
     with pytest.raises(ConfigError):
         LossConfig(fusion_contrast="nodes")
+
+
+def test_masked_region_training(synth):
+    """``loss.region_mask`` hides each modality from a seeded share of the regions in the forward
+    pass (features zeroed, mask False; the input graph untouched) while input retention still asks
+    for their features; off (0) the step sees ``data`` itself."""
+    from urbanrep.fusion.losses import hide_regions
+
+    x_before = synth[REGION][feature_key("poi")].clone()
+    m_before = synth[REGION][mask_key("poi")].clone()
+    v1 = hide_regions(synth, 0.5, torch.Generator().manual_seed(3))
+    v2 = hide_regions(synth, 0.5, torch.Generator().manual_seed(3))
+    assert torch.equal(synth[REGION][feature_key("poi")], x_before)
+    assert torch.equal(synth[REGION][mask_key("poi")], m_before)
+    for m in ("poi", "mobility", "landuse"):
+        hidden = synth[REGION][mask_key(m)] & ~v1[REGION][mask_key(m)]
+        assert torch.equal(v1[REGION][mask_key(m)], v2[REGION][mask_key(m)])
+        assert 5 <= int(hidden.sum()) <= 30
+        assert not (v1[REGION][mask_key(m)] & ~synth[REGION][mask_key(m)]).any()  # never reveals
+        assert float(v1[REGION][feature_key(m)][hidden].abs().sum()) == 0.0
+    off = _model(TINY, synth)
+    assert off.training_view(synth, torch.Generator().manual_seed(0)) is synth
+    model = _model(tiny(loss_region_mask=0.5), synth)
+    gen = torch.Generator().manual_seed(0)
+    out = model(model.training_view(synth, gen))
+    total, parts = model.loss(synth, out, gen)
+    assert torch.isfinite(total) and "features" in parts
+    total.backward()
+    with pytest.raises(ConfigError, match="region_mask"):
+        LossConfig(region_mask=1.0)

@@ -44,6 +44,7 @@ from urbanrep.fusion.losses import (
     decorrelation_loss,
     dense_od,
     feature_reconstruction_loss,
+    hide_regions,
     info_nce,
     mobility_reconstruction_loss,
     near_pairs,
@@ -479,6 +480,13 @@ class RegionModel(nn.Module):
             for m in self.modalities if m != "street_view" and lc.feature_weight > 0
         })
 
+    def training_view(self, data: HeteroData, generator: torch.Generator | None = None) -> HeteroData:
+        """What a training step runs the forward pass on: ``data`` itself, or with
+        ``loss.region_mask`` a view hiding each modality from a random share of the regions
+        (:func:`~urbanrep.fusion.losses.hide_regions`); :meth:`loss` then gets ``data``."""
+        rate = self.config.loss.region_mask
+        return hide_regions(data, rate, generator) if rate > 0 else data
+
     def step_members(self) -> list[RegionModel]:
         """The models a training step may run forward, loss and backward for one after the other.
 
@@ -728,7 +736,8 @@ class RegionModel(nn.Module):
         if self.feature_heads:
             terms = []
             for m, head in self.feature_heads.items():
-                mk = out.masks[m]
+                # the regions with data: those of ``data`` when the forward pass hid some (training_view)
+                mk = cast(ModalityMoE, self.experts[m]).region_mask(data) if lc.region_mask > 0 else out.masks[m]
                 target = self.retention_target(data, m, mk)
                 terms.append(feature_reconstruction_loss(head(sel(out.embedding)), sel(target), sel(mk)))
             stacked = torch.stack(terms)

@@ -642,7 +642,7 @@ def optimisation_step(model: RegionModel, data: HeteroData, opt: torch.optim.Opt
     results = []
     for member in model.step_members():  # an ensemble member by member: one member's activations at a time
         with _amp_context(device, tc.amp):
-            member_total, member_parts = member.loss(data, member(data), gen)
+            member_total, member_parts = member.loss(data, member(member.training_view(data, gen)), gen)
         if sync is None and not torch.isfinite(member_total.detach()):
             raise UrbanRepError(f"training loss became {float(member_total.detach())} at {where}; lower "
                                 "TrainConfig.lr or check the graph features for extreme values")

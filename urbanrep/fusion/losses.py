@@ -17,7 +17,14 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from urbanrep.errors import ConfigError
-from urbanrep.graphs.schema import AGGREGATED_MODALITIES, IMAGE, IMAGE_IN_REGION, REGION, feature_key
+from urbanrep.graphs.schema import (
+    AGGREGATED_MODALITIES,
+    IMAGE,
+    IMAGE_IN_REGION,
+    REGION,
+    feature_key,
+    mask_key,
+)
 
 FUSION_CONTRASTS = ("views", "modality", "cross")
 FEATURE_TARGETS = ("log", "both")
@@ -98,6 +105,11 @@ class LossConfig:
             contrastive terms reward what the modalities agree on and let the columns repeat it;
             this term asks each column for something the others do not carry, so the width
             holds more distinct information. 0 (default) switches it off.
+        region_mask: Masked-region training (GraphMAE-style): in every step each aggregated
+            modality is hidden from this share of the regions (:func:`hide_regions`) for the
+            forward pass, and the input-retention loss still asks for their features, so the
+            embedding must carry what a region's other modalities and its neighbours say about
+            it, not only a copy of its own inputs. 0 (default) switches it off.
         balance_weight: Load-balancing loss of sparse (top-k) MoE routing.
         feature_drop: Probability of masking a feature column in an augmented view.
         edge_drop: Probability of dropping an edge in an augmented view.
@@ -133,6 +145,7 @@ class LossConfig:
     edge_drop: float = 0.2
     max_nodes: int = 2048
     negative_hops: int = 0
+    region_mask: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -148,7 +161,7 @@ class LossConfig:
         if self.fusion_contrast not in FUSION_CONTRASTS:
             raise ConfigError(f"LossConfig.fusion_contrast must be one of {FUSION_CONTRASTS}, "
                               f"got {self.fusion_contrast!r}")
-        for name in ("feature_drop", "edge_drop"):
+        for name in ("feature_drop", "edge_drop", "region_mask"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"LossConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("flow_components", "solo_flow_components"):
@@ -457,6 +470,32 @@ def feature_reconstruction_loss(pred: Tensor, x: Tensor, mask: Tensor) -> Tensor
 def _keep(shape: tuple[int, ...], p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return (torch.rand(shape, generator=generator, device=gen_device) >= p).to(device)
+
+
+def hide_regions(data: HeteroData, rate: float, generator: torch.Generator | None = None) -> HeteroData:
+    """A shallow-copied view in which each aggregated modality is hidden from a random ``rate`` of the regions.
+
+    Masked-region training (``LossConfig.region_mask``, GraphMAE-style): a hidden region's
+    features of that modality are zeroed and its mask ``mask_<m>`` is False, as for a region without
+    data, independently per modality; the model must then embed it from its other modalities and
+    its neighbours. The input graph is not modified.
+
+    Args:
+        data: Region graph.
+        rate: Share of the regions hidden, per modality.
+        generator: Seeded generator (its device is used for sampling).
+    """
+    view = copy.copy(data)
+    reg = view[REGION]
+    for m in AGGREGATED_MODALITIES:
+        key, mk = feature_key(m), mask_key(m)
+        if key not in reg or mk not in reg:
+            continue
+        x = reg[key]
+        keep = _keep((x.size(0),), rate, generator, x.device)
+        reg[mk] = reg[mk] & keep
+        reg[key] = x * keep.unsqueeze(-1).to(x.dtype)
+    return view
 
 
 def augment_graph(data: HeteroData, feature_drop: float, edge_drop: float,
