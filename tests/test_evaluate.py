@@ -814,7 +814,26 @@ def test_repeats_in_parallel_give_the_same_numbers(nyc_bundle: CityBundle, gurpp
     np.testing.assert_array_equal(ref, par)
     assert len(steps) == 15  # every fold of every repeat reported
     with pytest.raises(ConfigError, match="repeat_jobs"):
-        EvalConfig(repeat_jobs=0)
+        EvalConfig(repeat_jobs=-2)
+
+
+def test_repeat_processes_automatic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``repeat_jobs=0`` (default): worker processes only for a slow probe on enough regions, as many
+    as the free cores and the repeats allow; explicit values are taken as they are."""
+    import urbanrep.evaluate.repeats as rp
+
+    monkeypatch.setattr(rp, "free_cores", lambda: 4)
+    auto = EvalConfig()
+    assert auto.repeat_jobs == 0
+    assert rp.repeat_processes(auto, 10, slow=True, rows=rp.AUTO_PARALLEL_ROWS) == 4
+    assert rp.repeat_processes(auto, 3, slow=True, rows=2000) == 3
+    assert rp.repeat_processes(auto, 10, slow=True, rows=rp.AUTO_PARALLEL_ROWS - 1) == 1
+    assert rp.repeat_processes(auto, 10, slow=False, rows=5000) == 1
+    monkeypatch.setattr(rp, "free_cores", lambda: 1)
+    assert rp.repeat_processes(auto, 10, slow=True, rows=5000) == 1  # a busy machine
+    assert rp.repeat_processes(EvalConfig(repeat_jobs=1), 10, slow=True, rows=5000) == 1
+    assert rp.repeat_processes(EvalConfig(repeat_jobs=-1), 7, slow=False, rows=10) == 7
+    assert rp.repeat_processes(EvalConfig(repeat_jobs=3), 2, slow=False, rows=10) == 2
 
 
 def test_step_log_eta_follows_the_current_pace(monkeypatch: pytest.MonkeyPatch,
@@ -837,8 +856,15 @@ def test_step_log_eta_follows_the_current_pace(monkeypatch: pytest.MonkeyPatch,
         for _ in range(4):
             clock[0] += 25.0
             steps.step("slow")
+        for _ in range(2):  # a burst of 3 steps (a repeat's folds from a worker) every 30 s
+            clock[0] += 30.0
+            for _ in range(3):
+                clock[0] += 0.001
+                steps.step("burst")
         steps.close()
     lines = [r.getMessage() for r in caplog.records]
-    # one line per slow step (each 25 s after the last line); close adds none after the last step's line
-    assert len(lines) == 4 and lines[0].startswith("evaluation: 21/30 done (slow), 25 s elapsed")
-    assert lines[-1].startswith("evaluation: 24/30 done (slow), 1 min 40 s elapsed, ETA 2 min 30 s")
+    # a line per slow step and at each burst's first step (10 s since the last line), one more at close
+    assert len(lines) == 7 and lines[0].startswith("evaluation: 21/30 done (slow), 25 s elapsed")
+    assert lines[3].startswith("evaluation: 24/30 done (slow), 1 min 40 s elapsed, ETA 2 min 30 s")
+    assert lines[5].startswith("evaluation: 28/30 done (burst), 2 min 40 s elapsed, ETA 20 s")  # the bursts' pace
+    assert lines[6].startswith("evaluation: 30/30 done (burst), 2 min 40 s elapsed, ETA 0 s")

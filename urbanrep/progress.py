@@ -107,8 +107,10 @@ class StepLog:
     A line (steps done, the step just done, time elapsed, ETA) is logged whenever ``interval``
     seconds have passed since the loop started or since the last line, and a last line when the
     loop ends if any was logged: a loop that ends within ``interval`` seconds stays quiet. The ETA
-    takes the pace of the last :data:`RECENT_STEPS` steps, so a loop whose steps change in cost
-    (quick regression folds, then slow share-probe folds) is estimated at its current pace.
+    takes the pace of the last :data:`RECENT_STEPS` steps (reaching back at least a second, so steps
+    that arrive in bursts from worker processes are paced by the bursts), so a loop whose steps
+    change in cost (quick regression folds, then slow share-probe folds) is estimated at its
+    current pace.
 
     Args:
         stage: Name of the loop, first word of every line and the bar's label.
@@ -124,8 +126,7 @@ class StepLog:
         self.interval = LOG_INTERVAL_S if interval is None else interval
         self.done, self.done_at_line, self.what = 0, 0, ""
         self.t0 = self.last = time.perf_counter()
-        self.recent: collections.deque[tuple[float, int]] = collections.deque([(self.t0, 0)],
-                                                                              maxlen=RECENT_STEPS + 1)
+        self.recent: collections.deque[tuple[float, int]] = collections.deque([(self.t0, 0)], maxlen=64)
         self.bar = start_progress(stage, self.total)
 
     def step(self, what: str, n: int = 1) -> None:
@@ -147,7 +148,12 @@ class StepLog:
     def _line(self, now: float) -> None:
         first = not self.done_at_line
         self.last, self.done_at_line = now, self.done
-        (t_first, done_first), (t_last, done_last) = self.recent[0], self.recent[-1]
+        t_last, done_last = self.recent[-1]
+        t_first, done_first = self.recent[0]
+        for t, done in reversed(self.recent):  # the last RECENT_STEPS steps, over at least a second
+            if done_last - done >= RECENT_STEPS and t_last - t >= 1.0:
+                t_first, done_first = t, done
+                break
         per_step = (t_last - t_first) / max(done_last - done_first, 1)
         self.log.info("%s: %d/%d done (%s), %s elapsed, ETA %s%s", self.stage, self.done, self.total, self.what,
                       format_seconds(now - self.t0), format_seconds(max(self.total - self.done, 0) * per_step),

@@ -53,6 +53,7 @@ from torch_geometric.data import HeteroData
 from urbanrep.allocator import POLICIES as MALLOC_POLICIES
 from urbanrep.allocator import tune_allocator
 from urbanrep.atomic import atomic_path, write_bytes_atomic, write_parquet_atomic
+from urbanrep.cores import cores_and_load as _free_cores
 from urbanrep.distributed import current_ranks, env_world_size
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
@@ -286,19 +287,6 @@ def _graph_work(data: HeteroData) -> int:
     """Nodes + edges of a graph: the size that decides whether more CPU threads can pay."""
     nodes = sum(int(data[t].num_nodes or 0) for t in data.node_types)
     return nodes + sum(int(data[t].edge_index.size(1)) for t in data.edge_types if "edge_index" in data[t])
-
-
-def _free_cores() -> tuple[int, float]:
-    """Cores this process may run on and the 1-minute load average (0.0 where unknown)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    return cores, load
 
 
 def choose_threads(data: HeteroData, tc: TrainConfig, device: torch.device) -> tuple[int, str]:

@@ -157,7 +157,7 @@ def _run(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig, clustering: 
     folds = len(config.repeat_seeds) * config.n_folds  # fewer where spatial blocks allow fewer folds
     steps = (len(scalar) * len(config.regressors) + len(target_groups)) * folds + (
         len(labels.columns) if labels is not None else 0)
-    parallel = config.repeat_jobs == 1 and len(config.repeat_seeds) > 1 and (os.cpu_count() or 1) > 1
+    parallel = config.repeat_jobs in (0, 1) and len(config.repeat_seeds) > 1 and (os.cpu_count() or 1) > 1
     hint = "evaluate.repeat_jobs=N evaluates N repeats at once (the same numbers)" if parallel else ""
     with contextlib.closing(StepLog(stage, steps, log, hint=hint)) as progress:
         for target in scalar:

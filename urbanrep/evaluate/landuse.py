@@ -66,7 +66,8 @@ def share_oof_predictions(x: np.ndarray, y: np.ndarray, config: EvalConfig,
     """
     repeats = [(x, y, config, seed, groups[r] if groups is not None else None)
                for r, seed in enumerate(config.repeat_seeds)]
-    preds = np.stack(map_repeats(_one_repeat, repeats, config, on_fold)).astype(np.float64, copy=False)
+    preds = np.stack(map_repeats(_one_repeat, repeats, config, on_fold, slow=True, rows=len(y))
+                     ).astype(np.float64, copy=False)
     return preds
 
 

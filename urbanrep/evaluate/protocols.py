@@ -121,10 +121,12 @@ class EvalConfig:
         mlp_max_iter: Training iterations of the MLP probe.
         n_jobs: Parallel jobs for the random forest (the only parallel probe).
         repeat_jobs: Repeats of the strict protocol evaluated at the same time, in as many
-            processes (``-1``: one per repeat). The numbers are the same for every value (each
-            repeat is independent and seeded); on a machine with free cores the wall time falls
-            nearly by that factor where probes are slow (the land-use share probe on thousands
-            of regions). Default 1: in this process, one after the other.
+            processes (``-1``: one per repeat; 1: in this process, one after the other). The
+            numbers are the same for every value (each repeat is independent and seeded); on a
+            machine with free cores the wall time falls nearly by that factor where probes are
+            slow. 0 (default): automatic, as many as the cores the load average leaves free for
+            the slow probes (land-use shares, MLP) on at least :data:`AUTO_PARALLEL_ROWS` regions,
+            else 1 (worker processes cost more than they save on quick probes and small cities).
         tasks: Scalar targets and target groups to evaluate (e.g. ``("population",)``); ``None``
             evaluates every one the bundle has. Clustering is not affected.
         blas_threads: BLAS threads while evaluating (``threadpoolctl``); probes on a few hundred
@@ -156,7 +158,7 @@ class EvalConfig:
     mlp_alpha: float = 1e-3
     mlp_max_iter: int = 500
     n_jobs: int = 1
-    repeat_jobs: int = 1
+    repeat_jobs: int = 0
     blas_threads: int | None = 1
     inputs: bool = True
 
@@ -181,8 +183,9 @@ class EvalConfig:
             raise ConfigError(f"unknown regressor(s) {', '.join(bad)}; choose from {', '.join(REGRESSORS)}")
         if self.landuse_model not in LANDUSE_MODELS:
             raise ConfigError(f"unknown landuse_model {self.landuse_model!r}; choose from {', '.join(LANDUSE_MODELS)}")
-        if self.repeat_jobs == 0 or self.repeat_jobs < -1:
-            raise ConfigError(f"EvalConfig.repeat_jobs must be >= 1 or -1 (one per repeat), got {self.repeat_jobs}")
+        if self.repeat_jobs < -1:
+            raise ConfigError(f"EvalConfig.repeat_jobs must be >= 1, 0 (automatic) or -1 (one per repeat), "
+                              f"got {self.repeat_jobs}")
         if self.folds is not None and self.folds < 2:
             raise ConfigError(f"EvalConfig.folds must be >= 2, got {self.folds}")
         if self.protocol == "strict" and not self.seeds:

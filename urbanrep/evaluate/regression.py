@@ -38,7 +38,8 @@ def oof_predictions_array(x: np.ndarray, y: np.ndarray, config: EvalConfig, regr
     seeds = config.repeat_seeds
     repeats = [(x, y, config, regressor, seed, groups[r] if groups is not None else None)
                for r, seed in enumerate(seeds)]
-    preds = np.stack(map_repeats(_one_repeat, repeats, config, on_fold)).astype(np.float64, copy=False)
+    preds = np.stack(map_repeats(_one_repeat, repeats, config, on_fold, slow=regressor == "mlp", rows=len(y))
+                     ).astype(np.float64, copy=False)
     if config.clip:
         np.maximum(preds, 0.0, out=preds)
     return preds

@@ -8,6 +8,7 @@ running them in turn; only the wall time changes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,15 +17,35 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
+from urbanrep.cores import free_cores
 from urbanrep.evaluate.protocols import EvalConfig
+
+log = logging.getLogger(__name__)
+
+#: Fewest rows on which the automatic choice (``EvalConfig.repeat_jobs=0``) runs a slow probe's
+#: repeats in worker processes: below it, starting them costs more than they save.
+AUTO_PARALLEL_ROWS = 300
 
 #: ``fn(*args, on_fold=callback or None) -> (predictions of one repeat, outer folds run)``.
 RepeatFn = Callable[..., tuple[np.ndarray, int]]
 
 
+def repeat_processes(config: EvalConfig, repeats: int, slow: bool, rows: int) -> int:
+    """Processes the repeats run in: ``config.repeat_jobs``, or the automatic choice for 0.
+
+    Automatic: the cores the load average leaves free, at most one per repeat, where the probe is
+    ``slow`` and fit on at least :data:`AUTO_PARALLEL_ROWS` rows; else 1.
+    """
+    if config.repeat_jobs == -1:
+        return repeats
+    if config.repeat_jobs == 0:
+        return min(repeats, free_cores()) if slow and rows >= AUTO_PARALLEL_ROWS else 1
+    return min(config.repeat_jobs, repeats)
+
+
 def map_repeats(fn: RepeatFn, repeats: Sequence[tuple[Any, ...]], config: EvalConfig,
-                on_fold: Callable[[], None] | None = None) -> list[np.ndarray]:
-    """``fn`` on every repeat's arguments, in order; in ``config.repeat_jobs`` processes when above 1.
+                on_fold: Callable[[], None] | None = None, *, slow: bool = False, rows: int = 0) -> list[np.ndarray]:
+    """``fn`` on every repeat's arguments, in order; in worker processes when :func:`repeat_processes` says so.
 
     Args:
         fn: A module-level function (it is sent to worker processes) running one repeat.
@@ -32,17 +53,23 @@ def map_repeats(fn: RepeatFn, repeats: Sequence[tuple[Any, ...]], config: EvalCo
         config: Evaluation configuration (``repeat_jobs``, ``blas_threads`` of each worker).
         on_fold: Called once per outer fold: as each fold ends when the repeats run in this
             process, for all of a repeat's folds as it ends when they run in workers.
+        slow: The probe is slow enough for worker processes to pay (automatic choice).
+        rows: Regions the probe is fit on (automatic choice).
 
     Returns:
         Each repeat's predictions, in the order of ``repeats``.
     """
-    if config.repeat_jobs == 1 or len(repeats) < 2:
+    jobs = repeat_processes(config, len(repeats), slow, rows)
+    if jobs <= 1:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             return [fn(*args, on_fold=on_fold)[0] for args in repeats]
     from joblib import Parallel, delayed
 
-    jobs = len(repeats) if config.repeat_jobs == -1 else min(config.repeat_jobs, len(repeats))
+    if config.repeat_jobs == 0:
+        log.info("evaluating %d repeats on %d rows in %d processes (cores free by the load average; "
+                 "evaluate.repeat_jobs=1 keeps them in this process, the numbers are the same)", len(repeats), rows,
+                 jobs)
     out = []
     for preds, folds in Parallel(n_jobs=jobs, return_as="generator")(
             delayed(_in_worker)(fn, args, config.blas_threads) for args in repeats):
