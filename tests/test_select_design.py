@@ -79,7 +79,8 @@ def test_twin_name_is_stable_across_later_settings() -> None:
     assert twin_name(replace(mc, loss=replace(mc.loss, negative_hops=1)), tc) != base
     assert twin_name(replace(mc, loss=replace(mc.loss, temperature=0.2)), tc) != base
     # what a run hashed before ``negative_hops`` existed recorded: the same name
-    assert LATER_TRAINING_OFF["loss"]["negative_hops"] == 0
+    assert LATER_TRAINING_OFF["loss"]["negative_hops"] == 0 and LATER_TRAINING_OFF["loss"]["region_mask"] == 0.0
+    assert twin_name(replace(mc, loss=replace(mc.loss, region_mask=0.25)), tc) != base
     assert base.endswith(_config_hash({"model": _before(config_to_dict(mc)), "train": _train(config_to_dict(tc))}))
     # a cached run's meta without volume_scales was written with the package default
     from experiments.benchmark import TRANSFORM_OFF
@@ -92,7 +93,7 @@ def _before(model: dict[str, Any]) -> dict[str, Any]:
     from experiments.benchmark import LATER_TRANSFORM_FIELDS, TRANSFORM_OFF
 
     out = {k: v for k, v in {**model, **TRANSFORM_OFF}.items() if k not in LATER_TRANSFORM_FIELDS}
-    out["loss"] = {k: v for k, v in out["loss"].items() if k != "negative_hops"}
+    out["loss"] = {k: v for k, v in out["loss"].items() if k not in ("negative_hops", "region_mask")}
     return out
 
 
