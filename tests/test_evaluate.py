@@ -822,18 +822,26 @@ def test_repeat_processes_automatic(monkeypatch: pytest.MonkeyPatch) -> None:
     as the free cores and the repeats allow; explicit values are taken as they are."""
     import urbanrep.evaluate.repeats as rp
 
-    monkeypatch.setattr(rp, "free_cores", lambda: 4)
+    monkeypatch.setattr(rp, "free_cores", lambda own=0.0: 4)
     auto = EvalConfig()
     assert auto.repeat_jobs == 0
     assert rp.repeat_processes(auto, 10, slow=True, rows=rp.AUTO_PARALLEL_ROWS) == 4
     assert rp.repeat_processes(auto, 3, slow=True, rows=2000) == 3
     assert rp.repeat_processes(auto, 10, slow=True, rows=rp.AUTO_PARALLEL_ROWS - 1) == 1
     assert rp.repeat_processes(auto, 10, slow=False, rows=5000) == 1
-    monkeypatch.setattr(rp, "free_cores", lambda: 1)
+    monkeypatch.setattr(rp, "free_cores", lambda own=0.0: 1)
     assert rp.repeat_processes(auto, 10, slow=True, rows=5000) == 1  # a busy machine
     assert rp.repeat_processes(EvalConfig(repeat_jobs=1), 10, slow=True, rows=5000) == 1
     assert rp.repeat_processes(EvalConfig(repeat_jobs=-1), 7, slow=False, rows=10) == 7
     assert rp.repeat_processes(EvalConfig(repeat_jobs=3), 2, slow=False, rows=10) == 2
+    import urbanrep.cores as cores_mod
+
+    monkeypatch.setattr(cores_mod, "cores_and_load", lambda: (2, 1.0))  # an idle 2-core machine, this process busy
+    assert cores_mod.free_cores(own=1.0) == 2 and cores_mod.free_cores() == 1
+    monkeypatch.setattr(cores_mod, "cores_and_load", lambda: (2, 2.1))  # another job on the other core
+    assert cores_mod.free_cores(own=1.0) == 1
+    monkeypatch.setattr(cores_mod, "cores_and_load", lambda: (4, 0.0))
+    assert cores_mod.free_cores(own=1.0) == 4
 
 
 def test_step_log_eta_follows_the_current_pace(monkeypatch: pytest.MonkeyPatch,

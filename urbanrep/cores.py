@@ -18,7 +18,12 @@ def cores_and_load() -> tuple[int, float]:
     return cores, load
 
 
-def free_cores() -> int:
-    """Cores the 1-minute load average leaves free (at least 1)."""
+def free_cores(own: float = 0.0) -> int:
+    """Cores the 1-minute load average leaves free (at least 1, at most every core).
+
+    Args:
+        own: Busy cores of the caller's own that the load average already counts (a process that
+            has been computing for a while counts about 1), so they are not held against it.
+    """
     cores, load = cores_and_load()
-    return max(1, round(cores - load))
+    return max(1, min(cores, round(cores - max(0.0, load - own))))

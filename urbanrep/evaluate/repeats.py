@@ -33,13 +33,14 @@ RepeatFn = Callable[..., tuple[np.ndarray, int]]
 def repeat_processes(config: EvalConfig, repeats: int, slow: bool, rows: int) -> int:
     """Processes the repeats run in: ``config.repeat_jobs``, or the automatic choice for 0.
 
-    Automatic: the cores the load average leaves free, at most one per repeat, where the probe is
-    ``slow`` and fit on at least :data:`AUTO_PARALLEL_ROWS` rows; else 1.
+    Automatic: the cores the load average leaves free (this process's own core not held against
+    it), at most one per repeat, where the probe is ``slow`` and fit on at least
+    :data:`AUTO_PARALLEL_ROWS` rows; else 1.
     """
     if config.repeat_jobs == -1:
         return repeats
     if config.repeat_jobs == 0:
-        return min(repeats, free_cores()) if slow and rows >= AUTO_PARALLEL_ROWS else 1
+        return min(repeats, free_cores(own=1.0)) if slow and rows >= AUTO_PARALLEL_ROWS else 1
     return min(config.repeat_jobs, repeats)
 
 
