@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
@@ -359,6 +360,12 @@ def graph_flow_components(data: HeteroData, k: int) -> Tensor:
     return flow_components(data[et].edge_index, getattr(data[et], "edge_weight", None), n, k)
 
 
+def retention_flow_components(lc: LossConfig, modalities: Sequence[str]) -> int:
+    """Flow-profile components in mobility's input retention for a model of ``modalities``:
+    ``lc.solo_flow_components`` when mobility is its only modality, else ``lc.flow_components``."""
+    return lc.solo_flow_components if set(modalities) == {"mobility"} else lc.flow_components
+
+
 def flow_target_widths(config: ModelConfig, data: HeteroData) -> tuple[int, ...]:
     """Widths of the flow-profile components the loss terms of a model configured by ``config`` read on ``data``.
 
@@ -373,7 +380,7 @@ def flow_target_widths(config: ModelConfig, data: HeteroData) -> tuple[int, ...]
     lc = config.loss
     widths = []
     if lc.feature_weight > 0:
-        widths.append(lc.solo_flow_components if set(wanted) == {"mobility"} else lc.flow_components)
+        widths.append(retention_flow_components(lc, wanted))
     if lc.structure_weight > 0:
         widths.append(lc.flow_structure_components)
     return tuple(sorted({w for w in widths if w > 0}))
@@ -473,7 +480,7 @@ class RegionModel(nn.Module):
         self._warned_names: set[str] = set()
         #: Flow-profile components in mobility's input retention (``LossConfig.flow_components``,
         #: or ``solo_flow_components`` when mobility is the model's only modality).
-        self.flow_components = lc.solo_flow_components if self.modalities == ("mobility",) else lc.flow_components
+        self.flow_components = retention_flow_components(lc, self.modalities)
         width = 2 if lc.feature_target == "both" else 1
         self.feature_heads = nn.ModuleDict({
             m: nn.Linear(c, width * metadata.channels(m) + (self.flow_components if m == "mobility" else 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from urbanrep.bundle import CityBundle
+from urbanrep.cores import cores_and_load
 from urbanrep.evaluate.clustering import cluster_scores
 from urbanrep.evaluate.landuse import share_metrics, share_oof_predictions, share_rows
 from urbanrep.evaluate.protocols import EvalConfig, EvaluationError, spatial_groups
@@ -157,7 +157,7 @@ def _run(emb: pd.DataFrame, bundle: CityBundle, config: EvalConfig, clustering: 
     folds = len(config.repeat_seeds) * config.n_folds  # fewer where spatial blocks allow fewer folds
     steps = (len(scalar) * len(config.regressors) + len(target_groups)) * folds + (
         len(labels.columns) if labels is not None else 0)
-    parallel = config.repeat_jobs in (0, 1) and len(config.repeat_seeds) > 1 and (os.cpu_count() or 1) > 1
+    parallel = config.repeat_jobs in (0, 1) and len(config.repeat_seeds) > 1 and cores_and_load()[0] > 1
     hint = "evaluate.repeat_jobs=N evaluates N repeats at once (the same numbers)" if parallel else ""
     with contextlib.closing(StepLog(stage, steps, log, hint=hint)) as progress:
         for target in scalar:

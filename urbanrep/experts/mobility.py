@@ -124,12 +124,11 @@ def with_flow_profile(data: HeteroData, k: int, targets: Sequence[int] = ()) -> 
         return data
     out = copy.copy(data)
     n = int(data["region"].num_nodes)
+    ei, w, _ = get_edges(data, et)  # what the expert's own view uses (MobilityExpert.view_edges); OD when widths
     if k > 0:
-        ei, w, _ = get_edges(data, et)  # what the expert's own view would use (MobilityExpert.view_edges)
         out["region"][FLOW_PROFILE_KEY] = city_flow_profile(ei, w, n, k)
-    for width in widths:
-        out["region"][flow_target_key(width)] = flow_components(
-            data[et].edge_index, getattr(data[et], "edge_weight", None), n, width)
+    for width in widths:  # one cached SVD with the inputs' when the widths match
+        out["region"][flow_target_key(width)] = flow_components(ei, w, n, width)
     return out
 
 
