@@ -24,9 +24,9 @@ from shapely.geometry import LineString, box
 from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
 
-import urbanrep.evaluate.landuse as landuse_mod
 import urbanrep.evaluate.protocols as protocols_mod
 import urbanrep.evaluate.regression as regression_mod
+import urbanrep.evaluate.repeats as repeats_mod
 from tests.conftest import grid_bundle
 from urbanrep.bundle import CityBundle, validate_bundle
 from urbanrep.errors import ConfigError
@@ -194,8 +194,7 @@ def test_strict_fits_scalers_alphas_on_training_rows_only(nyc_bundle: CityBundle
     _ACTIVE_TEST[:] = [frozenset()]
     monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
     monkeypatch.setattr(protocols_mod, "RidgeCV", SpyRidgeCV)
-    monkeypatch.setattr(regression_mod, "outer_splits", _tracking_splits)
-    monkeypatch.setattr(landuse_mod, "outer_splits", _tracking_splits)
+    monkeypatch.setattr(repeats_mod, "outer_splits", _tracking_splits)  # every probe's folds (scalar, shares)
     res = run_evaluation(emb, b, EvalConfig(seeds=(0, 1)))
 
     fits = [e for e in _EVENTS if e[0] == "fit"]
@@ -346,7 +345,7 @@ def test_strict_lasso_and_mlp_fit_on_training_rows_only(nyc_bundle: CityBundle, 
     _EVENTS.clear()
     _ACTIVE_TEST[:] = [frozenset()]
     monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
-    monkeypatch.setattr(regression_mod, "outer_splits", _tracking_splits)
+    monkeypatch.setattr(repeats_mod, "outer_splits", _tracking_splits)
     run_evaluation(emb, b, EvalConfig(seeds=(0,), regressors=("lasso", "mlp"), mlp_max_iter=50))
     fits = [e for e in _EVENTS if e[0] == "fit"]
     assert len(fits) >= 5 * 2

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from urbanrep.evaluate.protocols import EvalConfig, fold_probe, make_share_model, outer_splits
-from urbanrep.evaluate.repeats import map_repeats
+from urbanrep.evaluate.protocols import EvalConfig, make_share_model
+from urbanrep.evaluate.repeats import map_repeats, oof_repeat
 
 
 def to_distribution(values: np.ndarray) -> np.ndarray:
@@ -64,26 +64,16 @@ def share_oof_predictions(x: np.ndarray, y: np.ndarray, config: EvalConfig,
     Returns:
         ``[R, n, K]`` predicted distributions.
     """
-    repeats = [(x, y, config, seed, groups[r] if groups is not None else None)
-               for r, seed in enumerate(config.repeat_seeds)]
-    preds = np.stack(map_repeats(_one_repeat, repeats, config, on_fold, slow=True, rows=len(y))
+    repeats = [(x, y, config, seed, groups[r] if groups is not None else None,
+                make_share_model(config, seed), _fold_distributions) for r, seed in enumerate(config.repeat_seeds)]
+    preds = np.stack(map_repeats(oof_repeat, repeats, config, on_fold, slow=True, rows=len(y))
                      ).astype(np.float64, copy=False)
     return preds
 
 
-def _one_repeat(x: np.ndarray, y: np.ndarray, config: EvalConfig, seed: int, g: np.ndarray | None,
-                on_fold: Callable[[], None] | None) -> tuple[np.ndarray, int]:
-    """``[n, K]`` out-of-fold predicted distributions of one repeat and its number of outer folds."""
-    proto = make_share_model(config, seed)
-    out = np.empty(y.shape, dtype=np.float64)
-    folds = 0
-    for train, test in outer_splits(len(y), config, seed, g):
-        folds += 1
-        model = fold_probe(proto, config, seed, None if g is None else g[train]).fit(x[train], y[train])
-        out[test] = to_distribution(np.asarray(model.predict(x[test])).reshape(len(test), -1))
-        if on_fold is not None:
-            on_fold()
-    return out, folds
+def _fold_distributions(predictions: np.ndarray, rows: int) -> np.ndarray:
+    """A fold's share predictions as ``[rows, K]`` distributions (:func:`to_distribution`)."""
+    return to_distribution(predictions.reshape(rows, -1))
 
 
 def distribution_scores(y: np.ndarray, p: np.ndarray, eps: float = 1e-9) -> dict[str, float]:

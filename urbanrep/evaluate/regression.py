@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from urbanrep.evaluate.protocols import EvalConfig, fold_probe, make_regressor, outer_splits
-from urbanrep.evaluate.repeats import map_repeats
+from urbanrep.evaluate.protocols import EvalConfig, make_regressor
+from urbanrep.evaluate.repeats import map_repeats, oof_repeat
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +35,18 @@ def oof_predictions_array(x: np.ndarray, y: np.ndarray, config: EvalConfig, regr
     Returns:
         ``[R, n]`` predictions (``R`` = number of repeats), clipped at 0 when ``config.clip``.
     """
-    seeds = config.repeat_seeds
-    repeats = [(x, y, config, regressor, seed, groups[r] if groups is not None else None)
-               for r, seed in enumerate(seeds)]
-    preds = np.stack(map_repeats(_one_repeat, repeats, config, on_fold, slow=regressor == "mlp", rows=len(y))
+    repeats = [(x, y, config, seed, groups[r] if groups is not None else None,
+                make_regressor(regressor, config, seed), _flat) for r, seed in enumerate(config.repeat_seeds)]
+    preds = np.stack(map_repeats(oof_repeat, repeats, config, on_fold, slow=regressor == "mlp", rows=len(y))
                      ).astype(np.float64, copy=False)
     if config.clip:
         np.maximum(preds, 0.0, out=preds)
     return preds
 
 
-def _one_repeat(x: np.ndarray, y: np.ndarray, config: EvalConfig, regressor: str, seed: int,
-                g: np.ndarray | None, on_fold: Callable[[], None] | None) -> tuple[np.ndarray, int]:
-    """``[n]`` out-of-fold predictions of one repeat and its number of outer folds."""
-    proto = make_regressor(regressor, config, seed)
-    out = np.empty(len(y), dtype=np.float64)
-    folds = 0
-    for train, test in outer_splits(len(y), config, seed, g):
-        folds += 1
-        model = fold_probe(proto, config, seed, None if g is None else g[train]).fit(x[train], y[train])
-        out[test] = np.asarray(model.predict(x[test]), dtype=np.float64).reshape(-1)
-        if on_fold is not None:
-            on_fold()
-    return out, folds
+def _flat(predictions: np.ndarray, rows: int) -> np.ndarray:
+    """A fold's scalar predictions as ``[rows]`` float64."""
+    return predictions.astype(np.float64, copy=False).reshape(rows)
 
 
 def regression_metrics(y: np.ndarray, preds: np.ndarray) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from urbanrep.cores import free_cores
-from urbanrep.evaluate.protocols import EvalConfig
+from urbanrep.evaluate.protocols import EvalConfig, fold_probe, outer_splits
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,33 @@ def map_repeats(fn: RepeatFn, repeats: Sequence[tuple[Any, ...]], config: EvalCo
             for _ in range(folds):
                 on_fold()
     return out
+
+
+def oof_repeat(x: np.ndarray, y: np.ndarray, config: EvalConfig, seed: int, g: np.ndarray | None, proto: Any,
+               finish: Callable[[np.ndarray, int], np.ndarray],
+               on_fold: Callable[[], None] | None) -> tuple[np.ndarray, int]:
+    """Out-of-fold predictions of one repeat, shaped like ``y``, and its number of outer folds.
+
+    Args:
+        x: ``[n, D]`` features.
+        y: ``[n]`` or ``[n, K]`` observed values.
+        config: Evaluation configuration (the outer folds).
+        seed: Seed of this repeat.
+        g: ``[n]`` spatial block ids of this repeat, or None.
+        proto: The repeat's unfitted probe; each outer fold fits a fresh copy (``fold_probe``).
+        finish: A module-level function turning a fold's raw predictions and its number of rows
+            into the rows of the output.
+        on_fold: Called after each outer fold, or None.
+    """
+    out = np.empty(y.shape, dtype=np.float64)
+    folds = 0
+    for train, test in outer_splits(len(y), config, seed, g):
+        folds += 1
+        model = fold_probe(proto, config, seed, None if g is None else g[train]).fit(x[train], y[train])
+        out[test] = finish(np.asarray(model.predict(x[test])), len(test))
+        if on_fold is not None:
+            on_fold()
+    return out, folds
 
 
 def _in_worker(fn: RepeatFn, args: tuple[Any, ...], blas_threads: int | None) -> tuple[np.ndarray, int]:
