@@ -250,6 +250,11 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_dropout03": ("candidate: dropout 0.3 between expert layers (default 0.1)",
                           lambda mc: replace(mc, expert=replace(mc.expert, dropout=0.3))),
         "dev_mobility3": ("candidate: OD-distribution reconstruction weight 3 (default 1)", loss(mobility_weight=3.0)),
+        "dev_mobility03": ("candidate: OD-distribution reconstruction weight 0.3 (default 1)", loss(mobility_weight=0.3)),
+        "dev_contrast32": ("candidate: the region-level contrast sees 32 of the 64 channels, the rest is left to "
+                           "input retention (loss.contrast_channels)", loss(contrast_channels=32)),
+        "dev_contrast16": ("candidate: the region-level contrast sees 16 of the 64 channels (loss.contrast_channels)",
+                           loss(contrast_channels=16)),
         # Round 2026-12-06g: round f's winner (temperature 0.5) with the two runner-up depths.
         "dev_temp05_layers1": ("candidate: InfoNCE temperature 0.5 and one message-passing layer per expert",
                                lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1),
@@ -614,7 +619,8 @@ LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "v
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that
 #: value a setting is left out of the hash, so the twins trained before it still match.
-LATER_TRAINING_OFF: dict[str, dict[str, Any]] = {"loss": {"negative_hops": 0, "region_mask": 0.0},
+LATER_TRAINING_OFF: dict[str, dict[str, Any]] = {"loss": {"negative_hops": 0, "region_mask": 0.0,
+                                                            "contrast_channels": 0},
                                                    "expert": {"flow_inputs": 0}}
 
 #: Cache-name prefix of the as-trained runs that transform-only variants share.

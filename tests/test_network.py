@@ -410,3 +410,24 @@ def test_masked_region_training(synth):
     total.backward()
     with pytest.raises(ConfigError, match="region_mask"):
         LossConfig(region_mask=1.0)
+
+
+def test_contrast_on_part_of_the_channels(synth):
+    """``loss.contrast_channels=k``: the region-level contrast reads only the first ``k`` channels of
+    the embeddings it compares (the rest do not change it); wider than the embedding is refused."""
+    k = 4
+    model = _model(tiny(loss_contrast_channels=k), synth).eval()
+    with torch.no_grad():
+        out = model(synth)
+        bumped = dataclasses.replace(out, modality_embeddings={
+            m: torch.cat([z[:, :k], z[:, k:] + 1.0], 1) for m, z in out.modality_embeddings.items()})
+        gen = torch.Generator().manual_seed(0)
+        agg = model.loss(synth, out, gen)[1]["aggregated"]
+        gen = torch.Generator().manual_seed(0)
+        assert torch.equal(model.loss(synth, bumped, gen)[1]["aggregated"], agg)
+        assert model.contrast_head[0].in_features == k
+    assert _model(TINY, synth).contrast_width == TINY.expert.out_channels
+    with pytest.raises(ConfigError, match="contrast_channels"):
+        tiny(loss_contrast_channels=TINY.expert.out_channels + 1)
+    with pytest.raises(ConfigError, match="contrast_channels"):
+        LossConfig(contrast_channels=-1)

@@ -81,6 +81,7 @@ def test_twin_name_is_stable_across_later_settings() -> None:
     # what a run hashed before ``negative_hops`` existed recorded: the same name
     assert LATER_TRAINING_OFF["loss"]["negative_hops"] == 0 and LATER_TRAINING_OFF["loss"]["region_mask"] == 0.0
     assert twin_name(replace(mc, loss=replace(mc.loss, region_mask=0.25)), tc) != base
+    assert twin_name(replace(mc, loss=replace(mc.loss, contrast_channels=32)), tc) != base
     assert base.endswith(_config_hash({"model": _before(config_to_dict(mc)), "train": _train(config_to_dict(tc))}))
     # a cached run's meta without volume_scales was written with the package default
     from experiments.benchmark import TRANSFORM_OFF
@@ -93,7 +94,7 @@ def _before(model: dict[str, Any]) -> dict[str, Any]:
     from experiments.benchmark import LATER_TRANSFORM_FIELDS, TRANSFORM_OFF
 
     out = {k: v for k, v in {**model, **TRANSFORM_OFF}.items() if k not in LATER_TRANSFORM_FIELDS}
-    out["loss"] = {k: v for k, v in out["loss"].items() if k not in ("negative_hops", "region_mask")}
+    out["loss"] = {k: v for k, v in out["loss"].items() if k not in ("negative_hops", "region_mask", "contrast_channels")}
     return out
 
 

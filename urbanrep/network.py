@@ -274,6 +274,9 @@ class ModelConfig:
                 raise ConfigError(f"ModelConfig.modalities has unknown {bad}; valid: {ALL_MODALITIES}")
         if self.projection_channels < 1:
             raise ConfigError("ModelConfig.projection_channels must be >= 1")
+        if self.loss.contrast_channels > self.expert.out_channels:
+            raise ConfigError(f"LossConfig.contrast_channels ({self.loss.contrast_channels}) must be at most the "
+                              f"embedding width expert.out_channels ({self.expert.out_channels}); 0 means every channel")
         if not 0.0 <= self.output_smoothing < 1.0:
             raise ConfigError(f"ModelConfig.output_smoothing must be in [0, 1) (0 switches it off), "
                               f"got {self.output_smoothing}")
@@ -467,7 +470,9 @@ class RegionModel(nn.Module):
         self.fusion = SpatialFusion(len(self.modalities), c, fc.hidden_channels, fc.mode, fc.pos_frequencies,
                                     fc.use_neighbors, fc.dropout)
         lc, p = config.loss, config.projection_channels
-        self.contrast_head = _mlp(c, p)
+        #: Channels the region-level contrast sees (``loss.contrast_channels``; 0: all of them).
+        self.contrast_width = lc.contrast_channels or c
+        self.contrast_head = _mlp(self.contrast_width, p)
         self.image_head = _mlp(ec.hidden_channels, p) if "street_view" in self.modalities else None
         use_mob = "mobility" in self.modalities and lc.mobility_weight > 0
         self.mob_src = nn.Linear(c, c) if use_mob else None
@@ -585,6 +590,11 @@ class RegionModel(nn.Module):
                 cast(RegionModel, member).reset_parameters()
             return
         reset_modules(self.backbones, *self.experts.values(), self.fusion, *self._head_linears())
+
+    def _project(self, emb: Tensor) -> Tensor:
+        """The contrastive projection ``[R, projection_channels]`` of ``emb`` ``[R, C]``'s first
+        :attr:`contrast_width` channels (all of them by default)."""
+        return self.contrast_head(emb[:, :self.contrast_width])
 
     def _head_linears(self) -> list[nn.Module]:
         heads: list[nn.Module] = [self.contrast_head, *self.sim_heads.values(), *self.feature_heads.values()]
@@ -707,7 +717,7 @@ class RegionModel(nn.Module):
 
         parts: dict[str, tuple[float, Tensor]] = {}
         if lc.aggregated_weight > 0 and len(self.modalities) >= 2:
-            proj = {m: self.contrast_head(sel(out.modality_embeddings[m])) for m in self.modalities}
+            proj = {m: self._project(sel(out.modality_embeddings[m])) for m in self.modalities}
             terms, pair_w = [], []
             for a, b in itertools.combinations(self.modalities, 2):
                 both = sel(out.masks[a] & out.masks[b])
@@ -842,16 +852,16 @@ class RegionModel(nn.Module):
         if lc.fusion_contrast == "views" or (lc.fusion_contrast == "cross" and len(self.modalities) < 2):
             v1 = self(augment_graph(data, lc.feature_drop, lc.edge_drop, generator)).embedding
             v2 = self(augment_graph(data, lc.feature_drop, lc.edge_drop, generator)).embedding
-            return info_nce(self.contrast_head(sel(v1)[present]), self.contrast_head(sel(v2)[present]),
+            return info_nce(self._project(sel(v1)[present]), self._project(sel(v2)[present]),
                             lc.temperature, near(present))
         if lc.fusion_contrast == "cross" and len(self.modalities) >= 2:
             return self._cross_fusion_loss(out, sel, near)
-        fused = self.contrast_head(sel(out.embedding))
+        fused = self._project(sel(out.embedding))
         terms = []
         for m in self.modalities:
             mk = sel(out.masks[m])
             if int(mk.sum()) >= 2:
-                terms.append(info_nce(fused[mk], self.contrast_head(sel(out.modality_embeddings[m]))[mk],
+                terms.append(info_nce(fused[mk], self._project(sel(out.modality_embeddings[m]))[mk],
                                       lc.temperature, near(mk)))
         return torch.stack(terms).mean() if terms else fused.sum() * 0.0
 
@@ -866,8 +876,8 @@ class RegionModel(nn.Module):
             fused_others = ((others / total.clamp_min(1e-12)).unsqueeze(-1) * zs).sum(1)
             rows = sel(out.masks[m] & (total.squeeze(1) > 1e-6))
             if int(rows.sum()) >= 2:
-                terms.append(info_nce(self.contrast_head(sel(fused_others))[rows],
-                                      self.contrast_head(sel(out.modality_embeddings[m]))[rows],
+                terms.append(info_nce(self._project(sel(fused_others))[rows],
+                                      self._project(sel(out.modality_embeddings[m]))[rows],
                                       self.config.loss.temperature, near(rows)))
         return torch.stack(terms).mean() if terms else out.embedding.sum() * 0.0
 

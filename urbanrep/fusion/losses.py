@@ -110,6 +110,11 @@ class LossConfig:
             forward pass, and the input-retention loss still asks for their features, so the
             embedding must carry what a region's other modalities and its neighbours say about
             it, not only a copy of its own inputs. 0 (default) switches it off.
+        contrast_channels: The region-level contrastive terms (aggregated and fusion levels)
+            see only the first this many channels of the embeddings they compare; the other
+            channels are left to the non-contrastive terms (input retention, mobility), room for
+            what one modality carries and the others do not (a shared / modality-specific split,
+            as in factorised multimodal contrastive learning). 0 (default): every channel.
         balance_weight: Load-balancing loss of sparse (top-k) MoE routing.
         feature_drop: Probability of masking a feature column in an augmented view.
         edge_drop: Probability of dropping an edge in an augmented view.
@@ -146,6 +151,7 @@ class LossConfig:
     max_nodes: int = 2048
     negative_hops: int = 0
     region_mask: float = 0.0
+    contrast_channels: int = 0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -164,7 +170,7 @@ class LossConfig:
         for name in ("feature_drop", "edge_drop", "region_mask"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"LossConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("flow_components", "solo_flow_components"):
+        for name in ("flow_components", "solo_flow_components", "contrast_channels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}")
         if self.flow_structure_components < 1:
