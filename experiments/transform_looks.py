@@ -1,0 +1,209 @@
+"""Looks at the written-embedding transform on the development cities (never the held-out ones).
+
+The default's written embedding (:mod:`urbanrep.written`) mixes each region's row with its
+neighbours' mean and appends the 1- and 2-hop neighbour means: Singapore and São Paulo gain much
+from it, Chicago-77's full model scores better without it ("bare": the row as trained, the
+positional columns and the volumes). These looks ask what the preference follows, with the same
+scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and spatial-block folds,
+3 training seeds), on the default's as-trained runs:
+
+- ``--thin P``: every count of the city (POIs, land use, OD trips) binomially thinned to a share
+  ``P`` before the graph is built (the inputs' sampling noise raised, the targets unchanged);
+- ``--modalities``: the graph built with a subset of the city's modalities;
+- ``--rows N``: each written embedding scored on random subsets of ``N`` regions (3 per seed; a
+  standardised ``RidgeCV`` in shuffled 5-fold CV, 3 splits, the strict probe without the harness),
+  the probe's training rows as the only change;
+- the variants (``--variants``): the default; ``bare``; ``raw+hops`` (unsmoothed row and both hop
+  means); ``raw+hopkK`` / ``s.5+hopkK`` (unsmoothed or half-smoothed row, each hop mean compressed
+  to its K leading principal components); ``raw+joint16`` (both hop means together compressed to
+  16); ``flowK`` (the default with the city's K leading flow-profile components appended).
+
+Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION.md``.
+Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.benchmark import _variant_configs, train_embedding, trained_run
+from experiments.select_design import (
+    CITIES,
+    load_city,
+    paper_score,
+    scalar_tasks,
+    spatial_blocks_for,
+    strict_scores,
+)
+
+log = logging.getLogger("transform_looks")
+
+VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk32", "raw+joint16",
+            "s.5+hopk8", "s.5+hopk16", "flow4", "flow8", "flow16")
+
+
+def leading_components(x: np.ndarray, k: int) -> np.ndarray:
+    """``[N, k]`` scores of the ``k`` leading principal components of ``x`` ``[N, C]``."""
+    u, s, _ = np.linalg.svd((x - x.mean(0)).astype(np.float64), full_matrices=False)
+    return (u[:, :k] * s[:k]).astype(np.float32)
+
+
+def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
+    """The written embedding ``[N, C']`` of variant ``name`` from the as-trained ``[N, C]`` (graph node order)."""
+    from urbanrep.experts.mobility import flow_components
+    from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE
+    from urbanrep.position import append_position, append_scaled
+    from urbanrep.smoothing import hop_operator, smooth_over_neighbours
+    from urbanrep.volumes import region_volumes
+    from urbanrep.written import scale_to_total_variance, written_from_config
+
+    ei = data[ADJACENT].edge_index.cpu().numpy()
+    volumes = region_volumes(data, data.modalities, mc.volume_scales)
+    if name == "default" or name.startswith("flow"):
+        out = written_from_config(trained, ei, mc, volumes)
+        if name == "default":
+            return out
+        et, n = MODALITY_EDGE["mobility"], trained.shape[0]
+        if et not in data.edge_types:
+            raise SystemExit(f"transform_looks: {name} needs OD edges; the graph has no mobility")
+        flows = flow_components(data[et].edge_index, getattr(data[et], "edge_weight", None), n,
+                                int(name[4:])).numpy().astype(np.float64)
+        return scale_to_total_variance(append_scaled(out, flows - flows.mean(0)), mc.output_variance)
+    match = re.fullmatch(r"(bare|raw|s\.5)(?:\+(hops|hopk|joint)(\d*))?", name)
+    if match is None:
+        raise SystemExit(f"transform_looks: unknown variant {name!r}; one of {', '.join(VARIANTS)}")
+    row_kind, hops, k = match.groups()
+    hop = hop_operator(ei, trained.shape[0])
+    row = smooth_over_neighbours(trained, hop, 0.5 if row_kind == "s.5" else 0.0)
+    blocks: list[np.ndarray] = []
+    if hops:
+        h1 = np.asarray(hop @ row, np.float32)
+        h2 = np.asarray(hop @ h1, np.float32)
+        blocks = ([h1, h2] if hops == "hops" else [leading_components(np.hstack([h1, h2]), int(k))]
+                  if hops == "joint" else [leading_components(h1, int(k)), leading_components(h2, int(k))])
+    out = append_position(np.hstack([row, *blocks]).astype(np.float32), ei, mc.output_position)
+    return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
+
+
+def thin_counts(bundle: Any, share: float, seed: int = 0) -> None:
+    """Binomially thin every aggregate count of ``bundle`` in place to ``share`` of its value."""
+    rng = np.random.default_rng(seed)
+    for agg in bundle.aggregates.values():
+        t = agg.table
+        cols = ["value"] if agg.kind == "matrix" else [c for c in t.columns if c != "region_id"
+                                                       and pd.api.types.is_numeric_dtype(t[c])]
+        for c in cols:
+            counts = np.round(t[c].to_numpy(np.float64)).clip(min=0).astype(np.int64)
+            t[c] = rng.binomial(counts, share).astype(t[c].dtype)
+        if agg.kind == "matrix":
+            agg.table = t[t["value"] > 0].reset_index(drop=True)
+
+
+def row_subset_score(emb: pd.DataFrame, bundle: Any, tasks: Sequence[str], subsets: Sequence[np.ndarray]) -> float:
+    """Mean over ``subsets`` (row positions of ``emb``) of the standardised ``RidgeCV``'s shuffled 5-fold R²."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    targets = bundle.targets.assign(region_id=bundle.targets["region_id"].astype(str))
+    emb = emb.set_axis(emb.index.astype(str))
+    scores = []
+    for rows in subsets:
+        sub = emb.iloc[rows]
+        for task in tasks:
+            y_all = targets[targets["target"] == task].set_index("region_id")["value"]
+            common = [i for i in sub.index if i in y_all.index]
+            x, y = sub.loc[common].to_numpy(), y_all.loc[common].to_numpy(float)
+            for split in range(3):
+                probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 30)))
+                pred = cross_val_predict(probe, x, y, cv=KFold(5, shuffle=True, random_state=split))
+                scores.append(1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    return float(np.mean(scores))
+
+
+def look(args: argparse.Namespace, city: str) -> list[str]:
+    """Score every variant on ``city``; one printed line per variant."""
+    from urbanrep.graphs import GraphConfig, build_graph
+    from urbanrep.network import ModelConfig
+
+    bundle = load_city(CITIES[city], args.data_root)
+    if args.thin < 1.0:
+        thin_counts(bundle, args.thin)
+    data, _ = build_graph(bundle, GraphConfig(modalities=tuple(args.modalities) if args.modalities else None))
+    tasks, blocks, ids = scalar_tasks(city), spatial_blocks_for(len(bundle.region_ids)), list(data.region_ids)
+    cache = args.out / "embeddings" / (city if args.thin >= 1.0 else f"{city}_thin{args.thin:g}")
+    mc = ModelConfig()
+    rows: dict[str, list[tuple[float, ...]]] = {}
+    for seed in args.seeds:
+        if args.thin < 1.0:  # another graph under the same name: its own cache, the as-trained run only
+            m_, tc = _variant_configs("urbanrep", seed, args.epochs, "cpu")
+            got = trained_run(data, m_, tc, cache)
+        else:
+            got = train_embedding(data, "urbanrep", seed, args.epochs, cache, "cpu")
+            got = got and (pd.read_parquet(cache / got[1]["as_trained"]).set_index("region_id"),)
+        assert got is not None
+        trained = got[0].loc[ids].to_numpy(np.float32)
+        rng = np.random.default_rng(seed)  # the same subsets for every variant
+        subsets = [rng.choice(len(ids), args.rows, replace=False) for _ in range(3)] if args.rows else []
+        for name in args.variants:
+            emb = pd.DataFrame(written_variant(name, trained, data, mc), index=ids)
+            if args.rows:
+                rows.setdefault(name, []).append((row_subset_score(emb, bundle, tasks, subsets),))
+                continue
+            shuffled = strict_scores(emb, bundle, tasks, args.strict_seeds)
+            spatial = strict_scores(emb, bundle, tasks, args.strict_seeds, blocks)
+            rows.setdefault(name, []).append((float(np.mean(list(shuffled.values()))),
+                                              float(np.mean(list(spatial.values()))), paper_score(emb, bundle, tasks),
+                                              *shuffled.values()))
+    where = f"{city} ({'+'.join(data.modalities)}{f', counts x{args.thin:g}' if args.thin < 1 else ''})"
+    lines = []
+    for name, got_rows in rows.items():
+        a = np.array(got_rows)
+        if args.rows:
+            lines.append(f"{where} {name}: {args.rows} regions, shuffled R² {a[:, 0].mean():.3f} ± {a[:, 0].std():.3f}")
+            continue
+        score = a[:, :2].mean(1)
+        lines.append(f"{where} {name}: score {score.mean():.3f} ± {score.std():.3f} (shuffled {a[:, 0].mean():.3f}, "
+                     f"spatial blocks {a[:, 1].mean():.3f}, paper {a[:, 2].mean():.3f}; shuffled per task "
+                     + ", ".join(f"{t} {v:.3f}" for t, v in zip(tasks, a[:, 3:].mean(0), strict=True)) + ")")
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cities", nargs="+", choices=sorted(CITIES), default=sorted(CITIES))
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["default", "bare", "raw+hops", "s.5+hopk8"])
+    p.add_argument("--thin", type=float, default=1.0, help="share of every count kept (binomial thinning)")
+    p.add_argument("--modalities", nargs="+", default=None)
+    p.add_argument("--rows", type=int, default=0, help="score on random subsets of this many regions")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--strict-seeds", type=int, default=5)
+    p.add_argument("--out", type=Path, required=True, help="cache folder (select_design's --out reuses its runs)")
+    p.add_argument("--data-root", default=None)
+    args = p.parse_args(argv)
+    if not 0.0 < args.thin <= 1.0:
+        p.error(f"--thin must be in (0, 1], got {args.thin}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    for city in args.cities:
+        for line in look(args, city):
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
