@@ -16,7 +16,11 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
 - the variants (``--variants``): the default; ``bare``; ``raw+hops`` (unsmoothed row and both hop
   means); ``raw+hopkK`` / ``s.5+hopkK`` (unsmoothed or half-smoothed row, each hop mean compressed
   to its K leading principal components); ``raw+joint16`` (both hop means together compressed to
-  16); ``flowK`` (the default with the city's K leading flow-profile components appended).
+  16); ``flowK`` (the default with the city's K leading flow-profile components appended);
+  ``miss`` / ``miss+hops`` (each region's row mixed with its neighbours' mean by the share of the
+  modalities it has no data of: a region with every modality keeps its row, one with none takes
+  its neighbours'; without or with both hop means); ``miss+s.5+hops`` (the share is half of that
+  plus one half: the default's smoothing, more where data is missing).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION.md``.
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
@@ -47,7 +51,17 @@ from experiments.select_design import (
 log = logging.getLogger("transform_looks")
 
 VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk32", "raw+joint16",
-            "s.5+hopk8", "s.5+hopk16", "flow4", "flow8", "flow16")
+            "s.5+hopk8", "s.5+hopk16", "flow4", "flow8", "flow16", "miss", "miss+hops", "miss+s.5+hops")
+
+
+def missing_share(data: Any) -> np.ndarray:
+    """``[N]`` share of the graph's modalities each region has no data of (its ``mask_<modality>`` False)."""
+    from urbanrep.graphs.schema import REGION, mask_key
+
+    n = len(data.region_ids)
+    masks = [getattr(data[REGION], mask_key(m), None) for m in data.modalities]
+    has = np.stack([np.ones(n, bool) if mk is None else mk.cpu().numpy().astype(bool) for mk in masks], 1)
+    return 1.0 - has.mean(1)
 
 
 def leading_components(x: np.ndarray, k: int) -> np.ndarray:
@@ -77,12 +91,18 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
         flows = flow_components(data[et].edge_index, getattr(data[et], "edge_weight", None), n,
                                 int(name[4:])).numpy().astype(np.float64)
         return scale_to_total_variance(append_scaled(out, flows - flows.mean(0)), mc.output_variance)
-    match = re.fullmatch(r"(bare|raw|s\.5)(?:\+(hops|hopk|joint)(\d*))?", name)
+    match = re.fullmatch(r"(bare|raw|s\.5|miss|miss\+s\.5)(?:\+(hops|hopk|joint)(\d*))?", name)
     if match is None:
         raise SystemExit(f"transform_looks: unknown variant {name!r}; one of {', '.join(VARIANTS)}")
     row_kind, hops, k = match.groups()
     hop = hop_operator(ei, trained.shape[0])
-    row = smooth_over_neighbours(trained, hop, 0.5 if row_kind == "s.5" else 0.0)
+    if row_kind.startswith("miss"):  # a region's row mixed with its neighbours' by the share of data it lacks
+        share = missing_share(data)[:, None]
+        if row_kind == "miss+s.5":
+            share = 0.5 + 0.5 * share
+        row = ((1.0 - share) * trained + share * np.asarray(hop @ trained)).astype(np.float32)
+    else:
+        row = smooth_over_neighbours(trained, hop, 0.5 if row_kind == "s.5" else 0.0)
     blocks: list[np.ndarray] = []
     if hops:
         h1 = np.asarray(hop @ row, np.float32)

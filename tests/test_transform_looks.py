@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from experiments.transform_looks import thin_counts, written_variant
+from experiments.transform_looks import missing_share, thin_counts, written_variant
 from tests.conftest import grid_bundle
 from urbanrep.graphs import GraphConfig, build_graph
 from urbanrep.graphs.schema import ADJACENT
@@ -27,10 +27,24 @@ def test_variants_are_the_written_transform_or_its_documented_changes() -> None:
     np.testing.assert_allclose(written_variant("bare", trained, data, mc), bare, rtol=1e-5, atol=1e-6)
     extra = position_count(n, mc.output_position) + volumes.shape[1]
     for name, width in (("raw+hops", 3 * 16), ("raw+hopk4", 16 + 2 * 4), ("raw+joint4", 16 + 4), ("s.5+hopk8", 16 + 16),
-                        ("flow4", 3 * 16 + 4)):
+                        ("flow4", 3 * 16 + 4), ("miss", 16), ("miss+hops", 3 * 16)):
         out = written_variant(name, trained, data, mc)
         assert out.shape == (n, width + extra), name
         assert np.isclose(column_variances(out).sum(), mc.output_variance, rtol=1e-4), name
+
+
+def test_missing_share_moves_only_regions_without_data() -> None:
+    data, _ = build_graph(grid_bundle(6), GraphConfig())
+    mc = ModelConfig()
+    missing = missing_share(data)
+    assert 0 < (missing > 0).sum() < len(missing)  # the grid's random POIs leave some cells empty
+    trained = np.random.default_rng(1).normal(size=(len(missing), 8)).astype(np.float32)
+    own = written_variant("miss", trained, data, mc)
+    bare = written_variant("bare", trained, data, mc)
+    # the same rows up to the overall scale (its total variance is set last) where no data is missing
+    c = float(np.median(own[missing == 0, :8] / bare[missing == 0, :8]))
+    moved = np.abs(own[:, :8] - c * bare[:, :8]).max(1) > 1e-4 * np.abs(own[:, :8]).max()
+    assert np.array_equal(moved, missing > 0)
 
 
 def test_thinning_keeps_a_share_of_every_count() -> None:
