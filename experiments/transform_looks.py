@@ -5,7 +5,7 @@ neighbours' mean and appends the 1- and 2-hop neighbour means: Singapore and Sã
 from it, Chicago-77's full model scores better without it ("bare": the row as trained, the
 positional columns and the volumes). These looks ask what the preference follows, with the same
 scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and spatial-block folds,
-3 training seeds), on the default's as-trained runs:
+3 training seeds), on the default's as-trained runs (another learned variant's with ``--model``):
 
 - ``--thin P``: every count of the city (POIs, land use, OD trips) binomially thinned to a share
   ``P`` before the graph is built (the inputs' sampling noise raised, the targets unchanged);
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.benchmark import _variant_configs, train_embedding, trained_run
+from experiments.benchmark import _variant_configs, model_variants, train_embedding, trained_run
 from experiments.select_design import (
     CITIES,
     load_city,
@@ -161,14 +161,14 @@ def look(args: argparse.Namespace, city: str) -> list[str]:
     data, _ = build_graph(bundle, GraphConfig(modalities=tuple(args.modalities) if args.modalities else None))
     tasks, blocks, ids = scalar_tasks(city), spatial_blocks_for(len(bundle.region_ids)), list(data.region_ids)
     cache = args.out / "embeddings" / (city if args.thin >= 1.0 else f"{city}_thin{args.thin:g}")
-    mc = ModelConfig()
+    mc = model_variants()[args.model][1](ModelConfig())
     rows: dict[str, list[tuple[float, ...]]] = {}
     for seed in args.seeds:
         if args.thin < 1.0:  # another graph under the same name: its own cache, the as-trained run only
-            m_, tc = _variant_configs("urbanrep", seed, args.epochs, "cpu")
+            m_, tc = _variant_configs(args.model, seed, args.epochs, "cpu")
             got = trained_run(data, m_, tc, cache)
         else:
-            got = train_embedding(data, "urbanrep", seed, args.epochs, cache, "cpu")
+            got = train_embedding(data, args.model, seed, args.epochs, cache, "cpu")
             got = got and (pd.read_parquet(cache / got[1]["as_trained"]).set_index("region_id"),)
         assert got is not None
         trained = got[0].loc[ids].to_numpy(np.float32)
@@ -184,7 +184,7 @@ def look(args: argparse.Namespace, city: str) -> list[str]:
             rows.setdefault(name, []).append((float(np.mean(list(shuffled.values()))),
                                               float(np.mean(list(spatial.values()))), paper_score(emb, bundle, tasks),
                                               *shuffled.values()))
-    where = f"{city} ({'+'.join(data.modalities)}{f', counts x{args.thin:g}' if args.thin < 1 else ''})"
+    where = f"{city}{'' if args.model == 'urbanrep' else ' ' + args.model} ({'+'.join(data.modalities)}{f', counts x{args.thin:g}' if args.thin < 1 else ''})"
     lines = []
     for name, got_rows in rows.items():
         a = np.array(got_rows)
@@ -202,6 +202,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cities", nargs="+", choices=sorted(CITIES), default=sorted(CITIES))
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["default", "bare", "raw+hops", "s.5+hopk8"])
+    p.add_argument("--model", default="urbanrep", choices=sorted(model_variants()),
+                   help="the learned variant whose as-trained runs the variants transform (default: the default)")
     p.add_argument("--thin", type=float, default=1.0, help="share of every count kept (binomial thinning)")
     p.add_argument("--modalities", nargs="+", default=None)
     p.add_argument("--rows", type=int, default=0, help="score on random subsets of this many regions")
