@@ -255,6 +255,10 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                            "input retention (loss.contrast_channels)", loss(contrast_channels=32)),
         "dev_contrast16": ("candidate: the region-level contrast sees 16 of the 64 channels (loss.contrast_channels)",
                            loss(contrast_channels=16)),
+        "dev_context1": ("candidate: neighbourhood retention weight 1: the embedding also decodes its neighbours' mean "
+                         "inputs (loss.context_weight)", loss(context_weight=1.0)),
+        "dev_context5": ("candidate: neighbourhood retention weight 5 (the weight of input retention)",
+                         loss(context_weight=5.0)),
         # Round 2026-12-06g: round f's winner (temperature 0.5) with the two runner-up depths.
         "dev_temp05_layers1": ("candidate: InfoNCE temperature 0.5 and one message-passing layer per expert",
                                lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1),
@@ -620,7 +624,7 @@ LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "v
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that
 #: value a setting is left out of the hash, so the twins trained before it still match.
 LATER_TRAINING_OFF: dict[str, dict[str, Any]] = {"loss": {"negative_hops": 0, "region_mask": 0.0,
-                                                            "contrast_channels": 0},
+                                                            "contrast_channels": 0, "context_weight": 0.0},
                                                    "expert": {"flow_inputs": 0}}
 
 #: Cache-name prefix of the as-trained runs that transform-only variants share.

@@ -431,3 +431,26 @@ def test_contrast_on_part_of_the_channels(synth):
         tiny(loss_contrast_channels=TINY.expert.out_channels + 1)
     with pytest.raises(ConfigError, match="contrast_channels"):
         LossConfig(contrast_channels=-1)
+
+
+def test_neighbourhood_retention(synth):
+    """``loss.context_weight``: a context head decodes the mean retention target of the adjacent
+    regions with data; :func:`neighbour_mean` counts either edge direction once and skips regions
+    without data."""
+    from urbanrep.fusion.losses import neighbour_mean
+
+    x = torch.tensor([[1.0], [2.0], [4.0], [8.0]])
+    mask = torch.tensor([True, True, False, True])
+    ei = torch.tensor([[0, 1, 1, 2, 0, 3], [1, 0, 2, 1, 0, 2]])  # 0-1 both ways, 1-2, 2-3, a self loop
+    mean, has = neighbour_mean(x, mask, ei)
+    assert has.tolist() == [True, True, True, False]  # region 3's only neighbour (2) has no data
+    assert mean[:, 0].tolist() == [2.0, 1.0, 5.0, 0.0]
+    model = _model(tiny(loss_context_weight=1.0), synth)
+    assert set(model.context_heads) == set(model.feature_heads)
+    total, parts = model.loss(synth, model(synth), torch.Generator().manual_seed(0))
+    assert torch.isfinite(parts["context"]) and float(parts["context"]) > 0
+    total.backward()
+    assert model.context_heads["poi"].weight.grad is not None
+    assert not _model(TINY, synth).context_heads
+    with pytest.raises(ConfigError, match="context_weight"):
+        LossConfig(context_weight=-1.0)

@@ -94,7 +94,8 @@ def _before(model: dict[str, Any]) -> dict[str, Any]:
     from experiments.benchmark import LATER_TRANSFORM_FIELDS, TRANSFORM_OFF
 
     out = {k: v for k, v in {**model, **TRANSFORM_OFF}.items() if k not in LATER_TRANSFORM_FIELDS}
-    out["loss"] = {k: v for k, v in out["loss"].items() if k not in ("negative_hops", "region_mask", "contrast_channels")}
+    out["loss"] = {k: v for k, v in out["loss"].items() if k not in ("negative_hops", "region_mask", "contrast_channels",
+                                                                    "context_weight")}
     return out
 
 

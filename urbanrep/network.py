@@ -49,6 +49,7 @@ from urbanrep.fusion.losses import (
     info_nce,
     mobility_reconstruction_loss,
     near_pairs,
+    neighbour_mean,
     sample_nodes,
     similarity_reconstruction_loss,
     structure_loss,
@@ -491,6 +492,11 @@ class RegionModel(nn.Module):
             m: nn.Linear(c, width * metadata.channels(m) + (self.flow_components if m == "mobility" else 0))
             for m in self.modalities if m != "street_view" and lc.feature_weight > 0
         })
+        #: Neighbourhood retention (``loss.context_weight``): the same targets, averaged over neighbours.
+        self.context_heads = nn.ModuleDict({
+            m: nn.Linear(c, width * metadata.channels(m) + (self.flow_components if m == "mobility" else 0))
+            for m in self.modalities if m != "street_view" and lc.context_weight > 0
+        })
 
     def training_view(self, data: HeteroData, generator: torch.Generator | None = None) -> HeteroData:
         """What a training step runs the forward pass on: ``data`` itself, or with
@@ -597,7 +603,8 @@ class RegionModel(nn.Module):
         return self.contrast_head(emb[:, :self.contrast_width])
 
     def _head_linears(self) -> list[nn.Module]:
-        heads: list[nn.Module] = [self.contrast_head, *self.sim_heads.values(), *self.feature_heads.values()]
+        heads: list[nn.Module] = [self.contrast_head, *self.sim_heads.values(), *self.feature_heads.values(),
+                                  *self.context_heads.values()]
         heads += [h for h in (self.image_head, self.mob_src, self.mob_dst) if h is not None]
         return [m for h in heads for m in h.modules() if isinstance(m, nn.Linear)]
 
@@ -680,7 +687,7 @@ class RegionModel(nn.Module):
         Returns:
             ``(total, parts)``: the weighted sum and each unweighted part (detached), keyed
             ``aggregated``, ``fusion``, ``point``, ``mobility``, ``poi_similarity``,
-            ``landuse_similarity``, ``features``, ``structure``, ``decorrelation``, ``balance`` (only the
+            ``landuse_similarity``, ``features``, ``context``, ``structure``, ``decorrelation``, ``balance`` (only the
             parts switched on and applicable).
         """
         if self.members is not None:
@@ -763,6 +770,13 @@ class RegionModel(nn.Module):
                 parts["features"] = (lc.feature_weight, (stacked * fw).sum() / fw.sum())
             else:
                 parts["features"] = (lc.feature_weight, stacked.mean())
+        if self.context_heads:
+            adj, terms = data[ADJACENT].edge_index, []
+            for m, head in self.context_heads.items():
+                mk = cast(ModalityMoE, self.experts[m]).region_mask(data) if lc.region_mask > 0 else out.masks[m]
+                around, has = neighbour_mean(self.retention_target(data, m, mk), mk, adj)
+                terms.append(feature_reconstruction_loss(head(sel(out.embedding)), sel(around), sel(has)))
+            parts["context"] = (lc.context_weight, torch.stack(terms).mean())
         if lc.structure_weight > 0:
             parts["structure"] = (lc.structure_weight, self._structure_loss(data, out, sel))
         if lc.decorrelation_weight > 0:

@@ -110,6 +110,13 @@ class LossConfig:
             forward pass, and the input-retention loss still asks for their features, so the
             embedding must carry what a region's other modalities and its neighbours say about
             it, not only a copy of its own inputs. 0 (default) switches it off.
+        context_weight: Neighbourhood retention: MSE between a linear decoding of the fused
+            embedding and the mean of the adjacent regions' input-retention targets (over the
+            neighbours with data; :func:`neighbour_mean`), per modality. Input retention asks the
+            embedding for the region's own inputs; this asks it also for what surrounds the
+            region, which the written embedding's neighbourhood scales otherwise add after
+            training. In mini-batch training the neighbours are those in the batch. 0 (default)
+            switches it off.
         contrast_channels: The region-level contrastive terms (aggregated and fusion levels)
             see only the first this many channels of the embeddings they compare; the other
             channels are left to the non-contrastive terms (input retention, mobility), room for
@@ -152,13 +159,14 @@ class LossConfig:
     negative_hops: int = 0
     region_mask: float = 0.0
     contrast_channels: int = 0
+    context_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"LossConfig.temperature must be > 0, got {self.temperature}")
         for name in ("aggregated_weight", "point_weight", "fusion_weight", "mobility_weight",
                      "poi_similarity_weight", "landuse_similarity_weight", "feature_weight", "balance_weight",
-                     "structure_weight", "decorrelation_weight"):
+                     "structure_weight", "decorrelation_weight", "context_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}")
         if self.feature_target not in FEATURE_TARGETS:
@@ -471,6 +479,30 @@ def feature_reconstruction_loss(pred: Tensor, x: Tensor, mask: Tensor) -> Tensor
     if int(mask.sum()) == 0:
         return pred.sum() * 0.0
     return ((pred[mask] - x[mask]) ** 2).mean()
+
+
+def neighbour_mean(x: Tensor, mask: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean of ``x`` over each region's adjacent regions that hold data (neighbourhood retention).
+
+    Args:
+        x: ``[N, F]`` per-region values (e.g. standardised retention targets).
+        mask: ``[N]`` bool, regions whose row of ``x`` is data.
+        edge_index: ``[2, E]`` region adjacency; either direction counts, duplicates and self
+            loops are dropped.
+
+    Returns:
+        ``(mean [N, F], has [N] bool)``: ``has`` is False for a region none of whose neighbours
+        holds data (its row of ``mean`` is 0).
+    """
+    from torch_geometric.utils import remove_self_loops, to_undirected
+
+    n = x.size(0)
+    src, dst = to_undirected(remove_self_loops(edge_index)[0], num_nodes=n)
+    w = mask.to(x.dtype)
+    total = x.new_zeros(n, x.size(1)).index_add_(0, dst, x[src] * w[src].unsqueeze(-1))
+    count = x.new_zeros(n).index_add_(0, dst, w[src])
+    has = count > 0
+    return total / count.clamp_min(1.0).unsqueeze(-1), has
 
 
 def _keep(shape: tuple[int, ...], p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
