@@ -488,15 +488,16 @@ class RegionModel(nn.Module):
         #: or ``solo_flow_components`` when mobility is the model's only modality).
         self.flow_components = retention_flow_components(lc, self.modalities)
         width = 2 if lc.feature_target == "both" else 1
-        self.feature_heads = nn.ModuleDict({
-            m: nn.Linear(c, width * metadata.channels(m) + (self.flow_components if m == "mobility" else 0))
-            for m in self.modalities if m != "street_view" and lc.feature_weight > 0
-        })
+        retained = [m for m in self.modalities if m != "street_view"]
+
+        def retention_width(m: str) -> int:  # the width of :meth:`retention_target` for ``m``
+            return width * metadata.channels(m) + (self.flow_components if m == "mobility" else 0)
+
+        self.feature_heads = nn.ModuleDict({m: nn.Linear(c, retention_width(m))
+                                            for m in retained if lc.feature_weight > 0})
         #: Neighbourhood retention (``loss.context_weight``): the same targets, averaged over neighbours.
-        self.context_heads = nn.ModuleDict({
-            m: nn.Linear(c, width * metadata.channels(m) + (self.flow_components if m == "mobility" else 0))
-            for m in self.modalities if m != "street_view" and lc.context_weight > 0
-        })
+        self.context_heads = nn.ModuleDict({m: nn.Linear(c, retention_width(m))
+                                            for m in retained if lc.context_weight > 0})
 
     def training_view(self, data: HeteroData, generator: torch.Generator | None = None) -> HeteroData:
         """What a training step runs the forward pass on: ``data`` itself, or with
