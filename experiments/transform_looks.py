@@ -20,7 +20,9 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   ``miss`` / ``miss+hops`` (each region's row mixed with its neighbours' mean by the share of the
   modalities it has no data of: a region with every modality keeps its row, one with none takes
   its neighbours'; without or with both hop means); ``miss+s.5+hops`` (the share is half of that
-  plus one half: the default's smoothing, more where data is missing).
+  plus one half: the default's smoothing, more where data is missing); ``od`` / ``od-hop2`` (the
+  default with the mean over the regions a region exchanges trips with, weighted by the trips,
+  appended / in place of the 2-hop mean).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION.md``.
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
@@ -51,7 +53,27 @@ from experiments.select_design import (
 log = logging.getLogger("transform_looks")
 
 VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk32", "raw+joint16",
-            "s.5+hopk8", "s.5+hopk16", "flow4", "flow8", "flow16", "miss", "miss+hops", "miss+s.5+hops")
+            "s.5+hopk8", "s.5+hopk16", "flow4", "flow8", "flow16", "miss", "miss+hops", "miss+s.5+hops", "od", "od-hop2")
+
+
+def flow_neighbour_operator(data: Any) -> Any:
+    """``[N, N]`` sparse: each region's mean over the regions it exchanges trips with, weighted by the
+    trips both ways (OD edge weights; intra-region trips left out); a region without trips keeps its row."""
+    import scipy.sparse as sp
+
+    from urbanrep.graphs.schema import MODALITY_EDGE
+
+    et, n = MODALITY_EDGE["mobility"], len(data.region_ids)
+    if et not in data.edge_types:
+        raise SystemExit("transform_looks: the od variants need OD edges; the graph has no mobility")
+    ei = data[et].edge_index.cpu().numpy()
+    w = getattr(data[et], "edge_weight", None)
+    w = np.ones(ei.shape[1]) if w is None else w.cpu().numpy().astype(np.float64)
+    keep = ei[0] != ei[1]
+    a = sp.csr_matrix((w[keep], (ei[0][keep], ei[1][keep])), shape=(n, n))
+    a = a + a.T
+    total = np.asarray(a.sum(1)).ravel()
+    return sp.csr_matrix(sp.diags(1.0 / np.where(total > 0, total, 1.0)) @ a + sp.diags((total == 0).astype(float)))
 
 
 def missing_share(data: Any) -> np.ndarray:
@@ -81,6 +103,14 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
 
     ei = data[ADJACENT].edge_index.cpu().numpy()
     volumes = region_volumes(data, data.modalities, mc.volume_scales)
+    if name in ("od", "od-hop2"):  # the default's blocks with the trip-weighted neighbour mean appended / for hop 2
+        hop = hop_operator(ei, trained.shape[0])
+        row = smooth_over_neighbours(trained, hop, mc.output_smoothing)
+        h1 = np.asarray(hop @ row, np.float32)
+        around = np.asarray(flow_neighbour_operator(data) @ row, np.float32)
+        blocks = [row, h1, around] if name == "od-hop2" else [row, h1, np.asarray(hop @ h1, np.float32), around]
+        out = append_position(np.hstack(blocks).astype(np.float32), ei, mc.output_position)
+        return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name == "default" or name.startswith("flow"):
         out = written_from_config(trained, ei, mc, volumes)
         if name == "default":
