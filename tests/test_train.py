@@ -309,9 +309,9 @@ def test_thread_choice(synth, monkeypatch):
     assert tr.choose_threads(synth, TrainConfig(), cpu) == (0, "OMP_NUM_THREADS=2")  # 0: torch's setting stays
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(tr, "SMALL_GRAPH_WORK", 1)
-    monkeypatch.setattr(tr, "_free_cores", lambda: (8, 6.6))  # 8 cores, 6.6 busy: 1 free (+ rounding)
+    monkeypatch.setattr(tr, "cores_and_load", lambda: (8, 6.6))  # 8 cores, 6.6 busy: 1 free (+ rounding)
     assert tr.choose_threads(synth, TrainConfig(), cpu)[0] == min(torch.get_num_threads(), 1)
-    monkeypatch.setattr(tr, "_free_cores", lambda: (8, 0.2))
+    monkeypatch.setattr(tr, "cores_and_load", lambda: (8, 0.2))
     threads, why = tr.choose_threads(synth, TrainConfig(), cpu)
     assert threads == min(torch.get_num_threads(), 8) and "load average 0.2" in why
 

@@ -53,7 +53,7 @@ from torch_geometric.data import HeteroData
 from urbanrep.allocator import POLICIES as MALLOC_POLICIES
 from urbanrep.allocator import tune_allocator
 from urbanrep.atomic import atomic_path, write_bytes_atomic, write_parquet_atomic
-from urbanrep.cores import cores_and_load as _free_cores
+from urbanrep.cores import cores_and_load, free_of
 from urbanrep.distributed import current_ranks, env_world_size
 from urbanrep.errors import ConfigError, UrbanRepError
 from urbanrep.experts.base import ExpertConfig
@@ -309,8 +309,8 @@ def choose_threads(data: HeteroData, tc: TrainConfig, device: torch.device) -> t
     work = _graph_work(data)
     if work < SMALL_GRAPH_WORK:
         return 1, f"auto: {work:,} nodes + edges is too small a graph for more threads to pay"
-    cores, load = _free_cores()
-    free = max(1, min(torch.get_num_threads(), round(cores - load)))
+    cores, load = cores_and_load()
+    free = min(torch.get_num_threads(), free_of(cores, load))
     return free, f"auto: {work:,} nodes + edges on {cores} cores with load average {load:.1f}"
 
 
