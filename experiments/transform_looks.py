@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.benchmark import _variant_configs, model_variants, train_embedding, trained_run
+from experiments.benchmark import _variant_configs, model_variants, trained_run
 from experiments.select_design import (
     CITIES,
     load_city,
@@ -97,48 +97,45 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
     from urbanrep.experts.mobility import flow_components
     from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE
     from urbanrep.position import append_position, append_scaled
-    from urbanrep.smoothing import hop_operator, smooth_over_neighbours
+    from urbanrep.smoothing import hop_operator, neighbourhood_scales, smooth_over_neighbours
     from urbanrep.volumes import region_volumes
     from urbanrep.written import scale_to_total_variance, written_from_config
 
     ei = data[ADJACENT].edge_index.cpu().numpy()
+    n, c = trained.shape
     volumes = region_volumes(data, data.modalities, mc.volume_scales)
-    if name in ("od", "od-hop2"):  # the default's blocks with the trip-weighted neighbour mean appended / for hop 2
-        hop = hop_operator(ei, trained.shape[0])
-        row = smooth_over_neighbours(trained, hop, mc.output_smoothing)
-        h1 = np.asarray(hop @ row, np.float32)
-        around = np.asarray(flow_neighbour_operator(data) @ row, np.float32)
-        blocks = [row, h1, around] if name == "od-hop2" else [row, h1, np.asarray(hop @ h1, np.float32), around]
-        out = append_position(np.hstack(blocks).astype(np.float32), ei, mc.output_position)
-        return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name == "default" or name.startswith("flow"):
         out = written_from_config(trained, ei, mc, volumes)
         if name == "default":
             return out
-        et, n = MODALITY_EDGE["mobility"], trained.shape[0]
+        et = MODALITY_EDGE["mobility"]
         if et not in data.edge_types:
             raise SystemExit(f"transform_looks: {name} needs OD edges; the graph has no mobility")
         flows = flow_components(data[et].edge_index, getattr(data[et], "edge_weight", None), n,
                                 int(name[4:])).numpy().astype(np.float64)
         return scale_to_total_variance(append_scaled(out, flows - flows.mean(0)), mc.output_variance)
-    match = re.fullmatch(r"(bare|raw|s\.5|miss|miss\+s\.5)(?:\+(hops|hopk|joint)(\d*))?", name)
+    match = re.fullmatch(r"(bare|raw|s\.5|miss|miss\+s\.5|od|od-hop2)(?:\+(hops|hopk|joint)(\d*))?", name)
     if match is None:
         raise SystemExit(f"transform_looks: unknown variant {name!r}; one of {', '.join(VARIANTS)}")
     row_kind, hops, k = match.groups()
-    hop = hop_operator(ei, trained.shape[0])
+    hop = hop_operator(ei, n)
     if row_kind.startswith("miss"):  # a region's row mixed with its neighbours' by the share of data it lacks
         share = missing_share(data)[:, None]
         if row_kind == "miss+s.5":
             share = 0.5 + 0.5 * share
         row = ((1.0 - share) * trained + share * np.asarray(hop @ trained)).astype(np.float32)
     else:
-        row = smooth_over_neighbours(trained, hop, 0.5 if row_kind == "s.5" else 0.0)
+        share = mc.output_smoothing if row_kind.startswith("od") else 0.5 if row_kind == "s.5" else 0.0
+        row = smooth_over_neighbours(trained, hop, share)
     blocks: list[np.ndarray] = []
-    if hops:
-        h1 = np.asarray(hop @ row, np.float32)
-        h2 = np.asarray(hop @ h1, np.float32)
-        blocks = ([h1, h2] if hops == "hops" else [leading_components(np.hstack([h1, h2]), int(k))]
-                  if hops == "joint" else [leading_components(h1, int(k)), leading_components(h2, int(k))])
+    if hops or row_kind.startswith("od"):
+        h1, h2 = np.split(neighbourhood_scales(row, hop, 2)[:, c:], 2, axis=1)
+        if row_kind.startswith("od"):  # the default's blocks with the trip-weighted neighbour mean appended / for hop 2
+            around = np.asarray(flow_neighbour_operator(data) @ row, np.float32)
+            blocks = [h1, around] if row_kind == "od-hop2" else [h1, h2, around]
+        else:
+            blocks = ([h1, h2] if hops == "hops" else [leading_components(np.hstack([h1, h2]), int(k))]
+                      if hops == "joint" else [leading_components(h1, int(k)), leading_components(h2, int(k))])
     out = append_position(np.hstack([row, *blocks]).astype(np.float32), ei, mc.output_position)
     return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
 
@@ -194,12 +191,9 @@ def look(args: argparse.Namespace, city: str) -> list[str]:
     mc = model_variants()[args.model][1](ModelConfig())
     rows: dict[str, list[tuple[float, ...]]] = {}
     for seed in args.seeds:
-        if args.thin < 1.0:  # another graph under the same name: its own cache, the as-trained run only
-            m_, tc = _variant_configs(args.model, seed, args.epochs, "cpu")
-            got = trained_run(data, m_, tc, cache)
-        else:
-            got = train_embedding(data, args.model, seed, args.epochs, cache, "cpu")
-            got = got and (pd.read_parquet(cache / got[1]["as_trained"]).set_index("region_id"),)
+        # the as-trained run only (shared with select_design's runs in the same cache); a thinned
+        # graph has the city's name and shape, so it gets a cache of its own (``cache`` above)
+        got = trained_run(data, *_variant_configs(args.model, seed, args.epochs, "cpu"), cache)
         assert got is not None
         trained = got[0].loc[ids].to_numpy(np.float32)
         rng = np.random.default_rng(seed)  # the same subsets for every variant
