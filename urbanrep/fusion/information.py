@@ -54,6 +54,31 @@ def spatial_coherence(x: Tensor, mask: Tensor, edge_index: Tensor, log_inputs: b
     return coherence_and_significance(x, mask, edge_index, log_inputs)[0]
 
 
+def masked_neighbour_mean(x: Tensor, mask: Tensor, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean of ``x`` over the edges' sources that hold data, at each edge's destination.
+
+    The one neighbour mean of the fusion's inputs: the noise prior's neighbour correlation
+    (:func:`coherence_and_significance`) and neighbourhood retention
+    (:func:`urbanrep.fusion.losses.neighbour_mean`) both call it with the edges they keep.
+
+    Args:
+        x: ``[N, F]`` per-region values.
+        mask: ``[N]`` bool, regions whose row of ``x`` is data; edges from other regions are skipped.
+        src: ``[E]`` edge sources.
+        dst: ``[E]`` edge destinations (each edge counts once, as given).
+
+    Returns:
+        ``(mean [N, F], count [N])``: ``count`` is the number of edges with data that reach each
+        region (a region with none has a mean of 0).
+    """
+    keep = mask[src]
+    src, dst = src[keep], dst[keep]
+    n = x.size(0)
+    count = scatter(torch.ones_like(src, dtype=x.dtype), dst, 0, dim_size=n, reduce="sum")
+    total = scatter(x[src], dst, 0, dim_size=n, reduce="sum")
+    return total / count.clamp_min(1.0).unsqueeze(-1), count
+
+
 def coherence_and_significance(x: Tensor, mask: Tensor, edge_index: Tensor, log_inputs: bool = True
                                ) -> tuple[Tensor, Tensor]:
     """:func:`spatial_coherence` and its significance against pure noise.
@@ -66,15 +91,12 @@ def coherence_and_significance(x: Tensor, mask: Tensor, edge_index: Tensor, log_
     Returns:
         ``(coherence, z)``, two scalars.
     """
-    n = x.size(0)
     with torch.no_grad():
         xf = x.float()
         xs = masked_standardize(signed_log1p(xf) if log_inputs else xf, mask)
         src, dst = edge_index[0], edge_index[1]
-        keep = mask[src] & mask[dst] & (src != dst)
-        src, dst = src[keep], dst[keep]
-        deg = scatter(torch.ones_like(src, dtype=xs.dtype), dst, 0, dim_size=n, reduce="sum")
-        nb = scatter(xs[src], dst, 0, dim_size=n, reduce="sum") / deg.clamp_min(1.0).unsqueeze(-1)
+        keep = mask[dst] & (src != dst)
+        nb, deg = masked_neighbour_mean(xs, mask, src[keep], dst[keep])
         rows = mask & (deg > 0)
         inf = xs.new_tensor(float("inf"))
         if int(rows.sum()) < MIN_ROWS:

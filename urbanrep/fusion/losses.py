@@ -496,13 +496,11 @@ def neighbour_mean(x: Tensor, mask: Tensor, edge_index: Tensor) -> tuple[Tensor,
     """
     from torch_geometric.utils import remove_self_loops, to_undirected
 
-    n = x.size(0)
-    src, dst = to_undirected(remove_self_loops(edge_index)[0], num_nodes=n)
-    w = mask.to(x.dtype)
-    total = x.new_zeros(n, x.size(1)).index_add_(0, dst, x[src] * w[src].unsqueeze(-1))
-    count = x.new_zeros(n).index_add_(0, dst, w[src])
-    has = count > 0
-    return total / count.clamp_min(1.0).unsqueeze(-1), has
+    from urbanrep.fusion.information import masked_neighbour_mean
+
+    src, dst = to_undirected(remove_self_loops(edge_index)[0], num_nodes=x.size(0))
+    mean, count = masked_neighbour_mean(x, mask, src, dst)
+    return mean, count > 0
 
 
 def _keep(shape: tuple[int, ...], p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
