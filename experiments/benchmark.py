@@ -259,6 +259,12 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                          "inputs (loss.context_weight)", loss(context_weight=1.0)),
         "dev_context5": ("candidate: neighbourhood retention weight 5 (the weight of input retention)",
                          loss(context_weight=5.0)),
+        # Round 2026-12-07y: the scales the region volumes are written on.
+        "dev_vol_log_sqrt": ("candidate: the region volumes on a log and a square-root scale (model.volume_scales="
+                             "[log, sqrt]; the default writes log and linear)",
+                             lambda mc: replace(mc, volume_scales=("log", "sqrt"))),
+        "dev_vol_sqrt": ("candidate: the region volumes on a square-root scale only (model.volume_scales=[sqrt])",
+                         lambda mc: replace(mc, volume_scales=("sqrt",))),
         # Round 2026-12-06g: round f's winner (temperature 0.5) with the two runner-up depths.
         "dev_temp05_layers1": ("candidate: InfoNCE temperature 0.5 and one message-passing layer per expert",
                                lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1),

@@ -229,6 +229,17 @@ FLOW_INPUT_CANDIDATES = ("urbanrep", "dev_flowin16", "dev_flowin32")
 #: Paulo). A win here would set the flow inputs of mobility-only models only (round w decides the rest).
 SOLO_FLOW_INPUT_CANDIDATES = FLOW_INPUT_CANDIDATES
 
+#: Round 2026-12-07y (the fourteenth session's first round, declared before its run): the scales the
+#: region volumes are written on. Round u appended each modality's total on a log and a linear scale.
+#: A linear column is as skewed as the counts: where a few regions hold most of a city's POIs or
+#: trips, a standardising probe fit without them extrapolates far when they are in the test fold.
+#: That mechanism was put forward after round u from a look at a held-out city (the README's
+#: account of NYC-180's strict protocol); nothing here is scored on it. The candidates keep a
+#: volume scale with a lighter tail in place of, or beside, the linear one: log alone, log and
+#: square root, square root alone (``ModelConfig.volume_scales``). A transform, so the default's
+#: runs serve every candidate. Same rule and cities.
+VOLUME_SCALE_CANDIDATES = ("urbanrep", "abl_log_volumes", "dev_vol_log_sqrt", "dev_vol_sqrt")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")
