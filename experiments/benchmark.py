@@ -200,6 +200,8 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                         "the default before round 2026-12-06s)", lambda mc: replace(mc, output_norm="none")),
         "abl_no_volumes": ("ablation: no region volumes appended (the default before round 2026-12-06u)",
                            lambda mc: replace(mc, output_volumes=False)),
+        "abl_full_hops": ("ablation: the hop-mean blocks at full width on every city (model.output_scale_regions=0; "
+                          "the default before round 2026-12-07z)", lambda mc: replace(mc, output_scale_regions=0)),
         "abl_no_position": ("ablation: no positional columns (the neighbourhood scales and the volumes)", _position(0)),
         "abl_log_volumes": ("option: the region volumes on a log scale only (model.volume_scales=[log]; the default "
                             "writes log and linear)", lambda mc: replace(mc, volume_scales=("log",))),
@@ -265,6 +267,10 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                              lambda mc: replace(mc, volume_scales=("log", "sqrt"))),
         "dev_vol_sqrt": ("candidate: the region volumes on a square-root scale only (model.volume_scales=[sqrt])",
                          lambda mc: replace(mc, volume_scales=("sqrt",))),
+        # Round 2026-12-07z: the hop blocks' width against the number of regions.
+        "dev_hopk8": ("candidate: each hop-mean block cut to one principal component per 8 regions, at most 64 "
+                      "(model.output_scale_regions=8; Chicago-77: 9, 180 regions: 22, 512 or more: all 64)",
+                      lambda mc: replace(mc, output_scale_regions=8)),
         # Round 2026-12-06g: round f's winner (temperature 0.5) with the two runner-up depths.
         "dev_temp05_layers1": ("candidate: InfoNCE temperature 0.5 and one message-passing layer per expert",
                                lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1),
@@ -593,6 +599,8 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
 #: The settings of the written-embedding transform, switched off: a run that differs only in them needs
 #: no training, and a cached run's meta that lacks one was written with it off.
 TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "output_position": 0,
+                                 # inert with the scales off; the full-width hop blocks every run before it wrote
+                                 "output_scale_regions": 0,
                                  "output_norm": "none", "output_volumes": False,
                                  # inert with output_norm "none"; the total variance every run before it wrote
                                  "output_variance": 1.0,
@@ -602,7 +610,7 @@ TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "o
 TRANSFORM_FIELDS = tuple(TRANSFORM_OFF)
 #: Of those, the settings of a step rather than steps (inert while their step is off): code that
 #: switches steps off (``experiments/quality_checks.py``) keeps the current values of these.
-STEP_SETTINGS = ("volume_scales", "output_variance")
+STEP_SETTINGS = ("volume_scales", "output_variance", "output_scale_regions")
 
 
 def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, changed: Sequence[str]
@@ -624,7 +632,8 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 #: Output-transform settings added after the as-trained runs were first hashed. A twin always has
 #: them off, so they are left out of its hash and the twins trained before them still match; a
 #: cached run from before them lacks them (``experiments/quality_checks.py`` applies them to it).
-LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "volume_scales", "output_variance")
+LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "volume_scales", "output_variance",
+                          "output_scale_regions")
 
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that

@@ -207,7 +207,7 @@ VOLUME_CANDIDATES = ("urbanrep", "dev_volumes")
 #: scale as trained, two points of a one-parameter family. The scale moves nothing a standardising
 #: probe sees, so every value ties on the score and the paper protocol (a bare ``Ridge(alpha=1)``,
 #: what the published peers fit) decides. The look (development cities only, the default's round-t
-#: runs, total variance 0.03 to 100; recorded in DESIGN_SELECTION.md) put the mean paper R² at
+#: runs, total variance 0.03 to 100; recorded in DESIGN_SELECTION_2026-12-06v.md) put the mean paper R² at
 #: 0.484 for 1, 0.517 for 3 and 0.514 for 10 (Chicago-77 best near 10, São Paulo near 1, Singapore
 #: near 10-30). The candidates are those two points of the look's grid
 #: (``ModelConfig.output_variance``); a transform, so the default's runs serve them. Same rule and cities.
@@ -239,6 +239,18 @@ SOLO_FLOW_INPUT_CANDIDATES = FLOW_INPUT_CANDIDATES
 #: square root, square root alone (``ModelConfig.volume_scales``). A transform, so the default's
 #: runs serve every candidate. Same rule and cities.
 VOLUME_SCALE_CANDIDATES = ("urbanrep", "abl_log_volumes", "dev_vol_log_sqrt", "dev_vol_sqrt")
+
+#: Round 2026-12-07z (the fourteenth session's second round, declared after a look and a confirmation
+#: on fresh training seeds, before this run): the width of the hop-mean blocks against the number of
+#: regions. The session's look (the default's runs of seeds 0-2, each block of the written
+#: embedding on or off; recorded in DESIGN_SELECTION_2026-12-07w.md) found that the hop means cost Chicago-77
+#: under spatial-block folds, a city of 77 regions having only a handful of districts for a hop mean
+#: to vary over, and scored each hop block cut to one principal component per 4, 8, 16 or 32
+#: regions: one per 8 (the positional columns' budget since round q) scored 0.557 against 0.537,
+#: and on training seeds 3-5, fresh for the purpose, 0.547 against 0.533. The candidate is that rule
+#: (``ModelConfig.output_scale_regions``); a transform, so the default's runs serve it. Same rule
+#: and cities; seeds 0-2 as every round (those of the look), the fresh seeds reported beside.
+HOP_WIDTH_CANDIDATES = ("urbanrep", "dev_hopk8")
 
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.

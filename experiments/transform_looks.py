@@ -24,7 +24,7 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   default with the mean over the regions a region exchanges trips with, weighted by the trips,
   appended / in place of the 2-hop mean).
 
-Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION.md``.
+Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and fourteenth sessions).
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
 """
 
@@ -86,18 +86,17 @@ def missing_share(data: Any) -> np.ndarray:
     return 1.0 - has.mean(1)
 
 
-def leading_components(x: np.ndarray, k: int) -> np.ndarray:
-    """``[N, k]`` scores of the ``k`` leading principal components of ``x`` ``[N, C]``."""
-    u, s, _ = np.linalg.svd((x - x.mean(0)).astype(np.float64), full_matrices=False)
-    return (u[:, :k] * s[:k]).astype(np.float32)
-
-
 def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
     """The written embedding ``[N, C']`` of variant ``name`` from the as-trained ``[N, C]`` (graph node order)."""
     from urbanrep.experts.mobility import flow_components
     from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE
     from urbanrep.position import append_position, append_scaled
-    from urbanrep.smoothing import hop_operator, neighbourhood_scales, smooth_over_neighbours
+    from urbanrep.smoothing import (
+        hop_operator,
+        leading_components,
+        neighbourhood_scales,
+        smooth_over_neighbours,
+    )
     from urbanrep.volumes import region_volumes
     from urbanrep.written import scale_to_total_variance, written_from_config
 

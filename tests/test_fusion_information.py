@@ -14,6 +14,7 @@ from urbanrep.fusion.losses import LossConfig, flow_profile_components
 from urbanrep.fusion.spatial import FusionConfig
 from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE, REGION
 from urbanrep.network import ModelConfig
+from urbanrep.smoothing import scale_width
 from urbanrep.train import TrainConfig, train
 
 
@@ -90,11 +91,11 @@ def test_flow_retention_and_cross_contrast_train(contrast):
     mc = ModelConfig(output_position=0, loss=LossConfig(flow_components=8, fusion_weight=1.0, fusion_contrast=contrast),
                      fusion=FusionConfig(prior="coherence"), ensemble=1)
     res = train(data, mc, TrainConfig(epochs=3, seed=0, num_threads=1))
-    assert res.embeddings.shape == (60, 192)
+    assert res.embeddings.shape == (60, 64 + 2 * scale_width(60, 64, 8))
     assert "features" in res.history[-1] and "fusion" in res.history[-1]
     one = random_region_graph(60, modalities=("poi",), seed=0)
     res1 = train(one, replace(mc, loss=replace(mc.loss, fusion_contrast="cross")), TrainConfig(epochs=2, seed=0))
-    assert res1.embeddings.shape == (60, 192)
+    assert res1.embeddings.shape == (60, 64 + 2 * scale_width(60, 64, 8))
     assert ADJACENT in data.edge_types and data[REGION].num_nodes == 60
 
 
@@ -147,7 +148,7 @@ def test_aligned_ensemble_output_is_one_member_wide(tmp_path):
     mc = ModelConfig(ensemble=3, ensemble_output="aligned", loss=LossConfig(fusion_weight=0.0), output_scales=0,
                      output_position=0)
     res = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
-    assert res.embeddings.shape == (40, 64) and res.model.embedding_channels == 64
+    assert res.embeddings.shape == (40, 64) and res.model.row_channels == 64
     save_model(res.model, tmp_path / "model.pt", TrainConfig())
     emb, _ = embed_graph(load_model(tmp_path / "model.pt"), data)
     assert emb.shape == (40, 64)
@@ -209,7 +210,7 @@ def test_flow_retention_applies_alone_by_default_and_with_others_on_request():
     assert asked.flow_components == 4
     res = train(data, ModelConfig(ensemble=1, modalities=("mobility",), output_position=0),
                 TrainConfig(epochs=2, seed=0, num_threads=1))
-    assert res.embeddings.shape == (30, 192)
+    assert res.embeddings.shape == (30, 64 + 2 * scale_width(30, 64, 8))
 
 
 def test_region_attention_option_attends_over_regions_with_data():

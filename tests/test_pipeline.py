@@ -23,6 +23,7 @@ from tests.conftest import grid_bundle
 from urbanrep.cli import main
 from urbanrep.position import position_count
 from urbanrep.runconfig import RunConfig, load_run_config
+from urbanrep.smoothing import scale_width
 
 TINY = ["--set", "train.epochs=3", "--set", "train.num_threads=1", "--set", "model.ensemble=1",
         "--set", "model.expert.hidden_channels=16", "--set",
@@ -215,7 +216,7 @@ def test_api_on_your_own_geodataframes(tmp_path: Path) -> None:
     model = UrbanRep(tiny_config()).fit(bundle)
     emb = model.transform(bundle)
     assert list(emb.index) == list(regions["region_id"]) and emb.index.name == "region_id"
-    assert emb.shape == (25, 16 * 3 + position_count(25, 8) + 2) and np.isfinite(emb.to_numpy()).all()  # + POI volumes
+    assert emb.shape == (25, 16 + 2 * scale_width(25, 16, 8) + position_count(25, 8) + 2) and np.isfinite(emb.to_numpy()).all()  # + POI volumes
     weights = model.fusion_weights(bundle)
     assert list(weights.columns) == ["poi"]
     model.save(tmp_path / "m")

@@ -78,7 +78,7 @@ def test_output_position_widens_the_written_embedding_and_survives_a_save(tmp_pa
     mc = ModelConfig(ensemble=1, loss=LossConfig(fusion_weight=0.0), output_scales=0, output_position=8)
     res = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
     assert res.embeddings.shape == (40, 64 + 5) == (40, res.model.written_channels(data))
-    assert res.model.embedding_channels == 64
+    assert res.model.row_channels == 64
     save_model(res.model, tmp_path / "model.pt", TrainConfig())
     emb, _ = embed_graph(load_model(tmp_path / "model.pt"), data)
     np.testing.assert_allclose(emb.to_numpy(), res.embeddings, atol=1e-4)

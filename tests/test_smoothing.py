@@ -93,11 +93,50 @@ def test_output_scales_widen_the_written_embedding(tmp_path):
 
     data = random_region_graph(30, modalities=("poi", "landuse"), seed=2)
     mc = ModelConfig(ensemble=1, loss=LossConfig(fusion_weight=0.0), output_smoothing=0.5, output_scales=1,
-                     output_position=0)
+                     output_scale_regions=0, output_position=0)
     res = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
-    assert res.embeddings.shape == (30, 128) and res.model.embedding_channels == 128
+    assert res.embeddings.shape == (30, 128) and res.model.row_channels == 64
     save_model(res.model, tmp_path / "model.pt", TrainConfig())
     emb, _ = embed_graph(load_model(tmp_path / "model.pt"), data)
     np.testing.assert_allclose(emb.to_numpy(), res.embeddings, atol=1e-4)
     with pytest.raises(ConfigError, match="output_scales"):
         ModelConfig(output_scales=-1)
+
+
+def test_hop_blocks_cut_to_leading_components_on_a_small_city(tmp_path):
+    """``output_scale_regions``: each hop block keeps one principal component per so many regions
+    (at most its full width), the row stays as it is, and the layout says so."""
+    from urbanrep.model import embed_graph
+    from urbanrep.smoothing import compress_scales, leading_components, scale_width
+    from urbanrep.train import load_model, save_model
+
+    assert scale_width(77, 64, 8) == 9 and scale_width(600, 64, 8) == 64 and scale_width(5, 64, 8) == 0
+    assert scale_width(77, 64, 0) == 64
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    pcs = leading_components(x, 3)
+    centred = x - x.mean(0)
+    assert pcs.shape == (40, 3) and np.allclose(pcs.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(pcs, axis=0), np.linalg.svd(centred, compute_uv=False)[:3], rtol=1e-5)
+    assert (pcs[np.abs(pcs).argmax(0), np.arange(3)] > 0).all()  # signs fixed
+    np.testing.assert_array_equal(leading_components(-x, 3), pcs)  # the same columns whatever the sign of the input
+    scaled = np.hstack([x, 2 * x, 3 * x])
+    assert compress_scales(scaled, 6, 6) is scaled
+    np.testing.assert_array_equal(compress_scales(scaled, 6, 0), x)
+    cut = compress_scales(scaled, 6, 2)
+    assert cut.shape == (40, 10)
+    np.testing.assert_array_equal(cut[:, :6], x)
+    np.testing.assert_allclose(cut[:, 6:8], leading_components(2 * x, 2), rtol=1e-6)
+
+    data = random_region_graph(30, modalities=("poi", "landuse"), seed=2)
+    mc = ModelConfig(ensemble=1, loss=LossConfig(fusion_weight=0.0), output_smoothing=0.5, output_scales=2,
+                     output_scale_regions=8, output_position=0, output_volumes=False)
+    res = train(data, mc, TrainConfig(epochs=2, seed=0, num_threads=1))
+    assert res.embeddings.shape == (30, 64 + 2 * 3) == (30, res.model.written_channels(data))
+    layout = res.model.written_layout(data)
+    assert [w for _, w in layout] == [64, 3, 3] and "3 leading principal components" in layout[1][0]
+    save_model(res.model, tmp_path / "model.pt", TrainConfig())
+    emb, _ = embed_graph(load_model(tmp_path / "model.pt"), data)
+    np.testing.assert_allclose(emb.to_numpy(), res.embeddings, atol=1e-4)
+    with pytest.raises(ConfigError, match="output_scale_regions"):
+        ModelConfig(output_scale_regions=-1)

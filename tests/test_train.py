@@ -18,6 +18,7 @@ from urbanrep.experts.testing import random_region_graph
 from urbanrep.fusion import FusionConfig, LossConfig
 from urbanrep.network import ModelConfig, RegionModel
 from urbanrep.position import position_count
+from urbanrep.smoothing import scale_width
 from urbanrep.train import (
     CHECKPOINT_DIR,
     EMBEDDINGS,
@@ -38,14 +39,13 @@ SMALL = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_
                     fusion=FusionConfig(hidden_channels=8), projection_channels=8, ensemble=1,
                     loss=LossConfig(fusion_weight=1.0, fusion_contrast="views"))
 FAST = TrainConfig(epochs=3, lr=5e-3, device="cpu", log_every=1000)
-#: Width of the written embedding of SMALL: 8 columns, then the default neighbourhood scales appended.
-WIDTH = 8 * (1 + SMALL.output_scales)
-
-
 def written(data) -> int:
-    """Columns SMALL writes for the graph ``data`` (its scales, its positional columns, its volumes)."""
+    """Columns SMALL writes for the graph ``data``: its 8-wide row, the default hop blocks (cut to one
+    component per 8 regions on these small graphs), its positional columns, its volumes."""
+    n = data["region"].num_nodes
     volumes = 2 * len(volume_modalities(data, data.modalities)) if SMALL.output_volumes else 0
-    return WIDTH + position_count(data["region"].num_nodes, SMALL.output_position) + volumes
+    return (8 + SMALL.output_scales * scale_width(n, 8, SMALL.output_scale_regions)
+            + position_count(n, SMALL.output_position) + volumes)
 
 
 def loss_cfg(cfg: ModelConfig, **loss) -> ModelConfig:

@@ -11,6 +11,7 @@ from urbanrep.graphs import GraphConfig, build_graph
 from urbanrep.graphs.schema import ADJACENT
 from urbanrep.network import ModelConfig
 from urbanrep.position import column_variances, position_count
+from urbanrep.smoothing import scale_width
 from urbanrep.volumes import region_volumes
 from urbanrep.written import written_from_config, written_transform
 
@@ -27,7 +28,7 @@ def test_variants_are_the_written_transform_or_its_documented_changes() -> None:
     np.testing.assert_allclose(written_variant("bare", trained, data, mc), bare, rtol=1e-5, atol=1e-6)
     extra = position_count(n, mc.output_position) + volumes.shape[1]
     for name, width in (("raw+hops", 3 * 16), ("raw+hopk4", 16 + 2 * 4), ("raw+joint4", 16 + 4), ("s.5+hopk8", 16 + 16),
-                        ("flow4", 3 * 16 + 4), ("miss", 16), ("miss+hops", 3 * 16), ("od", 4 * 16), ("od-hop2", 3 * 16)):
+                        ("flow4", 16 + 2 * scale_width(n, 16, mc.output_scale_regions) + 4), ("miss", 16), ("miss+hops", 3 * 16), ("od", 4 * 16), ("od-hop2", 3 * 16)):
         out = written_variant(name, trained, data, mc)
         assert out.shape == (n, width + extra), name
         assert np.isclose(column_variances(out).sum(), mc.output_variance, rtol=1e-4), name

@@ -126,6 +126,6 @@ def test_volume_scales_in_the_config_and_a_saved_model(tmp_path) -> None:
                           for m in ("poi", "mobility")}
     res = train(data, ModelConfig(ensemble=1, volume_scales=("log",)), TrainConfig(epochs=1, seed=0, num_threads=1))
     assert res.embeddings.shape == (30, res.model.written_channels(data))
-    assert res.model.written_channels(data) == res.model.embedding_channels + 2 + 3  # 2 volumes, 30 // 8 positions
+    assert res.model.written_channels(data) == res.model.row_channels + 2 * 3 + 2 + 3  # 2 hop blocks of 30 // 8 components, 2 volumes, 30 // 8 positions
     save_model(res.model, tmp_path / "m.pt", TrainConfig())
     assert load_model(tmp_path / "m.pt").config.volume_scales == ("log",)

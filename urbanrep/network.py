@@ -65,6 +65,7 @@ from urbanrep.graphs.schema import (
     feature_key,
 )
 from urbanrep.position import position_count
+from urbanrep.smoothing import scale_width
 from urbanrep.volumes import DEFAULT_VOLUME_SCALES, region_volumes, volume_names, volume_scales_problem
 from urbanrep.written import OUTPUT_NORMS, layout_columns, written_from_config, written_layout
 
@@ -196,6 +197,18 @@ class ModelConfig:
             the written embedding is ``1 + output_scales`` times as wide (default 2: 192
             columns, the region, its neighbours and their neighbours), and a probe can weigh the
             spatial scale per task. 0 appends nothing.
+        output_scale_regions: Cut each hop block of ``output_scales`` to one principal component
+            per this many regions (at most the block's full width; :func:`urbanrep.smoothing.compress_scales`),
+            as ``output_position`` budgets the positional columns: a hop mean varies over whole
+            districts, of which a city of 77 regions has a handful, and a probe that learns from
+            about 60 regions per fold overfits 128 such columns. Cities of ``64 * output_scale_regions``
+            regions or more (512 at 8) keep the full blocks; 0 keeps them on every city. Training is
+            the same whatever its value. Default 8 (Chicago-77: 9 components per hop, 180 regions:
+            22), chosen on the development cities in round 2026-12-07z (``experiments/DESIGN_SELECTION.md``):
+            score 0.557 against 0.537 with full blocks, and on fresh training seeds 0.547 against
+            0.533 (Chicago-77 0.602 against 0.555, under spatial-block folds 0.480 against 0.409;
+            Singapore 0.646 / 0.627 against 0.628, São Paulo 0.422 / 0.420 against 0.428 / 0.425).
+            Models saved before the option read back with 0, as they wrote.
         output_position: Append one positional column per this many regions (at most 64): the
             low-frequency eigenvectors of the region adjacency graph's normalised Laplacian
             (:func:`urbanrep.position.append_position`), so that a probe can weigh where a region
@@ -219,7 +232,7 @@ class ModelConfig:
             (``Ridge(alpha=1)`` on the raw embedding) shrinks: directions that carry less than
             about ``1 / (N * output_variance)`` of the variance are shrunk by more than half.
             Nothing that standardises columns, measures angles or clusters sees it. Default 3,
-            chosen on the development cities in round 2026-12-06v (``experiments/DESIGN_SELECTION.md``):
+            chosen on the development cities in round 2026-12-06v (``experiments/DESIGN_SELECTION_2026-12-06v.md``):
             every value ties on the strict score, and the paper protocol decided (mean R² 0.517
             against 0.484 at 1 and 0.514 at 10; Chicago-77 0.709 against 0.642, Singapore 0.478
             against 0.439, São Paulo 0.363 against 0.372). Models saved before the option read
@@ -257,6 +270,7 @@ class ModelConfig:
     ensemble_output: str = "aligned"
     output_smoothing: float = 0.5
     output_scales: int = 2
+    output_scale_regions: int = 8
     output_position: int = 8
     output_norm: str = "unit_variance"
     output_variance: float = 3.0
@@ -283,6 +297,9 @@ class ModelConfig:
                               f"got {self.output_smoothing}")
         if self.output_scales < 0:
             raise ConfigError(f"ModelConfig.output_scales must be >= 0 (0 appends nothing), got {self.output_scales}")
+        if self.output_scale_regions < 0:
+            raise ConfigError(f"ModelConfig.output_scale_regions must be >= 0 regions per principal component "
+                              f"(0 keeps the hop blocks at full width), got {self.output_scale_regions}")
         if self.output_position < 0:
             raise ConfigError(f"ModelConfig.output_position must be >= 0 regions per positional column "
                               f"(0 appends nothing), got {self.output_position}")
@@ -397,8 +414,8 @@ def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
 #: The ``ModelConfig`` settings that shape only the embedding a run writes
 #: (:meth:`RegionModel.final_embedding`), not training: they may differ from the trained model's when
 #: it embeds (``urbanrep embed --set``, :meth:`RegionModel.take_written_settings`).
-WRITTEN_FIELDS = ("ensemble_output", "output_smoothing", "output_scales", "output_position", "output_norm",
-                  "output_variance", "output_volumes", "volume_scales")
+WRITTEN_FIELDS = ("ensemble_output", "output_smoothing", "output_scales", "output_scale_regions", "output_position",
+                  "output_norm", "output_variance", "output_volumes", "volume_scales")
 
 
 def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -536,12 +553,12 @@ class RegionModel(nn.Module):
         return self.config.ensemble * self.config.expert.out_channels
 
     @property
-    def embedding_channels(self) -> int:
-        """Width of the embedding a run writes (after :meth:`final_embedding`), before any positional
-        columns (``output_position``; their number depends on the graph: :meth:`written_channels`)."""
+    def row_channels(self) -> int:
+        """Width of a region's own row in the embedding a run writes (the members' consensus, or the
+        members side by side); the hop blocks, positional columns and volumes follow it, their widths
+        depending on the graph (:meth:`written_channels`)."""
         aligned = self.config.ensemble_output == "aligned"
-        width = self.config.expert.out_channels if aligned else self.out_channels
-        return width * (1 + self.config.output_scales)
+        return self.config.expert.out_channels if aligned else self.out_channels
 
     def written_channels(self, data: HeteroData) -> int:
         """Width of the embedding a run writes for the graph ``data``."""
@@ -554,8 +571,10 @@ class RegionModel(nn.Module):
         volumes = volume_names(data, self.modalities, c.volume_scales) if c.output_volumes else []
         row = ("the trained embedding" if c.ensemble == 1 else f"the consensus of the {c.ensemble} members"
                if c.ensemble_output == "aligned" else f"the {c.ensemble} members side by side")
-        return written_layout(self.embedding_channels // (1 + c.output_scales), c.output_smoothing, c.output_scales,
-                              position_count(num_regions(data), c.output_position), volumes, row)
+        n = num_regions(data)
+        return written_layout(self.row_channels, c.output_smoothing, c.output_scales,
+                              position_count(n, c.output_position), volumes, row,
+                              scale_width(n, self.row_channels, c.output_scale_regions))
 
     def written_columns(self, data: HeteroData) -> list[dict[str, str]]:
         """:meth:`written_layout` as column ranges (:func:`urbanrep.written.layout_columns`), as
@@ -570,7 +589,8 @@ class RegionModel(nn.Module):
         (:func:`align_members`). Then, with ``output_smoothing`` > 0, each row is mixed with the
         mean of its adjacent regions' rows (:func:`urbanrep.smoothing.smooth_over_neighbours`), and
         with ``output_scales`` > 0 the neighbour means over 1..``output_scales`` hops are
-        appended (:func:`urbanrep.smoothing.neighbourhood_scales`), and with ``output_position``
+        appended (:func:`urbanrep.smoothing.neighbourhood_scales`; with ``output_scale_regions``
+        > 0 each cut to its leading principal components on a small city), and with ``output_position``
         > 0 the positional columns (:func:`urbanrep.position.append_position`), with
         ``output_volumes`` the regions' own count totals (:func:`urbanrep.volumes.region_volumes`);
         last, with ``output_norm="unit_variance"``, the whole is scaled to the total variance

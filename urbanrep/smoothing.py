@@ -9,7 +9,11 @@ part no neighbour shares. It uses the graph's adjacency only, never a target.
 
 The right spatial scale depends on the question (population varies over whole districts, crime
 over a few blocks), so :func:`neighbourhood_scales` can also append the neighbour means over one,
-two, ... hops side by side; a downstream probe then weighs each scale per task.
+two, ... hops side by side; a downstream probe then weighs each scale per task. A city of a few
+dozen regions cannot afford a full-width block per hop (a probe learns from about 60 of them per
+fold, and a hop mean varies over whole districts, of which such a city has only a handful), so
+:func:`compress_scales` can keep each hop block's leading principal components only, one per so
+many regions, as :mod:`urbanrep.position` does for the positional columns.
 
 Shapes: ``emb`` ``[N, C]``; ``edge_index`` ``[2, E]`` (region graph node indices).
 """
@@ -108,24 +112,82 @@ def neighbourhood_scales(emb: np.ndarray, hop: sp.csr_matrix, scales: int) -> np
     return out
 
 
-def neighbourhood_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int) -> np.ndarray:
+def scale_width(num_nodes: int, channels: int, regions_per_component: int) -> int:
+    """Width of each hop block of the written embedding (:func:`compress_scales`).
+
+    Args:
+        num_nodes: ``N``.
+        channels: ``C``, the width of the row the hop means are taken of.
+        regions_per_component: One principal component per this many regions; 0 keeps every channel.
+
+    Returns:
+        ``C`` when ``regions_per_component`` is 0, else ``min(C, N // regions_per_component)``
+        (0: the hop blocks are left out).
+    """
+    if regions_per_component <= 0:
+        return channels
+    return max(0, min(channels, num_nodes // regions_per_component))
+
+
+def leading_components(x: np.ndarray, k: int) -> np.ndarray:
+    """``[N, k]`` float32 scores of the ``k`` leading principal components of ``x`` ``[N, C]``.
+
+    The columns of ``x`` are centred; each component's sign is fixed so that its score of largest
+    magnitude is positive (the same input always gives the same columns, up to the basis chosen
+    within a repeated singular value). The scores keep their variance (``u * s``), so the
+    compressed block carries the share of the block's variance its leading components hold.
+    """
+    u, s, _ = np.linalg.svd(x.astype(np.float64) - x.mean(0, dtype=np.float64), full_matrices=False)
+    scores = u[:, :k] * s[:k]
+    sign = np.sign(scores[np.abs(scores).argmax(0), np.arange(scores.shape[1])])
+    return (scores * np.where(sign == 0, 1.0, sign)).astype(np.float32)
+
+
+def compress_scales(scaled: np.ndarray, channels: int, width: int) -> np.ndarray:
+    """The row of :func:`neighbourhood_scales`' output kept, each hop block cut to ``width`` leading
+    principal components (:func:`leading_components`).
+
+    Args:
+        scaled: ``[N, (1 + S) * C]`` output of :func:`neighbourhood_scales`.
+        channels: ``C``.
+        width: Components kept per hop block (:func:`scale_width`); ``C`` returns ``scaled`` itself.
+
+    Returns:
+        ``[N, C + S * width]`` float32.
+    """
+    if width >= channels:
+        return scaled
+    row, hops = scaled[:, :channels], scaled[:, channels:]
+    if width == 0:
+        return row
+    blocks = [leading_components(block, width) for block in np.split(hops, hops.shape[1] // channels, axis=1)]
+    return np.hstack([row, *blocks]).astype(np.float32, copy=False)
+
+
+def neighbourhood_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int,
+                            regions_per_component: int = 0) -> np.ndarray:
     """The neighbourhood part of the written-embedding transform: :func:`smooth_over_neighbours`, then
-    :func:`neighbourhood_scales`.
+    :func:`neighbourhood_scales`, then :func:`compress_scales`.
 
     The first part of what :meth:`urbanrep.network.RegionModel.final_embedding` applies after
-    training (``ModelConfig.output_smoothing`` and ``output_scales``; the positional columns follow:
-    :func:`urbanrep.written.written_transform` is the whole transform).
+    training (``ModelConfig.output_smoothing``, ``output_scales`` and ``output_scale_regions``; the
+    positional columns follow: :func:`urbanrep.written.written_transform` is the whole transform).
 
     Args:
         emb: ``[N, C]`` embedding as trained, rows in graph node order.
         edge_index: ``[2, E]`` adjacency edges of the region graph.
         share: Smoothing share (0: none).
         scales: Hops of neighbour means to append (0: none).
+        regions_per_component: Each hop block cut to one principal component per this many
+            regions, at most ``C`` (:func:`scale_width`; 0: full width).
 
     Returns:
-        ``[N, (1 + scales) * C]`` float32 (``emb`` itself when both are 0).
+        ``[N, C + scales * scale_width(N, C, regions_per_component)]`` float32 (``emb`` itself
+        when ``share`` and ``scales`` are both 0).
     """
     if share == 0.0 and scales == 0:
         return emb
-    hop = hop_operator(edge_index, emb.shape[0])
-    return neighbourhood_scales(smooth_over_neighbours(emb, hop, share), hop, scales)
+    n, c = emb.shape
+    hop = hop_operator(edge_index, n)
+    scaled = neighbourhood_scales(smooth_over_neighbours(emb, hop, share), hop, scales)
+    return compress_scales(scaled, c, scale_width(n, c, regions_per_component)) if scales else scaled

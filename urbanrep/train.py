@@ -264,6 +264,7 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         ensemble_output=str(d.get("ensemble_output", "concat")),
         output_smoothing=float(d.get("output_smoothing", 0.0)),
         output_scales=int(d.get("output_scales", 0)),
+        output_scale_regions=int(d.get("output_scale_regions", 0)),
         output_position=int(d.get("output_position", 0)),
         output_norm=str(d.get("output_norm", "none")),
         output_variance=float(d.get("output_variance", 1.0)),

@@ -4,7 +4,8 @@ After training, :meth:`urbanrep.network.RegionModel.final_embedding` puts the em
 target-free steps, each a pure function of the embedding, the region adjacency graph and (for
 the volumes) the region's own input counts:
 
-1. the neighbourhood scales (:func:`urbanrep.smoothing.neighbourhood_transform`);
+1. the neighbourhood scales (:func:`urbanrep.smoothing.neighbourhood_transform`: smoothing, hop
+   means, each hop block cut to its leading principal components on a small city);
 2. the positional columns (:func:`urbanrep.position.append_position`);
 3. the region volumes, if given (:func:`urbanrep.volumes.region_volumes`, appended with
    :func:`urbanrep.position.append_scaled`);
@@ -56,13 +57,13 @@ def scale_to_total_variance(emb: np.ndarray, total_variance: float = 1.0) -> np.
 
 def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int,
                       regions_per_column: int, norm: str = "none", volumes: np.ndarray | None = None,
-                      total_variance: float = 1.0) -> np.ndarray:
+                      total_variance: float = 1.0, regions_per_component: int = 0) -> np.ndarray:
     """The whole written-embedding transform: :func:`~urbanrep.smoothing.neighbourhood_transform`,
     then :func:`~urbanrep.position.append_position`, then the volumes, then the overall scale.
 
     What :meth:`urbanrep.network.RegionModel.final_embedding` applies after training
-    (``ModelConfig.output_smoothing``, ``output_scales``, ``output_position``, ``output_volumes``
-    and ``output_norm``); a pure function of the embedding as trained, the graph's adjacency and
+    (``ModelConfig.output_smoothing``, ``output_scales``, ``output_scale_regions``,
+    ``output_position``, ``output_volumes`` and ``output_norm``); a pure function of the embedding as trained, the graph's adjacency and
     the volumes, so it can also be applied to a saved as-trained embedding.
 
     Args:
@@ -75,14 +76,17 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
         volumes: Optional ``[N, V]`` centred columns to append, each scaled like one embedding column
             (:func:`urbanrep.volumes.region_volumes`; None or ``V == 0``: none).
         total_variance: The total variance ``"unit_variance"`` scales to (``ModelConfig.output_variance``).
+        regions_per_component: Each hop block cut to one principal component per this many regions
+            (``ModelConfig.output_scale_regions``; 0: full width).
 
     Returns:
-        ``[N, (1 + scales) * C + position_count(N, regions_per_column) + V]`` float32 (``emb``
-        itself when every step is off).
+        ``[N, C + scales * scale_width(N, C, regions_per_component) + position_count(N,
+        regions_per_column) + V]`` float32 (``emb`` itself when every step is off).
     """
     if norm not in OUTPUT_NORMS:
         raise ValueError(f"written_transform: norm must be one of {OUTPUT_NORMS}, got {norm!r}")
-    out = append_position(neighbourhood_transform(emb, edge_index, share, scales), edge_index, regions_per_column)
+    out = append_position(neighbourhood_transform(emb, edge_index, share, scales, regions_per_component), edge_index,
+                          regions_per_column)
     if volumes is not None:
         out = append_scaled(out, volumes)
     return scale_to_total_variance(out, total_variance) if norm == "unit_variance" else out
@@ -93,7 +97,8 @@ def written_from_config(emb: np.ndarray, edge_index: np.ndarray, config: Any,
     """:func:`written_transform` with the settings of a model configuration.
 
     The one place that maps ``ModelConfig``'s written-embedding settings (``output_smoothing``,
-    ``output_scales``, ``output_position``, ``output_norm``, ``output_variance``) onto the
+    ``output_scales``, ``output_scale_regions``, ``output_position``, ``output_norm``,
+    ``output_variance``) onto the
     transform, for the model (:meth:`urbanrep.network.RegionModel.final_embedding`) and for code
     that applies it to a saved as-trained embedding.
 
@@ -104,11 +109,12 @@ def written_from_config(emb: np.ndarray, edge_index: np.ndarray, config: Any,
         volumes: ``[N, V]`` region volumes when ``config.output_volumes``, else None.
     """
     return written_transform(emb, edge_index, config.output_smoothing, config.output_scales, config.output_position,
-                             config.output_norm, volumes, config.output_variance)
+                             config.output_norm, volumes, config.output_variance, config.output_scale_regions)
 
 
 def written_layout(channels: int, share: float, scales: int, positions: int,
-                   volumes: Sequence[str] = (), row: str = "the embedding as trained") -> list[tuple[str, int]]:
+                   volumes: Sequence[str] = (), row: str = "the embedding as trained",
+                   scale_channels: int | None = None) -> list[tuple[str, int]]:
     """What the columns of :func:`written_transform`'s output hold, block by block, in order.
 
     Args:
@@ -118,12 +124,16 @@ def written_layout(channels: int, share: float, scales: int, positions: int,
         positions: Positional columns appended (:func:`urbanrep.position.position_count`).
         volumes: One name per volume column (:func:`urbanrep.volumes.volume_names`).
         row: What the region's own row is (e.g. the members' consensus).
+        scale_channels: Width of each hop block (:func:`urbanrep.smoothing.scale_width`; None:
+            ``channels``, the full width).
 
     Returns:
         ``(description, width)`` per block; the widths add up to the written width.
     """
     own = row if share == 0 else f"{row}, mixed with the neighbours' mean (share {share:g})"
-    blocks = [(own, channels)] + [(f"its {h}-hop neighbour mean", channels) for h in range(1, scales + 1)]
+    width = channels if scale_channels is None else scale_channels
+    hop = "its {}-hop neighbour mean" + ("" if width == channels else f", its {width} leading principal components")
+    blocks = [(own, channels)] + ([(hop.format(h), width) for h in range(1, scales + 1)] if width else [])
     if positions:
         blocks.append(("position: low-frequency Laplacian eigenvectors of the adjacency graph", positions))
     blocks += [(f"volume: {name}", 1) for name in volumes]

@@ -50,7 +50,7 @@ class ExpertConfig:
             :func:`~urbanrep.fusion.losses.flow_profile_components`) beside its flow totals. The
             OD structure otherwise reaches the expert only through message passing. 0: off.
             Default 16, chosen on the development cities only (round 2026-12-07w,
-            ``experiments/DESIGN_SELECTION.md``): a tie on the strict score (0.537 against 0.539
+            ``experiments/DESIGN_SELECTION_2026-12-07w.md``): a tie on the strict score (0.537 against 0.539
             without) that the declared rule hands to the paper protocol (0.526 against 0.517);
             with mobility alone (round 2026-12-07x) 0.316 against 0.306. Models saved before the
             option read back with 0, as they were trained.
