@@ -61,12 +61,12 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
 
     A cached run whose recorded settings differ from the current default's is trained anew, except
     when the only differences are written-embedding steps added after the run and off in it
-    (``benchmark.LATER_TRANSFORM_FIELDS``: the positional columns, the overall scale and its total
+    (``benchmark.LATER_LAST_STEPS``: the positional columns, the overall scale and its total
     variance, the volumes):
     they are the last steps of the written embedding, so they are applied to the cached one.
     """
     from experiments.benchmark import (
-        LATER_TRANSFORM_FIELDS,
+        LATER_LAST_STEPS,
         STEP_SETTINGS,
         TRANSFORM_OFF,
         changed_settings,
@@ -85,7 +85,7 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
         changed = changed_settings(recorded, config_to_dict(mc))
         if not changed:
             return emb, cached["weights"]
-        later = {k: TRANSFORM_OFF[k] for k in LATER_TRANSFORM_FIELDS}  # the last steps, off
+        later = {k: TRANSFORM_OFF[k] for k in LATER_LAST_STEPS}  # the last steps, off
         if set(changed) <= set(later) and all(recorded.get(k, off) == off for k, off in later.items() if k in changed):
             redo = set(changed) | set(STEP_SETTINGS)  # a step's settings are always the current ones
             if "output_variance" in changed:  # the run was scaled to another total: scaling it again sets this one

@@ -69,6 +69,11 @@ def test_cached_runs_are_reused_extended_or_refused(tmp_path: Path, monkeypatch:
                                                                          / emb.to_numpy(np.float64).var(axis=0).sum()),
                                rtol=1e-6)
     monkeypatch.undo()
+    # a run written before the hop blocks were cut to components: its hop blocks are inside it, so it is
+    # written anew, never patched
+    _cache_run(tmp_path, replace(ModelConfig(), output_scale_regions=0), ids, drop=("output_scale_regions",))
+    with pytest.raises(NotCached):
+        _train(data, None, 0, 300, tmp_path, "default", allowed=False)
     # a run trained differently is never reused
     _cache_run(tmp_path, replace(ModelConfig(), ensemble=1), ids)
     with pytest.raises(NotCached):

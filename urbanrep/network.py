@@ -194,9 +194,9 @@ class ModelConfig:
             ``experiments/DESIGN_SELECTION_2026-12-06c.md``; strict R² 0.682 against 0.448 without either).
         output_scales: After ``output_smoothing``, append the neighbour means of the embedding
             over 1..``output_scales`` hops (:func:`urbanrep.smoothing.neighbourhood_scales`):
-            the written embedding is ``1 + output_scales`` times as wide (default 2: 192
-            columns, the region, its neighbours and their neighbours), and a probe can weigh the
-            spatial scale per task. 0 appends nothing.
+            one block per hop (default 2: the region, its neighbours and their neighbours; each
+            block as wide as the row, or narrower on a small city: ``output_scale_regions``), and a
+            probe can weigh the spatial scale per task. 0 appends nothing.
         output_scale_regions: Cut each hop block of ``output_scales`` to one principal component
             per this many regions (at most the block's full width; :func:`urbanrep.smoothing.compress_scales`),
             as ``output_position`` budgets the positional columns: a hop mean varies over whole
