@@ -632,12 +632,11 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 #: Output-transform settings added after the as-trained runs were first hashed. A twin always has
 #: them off, so they are left out of its hash and the twins trained before them still match; a
 #: cached run from before them lacks them (``experiments/quality_checks.py`` applies them to it).
-LATER_TRANSFORM_FIELDS = ("output_position", "output_norm", "output_volumes", "volume_scales", "output_variance",
-                          "output_scale_regions")
-#: Of those, the settings of the written embedding's last steps (appended columns, the overall scale):
-#: they can be applied to a cached *written* embedding that lacks them. ``output_scale_regions`` cannot:
+#: Of those, the settings of the written embedding's last steps (appended columns, the overall scale)
+#: can be applied to a cached *written* embedding that lacks them; ``output_scale_regions`` cannot:
 #: it reshapes the hop blocks inside it.
-LATER_LAST_STEPS = tuple(f for f in LATER_TRANSFORM_FIELDS if f != "output_scale_regions")
+LATER_LAST_STEPS = ("output_position", "output_norm", "output_volumes", "volume_scales", "output_variance")
+LATER_TRANSFORM_FIELDS = (*LATER_LAST_STEPS, "output_scale_regions")
 
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that

@@ -10,6 +10,7 @@ their feature widths) and maps the graph to one embedding per region::
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -781,8 +782,7 @@ class RegionModel(nn.Module):
         if self.feature_heads:
             terms = []
             for m, head in self.feature_heads.items():
-                # the regions with data: those of ``data`` when the forward pass hid some (training_view)
-                mk = cast(ModalityMoE, self.experts[m]).region_mask(data) if lc.region_mask > 0 else out.masks[m]
+                mk = self._retention_mask(data, out, m)
                 target = self.retention_target(data, m, mk)
                 terms.append(feature_reconstruction_loss(head(sel(out.embedding)), sel(target), sel(mk)))
             stacked = torch.stack(terms)
@@ -794,8 +794,11 @@ class RegionModel(nn.Module):
         if self.context_heads:
             adj, terms = data[ADJACENT].edge_index, []
             for m, head in self.context_heads.items():
-                mk = cast(ModalityMoE, self.experts[m]).region_mask(data) if lc.region_mask > 0 else out.masks[m]
-                around, has = neighbour_mean(self.retention_target(data, m, mk), mk, adj)
+                mk = self._retention_mask(data, out, m)
+                target = self.retention_target(data, m, mk)
+                # a graph constant like the target itself (a new one per step only where regions are hidden)
+                around, has = graph_constant("retention_context", (target, mk, adj),
+                                             functools.partial(neighbour_mean, target, mk, adj))
                 terms.append(feature_reconstruction_loss(head(sel(out.embedding)), sel(around), sel(has)))
             parts["context"] = (lc.context_weight, torch.stack(terms).mean())
         if lc.structure_weight > 0:
@@ -809,6 +812,13 @@ class RegionModel(nn.Module):
         else:
             total = torch.stack([w * v.float() for w, v in parts.values()]).sum()
         return total, {k: v.detach() for k, (_, v) in parts.items()}
+
+    def _retention_mask(self, data: HeteroData, out: ModelOutput, modality: str) -> Tensor:
+        """``[N]`` bool: the regions with data for ``modality``'s retention terms, those of ``data``
+        when the forward pass hid some (``loss.region_mask``, :func:`~urbanrep.fusion.losses.hide_regions`)."""
+        if self.config.loss.region_mask > 0:
+            return cast(ModalityMoE, self.experts[modality]).region_mask(data)
+        return out.masks[modality]
 
     def retention_target(self, data: HeteroData, modality: str, mask: Tensor) -> Tensor:
         """What the input-retention loss reconstructs for one modality (see ``LossConfig.feature_target``).

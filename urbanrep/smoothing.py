@@ -153,9 +153,9 @@ def compress_scales(scaled: np.ndarray, channels: int, width: int) -> np.ndarray
         width: Components kept per hop block (:func:`scale_width`); ``C`` returns ``scaled`` itself.
 
     Returns:
-        ``[N, C + S * width]`` float32.
+        ``[N, C + S * width]`` float32 (``scaled`` itself when it has no hop block).
     """
-    if width >= channels:
+    if width >= channels or scaled.shape[1] == channels:
         return scaled
     row, hops = scaled[:, :channels], scaled[:, channels:]
     if width == 0:
@@ -190,4 +190,4 @@ def neighbourhood_transform(emb: np.ndarray, edge_index: np.ndarray, share: floa
     n, c = emb.shape
     hop = hop_operator(edge_index, n)
     scaled = neighbourhood_scales(smooth_over_neighbours(emb, hop, share), hop, scales)
-    return compress_scales(scaled, c, scale_width(n, c, regions_per_component)) if scales else scaled
+    return compress_scales(scaled, c, scale_width(n, c, regions_per_component))
