@@ -15,7 +15,10 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   the probe's training rows as the only change;
 - the variants (``--variants``): the default; ``bare``; ``raw+hops`` (unsmoothed row and both hop
   means); ``raw+hopkK`` / ``s.5+hopkK`` (unsmoothed or half-smoothed row, each hop mean compressed
-  to its K leading principal components); ``raw+joint16`` (both hop means together compressed to
+  to its K leading principal components; ``raw+hoprR``: one component per R regions, as
+  ``model.output_scale_regions``); ``s.5+hops`` (the default before round z: both hop means at full
+  width); ``detail`` (the default with each region's difference from its neighbours' mean appended,
+  cut to the hop blocks' width); ``raw+joint16`` (both hop means together compressed to
   16); ``flowK`` (the default with the city's K leading flow-profile components appended);
   ``miss`` / ``miss+hops`` (each region's row mixed with its neighbours' mean by the share of the
   modalities it has no data of: a region with every modality keeps its row, one with none takes
@@ -53,7 +56,8 @@ from experiments.select_design import (
 log = logging.getLogger("transform_looks")
 
 VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk32", "raw+joint16",
-            "s.5+hopk8", "s.5+hopk16", "flow4", "flow8", "flow16", "miss", "miss+hops", "miss+s.5+hops", "od", "od-hop2")
+            "s.5+hops", "s.5+hopk8", "s.5+hopk16", "raw+hopr8", "detail", "flow4", "flow8", "flow16", "miss",
+            "miss+hops", "miss+s.5+hops", "od", "od-hop2")
 
 
 def flow_neighbour_operator(data: Any) -> Any:
@@ -95,6 +99,8 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
         hop_operator,
         leading_components,
         neighbourhood_scales,
+        neighbourhood_transform,
+        scale_width,
         smooth_over_neighbours,
     )
     from urbanrep.volumes import region_volumes
@@ -103,6 +109,14 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
     ei = data[ADJACENT].edge_index.cpu().numpy()
     n, c = trained.shape
     volumes = region_volumes(data, data.modalities, mc.volume_scales)
+    if name == "detail":  # the default's blocks and each region's difference from its neighbours' mean
+        hop = hop_operator(ei, n)
+        k = scale_width(n, c, mc.output_scale_regions)
+        base = neighbourhood_transform(trained, ei, mc.output_smoothing, mc.output_scales, mc.output_scale_regions)
+        x = trained.astype(np.float64)
+        out = append_position(np.hstack([base, leading_components(x - hop @ x, k)]).astype(np.float32), ei,
+                              mc.output_position)
+        return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name == "default" or name.startswith("flow"):
         out = written_from_config(trained, ei, mc, volumes)
         if name == "default":
@@ -113,7 +127,7 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
         flows = flow_components(data[et].edge_index, getattr(data[et], "edge_weight", None), n,
                                 int(name[4:])).numpy().astype(np.float64)
         return scale_to_total_variance(append_scaled(out, flows - flows.mean(0)), mc.output_variance)
-    match = re.fullmatch(r"(bare|raw|s\.5|miss|miss\+s\.5|od|od-hop2)(?:\+(hops|hopk|joint)(\d*))?", name)
+    match = re.fullmatch(r"(bare|raw|s\.5|miss|miss\+s\.5|od|od-hop2)(?:\+(hops|hopk|hopr|joint)(\d*))?", name)
     if match is None:
         raise SystemExit(f"transform_looks: unknown variant {name!r}; one of {', '.join(VARIANTS)}")
     row_kind, hops, k = match.groups()
@@ -133,6 +147,8 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
             around = np.asarray(flow_neighbour_operator(data) @ row, np.float32)
             blocks = [h1, around] if row_kind == "od-hop2" else [h1, h2, around]
         else:
+            if hops == "hopr":  # one component per k regions, as model.output_scale_regions
+                k = str(scale_width(n, c, int(k)))
             blocks = ([h1, h2] if hops == "hops" else [leading_components(np.hstack([h1, h2]), int(k))]
                       if hops == "joint" else [leading_components(h1, int(k)), leading_components(h2, int(k))])
     out = append_position(np.hstack([row, *blocks]).astype(np.float32), ei, mc.output_position)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -26,7 +28,13 @@ def test_variants_are_the_written_transform_or_its_documented_changes() -> None:
     assert np.array_equal(written_variant("default", trained, data, mc), written_from_config(trained, ei, mc, volumes))
     bare = written_transform(trained, ei, 0.0, 0, mc.output_position, mc.output_norm, volumes, mc.output_variance)
     np.testing.assert_allclose(written_variant("bare", trained, data, mc), bare, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(written_variant("s.5+hops", trained, data, mc),  # the default before round z
+                               written_from_config(trained, ei, replace(mc, output_scale_regions=0), volumes),
+                               rtol=1e-5, atol=1e-6)
     extra = position_count(n, mc.output_position) + volumes.shape[1]
+    k = scale_width(n, 16, mc.output_scale_regions)
+    for name, width in (("raw+hopr8", 16 + 2 * k), ("detail", 16 + 3 * k)):
+        assert written_variant(name, trained, data, mc).shape == (n, width + extra), name
     for name, width in (("raw+hops", 3 * 16), ("raw+hopk4", 16 + 2 * 4), ("raw+joint4", 16 + 4), ("s.5+hopk8", 16 + 16),
                         ("flow4", 16 + 2 * scale_width(n, 16, mc.output_scale_regions) + 4), ("miss", 16), ("miss+hops", 3 * 16), ("od", 4 * 16), ("od-hop2", 3 * 16)):
         out = written_variant(name, trained, data, mc)
