@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -253,7 +254,7 @@ def score_city(args: argparse.Namespace, city: str) -> dict[str, Any]:
                       "trained_at": sorted({m["trained_at"] for m in metas}),
                       "cpu_s_mean": float(np.mean([m["cpu_s"] for m in metas])),
                       "loss_last_mean": float(np.mean([m["loss_last"] for m in metas]))},
-            "command": "python -m experiments.peers.public_rerun " + " ".join(args.argv)}
+            "command": "python -m experiments.peers.public_rerun " + shlex.join(args.argv)}
 
 
 def published_rows(city: str, path: Path | None = None) -> dict[str, dict[str, Any]]:
