@@ -118,3 +118,12 @@ def test_a_folder_that_is_not_the_release_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="not a work tree of github.com/MiRuacle24/HAFusion"):
         public_rerun.main(["--repo", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_a_failing_release_names_its_error(stand_in: Path, data_root: Path, tmp_path: Path) -> None:
+    from experiments.peers import public_rerun
+
+    (stand_in / "HAFusion_train.py").write_text("raise RuntimeError('weights went missing')\n")
+    with pytest.raises(SystemExit, match="chicago77 seed 0 failed in .*RuntimeError: weights went missing"):
+        public_rerun.main(["--repo", str(stand_in), "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "o"),
+                           "--data-root", str(data_root)])

@@ -118,6 +118,12 @@ print(json.dumps(out))
 """
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line of a child's error output (its exception), or a note that it printed none."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"
+
+
 def release_protocol(repo: Path, city: str, embeddings: Sequence[np.ndarray]) -> list[dict[str, float]]:
     """R² of each ``[N, D]`` embedding (rows in the release's order) on check-in, crime and service
     calls, computed by the release's own evaluation code (``tasks_<city>/``; Chicago: Ridge(alpha=1),
@@ -133,7 +139,7 @@ def release_protocol(repo: Path, city: str, embeddings: Sequence[np.ndarray]) ->
                               capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"public_rerun: the release's task code failed in {repo}: "
-                         f"{proc.stderr.strip().splitlines()[-1:]}")
+                         f"{last_line(proc.stderr)}")
     return list(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -171,7 +177,7 @@ def train_seed(repo: Path, city: str, seed: int, epochs: int, data_root: Path, o
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(seed), str(epochs), str(data_root / folder), str(tmp),
                            *flags], cwd=repo, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"public_rerun: {city} seed {seed} failed in {repo}: {proc.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"public_rerun: {city} seed {seed} failed in {repo}: {last_line(proc.stderr)}")
     meta = json.loads(proc.stdout.strip().splitlines()[-1])
     meta.update(seed=seed, epochs=epochs, repo_commit=repo_commit(repo), trained_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     tmp.replace(out)
