@@ -729,14 +729,6 @@ def baseline_embeddings(city: City, bundle: Any, data_root: Path | None) -> dict
     return out
 
 
-#: Tasks the release's task code scores (:func:`experiments.peers.public_rerun.release_protocol`).
-RELEASE_TASKS = ("check_in", "crime", "service_call")
-RELEASE_PROTOCOL_NOTE = ("its `tasks_<city>/` code: Ridge(alpha=1), clipped, pooled R²; Chicago: 25 shuffled folds "
-                         "with random_state 2024 and the 3 regions without check-ins left out of the check-in task; "
-                         "NYC: 10 unshuffled folds, as the `paper` protocol; mean ± std over the embeddings of 3 "
-                         "training seeds")
-
-
 def reference_rows(city: str) -> dict[str, dict[str, Any]]:
     """Rows measured by another script and shown beside ours (kind ``"reference"``): a peer's public code
     run unchanged (:mod:`experiments.peers.public_rerun`); not retrained here, not in the target checks."""
@@ -1022,10 +1014,12 @@ def format_city(name: str, res: dict[str, Any], strict_seeds: int) -> list[str]:
         if m["kind"] == "reference":
             lines += [f"_`{mname}`: {m['description']}; `{m['command']}`._", ""]
         if m.get("release_protocol"):
-            got = "; ".join(f"`{name}` " + " / ".join(f"{r[t]:.3f} ± {r[f'{t}_std']:.3f}" for t in RELEASE_TASKS)
+            got = "; ".join(f"`{name}` " + ", ".join(f"{k.replace('_', '-')} {v:.3f} ± {r[f'{k}_std']:.3f}"
+                                                      for k, v in r.items()
+                                                      if not k.endswith("_std") and k not in ("n_seeds", "files"))
                             for name, r in m["release_protocol"].items())
-            lines += [f"_Scored by the release's own task code instead ({RELEASE_PROTOCOL_NOTE}), check-in / crime / "
-                      f"service-call R²: {got}._", ""]
+            lines += [f"_Scored by the release's own task code instead ({m['scorer']}; mean ± std over the "
+                      f"embeddings of the training seeds): {got}._", ""]
     return lines
 
 

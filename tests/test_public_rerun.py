@@ -127,3 +127,49 @@ def test_a_failing_release_names_its_error(stand_in: Path, data_root: Path, tmp_
     with pytest.raises(SystemExit, match="chicago77 seed 0 failed in .*RuntimeError: weights went missing"):
         public_rerun.main(["--repo", str(stand_in), "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "o"),
                            "--data-root", str(data_root)])
+
+
+MGFN_STAND_IN = {
+    "mgfn.py": """
+import torch
+class MGFN(torch.nn.Module):
+    def __init__(self, graph_num, node_num, output_dim):
+        super().__init__()
+        self.lin = torch.nn.Linear(graph_num * node_num, output_dim)
+    def forward(self, x):
+        self.feature = self.lin(torch.log1p(x.permute(1, 0, 2).reshape(x.shape[1], -1)))
+        return self.feature, self.feature
+    def out_feature(self):
+        return self.feature
+def train_model(input_tensor, label, criterion=None, model=None):
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(2):
+        s, t = model(input_tensor)
+        loss = -(torch.log_softmax(s @ t.T, -1) * label).sum()
+        opt.zero_grad(); loss.backward(); opt.step()
+    print("Epoch 0, Loss", float(loss))
+""",
+    "tasks.py": "def do_tasks(embs, display=True):\n    return 0, 0, 1.0, 0, 0, 2.0, 0.5, 0.25\n",
+}
+
+
+def test_mgfn_release_runs_on_its_one_city(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.peers import public_rerun
+
+    repo = tmp_path / "mgfn"
+    repo.mkdir()
+    for name, text in MGFN_STAND_IN.items():
+        (repo / name).write_text(text)
+    published = tmp_path / "public_reruns.json"
+    monkeypatch.setattr(public_rerun, "PUBLISHED", published)
+    with pytest.raises(SystemExit):  # its script fixes 2,000 epochs; its arrays are NYC-180's only
+        public_rerun.parse_args(["--release", "mgfn", "--repo", str(repo), "--out", "o", "--epochs", "5"])
+    with pytest.raises(SystemExit):
+        public_rerun.parse_args(["--release", "mgfn", "--repo", str(repo), "--out", "o", "--cities", "chicago77"])
+    out = tmp_path / "runs"
+    assert public_rerun.main(["--release", "mgfn", "--repo", str(repo), "--seeds", "0", "--strict-seeds", "2",
+                              "--out", str(out), "--data-root", str(data_root), "--publish"]) == 0
+    assert np.load(out / "mgfn_public_nyc180_s0_e2000.npy").shape == (180, 96)
+    row = json.loads(published.read_text())["nyc180"]["mgfn_public"]
+    assert row["release_protocol"]["mgfn_public"]["nmi"] == 0.5 and "nmi" in row["paper"]
+    assert "MGFN" in row["description"] and "tasks.py" in row["scorer"]
