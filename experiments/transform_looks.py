@@ -25,7 +25,15 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   its neighbours'; without or with both hop means); ``miss+s.5+hops`` (the share is half of that
   plus one half: the default's smoothing, more where data is missing); ``od`` / ``od-hop2`` (the
   default with the mean over the regions a region exchanges trips with, weighted by the trips,
-  appended / in place of the 2-hop mean).
+  appended / in place of the 2-hop mean); ``edge`` / ``edge2`` / ``edge4`` (the default with an
+  edge-preserving smoothing of the row: each neighbour's pull weighted by how alike the two rows
+  are, :func:`edge_aware_smoothing`, sharpness 1 / 2 / 4); ``s.5+hoprecR`` / ``raw+hoprecR`` (as
+  ``s.5+hoprR`` / ``raw+hoprR``, each hop block written as its rank-k approximation in the row's own
+  columns, :func:`low_rank`, instead of its k principal component scores: the same for a
+  fixed-penalty ridge, not whitened by a standardising probe); ``pc`` / ``pcR`` (the default with
+  its own row written as the scores of its principal components, all ``C`` of them (a rotation:
+  nothing changes for a fixed-penalty ridge, KMeans or cosine similarity, a standardising probe
+  sees it whitened) or one per ``R`` regions).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and fourteenth sessions).
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
@@ -46,6 +54,8 @@ import pandas as pd
 from experiments.benchmark import _variant_configs, model_variants, trained_run
 from experiments.select_design import (
     CITIES,
+    DEV_CITIES,
+    HELD_OUT,
     load_city,
     paper_score,
     scalar_tasks,
@@ -57,7 +67,8 @@ log = logging.getLogger("transform_looks")
 
 VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk32", "raw+joint16",
             "s.5+hops", "s.5+hopk8", "s.5+hopk16", "raw+hopr8", "detail", "flow4", "flow8", "flow16", "miss",
-            "miss+hops", "miss+s.5+hops", "od", "od-hop2")
+            "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
+            "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8")
 
 
 def flow_neighbour_operator(data: Any) -> Any:
@@ -78,6 +89,43 @@ def flow_neighbour_operator(data: Any) -> Any:
     a = a + a.T
     total = np.asarray(a.sum(1)).ravel()
     return sp.csr_matrix(sp.diags(1.0 / np.where(total > 0, total, 1.0)) @ a + sp.diags((total == 0).astype(float)))
+
+
+def edge_aware_smoothing(trained: np.ndarray, edge_index: np.ndarray, share: float, sharpness: float) -> np.ndarray:
+    """``[N, C]``: each region's row moved towards each adjacent region's by ``share`` times a weight
+    that falls with how unlike the two rows are (an edge-preserving, bilateral-filter-like step).
+
+    ``x_i + share * sum_j w_ij (x_j - x_i) / deg_i`` with ``w_ij = exp(-sharpness * d_ij^2 / (2 m))``,
+    ``d_ij`` the Euclidean distance of the two as-trained rows and ``m`` the median of ``d^2`` over
+    the graph's edges (scale-free; no target). Where every neighbour is alike (``w = 1``) this is the
+    default's smoothing; a region unlike all its neighbours keeps most of its own row.
+    """
+    import scipy.sparse as sp
+
+    from urbanrep.smoothing import undirected_adjacency
+
+    n = trained.shape[0]
+    a = undirected_adjacency(edge_index, n).tocoo()
+    x = trained.astype(np.float64)
+    d2 = ((x[a.row] - x[a.col]) ** 2).sum(1)
+    m = float(np.median(d2)) if d2.size else 1.0
+    w = np.exp(-sharpness * d2 / (2.0 * max(m, 1e-12)))
+    degree = np.maximum(np.bincount(a.row, minlength=n), 1).astype(np.float64)
+    p = sp.csr_matrix((w / degree[a.row], (a.row, a.col)), shape=(n, n))
+    return (x + share * (p @ x - np.asarray(p.sum(1)).ravel()[:, None] * x)).astype(np.float32)
+
+
+def low_rank(x: np.ndarray, k: int) -> np.ndarray:
+    """``[N, C]``: the centred ``x``'s best rank-``k`` approximation in its own ``C`` columns.
+
+    The same span, variances and distances as :func:`urbanrep.smoothing.leading_components`' ``k``
+    scores (a ridge with a fixed penalty, KMeans or cosine similarity see no difference), but a probe
+    that standardises each column no longer whitens the block: the block's weak directions keep
+    their small share instead of one unit of variance each.
+    """
+    xc = x.astype(np.float64) - x.mean(0, dtype=np.float64)
+    u, s, vt = np.linalg.svd(xc, full_matrices=False)
+    return ((u[:, :k] * s[:k]) @ vt[:k]).astype(np.float32)
 
 
 def missing_share(data: Any) -> np.ndarray:
@@ -117,6 +165,19 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
         out = append_position(np.hstack([base, leading_components(x - hop @ x, k)]).astype(np.float32), ei,
                               mc.output_position)
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
+    if name.startswith("edge"):  # edge-preserving smoothing of the row; the default's hop blocks of it
+        row = edge_aware_smoothing(trained, ei, mc.output_smoothing, float(name[4:] or 1))
+        k = scale_width(n, c, mc.output_scale_regions)
+        hop = hop_operator(ei, n)
+        h1, h2 = np.split(neighbourhood_scales(row, hop, 2)[:, c:], 2, axis=1)
+        blocks = [h1, h2] if k >= c else [leading_components(h1, k), leading_components(h2, k)] if k else []
+        out = append_position(np.hstack([row, *blocks]).astype(np.float32), ei, mc.output_position)
+        return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
+    if re.fullmatch(r"pc\d*", name):  # the default with its row written as principal component scores
+        out = written_from_config(trained, ei, mc, volumes)
+        row = out[:, :c]
+        k = c if name == "pc" else scale_width(n, c, int(name[2:]))
+        return np.hstack([leading_components(row, k), out[:, c:]]).astype(np.float32)
     if name == "default" or name.startswith("flow"):
         out = written_from_config(trained, ei, mc, volumes)
         if name == "default":
@@ -127,7 +188,7 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
         flows = flow_components(data[et].edge_index, getattr(data[et], "edge_weight", None), n,
                                 int(name[4:])).numpy().astype(np.float64)
         return scale_to_total_variance(append_scaled(out, flows - flows.mean(0)), mc.output_variance)
-    match = re.fullmatch(r"(bare|raw|s\.5|miss|miss\+s\.5|od|od-hop2)(?:\+(hops|hopk|hopr|joint)(\d*))?", name)
+    match = re.fullmatch(r"(bare|raw|s\.5|miss|miss\+s\.5|od|od-hop2)(?:\+(hops|hoprec|hopk|hopr|joint)(\d*))?", name)
     if match is None:
         raise SystemExit(f"transform_looks: unknown variant {name!r}; one of {', '.join(VARIANTS)}")
     row_kind, hops, k = match.groups()
@@ -147,10 +208,11 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
             around = np.asarray(flow_neighbour_operator(data) @ row, np.float32)
             blocks = [h1, around] if row_kind == "od-hop2" else [h1, h2, around]
         else:
-            if hops == "hopr":  # one component per k regions, as model.output_scale_regions
+            if hops in ("hopr", "hoprec"):  # one component per k regions, as model.output_scale_regions
                 k = str(scale_width(n, c, int(k)))
             blocks = ([h1, h2] if hops == "hops" else [leading_components(np.hstack([h1, h2]), int(k))]
-                      if hops == "joint" else [leading_components(h1, int(k)), leading_components(h2, int(k))])
+                      if hops == "joint" else [low_rank(h1, int(k)), low_rank(h2, int(k))] if hops == "hoprec"
+                      else [leading_components(h1, int(k)), leading_components(h2, int(k))])
     out = append_position(np.hstack([row, *blocks]).astype(np.float32), ei, mc.output_position)
     return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
 
@@ -239,7 +301,8 @@ def look(args: argparse.Namespace, city: str) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cities", nargs="+", choices=sorted(CITIES), default=sorted(CITIES))
+    p.add_argument("--cities", nargs="+", choices=[c for c in sorted(CITIES) if c not in HELD_OUT],
+                   default=list(DEV_CITIES), help="development cities only (the held-out ones are refused)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["default", "bare", "raw+hops", "s.5+hopk8"])
     p.add_argument("--model", default="urbanrep", choices=sorted(model_variants()),
                    help="the learned variant whose as-trained runs the variants transform (default: the default)")

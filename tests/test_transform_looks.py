@@ -63,3 +63,35 @@ def test_thinning_keeps_a_share_of_every_count() -> None:
     table = bundle.aggregates["od"].table
     assert isinstance(table, pd.DataFrame) and (table["value"] > 0).all()
     assert 0 < table["value"].sum() < before
+
+
+def test_edge_aware_smoothing_is_the_default_where_neighbours_are_alike_and_keeps_an_outlier() -> None:
+    from experiments.transform_looks import edge_aware_smoothing
+    from urbanrep.smoothing import hop_operator, smooth_over_neighbours
+
+    data, _ = build_graph(grid_bundle(6), GraphConfig())
+    mc = ModelConfig()
+    n = len(data.region_ids)
+    ei = data[ADJACENT].edge_index.numpy()
+    x = np.random.default_rng(1).normal(size=(n, 8)).astype(np.float32)
+    # sharpness 0: every neighbour weighs 1, the default's half-smoothing
+    np.testing.assert_allclose(edge_aware_smoothing(x, ei, 0.5, 0.0), smooth_over_neighbours(x, hop_operator(ei, n), 0.5),
+                               rtol=1e-5, atol=1e-6)
+    x[0] += 100.0  # a region unlike all its neighbours keeps (almost) its own row
+    out = edge_aware_smoothing(x, ei, 0.5, 1.0)
+    np.testing.assert_allclose(out[0], x[0], atol=1e-3)
+    assert written_variant("edge", x, data, mc).shape == written_variant("default", x, data, mc).shape
+
+
+def test_low_rank_block_has_the_principal_scores_distances_but_the_rows_columns() -> None:
+    from experiments.transform_looks import low_rank
+    from urbanrep.smoothing import leading_components
+
+    x = np.random.default_rng(2).normal(size=(30, 12)).astype(np.float32)
+    rec, scores = low_rank(x, 4), leading_components(x, 4)
+    assert rec.shape == (30, 12) and np.linalg.matrix_rank(rec.astype(np.float64), tol=1e-4) == 4
+
+    def dist(a: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(a[:, None, :] - a[None, :, :], axis=-1)
+
+    np.testing.assert_allclose(dist(rec), dist(scores), rtol=1e-4, atol=1e-4)
