@@ -33,7 +33,12 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   fixed-penalty ridge, not whitened by a standardising probe); ``pc`` / ``pcR`` (the default with
   its own row written as the scores of its principal components, all ``C`` of them (a rotation:
   nothing changes for a fixed-penalty ridge, KMeans or cosine similarity, a standardising probe
-  sees it whitened) or one per ``R`` regions).
+  sees it whitened) or one per ``R`` regions); ``eqvar`` (the default with every column scaled to
+  the same variance, then to the default's total: a standardising probe sees exactly the default,
+  a fixed-penalty ridge sees what the standardising one does); ``counts`` / ``counts8`` /
+  ``logcounts8`` (the default with every count column of the city's aggregated modalities appended,
+  :func:`count_block`: as counts, or their leading principal components, one per 8 regions, of the
+  counts or of their ``log1p``).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and fourteenth sessions).
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
@@ -68,7 +73,8 @@ log = logging.getLogger("transform_looks")
 VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk32", "raw+joint16",
             "s.5+hops", "s.5+hopk8", "s.5+hopk16", "raw+hopr8", "detail", "flow4", "flow8", "flow16", "miss",
             "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
-            "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8")
+            "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
+            "counts", "counts8", "logcounts8")
 
 
 def flow_neighbour_operator(data: Any) -> Any:
@@ -128,6 +134,31 @@ def low_rank(x: np.ndarray, k: int) -> np.ndarray:
     return ((u[:, :k] * s[:k]) @ vt[:k]).astype(np.float32)
 
 
+def count_block(data: Any, log: bool = False) -> np.ndarray:
+    """``[N, K]`` every count column of the graph's aggregated modalities (POI categories, trip
+    totals, ...) as counts (``log1p`` of them with ``log``), centred over the regions that have the
+    modality (0 for the others), as :func:`urbanrep.volumes.region_volumes` treats their totals."""
+    from urbanrep.graphs.schema import REGION, feature_key, mask_key
+    from urbanrep.volumes import count_columns
+
+    n, out = len(data.region_ids), []
+    for m in data.modalities:
+        try:
+            cols = count_columns(data, m)
+        except (KeyError, ValueError, AttributeError):
+            continue
+        if not cols:
+            continue
+        x = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
+        x = np.log1p(x) if log else x
+        mask = getattr(data[REGION], mask_key(m), None)
+        has = np.ones(n, bool) if mask is None else mask.cpu().numpy().astype(bool)
+        block = np.zeros_like(x)
+        block[has] = x[has] - x[has].mean(0)
+        out.append(block[:, block.std(0) > 0])
+    return np.hstack(out) if out else np.zeros((n, 0))
+
+
 def missing_share(data: Any) -> np.ndarray:
     """``[N]`` share of the graph's modalities each region has no data of (its ``mask_<modality>`` False)."""
     from urbanrep.graphs.schema import REGION, mask_key
@@ -173,6 +204,17 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
         blocks = [h1, h2] if k >= c else [leading_components(h1, k), leading_components(h2, k)] if k else []
         out = append_position(np.hstack([row, *blocks]).astype(np.float32), ei, mc.output_position)
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
+    if name.startswith(("counts", "logcounts")):  # the default with the regions' count columns appended
+        out = written_from_config(trained, ei, mc, volumes)
+        block = count_block(data, log=name.startswith("log"))
+        if name.endswith("8"):
+            block = leading_components(block, min(block.shape[1], max(1, n // 8)))
+        return scale_to_total_variance(append_scaled(out, block), mc.output_variance)
+    if name == "eqvar":  # the default with every column at the same variance (what a standardising probe sees)
+        out = written_from_config(trained, ei, mc, volumes).astype(np.float64)
+        sd = out.std(0)
+        out = (out - out.mean(0)) / np.where(sd > 0, sd, 1.0)
+        return scale_to_total_variance(out.astype(np.float32), mc.output_variance)
     if re.fullmatch(r"pc\d*", name):  # the default with its row written as principal component scores
         out = written_from_config(trained, ei, mc, volumes)
         row = out[:, :c]
