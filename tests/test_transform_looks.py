@@ -95,3 +95,21 @@ def test_low_rank_block_has_the_principal_scores_distances_but_the_rows_columns(
         return np.linalg.norm(a[:, None, :] - a[None, :, :], axis=-1)
 
     np.testing.assert_allclose(dist(rec), dist(scores), rtol=1e-4, atol=1e-4)
+
+
+def test_count_block_holds_the_count_columns_centred_and_the_count_variants_append_them() -> None:
+    from experiments.transform_looks import count_block
+    from urbanrep.volumes import count_columns
+
+    data, _ = build_graph(grid_bundle(6), GraphConfig())
+    mc = ModelConfig()
+    n = len(data.region_ids)
+    block = count_block(data)
+    assert block.shape[0] == n and 0 < block.shape[1] <= sum(len(count_columns(data, m)) for m in data.modalities)
+    np.testing.assert_allclose(block.mean(0), 0.0, atol=1e-9)
+    assert (count_block(data, log=True).std(0) <= block.std(0) + 1e-9).all()  # log1p shrinks counts
+    trained = np.random.default_rng(3).normal(size=(n, 16)).astype(np.float32)
+    base = written_variant("default", trained, data, mc).shape[1]
+    assert written_variant("counts", trained, data, mc).shape == (n, base + block.shape[1])
+    eq = written_variant("eqvar", trained, data, mc)
+    np.testing.assert_allclose(column_variances(eq), column_variances(eq).max(), rtol=1e-3)
