@@ -38,7 +38,8 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   a fixed-penalty ridge sees what the standardising one does); ``counts`` / ``counts8`` /
   ``logcounts8`` (the default with every count column of the city's aggregated modalities appended,
   :func:`count_block`: as counts, or their leading principal components, one per 8 regions, of the
-  counts or of their ``log1p``).
+  counts or of their ``log1p``); ``logcounts`` / ``sqrtcounts`` (all of them on the ``log1p`` /
+  square-root scale).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and fourteenth sessions).
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
@@ -74,7 +75,7 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "s.5+hops", "s.5+hopk8", "s.5+hopk16", "raw+hopr8", "detail", "flow4", "flow8", "flow16", "miss",
             "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
             "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
-            "counts", "counts8", "logcounts8")
+            "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts")
 
 
 def flow_neighbour_operator(data: Any) -> Any:
@@ -134,9 +135,10 @@ def low_rank(x: np.ndarray, k: int) -> np.ndarray:
     return ((u[:, :k] * s[:k]) @ vt[:k]).astype(np.float32)
 
 
-def count_block(data: Any, log: bool = False) -> np.ndarray:
+def count_block(data: Any, scale: str = "linear") -> np.ndarray:
     """``[N, K]`` every count column of the graph's aggregated modalities (POI categories, trip
-    totals, ...) as counts (``log1p`` of them with ``log``), centred over the regions that have the
+    totals, ...) as counts (``scale`` "linear"), their ``log1p`` ("log") or their square root
+    ("sqrt", Poisson noise's variance-stabilising scale), centred over the regions that have the
     modality (0 for the others), as :func:`urbanrep.volumes.region_volumes` treats their totals."""
     from urbanrep.graphs.schema import REGION, feature_key, mask_key
     from urbanrep.volumes import count_columns
@@ -150,7 +152,7 @@ def count_block(data: Any, log: bool = False) -> np.ndarray:
         if not cols:
             continue
         x = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
-        x = np.log1p(x) if log else x
+        x = {"linear": x, "log": np.log1p(x), "sqrt": np.sqrt(x)}[scale]
         mask = getattr(data[REGION], mask_key(m), None)
         has = np.ones(n, bool) if mask is None else mask.cpu().numpy().astype(bool)
         block = np.zeros_like(x)
@@ -204,10 +206,11 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
         blocks = [h1, h2] if k >= c else [leading_components(h1, k), leading_components(h2, k)] if k else []
         out = append_position(np.hstack([row, *blocks]).astype(np.float32), ei, mc.output_position)
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
-    if name.startswith(("counts", "logcounts")):  # the default with the regions' count columns appended
+    counts = re.fullmatch(r"(log|sqrt)?counts(8)?", name)
+    if counts:  # the default with the regions' count columns appended
         out = written_from_config(trained, ei, mc, volumes)
-        block = count_block(data, log=name.startswith("log"))
-        if name.endswith("8"):
+        block = count_block(data, scale=counts.group(1) or "linear")
+        if counts.group(2):
             block = leading_components(block, min(block.shape[1], max(1, n // 8)))
         return scale_to_total_variance(append_scaled(out, block), mc.output_variance)
     if name == "eqvar":  # the default with every column at the same variance (what a standardising probe sees)

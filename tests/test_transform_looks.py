@@ -107,7 +107,7 @@ def test_count_block_holds_the_count_columns_centred_and_the_count_variants_appe
     block = count_block(data)
     assert block.shape[0] == n and 0 < block.shape[1] <= sum(len(count_columns(data, m)) for m in data.modalities)
     np.testing.assert_allclose(block.mean(0), 0.0, atol=1e-9)
-    assert (count_block(data, log=True).std(0) <= block.std(0) + 1e-9).all()  # log1p shrinks counts
+    assert (count_block(data, scale="log").std(0) <= block.std(0) + 1e-9).all()  # log1p shrinks counts
     trained = np.random.default_rng(3).normal(size=(n, 16)).astype(np.float32)
     base = written_variant("default", trained, data, mc).shape[1]
     assert written_variant("counts", trained, data, mc).shape == (n, base + block.shape[1])
