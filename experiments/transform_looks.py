@@ -39,7 +39,8 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   ``logcounts8`` (the default with every count column of the city's aggregated modalities appended,
   :func:`count_block`: as counts, or their leading principal components, one per 8 regions, of the
   counts or of their ``log1p``); ``logcounts`` / ``sqrtcounts`` (all of them on the ``log1p`` /
-  square-root scale).
+  square-root scale); ``sqrtclip`` (square-root counts, each column's z-scores clipped at 3) /
+  ``sqrtzero`` (square-root counts, a region without the modality's data counted zero).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and fourteenth sessions).
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
@@ -75,7 +76,7 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "s.5+hops", "s.5+hopk8", "s.5+hopk16", "raw+hopr8", "detail", "flow4", "flow8", "flow16", "miss",
             "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
             "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
-            "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts")
+            "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero")
 
 
 def flow_neighbour_operator(data: Any) -> Any:
@@ -135,11 +136,12 @@ def low_rank(x: np.ndarray, k: int) -> np.ndarray:
     return ((u[:, :k] * s[:k]) @ vt[:k]).astype(np.float32)
 
 
-def count_block(data: Any, scale: str = "linear") -> np.ndarray:
+def count_block(data: Any, scale: str = "linear", missing_as_zero: bool = False) -> np.ndarray:
     """``[N, K]`` every count column of the graph's aggregated modalities (POI categories, trip
     totals, ...) as counts (``scale`` "linear"), their ``log1p`` ("log") or their square root
     ("sqrt", Poisson noise's variance-stabilising scale), centred over the regions that have the
-    modality (0 for the others), as :func:`urbanrep.volumes.region_volumes` treats their totals."""
+    modality (0 for the others), as :func:`urbanrep.volumes.region_volumes` treats their totals;
+    with ``missing_as_zero``, a region without the modality counts zero and every region is centred."""
     from urbanrep.graphs.schema import REGION, feature_key, mask_key
     from urbanrep.volumes import count_columns
 
@@ -154,7 +156,9 @@ def count_block(data: Any, scale: str = "linear") -> np.ndarray:
         x = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
         x = {"linear": x, "log": np.log1p(x), "sqrt": np.sqrt(x)}[scale]
         mask = getattr(data[REGION], mask_key(m), None)
-        has = np.ones(n, bool) if mask is None else mask.cpu().numpy().astype(bool)
+        has = np.ones(n, bool) if mask is None or missing_as_zero else mask.cpu().numpy().astype(bool)
+        if missing_as_zero and mask is not None:
+            x[~mask.cpu().numpy().astype(bool)] = 0.0
         block = np.zeros_like(x)
         block[has] = x[has] - x[has].mean(0)
         out.append(block[:, block.std(0) > 0])
@@ -206,6 +210,13 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
         blocks = [h1, h2] if k >= c else [leading_components(h1, k), leading_components(h2, k)] if k else []
         out = append_position(np.hstack([row, *blocks]).astype(np.float32), ei, mc.output_position)
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
+    if name in ("sqrtclip", "sqrtzero"):  # square-root counts, z-scores clipped at 3 / a region without data counted 0
+        out = written_from_config(trained, ei, mc, volumes)
+        block = count_block(data, scale="sqrt", missing_as_zero=name == "sqrtzero")
+        if name == "sqrtclip":
+            block = np.clip(block / block.std(0), -3.0, 3.0)
+            block = block - block.mean(0)
+        return scale_to_total_variance(append_scaled(out, block), mc.output_variance)
     counts = re.fullmatch(r"(log|sqrt)?counts(8)?", name)
     if counts:  # the default with the regions' count columns appended
         out = written_from_config(trained, ei, mc, volumes)

@@ -113,3 +113,12 @@ def test_count_block_holds_the_count_columns_centred_and_the_count_variants_appe
     assert written_variant("counts", trained, data, mc).shape == (n, base + block.shape[1])
     eq = written_variant("eqvar", trained, data, mc)
     np.testing.assert_allclose(column_variances(eq), column_variances(eq).max(), rtol=1e-3)
+
+
+def test_count_block_can_count_a_region_without_data_as_zero() -> None:
+    from experiments.transform_looks import count_block
+
+    data, _ = build_graph(grid_bundle(6), GraphConfig())
+    block = count_block(data, scale="sqrt", missing_as_zero=True)
+    np.testing.assert_allclose(block.mean(0), 0.0, atol=1e-9)
+    assert block.shape == count_block(data, scale="sqrt").shape
