@@ -203,12 +203,9 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
                               mc.output_position)
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name.startswith("edge"):  # edge-preserving smoothing of the row; the default's hop blocks of it
-        row = edge_aware_smoothing(trained, ei, mc.output_smoothing, float(name[4:] or 1))
-        k = scale_width(n, c, mc.output_scale_regions)
-        hop = hop_operator(ei, n)
-        h1, h2 = np.split(neighbourhood_scales(row, hop, 2)[:, c:], 2, axis=1)
-        blocks = [h1, h2] if k >= c else [leading_components(h1, k), leading_components(h2, k)] if k else []
-        out = append_position(np.hstack([row, *blocks]).astype(np.float32), ei, mc.output_position)
+        smoothed = edge_aware_smoothing(trained, ei, mc.output_smoothing, float(name[4:] or 1))
+        out = append_position(neighbourhood_transform(smoothed, ei, 0.0, mc.output_scales, mc.output_scale_regions), ei,
+                              mc.output_position)
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name in ("sqrtclip", "sqrtzero"):  # square-root counts, z-scores clipped at 3 / a region without data counted 0
         out = written_from_config(trained, ei, mc, volumes)
