@@ -271,6 +271,11 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_hopk8": ("candidate: each hop-mean block cut to one principal component per 8 regions, at most 64 "
                       "(model.output_scale_regions=8; Chicago-77: 9, 180 regions: 22, 512 or more: all 64)",
                       lambda mc: replace(mc, output_scale_regions=8)),
+        # Round 2026-12-07aa: the regions' count columns beside the volumes.
+        "dev_counts_sqrt": ("candidate: every count column of the aggregated modalities (POIs per category, trips, "
+                            "road counts ...) appended on a square-root scale, zero for a region without the "
+                            "modality's records (model.output_counts=sqrt)",
+                            lambda mc: replace(mc, output_counts="sqrt")),
         # Round 2026-12-06g: round f's winner (temperature 0.5) with the two runner-up depths.
         "dev_temp05_layers1": ("candidate: InfoNCE temperature 0.5 and one message-passing layer per expert",
                                lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1),
@@ -609,7 +614,9 @@ TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "o
                                  "output_variance": 1.0,
                                  # inert with the volumes off; the scales every run before it wrote
                                  # (urbanrep.volumes.DEFAULT_VOLUME_SCALES; literal: torch stays unimported here)
-                                 "volume_scales": ("log", "linear")}
+                                 "volume_scales": ("log", "linear"),
+                                 # the regions' count columns (round 2026-12-07aa's candidate)
+                                 "output_counts": "none"}
 TRANSFORM_FIELDS = tuple(TRANSFORM_OFF)
 #: Of those, the settings of a step rather than steps (inert while their step is off): code that
 #: switches steps off (``experiments/quality_checks.py``) keeps the current values of these.
@@ -638,7 +645,8 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 #: Of those, the settings of the written embedding's last steps (appended columns, the overall scale)
 #: can be applied to a cached *written* embedding that lacks them; ``output_scale_regions`` cannot:
 #: it reshapes the hop blocks inside it.
-LATER_LAST_STEPS = ("output_position", "output_norm", "output_volumes", "volume_scales", "output_variance")
+LATER_LAST_STEPS = ("output_position", "output_norm", "output_volumes", "volume_scales", "output_variance",
+                    "output_counts")
 LATER_TRANSFORM_FIELDS = (*LATER_LAST_STEPS, "output_scale_regions")
 
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
@@ -658,13 +666,15 @@ def output_transform(trained: pd.DataFrame, data: Any, mc: Any) -> pd.DataFrame:
     :func:`urbanrep.written.written_transform`)."""
     from urbanrep.graphs.schema import ADJACENT
     from urbanrep.train import embeddings_frame
-    from urbanrep.volumes import region_volumes
+    from urbanrep.volumes import region_counts, region_volumes
     from urbanrep.written import written_from_config
 
     ids = list(data.region_ids)
     x = trained.loc[ids].to_numpy(np.float32)
-    volumes = region_volumes(data, mc.modalities or data.modalities, mc.volume_scales) if mc.output_volumes else None
-    return embeddings_frame(ids, written_from_config(x, data[ADJACENT].edge_index.cpu().numpy(), mc, volumes))
+    modalities = mc.modalities or data.modalities
+    volumes = region_volumes(data, modalities, mc.volume_scales) if mc.output_volumes else None
+    counts = region_counts(data, modalities, mc.output_counts) if mc.output_counts != "none" else None
+    return embeddings_frame(ids, written_from_config(x, data[ADJACENT].edge_index.cpu().numpy(), mc, volumes, counts))
 
 
 PEER_PREFIX = "peer_"

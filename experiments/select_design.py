@@ -252,6 +252,22 @@ VOLUME_SCALE_CANDIDATES = ("urbanrep", "abl_log_volumes", "dev_vol_log_sqrt", "d
 #: and cities; seeds 0-2 as every round (those of the look), the fresh seeds reported beside.
 HOP_WIDTH_CANDIDATES = ("urbanrep", "dev_hopk8")
 
+#: Round 2026-12-07aa (the sixteenth session, declared after its looks, before this run): the regions'
+#: count columns beside the per-modality totals. The looks (the default's runs of seeds 0-2, nine
+#: written forms; recorded in DESIGN_SELECTION.md, "Looks of the sixteenth session") found every
+#: count column of the aggregated modalities, appended whole, lifting Chicago-77 (0.62-0.63 against
+#: 0.602) and breaking Singapore (-0.3 to -0.4) on every scale until a region without POIs counted
+#: zero POIs instead of the column mean: on the square-root scale then 0.629 / 0.633 / 0.425 against
+#: 0.602 / 0.646 / 0.422 (score 0.562 against 0.557, paper 0.530 against 0.526). Because the looks
+#: chose among nine forms on seeds 0-2, this round is scored on training seeds 3-5, trained for it
+#: (select_design --seeds 3 4 5). The rule: select_design's (0.01 margin, paper tie-break), and the
+#: candidate is adopted only if, besides, its mean over the eight development graphs of the fifteenth
+#: session's look (the three cities; Chicago-77 with POI only, POI and land use, mobility only; São
+#: Paulo with transit trips only, roads only; seeds 0-2, ``experiments.transform_looks --variants
+#: default sqrtzero``, the same columns) is not below the default's. A transform
+#: (``ModelConfig.output_counts``): the default's runs serve it.
+COUNT_CANDIDATES = ("urbanrep", "dev_counts_sqrt")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")

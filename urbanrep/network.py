@@ -67,7 +67,15 @@ from urbanrep.graphs.schema import (
 )
 from urbanrep.position import position_count
 from urbanrep.smoothing import scale_width
-from urbanrep.volumes import DEFAULT_VOLUME_SCALES, region_volumes, volume_names, volume_scales_problem
+from urbanrep.volumes import (
+    COUNT_OUTPUTS,
+    DEFAULT_VOLUME_SCALES,
+    count_names,
+    region_counts,
+    region_volumes,
+    volume_names,
+    volume_scales_problem,
+)
 from urbanrep.written import OUTPUT_NORMS, layout_columns, written_from_config, written_layout
 
 ALL_MODALITIES = (*AGGREGATED_MODALITIES, "street_view")
@@ -257,6 +265,12 @@ class ModelConfig:
             used for it) ``("log",)`` keeps the strict-protocol R² of the embedding without
             volumes where the default loses up to 0.05 (``experiments/DESIGN_SELECTION_2026-12-06u.md``,
             README). The development cities do not tell the scales apart.
+        output_counts: Append every count column of the model's aggregated modalities (POIs per
+            category, trip totals, road counts ...) after the volumes, on this scale (``"sqrt"``,
+            ``"log"`` or ``"linear"``; ``"none"``: not written), each scaled like one embedding
+            column (:func:`urbanrep.volumes.region_counts`; a region without a modality's records
+            counts zero). Training is the same either way. Models saved before the option read
+            back with ``"none"``.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -277,6 +291,7 @@ class ModelConfig:
     output_variance: float = 3.0
     output_volumes: bool = True
     volume_scales: tuple[str, ...] = DEFAULT_VOLUME_SCALES
+    output_counts: str = "none"
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
@@ -312,6 +327,9 @@ class ModelConfig:
         problem = volume_scales_problem(self.volume_scales)
         if problem:
             raise ConfigError(f"ModelConfig.volume_scales {problem} (e.g. --set 'model.volume_scales=[log]')")
+        if self.output_counts not in COUNT_OUTPUTS:
+            raise ConfigError(f"ModelConfig.output_counts must be one of {list(COUNT_OUTPUTS)}, got "
+                              f"{self.output_counts!r} (e.g. --set model.output_counts=sqrt)")
 
 
 @dataclass
@@ -416,7 +434,7 @@ def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
 #: (:meth:`RegionModel.final_embedding`), not training: they may differ from the trained model's when
 #: it embeds (``urbanrep embed --set``, :meth:`RegionModel.take_written_settings`).
 WRITTEN_FIELDS = ("ensemble_output", "output_smoothing", "output_scales", "output_scale_regions", "output_position",
-                  "output_norm", "output_variance", "output_volumes", "volume_scales")
+                  "output_norm", "output_variance", "output_volumes", "volume_scales", "output_counts")
 
 
 def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -570,12 +588,13 @@ class RegionModel(nn.Module):
         per block, in order (:func:`urbanrep.written.written_layout`)."""
         c = self.config
         volumes = volume_names(data, self.modalities, c.volume_scales) if c.output_volumes else []
+        counts = count_names(data, self.modalities, c.output_counts) if c.output_counts != "none" else []
         row = ("the trained embedding" if c.ensemble == 1 else f"the consensus of the {c.ensemble} members"
                if c.ensemble_output == "aligned" else f"the {c.ensemble} members side by side")
         n = num_regions(data)
         return written_layout(self.row_channels, c.output_smoothing, c.output_scales,
                               position_count(n, c.output_position), volumes, row,
-                              scale_width(n, self.row_channels, c.output_scale_regions))
+                              scale_width(n, self.row_channels, c.output_scale_regions), counts)
 
     def written_columns(self, data: HeteroData) -> list[dict[str, str]]:
         """:meth:`written_layout` as column ranges (:func:`urbanrep.written.layout_columns`), as
@@ -593,7 +612,8 @@ class RegionModel(nn.Module):
         appended (:func:`urbanrep.smoothing.neighbourhood_scales`; with ``output_scale_regions``
         > 0 each cut to its leading principal components on a small city), and with ``output_position``
         > 0 the positional columns (:func:`urbanrep.position.append_position`), with
-        ``output_volumes`` the regions' own count totals (:func:`urbanrep.volumes.region_volumes`);
+        ``output_volumes`` the regions' own count totals (:func:`urbanrep.volumes.region_volumes`)
+        and with ``output_counts`` their count columns (:func:`urbanrep.volumes.region_counts`);
         last, with ``output_norm="unit_variance"``, the whole is scaled to the total variance
         ``output_variance`` (:func:`urbanrep.written.written_transform`). Apply it to the whole graph's embedding at
         once, never per batch.
@@ -609,7 +629,9 @@ class RegionModel(nn.Module):
             emb = align_members(emb, self.config.ensemble)
         volumes = (region_volumes(data, self.modalities, self.config.volume_scales)
                    if self.config.output_volumes else None)
-        return written_from_config(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config, volumes)
+        counts = (region_counts(data, self.modalities, self.config.output_counts)
+                  if self.config.output_counts != "none" else None)
+        return written_from_config(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config, volumes, counts)
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer."""

@@ -270,6 +270,7 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         output_variance=float(d.get("output_variance", 1.0)),
         output_volumes=bool(d.get("output_volumes", False)),
         volume_scales=tuple(d.get("volume_scales", DEFAULT_VOLUME_SCALES)),
+        output_counts=str(d.get("output_counts", "none")),
     )
 
 

@@ -107,3 +107,54 @@ def region_volumes(data: HeteroData, modalities: Sequence[str],
             c[has] = col[has] - col[has].mean()
             out.append(c)
     return np.stack(out, axis=1) if out else np.zeros((n, 0))
+
+
+#: ``ModelConfig.output_counts`` values: no count columns, or every count column on one of :data:`VOLUME_SCALES`.
+COUNT_OUTPUTS = ("none", *VOLUME_SCALES)
+
+
+def _count_table(data: HeteroData, modalities: Sequence[str], scale: str) -> tuple[np.ndarray, list[str]]:
+    """``(table [N, K], names)`` of :func:`region_counts` and :func:`count_names`."""
+    if scale not in VOLUME_SCALES:
+        raise ValueError(f"region_counts: scale must be one of {list(VOLUME_SCALES)}, got {scale!r}")
+    n = int(data[REGION].num_nodes)
+    blocks, names = [], []
+    for m in modalities:
+        cols = count_columns(data, m) if m in AGGREGATED_MODALITIES and m in data.modalities else []
+        if not cols:
+            continue
+        counts = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
+        mask = getattr(data[REGION], mask_key(m), None)
+        if mask is not None:  # no records of the modality in the region: none of its counts
+            counts[~mask.cpu().numpy().astype(bool)] = 0.0
+        x = VOLUME_SCALES[scale](counts)
+        keep = np.ptp(x, axis=0) > 1e-9 * np.maximum(1.0, np.abs(x).max(axis=0))
+        all_names = getattr(data, "feature_names", {}).get(m, [])
+        blocks.append(x[:, keep] - x[:, keep].mean(0))
+        names += [f"{m} {all_names[c][len(COUNT_PREFIX):]}, {scale} scale" for c, k in zip(cols, keep, strict=True) if k]
+    return (np.hstack(blocks) if blocks else np.zeros((n, 0))), names
+
+
+def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt") -> np.ndarray:
+    """Every count column of ``modalities``' features (POIs per category, trips, road segments ...),
+    as counts on ``scale``, centred over all regions.
+
+    Where :func:`region_volumes` gives a modality's total, this gives its parts. A region without
+    the modality's records (its mask is False) counts zero, as its features already do: a region
+    without a POI row has no POIs. Columns that are the same in every region are left out. The
+    square root (``"sqrt"``) is the variance-stabilising scale of Poisson counts.
+
+    Args:
+        data: Region graph with ``feature_names``.
+        modalities: Modalities to take (the aggregated ones with count columns are used).
+        scale: One of :data:`VOLUME_SCALES`.
+
+    Returns:
+        ``[N, K]`` float64, one column per varying count column, in :func:`count_names`' order.
+    """
+    return _count_table(data, modalities, scale)[0]
+
+
+def count_names(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt") -> list[str]:
+    """One name per column of :func:`region_counts` (``"poi restaurant, sqrt scale"`` ...), in its order."""
+    return _count_table(data, modalities, scale)[1]

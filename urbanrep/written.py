@@ -8,7 +8,8 @@ the volumes) the region's own input counts:
    means, each hop block cut to its leading principal components on a small city);
 2. the positional columns (:func:`urbanrep.position.append_position`);
 3. the region volumes, if given (:func:`urbanrep.volumes.region_volumes`, appended with
-   :func:`urbanrep.position.append_scaled`);
+   :func:`urbanrep.position.append_scaled`), then the regions' count columns, if given
+   (:func:`urbanrep.volumes.region_counts`, appended the same way);
 4. the overall scale (:func:`scale_to_total_variance`).
 
 The last step sets the written embedding's total variance (the sum of its column variances, the
@@ -57,7 +58,8 @@ def scale_to_total_variance(emb: np.ndarray, total_variance: float = 1.0) -> np.
 
 def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, scales: int,
                       regions_per_column: int, norm: str = "none", volumes: np.ndarray | None = None,
-                      total_variance: float = 1.0, regions_per_component: int = 0) -> np.ndarray:
+                      total_variance: float = 1.0, regions_per_component: int = 0,
+                      counts: np.ndarray | None = None) -> np.ndarray:
     """The whole written-embedding transform: :func:`~urbanrep.smoothing.neighbourhood_transform`,
     then :func:`~urbanrep.position.append_position`, then the volumes, then the overall scale.
 
@@ -78,10 +80,12 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
         total_variance: The total variance ``"unit_variance"`` scales to (``ModelConfig.output_variance``).
         regions_per_component: Each hop block cut to one principal component per this many regions
             (``ModelConfig.output_scale_regions``; 0: full width).
+        counts: Optional ``[N, K]`` centred count columns appended after the volumes, each scaled
+            like one embedding column (:func:`urbanrep.volumes.region_counts`; None or ``K == 0``: none).
 
     Returns:
         ``[N, C + scales * scale_width(N, C, regions_per_component) + position_count(N,
-        regions_per_column) + V]`` float32 (``emb`` itself when every step is off).
+        regions_per_column) + V + K]`` float32 (``emb`` itself when every step is off).
     """
     if norm not in OUTPUT_NORMS:
         raise ValueError(f"written_transform: norm must be one of {OUTPUT_NORMS}, got {norm!r}")
@@ -89,11 +93,13 @@ def written_transform(emb: np.ndarray, edge_index: np.ndarray, share: float, sca
                           regions_per_column)
     if volumes is not None:
         out = append_scaled(out, volumes)
+    if counts is not None:
+        out = append_scaled(out, counts)
     return scale_to_total_variance(out, total_variance) if norm == "unit_variance" else out
 
 
 def written_from_config(emb: np.ndarray, edge_index: np.ndarray, config: Any,
-                        volumes: np.ndarray | None = None) -> np.ndarray:
+                        volumes: np.ndarray | None = None, counts: np.ndarray | None = None) -> np.ndarray:
     """:func:`written_transform` with the settings of a model configuration.
 
     The one place that maps ``ModelConfig``'s written-embedding settings (``output_smoothing``,
@@ -107,14 +113,15 @@ def written_from_config(emb: np.ndarray, edge_index: np.ndarray, config: Any,
         edge_index: ``[2, E]`` adjacency edges of the region graph.
         config: A ``ModelConfig`` (read by attribute, so this module needs no import of it).
         volumes: ``[N, V]`` region volumes when ``config.output_volumes``, else None.
+        counts: ``[N, K]`` region count columns when ``config.output_counts`` is not ``"none"``, else None.
     """
     return written_transform(emb, edge_index, config.output_smoothing, config.output_scales, config.output_position,
-                             config.output_norm, volumes, config.output_variance, config.output_scale_regions)
+                             config.output_norm, volumes, config.output_variance, config.output_scale_regions, counts)
 
 
 def written_layout(channels: int, share: float, scales: int, positions: int,
                    volumes: Sequence[str] = (), row: str = "the embedding as trained",
-                   scale_channels: int | None = None) -> list[tuple[str, int]]:
+                   scale_channels: int | None = None, counts: Sequence[str] = ()) -> list[tuple[str, int]]:
     """What the columns of :func:`written_transform`'s output hold, block by block, in order.
 
     Args:
@@ -126,6 +133,7 @@ def written_layout(channels: int, share: float, scales: int, positions: int,
         row: What the region's own row is (e.g. the members' consensus).
         scale_channels: Width of each hop block (:func:`urbanrep.smoothing.scale_width`; None:
             ``channels``, the full width).
+        counts: One name per count column (:func:`urbanrep.volumes.count_names`).
 
     Returns:
         ``(description, width)`` per block; the widths add up to the written width.
@@ -137,6 +145,7 @@ def written_layout(channels: int, share: float, scales: int, positions: int,
     if positions:
         blocks.append(("position: low-frequency Laplacian eigenvectors of the adjacency graph", positions))
     blocks += [(f"volume: {name}", 1) for name in volumes]
+    blocks += [(f"count: {name}", 1) for name in counts]
     return blocks
 
 
