@@ -122,3 +122,17 @@ def test_count_block_can_count_a_region_without_data_as_zero() -> None:
     block = count_block(data, scale="sqrt", missing_as_zero=True)
     np.testing.assert_allclose(block.mean(0), 0.0, atol=1e-9)
     assert block.shape == count_block(data, scale="sqrt").shape
+
+
+def test_the_sqrtzero_look_is_what_model_output_counts_sqrt_writes() -> None:
+    from urbanrep.volumes import region_counts
+
+    data, _ = build_graph(grid_bundle(6), GraphConfig())
+    mc = ModelConfig()
+    n = len(data.region_ids)
+    trained = np.random.default_rng(4).normal(size=(n, 16)).astype(np.float32)
+    ei = data[ADJACENT].edge_index.numpy()
+    product = written_from_config(trained, ei, replace(mc, output_counts="sqrt"),
+                                  region_volumes(data, data.modalities, mc.volume_scales),
+                                  region_counts(data, data.modalities, "sqrt"))
+    np.testing.assert_allclose(written_variant("sqrtzero", trained, data, mc), product, rtol=1e-4, atol=1e-5)

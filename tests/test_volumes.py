@@ -129,3 +129,48 @@ def test_volume_scales_in_the_config_and_a_saved_model(tmp_path) -> None:
     assert res.model.written_channels(data) == res.model.row_channels + 2 * 3 + 2 + 3  # 2 hop blocks of 30 // 8 components, 2 volumes, 30 // 8 positions
     save_model(res.model, tmp_path / "m.pt", TrainConfig())
     assert load_model(tmp_path / "m.pt").config.volume_scales == ("log",)
+
+
+def test_region_counts_are_the_count_columns_with_zero_for_a_region_without_records(nyc) -> None:
+    """Every varying count column on the scale asked for, a masked region counting zero, centred, named."""
+    from urbanrep.volumes import count_names, region_counts
+
+    cols = count_columns(nyc, "poi")
+    x = np.expm1(nyc[REGION][feature_key("poi")].double().numpy()[:, cols]).clip(min=0.0)
+    has = nyc[REGION][mask_key("poi")].numpy().astype(bool)
+    x[~has] = 0.0
+    root = np.sqrt(x)
+    root = root[:, np.ptp(root, axis=0) > 0]
+    got = region_counts(nyc, ("remote_sensing", "poi"))  # remote sensing has no count columns
+    np.testing.assert_allclose(got, root - root.mean(0), rtol=1e-9, atol=1e-9)
+    names = count_names(nyc, ("poi",), "log")
+    assert len(names) == got.shape[1] and all(n.startswith("poi ") and n.endswith(", log scale") for n in names)
+    assert region_counts(nyc, ("poi", "mobility"), "linear").shape[1] == len(count_names(nyc, ("poi", "mobility"), "linear"))
+    with pytest.raises(ValueError, match="scale must be one of"):
+        region_counts(nyc, ("poi",), "cube")
+
+
+def test_output_counts_in_the_config_a_trained_model_and_a_saved_one(tmp_path) -> None:
+    """A bad value is a one-line config error; the written width has one column per count column; a
+    model saved before the option reads back without counts."""
+    from urbanrep.errors import ConfigError
+    from urbanrep.runconfig import RunConfig
+    from urbanrep.train import config_to_dict, model_config_from_dict
+    from urbanrep.volumes import count_names
+
+    with pytest.raises(ConfigError, match=r"output_counts must be one of .*model.output_counts=sqrt"):
+        ModelConfig(output_counts="cube")
+    assert RunConfig.from_overrides("model.output_counts=sqrt").model.output_counts == "sqrt"
+    old = config_to_dict(ModelConfig())
+    del old["output_counts"]
+    assert model_config_from_dict(old).output_counts == "none"
+    data = random_region_graph(30, ("poi", "mobility"), seed=4)
+    data.feature_names = {m: [f"log1p:c{i}" for i in range(data[REGION][feature_key(m)].size(1))]
+                          for m in ("poi", "mobility")}
+    res = train(data, ModelConfig(ensemble=1, output_counts="sqrt"), TrainConfig(epochs=1, seed=0, num_threads=1))
+    k = len(count_names(data, ("poi", "mobility"), "sqrt"))
+    assert k > 0 and res.embeddings.shape == (30, res.model.written_channels(data))
+    assert res.model.written_channels(data) == res.model.row_channels + 2 * 3 + 2 * 2 + 3 + k
+    assert res.model.written_layout(data)[-1][0].startswith("count: mobility c")
+    save_model(res.model, tmp_path / "m.pt", TrainConfig())
+    assert load_model(tmp_path / "m.pt").config.output_counts == "sqrt"
