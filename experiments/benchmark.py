@@ -193,7 +193,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_scales2": ("candidate: smoothing share 0.5, and its 1- and 2-hop neighbour means appended (192-d)",
                         _written(0.5, 2)),
         "abl_no_smoothing": ("ablation: the embedding as trained, no neighbour smoothing, scales, positional "
-                             "columns or volumes (64-d, rescaled to the default's total variance; the default before 2026-12-06c, at "
+                             "columns, volumes or count columns (64-d, rescaled to the default's total variance; the default before 2026-12-06c, at "
                              "the scale as trained)",
                              _written(0.0, 0)),
         "abl_no_norm": ("ablation: the written embedding, volumes included, at the scale as trained (the scale of "
@@ -202,7 +202,8 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                            lambda mc: replace(mc, output_volumes=False)),
         "abl_full_hops": ("ablation: the hop-mean blocks at full width on every city (model.output_scale_regions=0; "
                           "the default before round 2026-12-07z)", lambda mc: replace(mc, output_scale_regions=0)),
-        "abl_no_position": ("ablation: no positional columns (the neighbourhood scales and the volumes)", _position(0)),
+        "abl_no_position": ("ablation: no positional columns (the neighbourhood scales, the volumes and the count "
+                            "columns)", _position(0)),
         "abl_log_volumes": ("option: the region volumes on a log scale only (model.volume_scales=[log]; the default "
                             "writes log and linear)", lambda mc: replace(mc, volume_scales=("log",))),
         # Round 2026-12-06r: the neighbourhood transform again, now beside the positional columns.
@@ -271,6 +272,8 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_hopk8": ("candidate: each hop-mean block cut to one principal component per 8 regions, at most 64 "
                       "(model.output_scale_regions=8; Chicago-77: 9, 180 regions: 22, 512 or more: all 64)",
                       lambda mc: replace(mc, output_scale_regions=8)),
+        "abl_no_counts": ("ablation: no count columns appended (model.output_counts=none; the default before "
+                          "round 2026-12-07aa)", lambda mc: replace(mc, output_counts="none")),
         # Round 2026-12-07aa: the regions' count columns beside the volumes.
         "dev_counts_sqrt": ("candidate: every count column of the aggregated modalities (POIs per category, trips, "
                             "road counts ...) appended on a square-root scale, zero for a region without the "
@@ -312,9 +315,9 @@ def _shared(k: int) -> Callable[[Any], Any]:
 
 def _written(share: float, scales: int, position: int = 0) -> Callable[[Any], Any]:
     """Variant: the written embedding with smoothing ``share``, ``scales`` hop means and one positional column
-    per ``position`` regions (0: none), and no region volumes (these variants predate them)."""
+    per ``position`` regions (0: none), and no region volumes or count columns (these variants predate them)."""
     return lambda mc: replace(mc, output_smoothing=share, output_scales=scales, output_position=position,
-                              output_volumes=False)
+                              output_volumes=False, output_counts="none")
 
 
 def _width(c: int) -> Callable[[Any], Any]:

@@ -254,7 +254,7 @@ HOP_WIDTH_CANDIDATES = ("urbanrep", "dev_hopk8")
 
 #: Round 2026-12-07aa (the sixteenth session, declared after its looks, before this run): the regions'
 #: count columns beside the per-modality totals. The looks (the default's runs of seeds 0-2, nine
-#: written forms; recorded in DESIGN_SELECTION.md, "Looks of the sixteenth session") found every
+#: written forms; recorded in DESIGN_SELECTION_2026-12-07z.md, "Looks of the sixteenth session") found every
 #: count column of the aggregated modalities, appended whole, lifting Chicago-77 (0.62-0.63 against
 #: 0.602) and breaking Singapore (-0.3 to -0.4) on every scale until a region without POIs counted
 #: zero POIs instead of the column mean: on the square-root scale then 0.629 / 0.633 / 0.425 against

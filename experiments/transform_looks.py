@@ -161,7 +161,7 @@ def count_block(data: Any, scale: str = "linear", missing_as_zero: bool = False)
             x[~mask.cpu().numpy().astype(bool)] = 0.0
         block = np.zeros_like(x)
         block[has] = x[has] - x[has].mean(0)
-        out.append(block[:, block.std(0) > 0])
+        out.append(block)  # a constant column stays, all zeros: no probe sees it
     return np.hstack(out) if out else np.zeros((n, 0))
 
 

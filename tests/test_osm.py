@@ -21,6 +21,7 @@ from urbanrep.errors import BundleError, GraphError, UrbanRepError
 from urbanrep.graphs import GraphConfig, build_graph
 from urbanrep.position import position_count
 from urbanrep.vocabulary import available_vocabularies, load_vocabulary
+from urbanrep.written import COLUMNS_ATTR
 
 pytest.importorskip("osmium")
 pytest.importorskip("h3")
@@ -227,7 +228,10 @@ def test_model_trained_on_helsinki_embeds_singapore_and_sao_paulo(pbf: Path, dat
     poi_model = UrbanRep(load_run_config(None, [*sets, "graph.modalities=[poi]"])).fit(helsinki)
     singapore = get_converter("singapore")(data_root / "singapore")
     emb = poi_model.transform(singapore)
-    assert list(emb.index) == list(singapore.regions["region_id"]) and emb.shape[1] == 16 * 3 + position_count(len(emb), 8) + 2  # 16 columns, two scales, positions, POI volumes
+    counts = sum(1 for block in emb.attrs[COLUMNS_ATTR] if block["holds"].startswith("count: poi "))
+    assert counts > 0  # the POI count columns of the model's vocabulary
+    assert list(emb.index) == list(singapore.regions["region_id"])
+    assert emb.shape[1] == 16 * 3 + position_count(len(emb), 8) + 2 + counts  # 16 columns, two scales, positions, POI volumes, POI counts
     assert np.isfinite(emb.to_numpy()).all()
     road_model = UrbanRep(load_run_config(None, [*sets, "graph.modalities=[road]"])).fit(helsinki)
     sao = get_converter("sao_paulo")(data_root / "sao_paulo")

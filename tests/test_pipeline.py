@@ -51,7 +51,9 @@ def test_run_writes_every_stage(nyc_run: Path) -> None:
                  "gis/embeddings.parquet", "gis/regions.gpkg", "gis/embeddings.geojson", "run.json"):
         assert (nyc_run / name).exists(), name
     emb = pd.read_parquet(nyc_run / "embeddings.parquet")
-    assert len(emb) == 180 and emb["region_id"].is_unique and emb.shape[1] == 1 + 16 * 3 + position_count(180, 8) + 2 * 3  # region_id, 16 columns, two scales, positions, volumes of poi, mobility, landuse
+    # region_id, 16 columns, two scales, positions, volumes of poi, mobility, landuse, their count columns
+    # (27 POI, 65 trip and 1 land-use column)
+    assert len(emb) == 180 and emb["region_id"].is_unique and emb.shape[1] == 1 + 16 * 3 + position_count(180, 8) + 2 * 3 + 93
     assert np.isfinite(emb.drop(columns="region_id").to_numpy()).all()
     metrics = json.loads((nyc_run / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"crime", "check_in", "service_call", "carbon", "income"}
@@ -126,8 +128,8 @@ def test_embed_changes_only_the_written_embedding(nyc_run: Path, tmp_path: Path,
     assert bare.shape[1] == full.shape[1] - 6  # POIs, trips, land use: log and linear totals
     # each file says what its columns hold (Parquet metadata), and `info` prints it
     held = [c["holds"] for c in full.attrs["urbanrep_columns"]]
-    assert held[-1] == "volume: landuse total, linear scale" and not any("volume" in h for h in
-                                                                        bare.attrs["urbanrep_columns"][-1]["holds"])
+    assert held[-1] == "count: landuse total, sqrt scale" and "volume: landuse total, linear scale" in held
+    assert not any(h.startswith("volume") for h in (c["holds"] for c in bare.attrs["urbanrep_columns"]))
     assert full.attrs["urbanrep_columns"][-1]["last"] == full.columns[-1]
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
@@ -139,8 +141,11 @@ def test_embed_changes_only_the_written_embedding(nyc_run: Path, tmp_path: Path,
     var1 = pd.read_parquet(tmp_path / "var1" / "embeddings.parquet").set_index("region_id")
     assert abs(var1.to_numpy(np.float64).var(axis=0).sum() - 1.0) < 1e-4
     np.testing.assert_allclose(var1.to_numpy() * np.sqrt(3.0), full.to_numpy(), rtol=1e-4, atol=1e-6)
-    # the same columns before the volumes, only at another overall scale
-    ratio = full.to_numpy()[:, :bare.shape[1]] / bare.to_numpy()
+    # the same columns, the volumes left out, only at another overall scale
+    counts = sum(1 for c in bare.attrs["urbanrep_columns"] if c["holds"].startswith("count:"))
+    assert counts == 93  # 27 POI, 65 trip and 1 land-use count column
+    same = np.hstack([full.to_numpy()[:, :bare.shape[1] - counts], full.to_numpy()[:, -counts:]])
+    ratio = np.divide(same, bare.to_numpy(), out=np.zeros_like(same), where=np.abs(bare.to_numpy()) > 1e-3)
     np.testing.assert_allclose(ratio[np.abs(bare.to_numpy()) > 1e-3], ratio[0, 0], rtol=1e-3)
     capsys.readouterr()
     main(["-q", "embed", str(nyc_run), str(nyc_run / "bundle"), "--out", str(tmp_path / "x"),
@@ -216,7 +221,8 @@ def test_api_on_your_own_geodataframes(tmp_path: Path) -> None:
     model = UrbanRep(tiny_config()).fit(bundle)
     emb = model.transform(bundle)
     assert list(emb.index) == list(regions["region_id"]) and emb.index.name == "region_id"
-    assert emb.shape == (25, 16 + 2 * scale_width(25, 16, 8) + position_count(25, 8) + 2) and np.isfinite(emb.to_numpy()).all()  # + POI volumes
+    # + POI volumes and the POI count columns (one per category and the total: cafe, school, shop, all)
+    assert emb.shape == (25, 16 + 2 * scale_width(25, 16, 8) + position_count(25, 8) + 2 + 4) and np.isfinite(emb.to_numpy()).all()
     weights = model.fusion_weights(bundle)
     assert list(weights.columns) == ["poi"]
     model.save(tmp_path / "m")
@@ -351,7 +357,7 @@ def test_estimator_minibatch_with_sampled_inference(nyc_run: Path) -> None:
     assert api.result_ is not None and len(api.result_.history) == 3
     assert "mode=minibatch" in repr(api)
     emb = api.transform()
-    assert emb.shape == (180, 16 * 3 + position_count(180, 8) + 2 * 3) and np.isfinite(emb.to_numpy()).all()
+    assert emb.shape == (180, 16 * 3 + position_count(180, 8) + 2 * 3 + 93) and np.isfinite(emb.to_numpy()).all()
     np.testing.assert_allclose(emb.to_numpy(), api.result_.embeddings, atol=1e-6)  # same sampled inference
 
 

@@ -30,7 +30,7 @@ from urbanrep.train import (
     load_model,
     train,
 )
-from urbanrep.volumes import volume_modalities
+from urbanrep.volumes import count_names, volume_modalities
 
 ALL = ("poi", "mobility", "landuse", "road", "remote_sensing", "street_view")
 BUNDLES = ("nyc_manhattan180", "chicago77", "nyc_tracts", "singapore", "helsinki_osm", "sao_paulo",
@@ -41,11 +41,12 @@ SMALL = ModelConfig(expert=ExpertConfig(hidden_channels=16, out_channels=8, num_
 FAST = TrainConfig(epochs=3, lr=5e-3, device="cpu", log_every=1000)
 def written(data) -> int:
     """Columns SMALL writes for the graph ``data``: its 8-wide row, the default hop blocks (cut to one
-    component per 8 regions on these small graphs), its positional columns, its volumes."""
+    component per 8 regions on these small graphs), its positional columns, its volumes, its count columns."""
     n = data["region"].num_nodes
     volumes = 2 * len(volume_modalities(data, data.modalities)) if SMALL.output_volumes else 0
+    counts = len(count_names(data, data.modalities, SMALL.output_counts)) if SMALL.output_counts != "none" else 0
     return (8 + SMALL.output_scales * scale_width(n, 8, SMALL.output_scale_regions)
-            + position_count(n, SMALL.output_position) + volumes)
+            + position_count(n, SMALL.output_position) + volumes + counts)
 
 
 def loss_cfg(cfg: ModelConfig, **loss) -> ModelConfig:

@@ -269,8 +269,14 @@ class ModelConfig:
             category, trip totals, road counts ...) after the volumes, on this scale (``"sqrt"``,
             ``"log"`` or ``"linear"``; ``"none"``: not written), each scaled like one embedding
             column (:func:`urbanrep.volumes.region_counts`; a region without a modality's records
-            counts zero). Training is the same either way. Models saved before the option read
-            back with ``"none"``.
+            counts zero). The volumes give a modality's total; these give its parts, which the
+            experts see only on a log scale and the smoothing blurs. Training is the same either
+            way. ``"sqrt"`` (the variance-stabilising scale of counts) by default since round
+            2026-12-07aa (``experiments/DESIGN_SELECTION.md``), scored on fresh training seeds 3-5:
+            0.553 against 0.547, a tie that the paper protocol decided (0.525 against 0.521);
+            Chicago-77 0.625 against 0.593, Singapore 0.615 against 0.627, São Paulo 0.419 against
+            0.420; over the eight development graphs (seeds 0-2) 0.487 against 0.480. Models saved
+            before the option read back with ``"none"``.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -291,7 +297,7 @@ class ModelConfig:
     output_variance: float = 3.0
     output_volumes: bool = True
     volume_scales: tuple[str, ...] = DEFAULT_VOLUME_SCALES
-    output_counts: str = "none"
+    output_counts: str = "sqrt"
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:

@@ -128,10 +128,9 @@ def _count_table(data: HeteroData, modalities: Sequence[str], scale: str) -> tup
         if mask is not None:  # no records of the modality in the region: none of its counts
             counts[~mask.cpu().numpy().astype(bool)] = 0.0
         x = VOLUME_SCALES[scale](counts)
-        keep = np.ptp(x, axis=0) > 1e-9 * np.maximum(1.0, np.abs(x).max(axis=0))
         all_names = getattr(data, "feature_names", {}).get(m, [])
-        blocks.append(x[:, keep] - x[:, keep].mean(0))
-        names += [f"{m} {all_names[c][len(COUNT_PREFIX):]}, {scale} scale" for c, k in zip(cols, keep, strict=True) if k]
+        blocks.append(x - x.mean(0))
+        names += [f"{m} {all_names[c][len(COUNT_PREFIX):]}, {scale} scale" for c in cols]
     return (np.hstack(blocks) if blocks else np.zeros((n, 0))), names
 
 
@@ -141,8 +140,10 @@ def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqr
 
     Where :func:`region_volumes` gives a modality's total, this gives its parts. A region without
     the modality's records (its mask is False) counts zero, as its features already do: a region
-    without a POI row has no POIs. Columns that are the same in every region are left out. The
-    square root (``"sqrt"``) is the variance-stabilising scale of Poisson counts.
+    without a POI row has no POIs. Every count column is kept, a column that is the same in every
+    region too (all zeros once centred, and zeros once scaled): the columns are the model's feature
+    columns, so a model writes the same layout on every city it embeds. The square root
+    (``"sqrt"``) is the variance-stabilising scale of Poisson counts.
 
     Args:
         data: Region graph with ``feature_names``.
@@ -150,7 +151,7 @@ def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqr
         scale: One of :data:`VOLUME_SCALES`.
 
     Returns:
-        ``[N, K]`` float64, one column per varying count column, in :func:`count_names`' order.
+        ``[N, K]`` float64, one column per count column, in :func:`count_names`' order.
     """
     return _count_table(data, modalities, scale)[0]
 
