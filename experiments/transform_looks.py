@@ -175,8 +175,33 @@ def missing_share(data: Any) -> np.ndarray:
     return 1.0 - has.mean(1)
 
 
+#: The variants that append the regions' count columns themselves (looked at on the default without them).
+COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero")
+
+
 def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
-    """The written embedding ``[N, C']`` of variant ``name`` from the as-trained ``[N, C]`` (graph node order)."""
+    """The written embedding ``[N, C']`` of variant ``name`` from the as-trained ``[N, C]`` (graph node order).
+
+    Every variant is its change to the written embedding of ``mc`` without the count columns; where
+    ``mc`` writes them (``model.output_counts``, the default since round 2026-12-07aa), they are
+    appended last, as the model appends them, except to the variants that append count columns of
+    their own (:data:`COUNT_VARIANTS`).
+    """
+    from dataclasses import replace
+
+    from urbanrep.position import append_scaled
+    from urbanrep.volumes import region_counts
+    from urbanrep.written import scale_to_total_variance
+
+    out = _written_variant(name, trained, data, replace(mc, output_counts="none"))
+    if mc.output_counts == "none" or COUNT_VARIANTS.fullmatch(name):
+        return out
+    return scale_to_total_variance(append_scaled(out, region_counts(data, data.modalities, mc.output_counts)),
+                                   mc.output_variance)
+
+
+def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
+    """:func:`written_variant` for a ``mc`` without count columns."""
     from urbanrep.experts.mobility import flow_components
     from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE
     from urbanrep.position import append_position, append_scaled

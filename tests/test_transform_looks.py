@@ -18,13 +18,18 @@ from urbanrep.volumes import region_volumes
 from urbanrep.written import written_from_config, written_transform
 
 
-def test_variants_are_the_written_transform_or_its_documented_changes() -> None:
+def _grid(seed: int) -> tuple:
+    """A 6 x 6 grid city's graph, the model config the variants transform (counts off: the looks' form),
+    an as-trained ``[36, 16]`` embedding, its adjacency edges and its volumes."""
     data, _ = build_graph(grid_bundle(6), GraphConfig())
-    mc = ModelConfig()
+    mc = ModelConfig(output_counts="none")
+    trained = np.random.default_rng(seed).normal(size=(len(data.region_ids), 16)).astype(np.float32)
+    return data, mc, trained, data[ADJACENT].edge_index.numpy(), region_volumes(data, data.modalities, mc.volume_scales)
+
+
+def test_variants_are_the_written_transform_or_its_documented_changes() -> None:
+    data, mc, trained, ei, volumes = _grid(0)
     n = len(data.region_ids)
-    trained = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
-    ei = data[ADJACENT].edge_index.numpy()
-    volumes = region_volumes(data, data.modalities, mc.volume_scales)
     assert np.array_equal(written_variant("default", trained, data, mc), written_from_config(trained, ei, mc, volumes))
     bare = written_transform(trained, ei, 0.0, 0, mc.output_position, mc.output_norm, volumes, mc.output_variance)
     np.testing.assert_allclose(written_variant("bare", trained, data, mc), bare, rtol=1e-5, atol=1e-6)
@@ -102,7 +107,7 @@ def test_count_block_holds_the_count_columns_centred_and_the_count_variants_appe
     from urbanrep.volumes import count_columns
 
     data, _ = build_graph(grid_bundle(6), GraphConfig())
-    mc = ModelConfig()
+    mc = ModelConfig(output_counts="none")
     n = len(data.region_ids)
     block = count_block(data)
     assert block.shape[0] == n and 0 < block.shape[1] <= sum(len(count_columns(data, m)) for m in data.modalities)
@@ -127,12 +132,12 @@ def test_count_block_can_count_a_region_without_data_as_zero() -> None:
 def test_the_sqrtzero_look_is_what_model_output_counts_sqrt_writes() -> None:
     from urbanrep.volumes import region_counts
 
-    data, _ = build_graph(grid_bundle(6), GraphConfig())
-    mc = ModelConfig()
-    n = len(data.region_ids)
-    trained = np.random.default_rng(4).normal(size=(n, 16)).astype(np.float32)
-    ei = data[ADJACENT].edge_index.numpy()
-    product = written_from_config(trained, ei, replace(mc, output_counts="sqrt"),
-                                  region_volumes(data, data.modalities, mc.volume_scales),
+    data, mc, trained, ei, volumes = _grid(4)
+    product = written_from_config(trained, ei, replace(mc, output_counts="sqrt"), volumes,
                                   region_counts(data, data.modalities, "sqrt"))
     np.testing.assert_allclose(written_variant("sqrtzero", trained, data, mc), product, rtol=1e-4, atol=1e-5)
+    # with the default since round aa (counts on), "default" is what the model writes, and the count
+    # variants append their own columns to the default without them
+    on = replace(mc, output_counts="sqrt")
+    np.testing.assert_allclose(written_variant("default", trained, data, on), product, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(written_variant("sqrtzero", trained, data, on), product, rtol=1e-4, atol=1e-5)
