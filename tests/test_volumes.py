@@ -174,3 +174,17 @@ def test_output_counts_in_the_config_a_trained_model_and_a_saved_one(tmp_path) -
     assert res.model.written_layout(data)[-1][0].startswith("count: mobility c")
     save_model(res.model, tmp_path / "m.pt", TrainConfig())
     assert load_model(tmp_path / "m.pt").config.output_counts == "sqrt"
+
+
+def test_info_groups_one_modalitys_count_columns() -> None:
+    """``urbanrep info`` lists a run of one modality's count columns as one block (the file names each)."""
+    from urbanrep.written import grouped_columns, layout_columns
+
+    blocks = layout_columns([("the row", 4), ("volume: poi total, log scale", 1), ("count: poi cafe, sqrt scale", 1),
+                             ("count: poi shop, sqrt scale", 1), ("count: mobility out_flow, sqrt scale", 1)])
+    got = grouped_columns(blocks)
+    assert [b["holds"] for b in got] == ["the row", "volume: poi total, log scale",
+                                         "count: 2 poi count columns, sqrt scale (each named in the file)",
+                                         "count: mobility out_flow, sqrt scale"]
+    assert (got[2]["first"], got[2]["last"]) == ("emb_005", "emb_006")
+    assert grouped_columns(blocks[:2]) == blocks[:2]

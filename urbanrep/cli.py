@@ -195,9 +195,9 @@ def _print_run(run_dir: Path) -> None:
     emb = read_parquet(run_dir / "embeddings.parquet", "re-run training to rewrite it")
     print(f"run {run_dir}: {len(emb)} regions x {emb.shape[1] - 1} embedding dims")
     from urbanrep.position import column_variances
-    from urbanrep.written import COLUMNS_ATTR, column_span
+    from urbanrep.written import COLUMNS_ATTR, column_span, grouped_columns
 
-    for block in emb.attrs.get(COLUMNS_ATTR, []):
+    for block in grouped_columns(emb.attrs.get(COLUMNS_ATTR, [])):
         print(f"  {column_span(block):<19} {block['holds']}")
     values = emb.drop(columns="region_id", errors="ignore").select_dtypes("number").to_numpy(dtype="float64")
     if values.size:  # what a fixed-penalty probe regularises by (model.output_norm, model.output_variance)

@@ -167,3 +167,36 @@ def layout_columns(layout: Sequence[tuple[str, int]], prefix: str = "emb_") -> l
             out.append({"first": f"{prefix}{start:03d}", "last": f"{prefix}{start + width - 1:03d}", "holds": holds})
         start += width
     return out
+
+
+def grouped_columns(blocks: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """:func:`layout_columns` blocks with each run of one modality's count columns in one block.
+
+    For a listing (``urbanrep info``): a model with count columns (``ModelConfig.output_counts``)
+    writes one per feature, dozens on a city with hourly flows; the file's metadata keeps each name.
+    """
+    out: list[dict[str, str]] = []
+    run: list[dict[str, str]] = []
+
+    def key(block: dict[str, str]) -> str | None:
+        holds = block["holds"]
+        return holds.split(" ", 2)[1] + holds.rsplit(",", 1)[-1] if holds.startswith("count: ") else None
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            modality, scale = run[0]["holds"].split(" ", 2)[1], run[0]["holds"].rsplit(",", 1)[-1].strip()
+            out.append({"first": run[0]["first"], "last": run[-1]["last"],
+                        "holds": f"count: {len(run)} {modality} count columns, {scale} (each named in the file)"})
+        run.clear()
+
+    for block in blocks:
+        if run and key(block) != key(run[0]):
+            flush()
+        if key(block) is not None:
+            run.append(block)
+        else:
+            out.append(block)
+    flush()
+    return out
