@@ -669,14 +669,12 @@ def output_transform(trained: pd.DataFrame, data: Any, mc: Any) -> pd.DataFrame:
     :func:`urbanrep.written.written_transform`)."""
     from urbanrep.graphs.schema import ADJACENT
     from urbanrep.train import embeddings_frame
-    from urbanrep.volumes import region_counts, region_volumes
+    from urbanrep.volumes import appended_columns
     from urbanrep.written import written_from_config
 
     ids = list(data.region_ids)
     x = trained.loc[ids].to_numpy(np.float32)
-    modalities = mc.modalities or data.modalities
-    volumes = region_volumes(data, modalities, mc.volume_scales) if mc.output_volumes else None
-    counts = region_counts(data, modalities, mc.output_counts) if mc.output_counts != "none" else None
+    volumes, counts = appended_columns(data, mc.modalities or data.modalities, mc)
     return embeddings_frame(ids, written_from_config(x, data[ADJACENT].edge_index.cpu().numpy(), mc, volumes, counts))
 
 

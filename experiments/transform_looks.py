@@ -142,25 +142,17 @@ def count_block(data: Any, scale: str = "linear", missing_as_zero: bool = False)
     ("sqrt", Poisson noise's variance-stabilising scale), centred over the regions that have the
     modality (0 for the others), as :func:`urbanrep.volumes.region_volumes` treats their totals;
     with ``missing_as_zero``, a region without the modality counts zero and every region is centred."""
-    from urbanrep.graphs.schema import REGION, feature_key, mask_key
-    from urbanrep.volumes import count_columns
+    from urbanrep.graphs.schema import REGION, mask_key
+    from urbanrep.volumes import region_counts
 
     n, out = len(data.region_ids), []
     for m in data.modalities:
-        try:
-            cols = count_columns(data, m)
-        except (KeyError, ValueError, AttributeError):
-            continue
-        if not cols:
-            continue
-        x = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
-        x = {"linear": x, "log": np.log1p(x), "sqrt": np.sqrt(x)}[scale]
+        block = region_counts(data, (m,), scale)  # a region without records counts zero, every region centred
         mask = getattr(data[REGION], mask_key(m), None)
-        has = np.ones(n, bool) if mask is None or missing_as_zero else mask.cpu().numpy().astype(bool)
-        if missing_as_zero and mask is not None:
-            x[~mask.cpu().numpy().astype(bool)] = 0.0
-        block = np.zeros_like(x)
-        block[has] = x[has] - x[has].mean(0)
+        if block.shape[1] and mask is not None and not missing_as_zero:  # centred over the regions with data
+            has = mask.cpu().numpy().astype(bool)
+            block[has] -= block[has].mean(0)
+            block[~has] = 0.0
         out.append(block)  # a constant column stays, all zeros: no probe sees it
     return np.hstack(out) if out else np.zeros((n, 0))
 

@@ -70,9 +70,8 @@ from urbanrep.smoothing import scale_width
 from urbanrep.volumes import (
     COUNT_OUTPUTS,
     DEFAULT_VOLUME_SCALES,
+    appended_columns,
     count_names,
-    region_counts,
-    region_volumes,
     volume_names,
     volume_scales_problem,
 )
@@ -633,10 +632,7 @@ class RegionModel(nn.Module):
         """
         if self.config.ensemble > 1 and self.config.ensemble_output == "aligned":
             emb = align_members(emb, self.config.ensemble)
-        volumes = (region_volumes(data, self.modalities, self.config.volume_scales)
-                   if self.config.output_volumes else None)
-        counts = (region_counts(data, self.modalities, self.config.output_counts)
-                  if self.config.output_counts != "none" else None)
+        volumes, counts = appended_columns(data, self.modalities, self.config)
         return written_from_config(emb, data[ADJACENT].edge_index.cpu().numpy(), self.config, volumes, counts)
 
     def reset_parameters(self) -> None:

@@ -15,6 +15,7 @@ order.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from torch_geometric.data import HeteroData
@@ -113,25 +114,13 @@ def region_volumes(data: HeteroData, modalities: Sequence[str],
 COUNT_OUTPUTS = ("none", *VOLUME_SCALES)
 
 
-def _count_table(data: HeteroData, modalities: Sequence[str], scale: str) -> tuple[np.ndarray, list[str]]:
-    """``(table [N, K], names)`` of :func:`region_counts` and :func:`count_names`."""
+def _count_modalities(data: HeteroData, modalities: Sequence[str], scale: str) -> list[tuple[str, list[int]]]:
+    """``(modality, its count columns)`` for the modalities :func:`region_counts` takes, in order."""
     if scale not in VOLUME_SCALES:
         raise ValueError(f"region_counts: scale must be one of {list(VOLUME_SCALES)}, got {scale!r}")
-    n = int(data[REGION].num_nodes)
-    blocks, names = [], []
-    for m in modalities:
-        cols = count_columns(data, m) if m in AGGREGATED_MODALITIES and m in data.modalities else []
-        if not cols:
-            continue
-        counts = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
-        mask = getattr(data[REGION], mask_key(m), None)
-        if mask is not None:  # no records of the modality in the region: none of its counts
-            counts[~mask.cpu().numpy().astype(bool)] = 0.0
-        x = VOLUME_SCALES[scale](counts)
-        all_names = getattr(data, "feature_names", {}).get(m, [])
-        blocks.append(x - x.mean(0))
-        names += [f"{m} {all_names[c][len(COUNT_PREFIX):]}, {scale} scale" for c in cols]
-    return (np.hstack(blocks) if blocks else np.zeros((n, 0))), names
+    found = [(m, count_columns(data, m) if m in AGGREGATED_MODALITIES and m in data.modalities else [])
+             for m in modalities]
+    return [(m, cols) for m, cols in found if cols]
 
 
 def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt") -> np.ndarray:
@@ -153,9 +142,30 @@ def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqr
     Returns:
         ``[N, K]`` float64, one column per count column, in :func:`count_names`' order.
     """
-    return _count_table(data, modalities, scale)[0]
+    blocks = []
+    for m, cols in _count_modalities(data, modalities, scale):
+        counts = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
+        mask = getattr(data[REGION], mask_key(m), None)
+        if mask is not None:  # no records of the modality in the region: none of its counts
+            counts[~mask.cpu().numpy().astype(bool)] = 0.0
+        x = VOLUME_SCALES[scale](counts)
+        blocks.append(x - x.mean(0))
+    return np.hstack(blocks) if blocks else np.zeros((int(data[REGION].num_nodes), 0))
 
 
 def count_names(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt") -> list[str]:
-    """One name per column of :func:`region_counts` (``"poi restaurant, sqrt scale"`` ...), in its order."""
-    return _count_table(data, modalities, scale)[1]
+    """One name per column of :func:`region_counts` (``"poi restaurant, sqrt scale"`` ...), in its order
+    (from the feature names alone)."""
+    names = getattr(data, "feature_names", {})
+    return [f"{m} {names[m][c][len(COUNT_PREFIX):]}, {scale} scale" for m, cols in _count_modalities(data, modalities, scale)
+            for c in cols]
+
+
+def appended_columns(data: HeteroData, modalities: Sequence[str], config: Any
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(volumes, counts)``: the region columns a model configured by ``config`` (a ``ModelConfig``,
+    read by attribute) appends to its written embedding, None for a step that is off
+    (``output_volumes``, ``output_counts``); what :func:`urbanrep.written.written_from_config` takes."""
+    volumes = region_volumes(data, modalities, config.volume_scales) if config.output_volumes else None
+    counts = region_counts(data, modalities, config.output_counts) if config.output_counts != "none" else None
+    return volumes, counts

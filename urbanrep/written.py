@@ -28,6 +28,7 @@ Shapes: ``emb`` ``[N, C]``; ``edge_index`` ``[2, E]`` (region graph node indices
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -175,28 +176,16 @@ def grouped_columns(blocks: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     For a listing (``urbanrep info``): a model with count columns (``ModelConfig.output_counts``)
     writes one per feature, dozens on a city with hourly flows; the file's metadata keeps each name.
     """
-    out: list[dict[str, str]] = []
-    run: list[dict[str, str]] = []
-
-    def key(block: dict[str, str]) -> str | None:
+    def run_of(block: dict[str, str]) -> tuple[str, str] | None:  # (modality, "sqrt scale") of a count column
         holds = block["holds"]
-        return holds.split(" ", 2)[1] + holds.rsplit(",", 1)[-1] if holds.startswith("count: ") else None
+        return (holds.split(" ", 2)[1], holds.rsplit(",", 1)[-1].strip()) if holds.startswith("count: ") else None
 
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            modality, scale = run[0]["holds"].split(" ", 2)[1], run[0]["holds"].rsplit(",", 1)[-1].strip()
-            out.append({"first": run[0]["first"], "last": run[-1]["last"],
-                        "holds": f"count: {len(run)} {modality} count columns, {scale} (each named in the file)"})
-        run.clear()
-
-    for block in blocks:
-        if run and key(block) != key(run[0]):
-            flush()
-        if key(block) is not None:
-            run.append(block)
+    out: list[dict[str, str]] = []
+    for run, group in itertools.groupby(blocks, run_of):
+        members = list(group)
+        if run is None or len(members) == 1:
+            out += members
         else:
-            out.append(block)
-    flush()
+            out.append({"first": members[0]["first"], "last": members[-1]["last"],
+                        "holds": f"count: {len(members)} {run[0]} count columns, {run[1]} (each named in the file)"})
     return out
