@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from urbanrep.component_signs import fixed_signs
+
 
 def undirected_adjacency(edge_index: np.ndarray, num_nodes: int) -> sp.csr_matrix:
     """0/1 adjacency ``A`` ``[N, N]`` of an undirected region graph.
@@ -132,15 +134,13 @@ def scale_width(num_nodes: int, channels: int, regions_per_component: int) -> in
 def leading_components(x: np.ndarray, k: int) -> np.ndarray:
     """``[N, k]`` float32 scores of the ``k`` leading principal components of ``x`` ``[N, C]``.
 
-    The columns of ``x`` are centred; each component's sign is fixed so that its score of largest
-    magnitude is positive (the same input always gives the same columns, up to the basis chosen
-    within a repeated singular value). The scores keep their variance (``u * s``), so the
+    The columns of ``x`` are centred; each component's sign is fixed by
+    :func:`urbanrep.component_signs.fixed_signs` (the same input always gives the same columns,
+    up to the basis chosen within a repeated singular value). The scores keep their variance (``u * s``), so the
     compressed block carries the share of the block's variance its leading components hold.
     """
     u, s, _ = np.linalg.svd(x.astype(np.float64) - x.mean(0, dtype=np.float64), full_matrices=False)
-    scores = u[:, :k] * s[:k]
-    sign = np.sign(scores[np.abs(scores).argmax(0), np.arange(scores.shape[1])])
-    return (scores * np.where(sign == 0, 1.0, sign)).astype(np.float32)
+    return fixed_signs(u[:, :k] * s[:k]).astype(np.float32)
 
 
 def compress_scales(scaled: np.ndarray, channels: int, width: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import GraphConv
 from torch_geometric.utils import scatter
 
+from urbanrep.component_signs import fixed_signs
 from urbanrep.experts.base import ResidualStackExpert, get_edges, register_expert
 from urbanrep.experts.sparse import SparsePattern, edge_pattern, weighted_spmm
 from urbanrep.graphs.cache import graph_constant
@@ -85,13 +86,13 @@ def city_flow_profile(edge_index: Tensor, weight: Tensor | None, num_nodes: int,
     """``[N, k]`` leading principal components of the regions' flow profiles, with fixed signs.
 
     :func:`flow_components` of the OD edges (where each region's trips go, as shares of its
-    outflow, beside where its visitors come from), each column's sign set so that its third moment
-    is positive: an SVD's signs depend on the row order, this choice does not, so an expert reading
-    them stays equivariant to region order. A graph constant.
+    outflow, beside where its visitors come from), each column's sign set by
+    :func:`urbanrep.component_signs.fixed_signs` (third moment positive): an SVD's signs depend on
+    the row order, this choice does not, so an expert reading them stays equivariant to region
+    order. A graph constant.
     """
     def build() -> Tensor:
-        comps = flow_components(edge_index, weight, num_nodes, k)
-        return comps * torch.where(comps.pow(3).sum(0) < 0, -1.0, 1.0).to(comps.dtype)
+        return fixed_signs(flow_components(edge_index, weight, num_nodes, k))
 
     return graph_constant("flow_inputs", (edge_index, weight), build, extra=(num_nodes, k))
 
