@@ -279,6 +279,9 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                             "road counts ...) appended on a square-root scale, zero for a region without the "
                             "modality's records (model.output_counts=sqrt)",
                             lambda mc: replace(mc, output_counts="sqrt")),
+        "dev_counts_nomob": ("candidate: the count columns without mobility's (its trip totals per direction and time "
+                             "slice, parts of the mobility volume the volumes write; model.output_counts_skip=[mobility])",
+                             lambda mc: replace(mc, output_counts="sqrt", output_counts_skip=("mobility",))),
         # Round 2026-12-06g: round f's winner (temperature 0.5) with the two runner-up depths.
         "dev_temp05_layers1": ("candidate: InfoNCE temperature 0.5 and one message-passing layer per expert",
                                lambda mc: replace(mc, expert=replace(mc.expert, num_layers=1),
@@ -619,11 +622,13 @@ TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "o
                                  # (urbanrep.volumes.DEFAULT_VOLUME_SCALES; literal: torch stays unimported here)
                                  "volume_scales": ("log", "linear"),
                                  # the regions' count columns (round 2026-12-07aa's candidate)
-                                 "output_counts": "none"}
+                                 "output_counts": "none",
+                                 # inert with the count columns off; what every run before it wrote
+                                 "output_counts_skip": ()}
 TRANSFORM_FIELDS = tuple(TRANSFORM_OFF)
 #: Of those, the settings of a step rather than steps (inert while their step is off): code that
 #: switches steps off (``experiments/quality_checks.py``) keeps the current values of these.
-STEP_SETTINGS = ("volume_scales", "output_variance", "output_scale_regions")
+STEP_SETTINGS = ("volume_scales", "output_variance", "output_scale_regions", "output_counts_skip")
 
 
 def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, changed: Sequence[str]
@@ -650,7 +655,7 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 #: it reshapes the hop blocks inside it.
 LATER_LAST_STEPS = ("output_position", "output_norm", "output_volumes", "volume_scales", "output_variance",
                     "output_counts")
-LATER_TRANSFORM_FIELDS = (*LATER_LAST_STEPS, "output_scale_regions")
+LATER_TRANSFORM_FIELDS = (*LATER_LAST_STEPS, "output_scale_regions", "output_counts_skip")
 
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that

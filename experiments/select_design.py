@@ -268,6 +268,20 @@ HOP_WIDTH_CANDIDATES = ("urbanrep", "dev_hopk8")
 #: (``ModelConfig.output_counts``): the default's runs serve it.
 COUNT_CANDIDATES = ("urbanrep", "dev_counts_sqrt")
 
+#: Round 2026-12-07ab (the seventeenth session; declared after the looks recorded in
+#: DESIGN_SELECTION.md, before its run): the default's count columns without mobility's
+#: (``model.output_counts_skip=[mobility]``). Mobility's count columns are its trip totals per
+#: direction and time slice, parts of the one volume the volumes already write (their standardised
+#: block's leading component holds 0.97 of its variance on Chicago-77, 0.87 on São Paulo; POI 0.48,
+#: roads 0.28, Singapore's POI 0.18); the looks on seeds 0-2 found them costing the mobility-alone
+#: graphs (Chicago-77 0.293 against 0.318 without them). Scored on fresh training seeds 6-8 on the
+#: three development cities and on the two graphs with mobility alone (Chicago-77, São Paulo;
+#: ``--modalities mobility``). The rule: adopted iff its score on the three cities is within the
+#: tie margin of the default's or above it, and its mean score over the two mobility-alone graphs is
+#: above the default's. A transform: the default's runs serve it; on a graph without mobility it
+#: is the default.
+MOBILITY_COUNT_CANDIDATES = ("urbanrep", "dev_counts_nomob")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")
@@ -290,7 +304,7 @@ HELD_OUT = ("nyc180", "nyc_tracts")
 def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     """Whether ``candidate`` trains exactly like the default on a graph with ``modalities``."""
     single = len(modalities) < 2
-    if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3", "dev_flowin16", "dev_flowin32"):
+    if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3", "dev_flowin16", "dev_flowin32", "dev_counts_nomob"):
         return "mobility" not in modalities
     if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01",
                      "abl_temp02", "dev_neg1", "dev_neg2"):

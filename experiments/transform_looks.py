@@ -76,7 +76,8 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "s.5+hops", "s.5+hopk8", "s.5+hopk16", "raw+hopr8", "detail", "flow4", "flow8", "flow16", "miss",
             "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
             "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
-            "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero")
+            "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
+            "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob")
 
 
 def flow_neighbour_operator(data: Any) -> Any:
@@ -157,6 +158,46 @@ def count_block(data: Any, scale: str = "linear", missing_as_zero: bool = False)
     return np.hstack(out) if out else np.zeros((n, 0))
 
 
+def hellinger_block(data: Any) -> np.ndarray:
+    """``[N, K]`` every count column of the graph's aggregated modalities as the square root of its
+    share of the modality's total in the region (the Hellinger transform of compositional counts: a
+    region's mix, not its size, which the volumes carry), centred; a region without the modality's
+    records, or with a zero total, is all zeros before centring."""
+    from urbanrep.graphs.schema import AGGREGATED_MODALITIES, REGION, feature_key, mask_key
+    from urbanrep.volumes import count_columns
+
+    n, out = len(data.region_ids), []
+    for m in data.modalities:
+        cols = count_columns(data, m) if m in AGGREGATED_MODALITIES else []
+        if not cols:
+            continue
+        counts = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
+        mask = getattr(data[REGION], mask_key(m), None)
+        if mask is not None:
+            counts[~mask.cpu().numpy().astype(bool)] = 0.0
+        total = counts.sum(1, keepdims=True)
+        x = np.sqrt(np.divide(counts, total, out=np.zeros_like(counts), where=total > 0))
+        out.append(x - x.mean(0))
+    return np.hstack(out) if out else np.zeros((n, 0))
+
+
+def zero_volumes(data: Any, scales: Sequence[str]) -> np.ndarray:
+    """:func:`urbanrep.volumes.region_volumes` with a region without the modality's records at a total
+    of zero (its features are zero) instead of the column mean, every region centred."""
+    from urbanrep.volumes import VOLUME_SCALES, _totals
+
+    n, out = len(data.region_ids), []
+    for m in data.modalities:
+        got = _totals(data, m)
+        if got is None:
+            continue
+        total = np.where(got[1], got[0], 0.0)
+        for name in scales:
+            col = VOLUME_SCALES[name](total)
+            out.append(col - col.mean())
+    return np.stack(out, 1) if out else np.zeros((n, 0))
+
+
 def missing_share(data: Any) -> np.ndarray:
     """``[N]`` share of the graph's modalities each region has no data of (its ``mask_<modality>`` False)."""
     from urbanrep.graphs.schema import REGION, mask_key
@@ -168,7 +209,7 @@ def missing_share(data: Any) -> np.ndarray:
 
 
 #: The variants that append the regions' count columns themselves (looked at on the default without them).
-COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero")
+COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|logzero|hellinger")
 
 
 def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
@@ -182,14 +223,14 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
     from dataclasses import replace
 
     from urbanrep.position import append_scaled
-    from urbanrep.volumes import region_counts
+    from urbanrep.volumes import counted_modalities, region_counts
     from urbanrep.written import scale_to_total_variance
 
     out = _written_variant(name, trained, data, replace(mc, output_counts="none"))
     if mc.output_counts == "none" or COUNT_VARIANTS.fullmatch(name):
         return out
-    return scale_to_total_variance(append_scaled(out, region_counts(data, data.modalities, mc.output_counts)),
-                                   mc.output_variance)
+    counts = region_counts(data, counted_modalities(data.modalities, mc), mc.output_counts)
+    return scale_to_total_variance(append_scaled(out, counts), mc.output_variance)
 
 
 def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
@@ -224,6 +265,36 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
         out = append_position(neighbourhood_transform(smoothed, ei, 0.0, mc.output_scales, mc.output_scale_regions), ei,
                               mc.output_position)
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
+    if name == "nocounts":  # the default without the count columns (abl_no_counts)
+        return written_from_config(trained, ei, mc, volumes)
+    if name == "volzero":  # the default with a region without a modality's records at volume zero, not the mean
+        from urbanrep.volumes import region_counts
+
+        zero = zero_volumes(data, mc.volume_scales)
+        out = written_from_config(trained, ei, mc, zero)
+        return scale_to_total_variance(append_scaled(out, region_counts(data, data.modalities, "sqrt")),
+                                       mc.output_variance)
+    if name in ("logzero", "sqrtzero8", "sqrtzero8m", "sqrtzeromob", "sqrtzero-mob", "hellinger"):  # count columns on log1p / as PCs / as shares
+        from urbanrep.volumes import region_counts
+
+        out = written_from_config(trained, ei, mc, volumes)
+        if name == "hellinger":
+            block = hellinger_block(data)
+        elif name == "sqrtzero8m":  # each modality's block as its own leading components
+            parts = [region_counts(data, (m,), "sqrt") for m in data.modalities]
+            block = np.hstack([leading_components(p, min(p.shape[1], max(1, n // 8))) for p in parts if p.shape[1]]
+                              or [np.zeros((n, 0))])
+        elif name == "sqrtzero-mob":  # every count column but mobility's (trip totals, as the volumes)
+            block = region_counts(data, [m for m in data.modalities if m != "mobility"], "sqrt")
+        elif name == "sqrtzeromob":  # the mobility block as all its principal components, the others as they are
+            parts = [region_counts(data, (m,), "sqrt") for m in data.modalities]
+            block = np.hstack([leading_components(p, p.shape[1]) if m == "mobility" and p.shape[1] else p
+                               for m, p in zip(data.modalities, parts, strict=True)] or [np.zeros((n, 0))])
+        else:
+            block = region_counts(data, data.modalities, "log" if name == "logzero" else "sqrt")
+            if name == "sqrtzero8":
+                block = leading_components(block, min(block.shape[1], max(1, n // 8)))
+        return scale_to_total_variance(append_scaled(out, block), mc.output_variance)
     if name in ("sqrtclip", "sqrtzero"):  # square-root counts, z-scores clipped at 3 / a region without data counted 0
         out = written_from_config(trained, ei, mc, volumes)
         block = count_block(data, scale="sqrt", missing_as_zero=name == "sqrtzero")

@@ -628,7 +628,7 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: py
     # variants that differ only in the output transform reuse the one as-trained run
     from urbanrep.graphs import GraphConfig, build_graph
     from urbanrep.network import ModelConfig
-    from urbanrep.volumes import region_counts, region_volumes
+    from urbanrep.volumes import counted_modalities, region_counts, region_volumes
     from urbanrep.written import written_transform
 
     def no_training(*args: object, **kwargs: object) -> None:
@@ -646,7 +646,8 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: py
     again = written_transform(as_trained, edges, default.output_smoothing, default.output_scales,
                               default.output_position, default.output_norm, region_volumes(data, data.modalities),
                               default.output_variance, default.output_scale_regions,
-                              region_counts(data, data.modalities, default.output_counts))
+                              region_counts(data, counted_modalities(data.modalities, default),
+                                            default.output_counts))
     np.testing.assert_allclose(emb.loc[list(data.region_ids)].to_numpy(), again, atol=1e-6)
     with pytest.raises(SystemExit):  # outputs never land inside the repository
         benchmark.parse_args(["--out", str(Path(benchmark.__file__).parent / "out")])

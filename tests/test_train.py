@@ -30,7 +30,7 @@ from urbanrep.train import (
     load_model,
     train,
 )
-from urbanrep.volumes import count_names, volume_modalities
+from urbanrep.volumes import count_names, counted_modalities, volume_modalities
 
 ALL = ("poi", "mobility", "landuse", "road", "remote_sensing", "street_view")
 BUNDLES = ("nyc_manhattan180", "chicago77", "nyc_tracts", "singapore", "helsinki_osm", "sao_paulo",
@@ -44,7 +44,8 @@ def written(data) -> int:
     component per 8 regions on these small graphs), its positional columns, its volumes, its count columns."""
     n = data["region"].num_nodes
     volumes = 2 * len(volume_modalities(data, data.modalities)) if SMALL.output_volumes else 0
-    counts = len(count_names(data, data.modalities, SMALL.output_counts)) if SMALL.output_counts != "none" else 0
+    counts = len(count_names(data, counted_modalities(data.modalities, SMALL), SMALL.output_counts)) \
+        if SMALL.output_counts != "none" else 0
     return (8 + SMALL.output_scales * scale_width(n, 8, SMALL.output_scale_regions)
             + position_count(n, SMALL.output_position) + volumes + counts)
 

@@ -72,6 +72,7 @@ from urbanrep.volumes import (
     DEFAULT_VOLUME_SCALES,
     appended_columns,
     count_names,
+    counted_modalities,
     volume_names,
     volume_scales_problem,
 )
@@ -276,6 +277,9 @@ class ModelConfig:
             Chicago-77 0.625 against 0.593, Singapore 0.615 against 0.627, São Paulo 0.419 against
             0.420; over the eight development graphs (seeds 0-2) 0.487 against 0.480. Models saved
             before the option read back with ``"none"``.
+        output_counts_skip: Modalities whose count columns ``output_counts`` leaves out (their
+            totals stay in the volumes). Default ``()``: every aggregated modality's. Models saved
+            before the option read back with ``()``.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -297,6 +301,7 @@ class ModelConfig:
     output_volumes: bool = True
     volume_scales: tuple[str, ...] = DEFAULT_VOLUME_SCALES
     output_counts: str = "sqrt"
+    output_counts_skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
@@ -335,6 +340,11 @@ class ModelConfig:
         if self.output_counts not in COUNT_OUTPUTS:
             raise ConfigError(f"ModelConfig.output_counts must be one of {list(COUNT_OUTPUTS)}, got "
                               f"{self.output_counts!r} (e.g. --set model.output_counts=sqrt)")
+        bad = [m for m in self.output_counts_skip if m not in ALL_MODALITIES] if not isinstance(
+            self.output_counts_skip, str) else [self.output_counts_skip]
+        if bad:
+            raise ConfigError(f"ModelConfig.output_counts_skip must be a list of modalities of {ALL_MODALITIES}, got "
+                              f"{self.output_counts_skip!r} (e.g. --set 'model.output_counts_skip=[mobility]')")
 
 
 @dataclass
@@ -439,7 +449,8 @@ def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
 #: (:meth:`RegionModel.final_embedding`), not training: they may differ from the trained model's when
 #: it embeds (``urbanrep embed --set``, :meth:`RegionModel.take_written_settings`).
 WRITTEN_FIELDS = ("ensemble_output", "output_smoothing", "output_scales", "output_scale_regions", "output_position",
-                  "output_norm", "output_variance", "output_volumes", "volume_scales", "output_counts")
+                  "output_norm", "output_variance", "output_volumes", "volume_scales", "output_counts",
+                  "output_counts_skip")
 
 
 def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -593,7 +604,8 @@ class RegionModel(nn.Module):
         per block, in order (:func:`urbanrep.written.written_layout`)."""
         c = self.config
         volumes = volume_names(data, self.modalities, c.volume_scales) if c.output_volumes else []
-        counts = count_names(data, self.modalities, c.output_counts) if c.output_counts != "none" else []
+        counts = count_names(data, counted_modalities(self.modalities, c), c.output_counts) \
+            if c.output_counts != "none" else []
         row = ("the trained embedding" if c.ensemble == 1 else f"the consensus of the {c.ensemble} members"
                if c.ensemble_output == "aligned" else f"the {c.ensemble} members side by side")
         n = num_regions(data)

@@ -161,11 +161,19 @@ def count_names(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt"
             for c in cols]
 
 
+def counted_modalities(modalities: Sequence[str], config: Any) -> list[str]:
+    """The modalities of ``modalities`` whose count columns a model configured by ``config`` (a
+    ``ModelConfig``, read by attribute) writes: all but ``config.output_counts_skip``, in order."""
+    skip = set(getattr(config, "output_counts_skip", ()))
+    return [m for m in modalities if m not in skip]
+
+
 def appended_columns(data: HeteroData, modalities: Sequence[str], config: Any
                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(volumes, counts)``: the region columns a model configured by ``config`` (a ``ModelConfig``,
     read by attribute) appends to its written embedding, None for a step that is off
     (``output_volumes``, ``output_counts``); what :func:`urbanrep.written.written_from_config` takes."""
     volumes = region_volumes(data, modalities, config.volume_scales) if config.output_volumes else None
-    counts = region_counts(data, modalities, config.output_counts) if config.output_counts != "none" else None
+    counts = region_counts(data, counted_modalities(modalities, config), config.output_counts) \
+        if config.output_counts != "none" else None
     return volumes, counts
