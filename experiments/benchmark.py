@@ -274,6 +274,9 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                       lambda mc: replace(mc, output_scale_regions=8)),
         "abl_no_counts": ("ablation: no count columns appended (model.output_counts=none; the default before "
                           "round 2026-12-07aa)", lambda mc: replace(mc, output_counts="none")),
+        "abl_mobility_counts": ("ablation: mobility's count columns appended too (model.output_counts_skip=[]; the "
+                                "default of round 2026-12-07aa to round 2026-12-07ab)",
+                                lambda mc: replace(mc, output_counts="sqrt", output_counts_skip=())),
         # Round 2026-12-07aa: the regions' count columns beside the volumes.
         "dev_counts_sqrt": ("candidate: every count column of the aggregated modalities (POIs per category, trips, "
                             "road counts ...) appended on a square-root scale, zero for a region without the "

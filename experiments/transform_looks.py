@@ -40,9 +40,17 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   :func:`count_block`: as counts, or their leading principal components, one per 8 regions, of the
   counts or of their ``log1p``); ``logcounts`` / ``sqrtcounts`` (all of them on the ``log1p`` /
   square-root scale); ``sqrtclip`` (square-root counts, each column's z-scores clipped at 3) /
-  ``sqrtzero`` (square-root counts, a region without the modality's data counted zero).
+  ``sqrtzero`` (square-root counts, a region without the modality's data counted zero); looked at
+  against the default with them (seventeenth session): ``nocounts`` (none), ``logzero`` (``log1p``
+  scale, zero without records), ``sqrtzero8`` / ``sqrtzero8m`` (the block's, or each modality's
+  block's, principal components, one per 8 regions), ``sqrtzeromob`` (mobility's block as all its
+  components), ``sqrtzero-mob`` (every count column but mobility's: what the default writes since
+  round 2026-12-07ab), ``hellinger`` (the square root of each count's share of its modality's
+  total, :func:`hellinger_block`), ``volzero`` (the volumes of a region without records at zero,
+  :func:`zero_volumes`).
 
-Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and fourteenth sessions).
+Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and
+fourteenth sessions), ``DESIGN_SELECTION_2026-12-07z.md`` (fifteenth, sixteenth) and ``DESIGN_SELECTION.md`` (seventeenth).
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
 """
 

@@ -136,8 +136,16 @@ def test_the_sqrtzero_look_is_what_model_output_counts_sqrt_writes() -> None:
     product = written_from_config(trained, ei, replace(mc, output_counts="sqrt"), volumes,
                                   region_counts(data, data.modalities, "sqrt"))
     np.testing.assert_allclose(written_variant("sqrtzero", trained, data, mc), product, rtol=1e-4, atol=1e-5)
-    # with the default since round aa (counts on), "default" is what the model writes, and the count
-    # variants append their own columns to the default without them
-    on = replace(mc, output_counts="sqrt")
+    # with the counts on (the default since round aa), "default" is what the model writes, and the
+    # count variants append their own columns to the default without them
+    on = replace(mc, output_counts="sqrt", output_counts_skip=())
     np.testing.assert_allclose(written_variant("default", trained, data, on), product, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(written_variant("sqrtzero", trained, data, on), product, rtol=1e-4, atol=1e-5)
+    # since round ab the default leaves mobility's count columns out: "sqrtzero-mob" is what it writes
+    default = replace(mc, output_counts="sqrt", output_counts_skip=("mobility",))
+    without = written_from_config(trained, ei, default, volumes,
+                                  region_counts(data, [m for m in data.modalities if m != "mobility"], "sqrt"))
+    assert "mobility" in data.modalities and without.shape[1] < product.shape[1]
+    np.testing.assert_allclose(written_variant("default", trained, data, default), without, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(written_variant("sqrtzero-mob", trained, data, default), without, rtol=1e-4,
+                               atol=1e-5)

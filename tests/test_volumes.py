@@ -167,13 +167,45 @@ def test_output_counts_in_the_config_a_trained_model_and_a_saved_one(tmp_path) -
     data = random_region_graph(30, ("poi", "mobility"), seed=4)
     data.feature_names = {m: [f"log1p:c{i}" for i in range(data[REGION][feature_key(m)].size(1))]
                           for m in ("poi", "mobility")}
-    res = train(data, ModelConfig(ensemble=1, output_counts="sqrt"), TrainConfig(epochs=1, seed=0, num_threads=1))
+    res = train(data, ModelConfig(ensemble=1, output_counts="sqrt", output_counts_skip=()),
+                TrainConfig(epochs=1, seed=0, num_threads=1))
     k = len(count_names(data, ("poi", "mobility"), "sqrt"))
     assert k > 0 and res.embeddings.shape == (30, res.model.written_channels(data))
     assert res.model.written_channels(data) == res.model.row_channels + 2 * 3 + 2 * 2 + 3 + k
     assert res.model.written_layout(data)[-1][0].startswith("count: mobility c")
     save_model(res.model, tmp_path / "m.pt", TrainConfig())
     assert load_model(tmp_path / "m.pt").config.output_counts == "sqrt"
+
+
+def test_output_counts_skip_leaves_a_modalitys_count_columns_out(tmp_path) -> None:
+    """``model.output_counts_skip`` drops the named modalities' count columns (their volumes stay), from
+    the CLI's ``--set`` too; a bad value is a one-line config error; a saved model keeps it and one
+    saved before the option reads back with none skipped."""
+    from urbanrep.errors import ConfigError
+    from urbanrep.runconfig import RunConfig
+    from urbanrep.train import config_to_dict, model_config_from_dict
+    from urbanrep.volumes import count_names, counted_modalities
+
+    with pytest.raises(ConfigError, match=r"output_counts_skip must be a list of modalities"):
+        ModelConfig(output_counts_skip=("trips",))
+    assert RunConfig.from_overrides("model.output_counts_skip=[mobility]").model.output_counts_skip == ("mobility",)
+    old = config_to_dict(ModelConfig())
+    del old["output_counts_skip"]
+    assert model_config_from_dict(old).output_counts_skip == ()
+    skip = ModelConfig(ensemble=1, output_counts="sqrt", output_counts_skip=("mobility",))
+    assert counted_modalities(("poi", "mobility", "landuse"), skip) == ["poi", "landuse"]
+    data = random_region_graph(30, ("poi", "mobility"), seed=4)
+    data.feature_names = {m: [f"log1p:c{i}" for i in range(data[REGION][feature_key(m)].size(1))]
+                          for m in ("poi", "mobility")}
+    res = train(data, skip, TrainConfig(epochs=1, seed=0, num_threads=1))
+    k = len(count_names(data, ("poi",), "sqrt"))
+    assert res.model.written_channels(data) == res.model.row_channels + 2 * 3 + 2 * 2 + 3 + k
+    layout = [name for name, _ in res.model.written_layout(data)]
+    assert not any(name.startswith("count: mobility") for name in layout)
+    assert any(name.startswith("volume: mobility") for name in layout)  # its total stays
+    assert res.embeddings.shape == (30, res.model.written_channels(data))
+    save_model(res.model, tmp_path / "m.pt", TrainConfig())
+    assert load_model(tmp_path / "m.pt").config.output_counts_skip == ("mobility",)
 
 
 def test_info_groups_one_modalitys_count_columns() -> None:

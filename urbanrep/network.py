@@ -213,7 +213,7 @@ class ModelConfig:
             about 60 regions per fold overfits 128 such columns. Cities of ``64 * output_scale_regions``
             regions or more (512 at 8) keep the full blocks; 0 keeps them on every city. Training is
             the same whatever its value. Default 8 (Chicago-77: 9 components per hop, 180 regions:
-            22), chosen on the development cities in round 2026-12-07z (``experiments/DESIGN_SELECTION.md``):
+            22), chosen on the development cities in round 2026-12-07z (``experiments/DESIGN_SELECTION_2026-12-07z.md``):
             score 0.557 against 0.537 with full blocks, and on fresh training seeds 0.547 against
             0.533 (Chicago-77 0.602 against 0.555, under spatial-block folds 0.480 against 0.409;
             Singapore 0.646 / 0.627 against 0.628, São Paulo 0.422 / 0.420 against 0.428 / 0.425).
@@ -272,14 +272,21 @@ class ModelConfig:
             counts zero). The volumes give a modality's total; these give its parts, which the
             experts see only on a log scale and the smoothing blurs. Training is the same either
             way. ``"sqrt"`` (the variance-stabilising scale of counts) by default since round
-            2026-12-07aa (``experiments/DESIGN_SELECTION.md``), scored on fresh training seeds 3-5:
+            2026-12-07aa (``experiments/DESIGN_SELECTION_2026-12-07aa.md``), scored on fresh training seeds 3-5:
             0.553 against 0.547, a tie that the paper protocol decided (0.525 against 0.521);
             Chicago-77 0.625 against 0.593, Singapore 0.615 against 0.627, São Paulo 0.419 against
             0.420; over the eight development graphs (seeds 0-2) 0.487 against 0.480. Models saved
             before the option read back with ``"none"``.
         output_counts_skip: Modalities whose count columns ``output_counts`` leaves out (their
-            totals stay in the volumes). Default ``()``: every aggregated modality's. Models saved
-            before the option read back with ``()``.
+            totals stay in the volumes). Default ``("mobility",)`` since round 2026-12-07ab
+            (``experiments/DESIGN_SELECTION.md``): mobility's count columns are its trip totals per
+            direction (out, in, within) and time slice, parts of the one volume the volumes already
+            write (their standardised block's leading component holds 0.97 of its variance on
+            Chicago-77 and 0.87 on São Paulo, against 0.18-0.48 for POI and road counts), and
+            appended they cost the graphs with mobility alone. Fresh training seeds 6-8: the three
+            development cities 0.550 against 0.551 (a tie), the two mobility-alone graphs 0.296
+            against 0.277. ``--set 'model.output_counts_skip=[]'`` writes every modality's. Models
+            saved before the option read back with ``()``.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -301,7 +308,7 @@ class ModelConfig:
     output_volumes: bool = True
     volume_scales: tuple[str, ...] = DEFAULT_VOLUME_SCALES
     output_counts: str = "sqrt"
-    output_counts_skip: tuple[str, ...] = ()
+    output_counts_skip: tuple[str, ...] = ("mobility",)
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
