@@ -47,7 +47,9 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   components), ``sqrtzero-mob`` (every count column but mobility's: what the default writes since
   round 2026-12-07ab), ``hellinger`` (the square root of each count's share of its modality's
   total, :func:`hellinger_block`), ``volzero`` (the volumes of a region without records at zero,
-  :func:`zero_volumes`).
+  :func:`zero_volumes`), ``odpc8`` / ``odrec8`` (the default with the leading principal components,
+  one per 8 regions, of each region's square-root OD trip counts sent and received appended,
+  :func:`od_components`: each scaled like one embedding column, or the block as a whole).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and
 fourteenth sessions), ``DESIGN_SELECTION_2026-12-07z.md`` (fifteenth, sixteenth) and ``DESIGN_SELECTION.md`` (seventeenth).
@@ -85,7 +87,7 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
             "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
             "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
-            "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob")
+            "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8")
 
 
 def flow_neighbour_operator(data: Any) -> Any:
@@ -206,6 +208,25 @@ def zero_volumes(data: Any, scales: Sequence[str]) -> np.ndarray:
     return np.stack(out, 1) if out else np.zeros((n, 0))
 
 
+def od_components(data: Any, k: int) -> np.ndarray:
+    """``[N, k']`` leading principal component scores (``k' <= k``) of each region's square-root OD
+    trip counts: the trips it sends to every region beside those every region sends it (``[N, 2N]``,
+    centred); an empty block on a graph without OD edges."""
+    from urbanrep.graphs.schema import MODALITY_EDGE
+    from urbanrep.smoothing import leading_components
+
+    n, et = len(data.region_ids), MODALITY_EDGE["mobility"]
+    if et not in data.edge_types:
+        return np.zeros((n, 0))
+    ei = data[et].edge_index.cpu().numpy()
+    w = getattr(data[et], "edge_weight", None)
+    w = np.ones(ei.shape[1]) if w is None else w.double().cpu().numpy()
+    od = np.zeros((n, n))
+    np.add.at(od, (ei[0], ei[1]), w)
+    rows = np.sqrt(np.hstack([od, od.T]))
+    return leading_components(rows, min(k, n - 1)).astype(np.float64)
+
+
 def missing_share(data: Any) -> np.ndarray:
     """``[N]`` share of the graph's modalities each region has no data of (its ``mask_<modality>`` False)."""
     from urbanrep.graphs.schema import REGION, mask_key
@@ -275,6 +296,18 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name == "nocounts":  # the default without the count columns (abl_no_counts)
         return written_from_config(trained, ei, mc, volumes)
+    if name in ("odpc8", "odrec8"):  # the default with the OD rows' leading components appended
+        from urbanrep.smoothing import scale_width
+
+        out = written_from_config(trained, ei, mc, volumes)
+        block = od_components(data, scale_width(n, c, 8))
+        if name == "odrec8" and block.shape[1]:  # the block as a whole at k embedding columns' variance
+            from urbanrep.position import column_variances
+
+            target = float(np.mean(column_variances(out))) * block.shape[1]
+            block = block * np.sqrt(target / max(float(block.var(0).sum()), 1e-12))
+            return scale_to_total_variance(np.hstack([out, block]).astype(np.float32), mc.output_variance)
+        return scale_to_total_variance(append_scaled(out, block), mc.output_variance)
     if name == "volzero":  # the default with a region without a modality's records at volume zero, not the mean
         from urbanrep.volumes import region_counts
 
