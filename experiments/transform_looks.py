@@ -340,7 +340,7 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
         out = written_from_config(trained, ei, mc, volumes)
         block = count_block(data, scale="sqrt", missing_as_zero=name == "sqrtzero")
         if name == "sqrtclip":
-            block = np.clip(block / block.std(0), -3.0, 3.0)
+            block = np.clip(block / np.maximum(block.std(0), 1e-12), -3.0, 3.0)  # a constant column stays 0
             block = block - block.mean(0)
         return scale_to_total_variance(append_scaled(out, block), mc.output_variance)
     counts = re.fullmatch(r"(log|sqrt)?counts(8)?", name)

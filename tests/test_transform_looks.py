@@ -149,3 +149,28 @@ def test_the_sqrtzero_look_is_what_model_output_counts_sqrt_writes() -> None:
     np.testing.assert_allclose(written_variant("default", trained, data, default), without, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(written_variant("sqrtzero-mob", trained, data, default), without, rtol=1e-4,
                                atol=1e-5)
+
+
+def test_every_variant_writes_a_finite_embedding_with_one_row_per_region() -> None:
+    """Each look in VARIANTS runs on a small city (the default's config, count columns on) and gives
+    finite values; the count-column looks of the seventeenth session are their documented forms."""
+    from experiments.transform_looks import (
+        VARIANTS,
+        count_block,
+        hellinger_block,
+        od_components,
+        zero_volumes,
+    )
+
+    data, mc, trained, ei, volumes = _grid(5)
+    on = replace(mc, output_counts="sqrt", output_counts_skip=("mobility",))
+    n = len(data.region_ids)
+    for name in VARIANTS:
+        got = written_variant(name, trained, data, on)
+        assert got.shape[0] == n and np.isfinite(got).all(), name
+    shares = hellinger_block(data)
+    assert shares.shape[1] == count_block(data).shape[1] and np.allclose(shares.mean(0), 0.0)
+    np.testing.assert_allclose(zero_volumes(data, mc.volume_scales).mean(0), 0.0, atol=1e-9)
+    od = od_components(data, 4)
+    assert od.shape == (n, 4 if "mobility" in data.modalities else 0)
+    assert written_variant("nocounts", trained, data, on).shape[1] == written_from_config(trained, ei, on, volumes).shape[1]
