@@ -49,7 +49,9 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   total, :func:`hellinger_block`), ``volzero`` (the volumes of a region without records at zero,
   :func:`zero_volumes`), ``odpc8`` / ``odrec8`` (the default with the leading principal components,
   one per 8 regions, of each region's square-root OD trip counts sent and received appended,
-  :func:`od_components`: each scaled like one embedding column, or the block as a whole).
+  :func:`od_components`: each scaled like one embedding column, or the block as a whole);
+  ``countlag`` (the default with its count columns' 1-hop neighbour mean appended, cut to one
+  principal component per 8 regions like a hop block).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and
 fourteenth sessions), ``DESIGN_SELECTION_2026-12-07z.md`` (fifteenth, sixteenth) and ``DESIGN_SELECTION.md`` (seventeenth).
@@ -87,7 +89,7 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
             "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
             "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
-            "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8")
+            "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag")
 
 
 def flow_neighbour_operator(data: Any) -> Any:
@@ -224,7 +226,9 @@ def od_components(data: Any, k: int) -> np.ndarray:
     od = np.zeros((n, n))
     np.add.at(od, (ei[0], ei[1]), w)
     rows = np.sqrt(np.hstack([od, od.T]))
-    return leading_components(rows, min(k, n - 1)).astype(np.float64)
+    scores = leading_components(rows, min(k, n - 1)).astype(np.float64)
+    spread = scores.std(0)
+    return scores[:, spread > 1e-9 * max(float(spread.max(initial=0.0)), 1e-300)]  # no rounding-noise components
 
 
 def missing_share(data: Any) -> np.ndarray:
@@ -238,7 +242,7 @@ def missing_share(data: Any) -> np.ndarray:
 
 
 #: The variants that append the regions' count columns themselves (looked at on the default without them).
-COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|logzero|hellinger")
+COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger")
 
 
 def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
@@ -296,6 +300,17 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name == "nocounts":  # the default without the count columns (abl_no_counts)
         return written_from_config(trained, ei, mc, volumes)
+    if name == "countlag":  # the default with its count columns' 1-hop neighbour mean appended (cut like a hop block)
+        from urbanrep.smoothing import hop_operator, leading_components, scale_width
+        from urbanrep.volumes import counted_modalities, region_counts
+
+        out = written_from_config(trained, ei, mc, volumes)  # mc without count columns here (COUNT_VARIANTS)
+        block = region_counts(data, counted_modalities(data.modalities, mc), "sqrt")
+        if block.shape[1] == 0:
+            return out
+        lag = np.asarray(hop_operator(ei, n) @ block)
+        lag = leading_components(lag, min(lag.shape[1], scale_width(n, c, mc.output_scale_regions)))
+        return scale_to_total_variance(append_scaled(append_scaled(out, block), lag), mc.output_variance)
     if name in ("odpc8", "odrec8"):  # the default with the OD rows' leading components appended
         from urbanrep.smoothing import scale_width
 
