@@ -92,21 +92,32 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag")
 
 
-def flow_neighbour_operator(data: Any) -> Any:
-    """``[N, N]`` sparse: each region's mean over the regions it exchanges trips with, weighted by the
-    trips both ways (OD edge weights; intra-region trips left out); a region without trips keeps its row."""
+def od_matrix(data: Any) -> Any:
+    """``[N, N]`` sparse float64 trips from each region (row) to each (column): the OD edges' weights
+    (unit weights without them), summed; None on a graph without OD edges."""
     import scipy.sparse as sp
 
     from urbanrep.graphs.schema import MODALITY_EDGE
 
     et, n = MODALITY_EDGE["mobility"], len(data.region_ids)
     if et not in data.edge_types:
-        raise SystemExit("transform_looks: the od variants need OD edges; the graph has no mobility")
+        return None
     ei = data[et].edge_index.cpu().numpy()
     w = getattr(data[et], "edge_weight", None)
     w = np.ones(ei.shape[1]) if w is None else w.cpu().numpy().astype(np.float64)
-    keep = ei[0] != ei[1]
-    a = sp.csr_matrix((w[keep], (ei[0][keep], ei[1][keep])), shape=(n, n))
+    return sp.csr_matrix((w, (ei[0], ei[1])), shape=(n, n))
+
+
+def flow_neighbour_operator(data: Any) -> Any:
+    """``[N, N]`` sparse: each region's mean over the regions it exchanges trips with, weighted by the
+    trips both ways (OD edge weights; intra-region trips left out); a region without trips keeps its row."""
+    import scipy.sparse as sp
+
+
+    od = od_matrix(data)
+    if od is None:
+        raise SystemExit("transform_looks: the od variants need OD edges; the graph has no mobility")
+    a = od - sp.diags(od.diagonal())  # intra-region trips left out
     a = a + a.T
     total = np.asarray(a.sum(1)).ravel()
     return sp.csr_matrix(sp.diags(1.0 / np.where(total > 0, total, 1.0)) @ a + sp.diags((total == 0).astype(float)))
@@ -175,18 +186,14 @@ def hellinger_block(data: Any) -> np.ndarray:
     share of the modality's total in the region (the Hellinger transform of compositional counts: a
     region's mix, not its size, which the volumes carry), centred; a region without the modality's
     records, or with a zero total, is all zeros before centring."""
-    from urbanrep.graphs.schema import AGGREGATED_MODALITIES, REGION, feature_key, mask_key
-    from urbanrep.volumes import count_columns
+    from urbanrep.volumes import modality_counts
 
     n, out = len(data.region_ids), []
     for m in data.modalities:
-        cols = count_columns(data, m) if m in AGGREGATED_MODALITIES else []
-        if not cols:
+        got = modality_counts(data, m)
+        if got is None:
             continue
-        counts = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
-        mask = getattr(data[REGION], mask_key(m), None)
-        if mask is not None:
-            counts[~mask.cpu().numpy().astype(bool)] = 0.0
+        counts = got[0]
         total = counts.sum(1, keepdims=True)
         x = np.sqrt(np.divide(counts, total, out=np.zeros_like(counts), where=total > 0))
         out.append(x - x.mean(0))
@@ -203,7 +210,7 @@ def zero_volumes(data: Any, scales: Sequence[str]) -> np.ndarray:
         got = _totals(data, m)
         if got is None:
             continue
-        total = np.where(got[1], got[0], 0.0)
+        total = got[0]  # zero in a region without records
         for name in scales:
             col = VOLUME_SCALES[name](total)
             out.append(col - col.mean())
@@ -214,17 +221,12 @@ def od_components(data: Any, k: int) -> np.ndarray:
     """``[N, k']`` leading principal component scores (``k' <= k``) of each region's square-root OD
     trip counts: the trips it sends to every region beside those every region sends it (``[N, 2N]``,
     centred); an empty block on a graph without OD edges."""
-    from urbanrep.graphs.schema import MODALITY_EDGE
     from urbanrep.smoothing import leading_components
 
-    n, et = len(data.region_ids), MODALITY_EDGE["mobility"]
-    if et not in data.edge_types:
+    n, sparse = len(data.region_ids), od_matrix(data)
+    if sparse is None:
         return np.zeros((n, 0))
-    ei = data[et].edge_index.cpu().numpy()
-    w = getattr(data[et], "edge_weight", None)
-    w = np.ones(ei.shape[1]) if w is None else w.double().cpu().numpy()
-    od = np.zeros((n, n))
-    np.add.at(od, (ei[0], ei[1]), w)
+    od = sparse.toarray()
     rows = np.sqrt(np.hstack([od, od.T]))
     scores = leading_components(rows, min(k, n - 1)).astype(np.float64)
     spread = scores.std(0)

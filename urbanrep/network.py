@@ -71,9 +71,7 @@ from urbanrep.volumes import (
     COUNT_OUTPUTS,
     DEFAULT_VOLUME_SCALES,
     appended_columns,
-    count_names,
-    counted_modalities,
-    volume_names,
+    appended_names,
     volume_scales_problem,
 )
 from urbanrep.written import OUTPUT_NORMS, layout_columns, written_from_config, written_layout
@@ -351,9 +349,7 @@ class ModelConfig:
         if self.output_counts not in COUNT_OUTPUTS:
             raise ConfigError(f"ModelConfig.output_counts must be one of {list(COUNT_OUTPUTS)}, got "
                               f"{self.output_counts!r} (e.g. --set model.output_counts=sqrt)")
-        bad = [m for m in self.output_counts_skip if m not in ALL_MODALITIES] if not isinstance(
-            self.output_counts_skip, str) else [self.output_counts_skip]
-        if bad:
+        if isinstance(self.output_counts_skip, str) or any(m not in ALL_MODALITIES for m in self.output_counts_skip):
             raise ConfigError(f"ModelConfig.output_counts_skip must be a list of modalities of {ALL_MODALITIES}, got "
                               f"{self.output_counts_skip!r} (e.g. --set 'model.output_counts_skip=[mobility]')")
 
@@ -614,9 +610,7 @@ class RegionModel(nn.Module):
         """What the columns of the embedding a run writes for ``data`` hold: ``(description, width)``
         per block, in order (:func:`urbanrep.written.written_layout`)."""
         c = self.config
-        volumes = volume_names(data, self.modalities, c.volume_scales) if c.output_volumes else []
-        counts = count_names(data, counted_modalities(self.modalities, c), c.output_counts) \
-            if c.output_counts != "none" else []
+        volumes, counts = appended_names(data, self.modalities, c)
         row = ("the trained embedding" if c.ensemble == 1 else f"the consensus of the {c.ensemble} members"
                if c.ensemble_output == "aligned" else f"the {c.ensemble} members side by side")
         n = num_regions(data)

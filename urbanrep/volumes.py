@@ -38,18 +38,29 @@ def count_columns(data: HeteroData, modality: str) -> list[int]:
     return [i for i, name in enumerate(names) if name.startswith(COUNT_PREFIX)]
 
 
-def _totals(data: HeteroData, modality: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(total [N], has [N] bool)``: the sum of ``modality``'s count columns turned back into counts,
-    and which regions have the modality; None when it has no count columns or the total is the same
-    for every region that has it (shares that sum to one, say: nothing to tell apart)."""
+def modality_counts(data: HeteroData, modality: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(counts [N, K], has [N] bool)``: ``modality``'s count columns turned back into counts (zero
+    in a region without the modality's records: it has none) and which regions have the modality;
+    None when it is not an aggregated modality of the graph with count columns."""
     cols = count_columns(data, modality) if modality in AGGREGATED_MODALITIES and modality in data.modalities else []
     if not cols:
         return None
     n = int(data[REGION].num_nodes)
-    x = data[REGION][feature_key(modality)].double().cpu().numpy()[:, cols]
+    counts = np.expm1(data[REGION][feature_key(modality)].double().cpu().numpy()[:, cols]).clip(min=0.0)
     mask = getattr(data[REGION], mask_key(modality), None)
     has = np.ones(n, bool) if mask is None else mask.cpu().numpy().astype(bool)
-    total = np.expm1(x).clip(min=0.0).sum(axis=1)
+    counts[~has] = 0.0
+    return counts, has
+
+
+def _totals(data: HeteroData, modality: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(total [N], has [N] bool)``: the sum of ``modality``'s count columns turned back into counts,
+    and which regions have the modality; None when it has no count columns or the total is the same
+    for every region that has it (shares that sum to one, say: nothing to tell apart)."""
+    got = modality_counts(data, modality)
+    if got is None:
+        return None
+    total, has = got[0].sum(axis=1), got[1]
     if not has.any() or np.ptp(total[has]) <= 1e-9 * max(1.0, float(np.abs(total[has]).max())):
         return None
     return total, has
@@ -143,11 +154,8 @@ def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqr
         ``[N, K]`` float64, one column per count column, in :func:`count_names`' order.
     """
     blocks = []
-    for m, cols in _count_modalities(data, modalities, scale):
-        counts = np.expm1(data[REGION][feature_key(m)].double().cpu().numpy()[:, cols]).clip(min=0.0)
-        mask = getattr(data[REGION], mask_key(m), None)
-        if mask is not None:  # no records of the modality in the region: none of its counts
-            counts[~mask.cpu().numpy().astype(bool)] = 0.0
+    for m, _ in _count_modalities(data, modalities, scale):
+        counts = modality_counts(data, m)[0]  # type: ignore[index]  # a modality with count columns
         x = VOLUME_SCALES[scale](counts)
         blocks.append(x - x.mean(0))
     return np.hstack(blocks) if blocks else np.zeros((int(data[REGION].num_nodes), 0))
@@ -164,8 +172,7 @@ def count_names(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt"
 def counted_modalities(modalities: Sequence[str], config: Any) -> list[str]:
     """The modalities of ``modalities`` whose count columns a model configured by ``config`` (a
     ``ModelConfig``, read by attribute) writes: all but ``config.output_counts_skip``, in order."""
-    skip = set(getattr(config, "output_counts_skip", ()))
-    return [m for m in modalities if m not in skip]
+    return [m for m in modalities if m not in config.output_counts_skip]
 
 
 def appended_columns(data: HeteroData, modalities: Sequence[str], config: Any
@@ -176,4 +183,13 @@ def appended_columns(data: HeteroData, modalities: Sequence[str], config: Any
     volumes = region_volumes(data, modalities, config.volume_scales) if config.output_volumes else None
     counts = region_counts(data, counted_modalities(modalities, config), config.output_counts) \
         if config.output_counts != "none" else None
+    return volumes, counts
+
+
+def appended_names(data: HeteroData, modalities: Sequence[str], config: Any) -> tuple[list[str], list[str]]:
+    """``(volume names, count names)``: one name per column of :func:`appended_columns`' blocks
+    (empty for a step that is off), from the feature names alone."""
+    volumes = volume_names(data, modalities, config.volume_scales) if config.output_volumes else []
+    counts = count_names(data, counted_modalities(modalities, config), config.output_counts) \
+        if config.output_counts != "none" else []
     return volumes, counts
