@@ -277,6 +277,12 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "abl_mobility_counts": ("ablation: mobility's count columns appended too (model.output_counts_skip=[]; the "
                                 "default of round 2026-12-07aa to round 2026-12-07ab)",
                                 lambda mc: replace(mc, output_counts="sqrt", output_counts_skip=())),
+        # Round 2026-12-07ac: mobility's count columns as its composition (shares of the region's trips).
+        "dev_mobility_shares": ("candidate: mobility's count columns appended as the square root of their shares of the "
+                                "region's trips (when and which way its trips go; their total is in the volumes; "
+                                "model.output_counts_skip=[], model.output_counts_shares=[mobility])",
+                                lambda mc: replace(mc, output_counts="sqrt", output_counts_skip=(),
+                                                   output_counts_shares=("mobility",))),
         # Round 2026-12-07aa: the regions' count columns beside the volumes.
         "dev_counts_sqrt": ("candidate: every count column of the aggregated modalities (POIs per category, trips, "
                             "road counts ...) appended on a square-root scale, zero for a region without the "
@@ -627,11 +633,14 @@ TRANSFORM_OFF: dict[str, Any] = {"output_smoothing": 0.0, "output_scales": 0, "o
                                  # the regions' count columns (round 2026-12-07aa's candidate)
                                  "output_counts": "none",
                                  # inert with the count columns off; what every run before it wrote
-                                 "output_counts_skip": ()}
+                                 "output_counts_skip": (),
+                                 # inert with the count columns off; what every run before it wrote
+                                 "output_counts_shares": ()}
 TRANSFORM_FIELDS = tuple(TRANSFORM_OFF)
 #: Of those, the settings of a step rather than steps (inert while their step is off): code that
 #: switches steps off (``experiments/quality_checks.py``) keeps the current values of these.
-STEP_SETTINGS = ("volume_scales", "output_variance", "output_scale_regions", "output_counts_skip")
+STEP_SETTINGS = ("volume_scales", "output_variance", "output_scale_regions", "output_counts_skip",
+                 "output_counts_shares")
 
 
 def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, changed: Sequence[str]
@@ -658,7 +667,7 @@ def _recorded_twin(hit: tuple[pd.DataFrame, dict[str, Any], Path] | None, change
 #: it reshapes the hop blocks inside it.
 LATER_LAST_STEPS = ("output_position", "output_norm", "output_volumes", "volume_scales", "output_variance",
                     "output_counts")
-LATER_TRANSFORM_FIELDS = (*LATER_LAST_STEPS, "output_scale_regions", "output_counts_skip")
+LATER_TRANSFORM_FIELDS = (*LATER_LAST_STEPS, "output_scale_regions", "output_counts_skip", "output_counts_shares")
 
 #: Training settings added after the as-trained runs were first hashed, with the value at which a run
 #: trains exactly as it did before they existed (``ModelConfig`` section -> field -> value). At that

@@ -282,6 +282,21 @@ COUNT_CANDIDATES = ("urbanrep", "dev_counts_sqrt")
 #: is the default.
 MOBILITY_COUNT_CANDIDATES = ("urbanrep", "dev_counts_nomob")
 
+#: Round 2026-12-07ac (the eighteenth session; declared after the looks recorded in
+#: DESIGN_SELECTION.md, before its run): mobility's count columns written back, as the square root
+#: of each column's share of the region's trips (``model.output_counts_skip=[]``,
+#: ``model.output_counts_shares=[mobility]``): round ab left them out because, as counts, they are
+#: the one trip volume written again; as shares they are what the volume is not, when and which way a
+#: region's trips go (out, in, within; per time slice where the city has them). The look on seeds 0-2
+#: (``experiments.transform_looks --variants default mobshare``): Chicago-77 0.634 against 0.627, its
+#: mobility-alone graph 0.331 against 0.318, São Paulo 0.423 against 0.426, its mobility-alone graph
+#: 0.312 against 0.314 (Singapore has no mobility: the default). Scored on fresh training seeds 9-11
+#: on the three development cities and the two mobility-alone graphs, round ab's rule: adopted iff
+#: its score on the three cities is within the tie margin of the default's or above it, and its mean
+#: score over the two mobility-alone graphs is above the default's. A transform: the default's runs
+#: serve it; on a graph without mobility it is the default.
+MOBILITY_SHARE_CANDIDATES = ("urbanrep", "dev_mobility_shares")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")
@@ -304,7 +319,8 @@ HELD_OUT = ("nyc180", "nyc_tracts")
 def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     """Whether ``candidate`` trains exactly like the default on a graph with ``modalities``."""
     single = len(modalities) < 2
-    if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3", "dev_flowin16", "dev_flowin32", "dev_counts_nomob"):
+    if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3", "dev_flowin16", "dev_flowin32", "dev_counts_nomob",
+                     "dev_mobility_shares"):
         return "mobility" not in modalities
     if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01",
                      "abl_temp02", "dev_neg1", "dev_neg2"):

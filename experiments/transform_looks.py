@@ -51,10 +51,16 @@ scores :mod:`experiments.select_design` uses (strict R², mean of shuffled and s
   one per 8 regions, of each region's square-root OD trip counts sent and received appended,
   :func:`od_components`: each scaled like one embedding column, or the block as a whole);
   ``countlag`` (the default with its count columns' 1-hop neighbour mean appended, cut to one
-  principal component per 8 regions like a hop block).
+  principal component per 8 regions like a hop block); looked at in the eighteenth session, from the
+members side by side (``--model abl_concat_members``; :func:`members_variant`): ``cons`` (their
+consensus written as the default writes it), ``cons3`` (its smoothed row written three times),
+``cons+dev`` / ``cons+dev8`` (each member's difference from the consensus appended, whole or as its
+leading principal components, one per 8 regions); and ``mobshare`` (every count column, mobility's as
+the square root of its shares of the region's trips: round 2026-12-07ac's candidate).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and
-fourteenth sessions), ``DESIGN_SELECTION_2026-12-07z.md`` (fifteenth, sixteenth) and ``DESIGN_SELECTION.md`` (seventeenth).
+fourteenth sessions), ``DESIGN_SELECTION_2026-12-07z.md`` (fifteenth, sixteenth), ``DESIGN_SELECTION_2026-12-07ab.md``
+(seventeenth) and ``DESIGN_SELECTION.md`` (eighteenth).
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
 """
 
@@ -89,7 +95,8 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
             "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
             "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
-            "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag")
+            "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
+            "cons", "cons3", "cons+dev", "cons+dev8", "mobshare")
 
 
 def od_matrix(data: Any) -> Any:
@@ -181,7 +188,7 @@ def count_block(data: Any, scale: str = "linear", missing_as_zero: bool = False)
     return np.hstack(out) if out else np.zeros((n, 0))
 
 
-def hellinger_block(data: Any) -> np.ndarray:
+def hellinger_block(data: Any, modalities: Sequence[str] | None = None) -> np.ndarray:
     """``[N, K]`` every count column of the graph's aggregated modalities as the square root of its
     share of the modality's total in the region (the Hellinger transform of compositional counts: a
     region's mix, not its size, which the volumes carry), centred; a region without the modality's
@@ -189,7 +196,7 @@ def hellinger_block(data: Any) -> np.ndarray:
     from urbanrep.volumes import modality_counts
 
     n, out = len(data.region_ids), []
-    for m in data.modalities:
+    for m in data.modalities if modalities is None else modalities:
         got = modality_counts(data, m)
         if got is None:
             continue
@@ -233,6 +240,55 @@ def od_components(data: Any, k: int) -> np.ndarray:
     return scores[:, spread > 1e-9 * max(float(spread.max(initial=0.0)), 1e-300)]  # no rounding-noise components
 
 
+def aligned_members(emb: np.ndarray, members: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``([N, C] consensus, members x [N, C])``: :func:`urbanrep.network.align_members`'s consensus of
+    the ``[N, members * C]`` members side by side, and each centred member rotated onto it."""
+    from urbanrep.network import align_members
+
+    cons = align_members(emb, members).astype(np.float64)
+    c = emb.shape[1] // members
+    out = []
+    for i in range(members):
+        b = emb[:, i * c:(i + 1) * c].astype(np.float64)
+        b = b - b.mean(0, keepdims=True)
+        u, _, vt = np.linalg.svd(b.T @ cons)
+        out.append(b @ (u @ vt))
+    return cons, out
+
+
+def members_variant(name: str, trained: np.ndarray, ei: np.ndarray, mc: Any, volumes: np.ndarray) -> np.ndarray:
+    """The ``cons*`` variants, from the members side by side (``mc.ensemble_output == "concat"``).
+
+    ``cons``: the consensus written as the default writes it (the default's written embedding);
+    ``cons3``: the same with its smoothed row written three times (the row block as wide as the
+    members side by side, without what they disagree on: a standardising probe's prior weight of
+    the learned row tripled); ``cons+dev``: the consensus written as the default, with each member's
+    difference from it (``[N, members * C]``, after rotation onto it) appended; ``cons+dev8``: those
+    differences as their leading principal components, one per 8 regions.
+    """
+    from dataclasses import replace
+
+    from urbanrep.position import append_scaled
+    from urbanrep.smoothing import leading_components, scale_width
+    from urbanrep.written import scale_to_total_variance, written_from_config
+
+    if mc.ensemble_output != "concat" or mc.ensemble < 2:
+        raise SystemExit(f"transform_looks: {name} needs the members side by side (--model abl_concat_members)")
+    cons, members = aligned_members(trained, mc.ensemble)
+    out = written_from_config(cons.astype(np.float32), ei, replace(mc, ensemble_output="aligned"), volumes)
+    c = cons.shape[1]
+    if name == "cons":
+        return out
+    if name == "cons3":
+        return scale_to_total_variance(np.hstack([out[:, :c], out[:, :c], out]).astype(np.float32), mc.output_variance)
+    dev = np.hstack([m - cons for m in members])
+    if name == "cons+dev8":
+        dev = leading_components(dev, scale_width(len(cons), dev.shape[1], 8))
+    elif name != "cons+dev":
+        raise SystemExit(f"transform_looks: unknown variant {name!r}")
+    return scale_to_total_variance(append_scaled(out, dev), mc.output_variance)
+
+
 def missing_share(data: Any) -> np.ndarray:
     """``[N]`` share of the graph's modalities each region has no data of (its ``mask_<modality>`` False)."""
     from urbanrep.graphs.schema import REGION, mask_key
@@ -244,7 +300,7 @@ def missing_share(data: Any) -> np.ndarray:
 
 
 #: The variants that append the regions' count columns themselves (looked at on the default without them).
-COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger")
+COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger|mobshare")
 
 
 def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
@@ -258,13 +314,13 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
     from dataclasses import replace
 
     from urbanrep.position import append_scaled
-    from urbanrep.volumes import counted_modalities, region_counts
+    from urbanrep.volumes import appended_columns
     from urbanrep.written import scale_to_total_variance
 
     out = _written_variant(name, trained, data, replace(mc, output_counts="none"))
-    if mc.output_counts == "none" or COUNT_VARIANTS.fullmatch(name):
+    counts = appended_columns(data, data.modalities, mc)[1]
+    if counts is None or COUNT_VARIANTS.fullmatch(name):
         return out
-    counts = region_counts(data, counted_modalities(data.modalities, mc), mc.output_counts)
     return scale_to_total_variance(append_scaled(out, counts), mc.output_variance)
 
 
@@ -353,6 +409,12 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
             if name == "sqrtzero8":
                 block = leading_components(block, min(block.shape[1], max(1, n // 8)))
         return scale_to_total_variance(append_scaled(out, block), mc.output_variance)
+    if name == "mobshare":  # every count column, mobility's as the square root of its shares (round ac's candidate)
+        from urbanrep.volumes import region_counts
+
+        out = written_from_config(trained, ei, mc, volumes)
+        block = region_counts(data, data.modalities, "sqrt", shares=("mobility",))
+        return scale_to_total_variance(append_scaled(out, block), mc.output_variance)
     if name in ("sqrtclip", "sqrtzero"):  # square-root counts, z-scores clipped at 3 / a region without data counted 0
         out = written_from_config(trained, ei, mc, volumes)
         block = count_block(data, scale="sqrt", missing_as_zero=name == "sqrtzero")
@@ -377,6 +439,8 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
         row = out[:, :c]
         k = c if name == "pc" else scale_width(n, c, int(name[2:]))
         return np.hstack([leading_components(row, k), out[:, c:]]).astype(np.float32)
+    if name.startswith("cons"):  # from the members side by side (``--model abl_concat_members``)
+        return members_variant(name, trained, ei, mc, volumes)
     if name == "default" or name.startswith("flow"):
         out = written_from_config(trained, ei, mc, volumes)
         if name == "default":

@@ -165,9 +165,19 @@ def test_every_variant_writes_a_finite_embedding_with_one_row_per_region() -> No
     data, mc, trained, ei, volumes = _grid(5)
     on = replace(mc, output_counts="sqrt", output_counts_skip=("mobility",))
     n = len(data.region_ids)
+    members = np.hstack([trained, trained[:, ::-1], trained + 0.1 * np.cos(np.arange(trained.size)).reshape(trained.shape)])
+    side_by_side = replace(on, ensemble=3, ensemble_output="concat")
     for name in VARIANTS:
-        got = written_variant(name, trained, data, on)
+        got = written_variant(name, members, data, side_by_side) if name.startswith("cons") else \
+            written_variant(name, trained, data, on)
         assert got.shape[0] == n and np.isfinite(got).all(), name
+    from urbanrep.network import align_members
+
+    np.testing.assert_allclose(written_variant("cons", members, data, side_by_side),  # the default's, from the members
+                               written_variant("default", align_members(members, 3), data, on), atol=1e-5)
+    shared = replace(on, output_counts_skip=(), output_counts_shares=("mobility",))  # round ac's candidate
+    np.testing.assert_array_equal(written_variant("mobshare", trained, data, on),
+                                  written_variant("default", trained, data, shared))
     shares = hellinger_block(data)
     assert shares.shape[1] == count_block(data).shape[1] and np.allclose(shares.mean(0), 0.0)
     np.testing.assert_allclose(zero_volumes(data, mc.volume_scales).mean(0), 0.0, atol=1e-9)

@@ -208,6 +208,45 @@ def test_output_counts_skip_leaves_a_modalitys_count_columns_out(tmp_path) -> No
     assert load_model(tmp_path / "m.pt").config.output_counts_skip == ("mobility",)
 
 
+def test_output_counts_shares_writes_a_modalitys_composition(tmp_path) -> None:
+    """``model.output_counts_shares`` writes the named modalities' count columns as the square root of
+    their shares of the region's total (each region's row of them has unit sum of squares before
+    centring; a region without records, or with none counted, is zeros), named as shares, from the CLI's ``--set`` too; a
+    bad value is a one-line config error; a model saved before the option reads back with none."""
+    from urbanrep.errors import ConfigError
+    from urbanrep.runconfig import RunConfig
+    from urbanrep.train import config_to_dict, model_config_from_dict
+    from urbanrep.volumes import count_names, modality_counts, region_counts
+
+    with pytest.raises(ConfigError, match=r"output_counts_shares must be a list of modalities"):
+        ModelConfig(output_counts_shares="mobility")
+    assert RunConfig.from_overrides("model.output_counts_shares=[mobility]").model.output_counts_shares == ("mobility",)
+    old = config_to_dict(ModelConfig())
+    del old["output_counts_shares"]
+    assert model_config_from_dict(old).output_counts_shares == ()
+    data = random_region_graph(30, ("poi", "mobility"), seed=4)
+    data.feature_names = {m: [f"log1p:c{i}" for i in range(data[REGION][feature_key(m)].size(1))]
+                          for m in ("poi", "mobility")}
+    data[REGION][mask_key("mobility")] = torch.arange(30) >= 2  # two regions without trips
+    data[REGION][feature_key("mobility")][:2] = 0.0
+    counts, has = modality_counts(data, "mobility")
+    shares = region_counts(data, ("mobility",), "sqrt", shares=("mobility",))
+    raw = np.sqrt(counts / counts.sum(1, keepdims=True).clip(min=1e-300))
+    np.testing.assert_allclose(shares, raw - raw.mean(0), atol=1e-12)
+    some = counts.sum(1) > 0  # a region with records may have no trips too
+    assert np.allclose((raw[some] ** 2).sum(1), 1.0) and not raw[~some].any() and not some[~has].any()
+    poi = region_counts(data, ("poi", "mobility"), "sqrt", shares=("mobility",))[:, :len(count_names(data, ("poi",)))]
+    np.testing.assert_array_equal(poi, region_counts(data, ("poi",), "sqrt"))  # the others as they were
+    names = count_names(data, ("poi", "mobility"), "sqrt", shares=("mobility",))
+    assert names[0].endswith("sqrt scale") and names[-1].endswith("sqrt share")
+    mc = ModelConfig(ensemble=1, output_counts="sqrt", output_counts_skip=(), output_counts_shares=("mobility",))
+    res = train(data, mc, TrainConfig(epochs=1, seed=0, num_threads=1))
+    assert res.model.written_layout(data)[-1][0] == f"count: {names[-1]}"
+    assert res.embeddings.shape == (30, res.model.written_channels(data))
+    save_model(res.model, tmp_path / "m.pt", TrainConfig())
+    assert load_model(tmp_path / "m.pt").config.output_counts_shares == ("mobility",)
+
+
 def test_info_groups_one_modalitys_count_columns() -> None:
     """``urbanrep info`` lists a run of one modality's count columns as one block (the file names each)."""
     from urbanrep.written import grouped_columns, layout_columns

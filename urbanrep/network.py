@@ -289,6 +289,12 @@ class ModelConfig:
             time slice and hour carry when in the day taxi trips start and end, which no development
             city has. ``--set 'model.output_counts_skip=[]'`` writes every modality's (a trained run
             too, with ``urbanrep embed``). Models saved before the option read back with ``()``.
+        output_counts_shares: Modalities whose count columns ``output_counts`` writes as the square
+            root of each column's share of the region's total for the modality (its composition,
+            the Hellinger transform; its size is in the volumes) instead of on ``output_counts``'s
+            scale; a region without the modality's records, or with a zero total, is all zeros before
+            centring. A modality in ``output_counts_skip`` is left out all the same. Models saved
+            before the option read back with ``()``.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -311,6 +317,7 @@ class ModelConfig:
     volume_scales: tuple[str, ...] = DEFAULT_VOLUME_SCALES
     output_counts: str = "sqrt"
     output_counts_skip: tuple[str, ...] = ("mobility",)
+    output_counts_shares: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
@@ -352,6 +359,9 @@ class ModelConfig:
         if isinstance(self.output_counts_skip, str) or any(m not in ALL_MODALITIES for m in self.output_counts_skip):
             raise ConfigError(f"ModelConfig.output_counts_skip must be a list of modalities of {ALL_MODALITIES}, got "
                               f"{self.output_counts_skip!r} (e.g. --set 'model.output_counts_skip=[mobility]')")
+        if isinstance(self.output_counts_shares, str) or any(m not in ALL_MODALITIES for m in self.output_counts_shares):
+            raise ConfigError(f"ModelConfig.output_counts_shares must be a list of modalities of {ALL_MODALITIES}, "
+                              f"got {self.output_counts_shares!r} (e.g. --set 'model.output_counts_shares=[mobility]')")
 
 
 @dataclass
@@ -457,7 +467,7 @@ def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
 #: it embeds (``urbanrep embed --set``, :meth:`RegionModel.take_written_settings`).
 WRITTEN_FIELDS = ("ensemble_output", "output_smoothing", "output_scales", "output_scale_regions", "output_position",
                   "output_norm", "output_variance", "output_volumes", "volume_scales", "output_counts",
-                  "output_counts_skip")
+                  "output_counts_skip", "output_counts_shares")
 
 
 def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -272,6 +272,7 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
         volume_scales=tuple(d.get("volume_scales", DEFAULT_VOLUME_SCALES)),
         output_counts=str(d.get("output_counts", "none")),
         output_counts_skip=tuple(d.get("output_counts_skip", ())),
+        output_counts_shares=tuple(d.get("output_counts_shares", ())),
     )
 
 

@@ -134,21 +134,27 @@ def _count_modalities(data: HeteroData, modalities: Sequence[str], scale: str) -
     return [(m, cols) for m, cols in found if cols]
 
 
-def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt") -> np.ndarray:
+def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt",
+                  shares: Sequence[str] = ()) -> np.ndarray:
     """Every count column of ``modalities``' features (POIs per category, trips, road segments ...),
-    as counts on ``scale``, centred over all regions.
+    as counts on ``scale``, centred over all regions; those of the modalities in ``shares`` as the
+    square root of their shares of the region's total instead.
 
     Where :func:`region_volumes` gives a modality's total, this gives its parts. A region without
     the modality's records (its mask is False) counts zero, as its features already do: a region
     without a POI row has no POIs. Every count column is kept, a column that is the same in every
     region too (all zeros once centred, and zeros once scaled): the columns are the model's feature
     columns, so a model writes the same layout on every city it embeds. The square root
-    (``"sqrt"``) is the variance-stabilising scale of Poisson counts.
+    (``"sqrt"``) is the variance-stabilising scale of Poisson counts. A modality in ``shares`` is
+    written as its composition (the Hellinger transform: ``sqrt(count / total)`` per region), its
+    size being the volumes' (:func:`region_volumes`); a region without its records, or with a zero
+    total, is all zeros before centring.
 
     Args:
         data: Region graph with ``feature_names``.
         modalities: Modalities to take (the aggregated ones with count columns are used).
         scale: One of :data:`VOLUME_SCALES`.
+        shares: Modalities of ``modalities`` written as shares of their region total.
 
     Returns:
         ``[N, K]`` float64, one column per count column, in :func:`count_names`' order.
@@ -156,17 +162,22 @@ def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqr
     blocks = []
     for m, _ in _count_modalities(data, modalities, scale):
         counts = modality_counts(data, m)[0]  # type: ignore[index]  # a modality with count columns
-        x = VOLUME_SCALES[scale](counts)
+        if m in shares:
+            total = counts.sum(axis=1, keepdims=True)
+            x = np.sqrt(np.divide(counts, total, out=np.zeros_like(counts), where=total > 0))
+        else:
+            x = VOLUME_SCALES[scale](counts)
         blocks.append(x - x.mean(0))
     return np.hstack(blocks) if blocks else np.zeros((int(data[REGION].num_nodes), 0))
 
 
-def count_names(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt") -> list[str]:
-    """One name per column of :func:`region_counts` (``"poi restaurant, sqrt scale"`` ...), in its order
-    (from the feature names alone)."""
+def count_names(data: HeteroData, modalities: Sequence[str], scale: str = "sqrt",
+                shares: Sequence[str] = ()) -> list[str]:
+    """One name per column of :func:`region_counts` (``"poi restaurant, sqrt scale"``, ``"mobility
+    trips_out, sqrt share"`` ...), in its order (from the feature names alone)."""
     names = getattr(data, "feature_names", {})
-    return [f"{m} {names[m][c][len(COUNT_PREFIX):]}, {scale} scale" for m, cols in _count_modalities(data, modalities, scale)
-            for c in cols]
+    return [f"{m} {names[m][c][len(COUNT_PREFIX):]}, {'sqrt share' if m in shares else f'{scale} scale'}"
+            for m, cols in _count_modalities(data, modalities, scale) for c in cols]
 
 
 def counted_modalities(modalities: Sequence[str], config: Any) -> list[str]:
@@ -181,8 +192,8 @@ def appended_columns(data: HeteroData, modalities: Sequence[str], config: Any
     read by attribute) appends to its written embedding, None for a step that is off
     (``output_volumes``, ``output_counts``); what :func:`urbanrep.written.written_from_config` takes."""
     volumes = region_volumes(data, modalities, config.volume_scales) if config.output_volumes else None
-    counts = region_counts(data, counted_modalities(modalities, config), config.output_counts) \
-        if config.output_counts != "none" else None
+    counts = region_counts(data, counted_modalities(modalities, config), config.output_counts,
+                           config.output_counts_shares) if config.output_counts != "none" else None
     return volumes, counts
 
 
@@ -190,6 +201,6 @@ def appended_names(data: HeteroData, modalities: Sequence[str], config: Any) -> 
     """``(volume names, count names)``: one name per column of :func:`appended_columns`' blocks
     (empty for a step that is off), from the feature names alone."""
     volumes = volume_names(data, modalities, config.volume_scales) if config.output_volumes else []
-    counts = count_names(data, counted_modalities(modalities, config), config.output_counts) \
-        if config.output_counts != "none" else []
+    counts = count_names(data, counted_modalities(modalities, config), config.output_counts,
+                         config.output_counts_shares) if config.output_counts != "none" else []
     return volumes, counts
