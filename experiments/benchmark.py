@@ -274,9 +274,14 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                       lambda mc: replace(mc, output_scale_regions=8)),
         "abl_no_counts": ("ablation: no count columns appended (model.output_counts=none; the default before "
                           "round 2026-12-07aa)", lambda mc: replace(mc, output_counts="none")),
-        "abl_mobility_counts": ("ablation: mobility's count columns appended too (model.output_counts_skip=[]; the "
-                                "default of round 2026-12-07aa to round 2026-12-07ab)",
-                                lambda mc: replace(mc, output_counts="sqrt", output_counts_skip=())),
+        "abl_mobility_counts": ("ablation: mobility's count columns appended as counts, square root, not as shares "
+                                "(model.output_counts_shares=[]; the default of round 2026-12-07aa to round "
+                                "2026-12-07ab)",
+                                lambda mc: replace(mc, output_counts="sqrt", output_counts_skip=(),
+                                                   output_counts_shares=())),
+        "abl_mobility_out": ("ablation: mobility's count columns left out (model.output_counts_skip=[mobility]; the "
+                             "default of round 2026-12-07ab to round 2026-12-07ac)",
+                             lambda mc: replace(mc, output_counts="sqrt", output_counts_skip=("mobility",))),
         # Round 2026-12-07ac: mobility's count columns as its composition (shares of the region's trips).
         "dev_mobility_shares": ("candidate: mobility's count columns appended as the square root of their shares of the "
                                 "region's trips (when and which way its trips go; their total is in the volumes; "
@@ -287,7 +292,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_counts_sqrt": ("candidate: every count column of the aggregated modalities (POIs per category, trips, "
                             "road counts ...) appended on a square-root scale, zero for a region without the "
                             "modality's records (model.output_counts=sqrt)",
-                            lambda mc: replace(mc, output_counts="sqrt")),
+                            lambda mc: replace(mc, output_counts="sqrt", output_counts_skip=(), output_counts_shares=())),
         "dev_counts_nomob": ("candidate: the count columns without mobility's (its trip totals per direction and time "
                              "slice, parts of the mobility volume the volumes write; model.output_counts_skip=[mobility])",
                              lambda mc: replace(mc, output_counts="sqrt", output_counts_skip=("mobility",))),

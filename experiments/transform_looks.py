@@ -363,7 +363,7 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
         from urbanrep.volumes import counted_modalities, region_counts
 
         out = written_from_config(trained, ei, mc, volumes)  # mc without count columns here (COUNT_VARIANTS)
-        block = region_counts(data, counted_modalities(data.modalities, mc), "sqrt")
+        block = region_counts(data, counted_modalities(data.modalities, mc), "sqrt", mc.output_counts_shares)
         if block.shape[1] == 0:
             return out
         lag = np.asarray(hop_operator(ei, n) @ block)

@@ -647,7 +647,7 @@ def test_benchmark_runner_smoke(tmp_path: Path, data_root: Path, monkeypatch: py
                               default.output_position, default.output_norm, region_volumes(data, data.modalities),
                               default.output_variance, default.output_scale_regions,
                               region_counts(data, counted_modalities(data.modalities, default),
-                                            default.output_counts))
+                                            default.output_counts, default.output_counts_shares))
     np.testing.assert_allclose(emb.loc[list(data.region_ids)].to_numpy(), again, atol=1e-6)
     with pytest.raises(SystemExit):  # outputs never land inside the repository
         benchmark.parse_args(["--out", str(Path(benchmark.__file__).parent / "out")])

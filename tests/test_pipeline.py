@@ -52,8 +52,9 @@ def test_run_writes_every_stage(nyc_run: Path) -> None:
         assert (nyc_run / name).exists(), name
     emb = pd.read_parquet(nyc_run / "embeddings.parquet")
     # region_id, 16 columns, two scales, positions, volumes of poi, mobility, landuse, their count columns
-    # but mobility's (27 POI and 1 land-use column; model.output_counts_skip, round 2026-12-07ab)
-    assert len(emb) == 180 and emb["region_id"].is_unique and emb.shape[1] == 1 + 16 * 3 + position_count(180, 8) + 2 * 3 + 28
+    # (27 POI and 1 land-use column; mobility's 65 as shares of the region's trips, round 2026-12-07ac)
+    assert len(emb) == 180 and emb["region_id"].is_unique
+    assert emb.shape[1] == 1 + 16 * 3 + position_count(180, 8) + 2 * 3 + 28 + 65
     assert np.isfinite(emb.drop(columns="region_id").to_numpy()).all()
     metrics = json.loads((nyc_run / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"crime", "check_in", "service_call", "carbon", "income"}
@@ -143,7 +144,7 @@ def test_embed_changes_only_the_written_embedding(nyc_run: Path, tmp_path: Path,
     np.testing.assert_allclose(var1.to_numpy() * np.sqrt(3.0), full.to_numpy(), rtol=1e-4, atol=1e-6)
     # the same columns, the volumes left out, only at another overall scale
     counts = sum(1 for c in bare.attrs["urbanrep_columns"] if c["holds"].startswith("count:"))
-    assert counts == 28  # 27 POI and 1 land-use count column (mobility's 65 trip columns are left out)
+    assert counts == 28 + 65  # 27 POI and 1 land-use count column, mobility's 65 trip columns as shares
     same = np.hstack([full.to_numpy()[:, :bare.shape[1] - counts], full.to_numpy()[:, -counts:]])
     ratio = np.divide(same, bare.to_numpy(), out=np.zeros_like(same), where=np.abs(bare.to_numpy()) > 1e-3)
     np.testing.assert_allclose(ratio[np.abs(bare.to_numpy()) > 1e-3], ratio[0, 0], rtol=1e-3)
@@ -357,7 +358,7 @@ def test_estimator_minibatch_with_sampled_inference(nyc_run: Path) -> None:
     assert api.result_ is not None and len(api.result_.history) == 3
     assert "mode=minibatch" in repr(api)
     emb = api.transform()
-    assert emb.shape == (180, 16 * 3 + position_count(180, 8) + 2 * 3 + 28) and np.isfinite(emb.to_numpy()).all()
+    assert emb.shape == (180, 16 * 3 + position_count(180, 8) + 2 * 3 + 28 + 65) and np.isfinite(emb.to_numpy()).all()
     np.testing.assert_allclose(emb.to_numpy(), api.result_.embeddings, atol=1e-6)  # same sampled inference
 
 

@@ -138,7 +138,7 @@ def test_the_sqrtzero_look_is_what_model_output_counts_sqrt_writes() -> None:
     np.testing.assert_allclose(written_variant("sqrtzero", trained, data, mc), product, rtol=1e-4, atol=1e-5)
     # with the counts on (the default since round aa), "default" is what the model writes, and the
     # count variants append their own columns to the default without them
-    on = replace(mc, output_counts="sqrt", output_counts_skip=())
+    on = replace(mc, output_counts="sqrt", output_counts_skip=(), output_counts_shares=())
     np.testing.assert_allclose(written_variant("default", trained, data, on), product, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(written_variant("sqrtzero", trained, data, on), product, rtol=1e-4, atol=1e-5)
     # since round ab the default leaves mobility's count columns out: "sqrtzero-mob" is what it writes
@@ -149,6 +149,10 @@ def test_the_sqrtzero_look_is_what_model_output_counts_sqrt_writes() -> None:
     np.testing.assert_allclose(written_variant("default", trained, data, default), without, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(written_variant("sqrtzero-mob", trained, data, default), without, rtol=1e-4,
                                atol=1e-5)
+    # since round ac they come back as shares of the region's trips: "mobshare" is what it writes
+    shares = replace(mc, output_counts="sqrt", output_counts_skip=(), output_counts_shares=("mobility",))
+    np.testing.assert_array_equal(written_variant("default", trained, data, shares),
+                                  written_variant("mobshare", trained, data, shares))
 
 
 def test_every_variant_writes_a_finite_embedding_with_one_row_per_region() -> None:

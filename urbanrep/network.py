@@ -276,25 +276,24 @@ class ModelConfig:
             0.420; over the eight development graphs (seeds 0-2) 0.487 against 0.480. Models saved
             before the option read back with ``"none"``.
         output_counts_skip: Modalities whose count columns ``output_counts`` leaves out (their
-            totals stay in the volumes). Default ``("mobility",)`` since round 2026-12-07ab
-            (``experiments/DESIGN_SELECTION.md``): mobility's count columns are its trip totals per
-            direction (out, in, within) and time slice, parts of the one volume the volumes already
-            write (their standardised block's leading component holds 0.97 of its variance on
-            Chicago-77 and 0.87 on São Paulo, against 0.18-0.48 for POI and road counts), and
-            appended they cost the graphs with mobility alone. Fresh training seeds 6-8: the three
-            development cities 0.550 against 0.551 (a tie), the two mobility-alone graphs 0.296
-            against 0.277. On the held-out NYC-180 (measured after the choice, not used for it) it
-            costs check-in, crime and service calls (strict 0.707 / 0.570 / 0.384 against 0.714 /
-            0.593 / 0.421) and gains clustering (NMI 0.727 against 0.707): its 65 trip columns per
-            time slice and hour carry when in the day taxi trips start and end, which no development
-            city has. ``--set 'model.output_counts_skip=[]'`` writes every modality's (a trained run
-            too, with ``urbanrep embed``). Models saved before the option read back with ``()``.
+            totals stay in the volumes). Default none since round 2026-12-07ac (``("mobility",)``
+            from round 2026-12-07ab, ``experiments/DESIGN_SELECTION_2026-12-07ab.md``, until mobility's
+            columns came back as shares, ``output_counts_shares``). ``--set
+            'model.output_counts_skip=[mobility]'`` leaves mobility's out (a trained run too, with
+            ``urbanrep embed``). Models saved before the option read back with ``()``.
         output_counts_shares: Modalities whose count columns ``output_counts`` writes as the square
             root of each column's share of the region's total for the modality (its composition,
             the Hellinger transform; its size is in the volumes) instead of on ``output_counts``'s
             scale; a region without the modality's records, or with a zero total, is all zeros before
-            centring. A modality in ``output_counts_skip`` is left out all the same. Models saved
-            before the option read back with ``()``.
+            centring. A modality in ``output_counts_skip`` is left out all the same. Default
+            ``("mobility",)`` since round 2026-12-07ac (``experiments/DESIGN_SELECTION.md``):
+            mobility's count columns are its trips per direction (out, in, within) and time slice;
+            as counts they are the one trip volume written again (round ab left them out), as shares
+            they are what the volume is not, when and which way a region's trips go. Fresh training
+            seeds 9-11: the three development cities 0.558 against 0.557 (a tie), the two
+            mobility-alone graphs 0.324 against 0.289 (Chicago-77's crime task 0.247 against -0.114).
+            ``--set 'model.output_counts_shares=[]'`` with ``output_counts_skip=[]`` writes them as
+            counts (round aa's form). Models saved before the option read back with ``()``.
     """
 
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -316,8 +315,8 @@ class ModelConfig:
     output_volumes: bool = True
     volume_scales: tuple[str, ...] = DEFAULT_VOLUME_SCALES
     output_counts: str = "sqrt"
-    output_counts_skip: tuple[str, ...] = ("mobility",)
-    output_counts_shares: tuple[str, ...] = ()
+    output_counts_skip: tuple[str, ...] = ()
+    output_counts_shares: tuple[str, ...] = ("mobility",)
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
