@@ -269,7 +269,7 @@ HOP_WIDTH_CANDIDATES = ("urbanrep", "dev_hopk8")
 COUNT_CANDIDATES = ("urbanrep", "dev_counts_sqrt")
 
 #: Round 2026-12-07ab (the seventeenth session; declared after the looks recorded in
-#: DESIGN_SELECTION.md, before its run): the default's count columns without mobility's
+#: DESIGN_SELECTION_2026-12-07ab.md, before its run): the default's count columns without mobility's
 #: (``model.output_counts_skip=[mobility]``). Mobility's count columns are its trip totals per
 #: direction and time slice, parts of the one volume the volumes already write (their standardised
 #: block's leading component holds 0.97 of its variance on Chicago-77, 0.87 on São Paulo; POI 0.48,
