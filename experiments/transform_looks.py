@@ -56,7 +56,10 @@ members side by side (``--model abl_concat_members``; :func:`members_variant`): 
 consensus written as the default writes it), ``cons3`` (its smoothed row written three times),
 ``cons+dev`` / ``cons+dev8`` (each member's difference from the consensus appended, whole or as its
 leading principal components, one per 8 regions); and ``mobshare`` (every count column, mobility's as
-the square root of its shares of the region's trips: round 2026-12-07ac's candidate).
+the square root of its shares of the region's trips: round 2026-12-07ac's candidate); after round
+ac, ``volK`` / ``appK`` (the volumes, or the volumes and the count columns, at ``K`` times an
+embedding column's variance: a fixed-penalty probe's prior on a region's size; ``app1`` is the
+default; a standardising probe sees no change).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and
 fourteenth sessions), ``DESIGN_SELECTION_2026-12-07z.md`` (fifteenth, sixteenth), ``DESIGN_SELECTION_2026-12-07ab.md``
@@ -96,7 +99,7 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
             "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
             "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
-            "cons", "cons3", "cons+dev", "cons+dev8", "mobshare")
+            "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4")
 
 
 def od_matrix(data: Any) -> Any:
@@ -300,7 +303,7 @@ def missing_share(data: Any) -> np.ndarray:
 
 
 #: The variants that append the regions' count columns themselves (looked at on the default without them).
-COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger|mobshare")
+COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger|mobshare|app\d+")
 
 
 def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
@@ -439,6 +442,18 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
         row = out[:, :c]
         k = c if name == "pc" else scale_width(n, c, int(name[2:]))
         return np.hstack([leading_components(row, k), out[:, c:]]).astype(np.float32)
+    boost = re.fullmatch(r"(vol|app)(\d+)", name)
+    if boost:  # the volumes (``app``: and the count columns) at k times an embedding column's variance
+        from urbanrep.volumes import counted_modalities, region_counts
+
+        f = float(np.sqrt(int(boost.group(2))))
+        base = written_from_config(trained, ei, mc, volumes)  # mc without count columns here
+        out = base.astype(np.float64)
+        out[:, out.shape[1] - volumes.shape[1]:] *= f
+        if boost.group(1) == "app":  # the count columns as the default appends them, then boosted
+            counts = region_counts(data, counted_modalities(data.modalities, mc), "sqrt", mc.output_counts_shares)
+            out = np.hstack([out, append_scaled(base, counts)[:, base.shape[1]:] * f])
+        return scale_to_total_variance(out.astype(np.float32), mc.output_variance)
     if name.startswith("cons"):  # from the members side by side (``--model abl_concat_members``)
         return members_variant(name, trained, ei, mc, volumes)
     if name == "default" or name.startswith("flow"):
