@@ -192,22 +192,15 @@ def count_block(data: Any, scale: str = "linear", missing_as_zero: bool = False)
 
 
 def hellinger_block(data: Any, modalities: Sequence[str] | None = None) -> np.ndarray:
-    """``[N, K]`` every count column of the graph's aggregated modalities as the square root of its
-    share of the modality's total in the region (the Hellinger transform of compositional counts: a
-    region's mix, not its size, which the volumes carry), centred; a region without the modality's
-    records, or with a zero total, is all zeros before centring."""
-    from urbanrep.volumes import modality_counts
+    """``[N, K]`` every count column of the graph's aggregated modalities (or of ``modalities``) as the
+    square root of its share of the modality's total in the region (the Hellinger transform of
+    compositional counts: a region's mix, not its size, which the volumes carry), centred; a region
+    without the modality's records, or with a zero total, is all zeros before centring
+    (:func:`urbanrep.volumes.region_counts` with every modality as shares)."""
+    from urbanrep.volumes import region_counts
 
-    n, out = len(data.region_ids), []
-    for m in data.modalities if modalities is None else modalities:
-        got = modality_counts(data, m)
-        if got is None:
-            continue
-        counts = got[0]
-        total = counts.sum(1, keepdims=True)
-        x = np.sqrt(np.divide(counts, total, out=np.zeros_like(counts), where=total > 0))
-        out.append(x - x.mean(0))
-    return np.hstack(out) if out else np.zeros((n, 0))
+    mods = list(data.modalities if modalities is None else modalities)
+    return region_counts(data, mods, "sqrt", shares=mods)
 
 
 def zero_volumes(data: Any, scales: Sequence[str]) -> np.ndarray:
