@@ -123,7 +123,6 @@ def flow_neighbour_operator(data: Any) -> Any:
     trips both ways (OD edge weights; intra-region trips left out); a region without trips keeps its row."""
     import scipy.sparse as sp
 
-
     od = od_matrix(data)
     if od is None:
         raise SystemExit("transform_looks: the od variants need OD edges; the graph has no mobility")
@@ -239,17 +238,12 @@ def od_components(data: Any, k: int) -> np.ndarray:
 def aligned_members(emb: np.ndarray, members: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """``([N, C] consensus, members x [N, C])``: :func:`urbanrep.network.align_members`'s consensus of
     the ``[N, members * C]`` members side by side, and each centred member rotated onto it."""
-    from urbanrep.network import align_members
+    from urbanrep.network import align_members, rotate_onto
 
     cons = align_members(emb, members).astype(np.float64)
     c = emb.shape[1] // members
-    out = []
-    for i in range(members):
-        b = emb[:, i * c:(i + 1) * c].astype(np.float64)
-        b = b - b.mean(0, keepdims=True)
-        u, _, vt = np.linalg.svd(b.T @ cons)
-        out.append(b @ (u @ vt))
-    return cons, out
+    blocks = [emb[:, i * c:(i + 1) * c].astype(np.float64) for i in range(members)]
+    return cons, [rotate_onto(b - b.mean(0, keepdims=True), cons) for b in blocks]
 
 
 def members_variant(name: str, trained: np.ndarray, ei: np.ndarray, mc: Any, volumes: np.ndarray) -> np.ndarray:
@@ -283,6 +277,15 @@ def members_variant(name: str, trained: np.ndarray, ei: np.ndarray, mc: Any, vol
     elif name != "cons+dev":
         raise SystemExit(f"transform_looks: unknown variant {name!r}")
     return scale_to_total_variance(append_scaled(out, dev), mc.output_variance)
+
+
+def default_count_block(data: Any, mc: Any) -> np.ndarray:
+    """``[N, K]`` the count columns ``mc``'s modalities would write on the default's square-root scale
+    (:func:`urbanrep.volumes.region_counts` with ``mc``'s skipped and share modalities), unscaled: for
+    the variants that append them themselves, whose ``mc`` has the count step off."""
+    from urbanrep.volumes import counted_modalities, region_counts
+
+    return region_counts(data, counted_modalities(data.modalities, mc), "sqrt", mc.output_counts_shares)
 
 
 def missing_share(data: Any) -> np.ndarray:
@@ -356,10 +359,9 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
         return written_from_config(trained, ei, mc, volumes)
     if name == "countlag":  # the default with its count columns' 1-hop neighbour mean appended (cut like a hop block)
         from urbanrep.smoothing import hop_operator, leading_components, scale_width
-        from urbanrep.volumes import counted_modalities, region_counts
 
         out = written_from_config(trained, ei, mc, volumes)  # mc without count columns here (COUNT_VARIANTS)
-        block = region_counts(data, counted_modalities(data.modalities, mc), "sqrt", mc.output_counts_shares)
+        block = default_count_block(data, mc)
         if block.shape[1] == 0:
             return out
         lag = np.asarray(hop_operator(ei, n) @ block)
@@ -437,15 +439,12 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
         return np.hstack([leading_components(row, k), out[:, c:]]).astype(np.float32)
     boost = re.fullmatch(r"(vol|app)(\d+)", name)
     if boost:  # the volumes (``app``: and the count columns) at k times an embedding column's variance
-        from urbanrep.volumes import counted_modalities, region_counts
-
         f = float(np.sqrt(int(boost.group(2))))
         base = written_from_config(trained, ei, mc, volumes)  # mc without count columns here
         out = base.astype(np.float64)
         out[:, out.shape[1] - volumes.shape[1]:] *= f
         if boost.group(1) == "app":  # the count columns as the default appends them, then boosted
-            counts = region_counts(data, counted_modalities(data.modalities, mc), "sqrt", mc.output_counts_shares)
-            out = np.hstack([out, append_scaled(base, counts)[:, base.shape[1]:] * f])
+            out = np.hstack([out, append_scaled(base, default_count_block(data, mc))[:, base.shape[1]:] * f])
         return scale_to_total_variance(out.astype(np.float32), mc.output_variance)
     if name.startswith("cons"):  # from the members side by side (``--model abl_concat_members``)
         return members_variant(name, trained, ei, mc, volumes)

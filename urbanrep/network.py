@@ -151,12 +151,15 @@ def align_members(emb: np.ndarray, members: int, iterations: int = 5) -> np.ndar
     blocks = [b - b.mean(0, keepdims=True) for b in blocks]
     ref = blocks[0]
     for _ in range(iterations):
-        aligned = []
-        for b in blocks:
-            u, _, vt = np.linalg.svd(b.T @ ref)
-            aligned.append(b @ (u @ vt))
-        ref = np.mean(aligned, 0)
+        ref = np.mean([rotate_onto(b, ref) for b in blocks], 0)
     return ref.astype(np.float32)
+
+
+def rotate_onto(block: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``block`` ``[N, C]`` rotated (orthogonal ``C x C``, no scaling) to best match ``ref`` ``[N, C]``
+    (orthogonal Procrustes); :func:`align_members`' step."""
+    u, _, vt = np.linalg.svd(block.T @ ref)
+    return block @ (u @ vt)
 
 
 @dataclass(frozen=True)
@@ -355,12 +358,11 @@ class ModelConfig:
         if self.output_counts not in COUNT_OUTPUTS:
             raise ConfigError(f"ModelConfig.output_counts must be one of {list(COUNT_OUTPUTS)}, got "
                               f"{self.output_counts!r} (e.g. --set model.output_counts=sqrt)")
-        if isinstance(self.output_counts_skip, str) or any(m not in ALL_MODALITIES for m in self.output_counts_skip):
-            raise ConfigError(f"ModelConfig.output_counts_skip must be a list of modalities of {ALL_MODALITIES}, got "
-                              f"{self.output_counts_skip!r} (e.g. --set 'model.output_counts_skip=[mobility]')")
-        if isinstance(self.output_counts_shares, str) or any(m not in ALL_MODALITIES for m in self.output_counts_shares):
-            raise ConfigError(f"ModelConfig.output_counts_shares must be a list of modalities of {ALL_MODALITIES}, "
-                              f"got {self.output_counts_shares!r} (e.g. --set 'model.output_counts_shares=[mobility]')")
+        for name in ("output_counts_skip", "output_counts_shares"):
+            value = getattr(self, name)
+            if isinstance(value, str) or any(m not in ALL_MODALITIES for m in value):
+                raise ConfigError(f"ModelConfig.{name} must be a list of modalities of {ALL_MODALITIES}, got "
+                                  f"{value!r} (e.g. --set 'model.{name}=[mobility]')")
 
 
 @dataclass
