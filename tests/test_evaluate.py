@@ -698,10 +698,58 @@ def test_benchmark_targets_relative_to_best_raw() -> None:
                "raw_poi": {"paper": {"a": 0.9}, "strict": {"a": 0.66}},
                "raw_all_pca64": {"paper": {"a": 0.1}, "strict": {"a": 0.2}},
                "gurpp_published": {"paper": {"a": 0.99}, "strict": {"a": 0.99}}}
-    paper, strict = check_targets(city, methods)
+    paper, strict, *issue14 = check_targets(city, methods)
     assert paper["met"] and paper["gap"] == pytest.approx(0.1)
     assert strict["reference"] == {"baseline": "raw_poi", "value": 0.66}  # raw baselines only, not GURPP
     assert not strict["met"] and strict["required"] == pytest.approx(0.71)
+    # issue 14 on every city: each task, both protocols, at least the best peer or raw row (not GURPP)
+    assert [(t["protocol"], t["reference"]["baseline"], t["met"]) for t in issue14] == [
+        ("paper", "raw_poi", False), ("strict", "raw_poi", True)]
+
+
+def test_benchmark_peer_and_raw_bar_follows_the_metric_direction() -> None:
+    from experiments.benchmark import City, check_targets, format_targets
+
+    city = City("x", "x", None, ("landuse_shares", "nmi"))
+    row = {"landuse_shares_l1": 0.5, "landuse_shares_kl": 0.3, "landuse_shares_cosine": 0.8, "nmi": 0.7}
+    methods = {"urbanrep": {"paper": row, "strict": row},
+               "peer_hrep": {"paper": {**row, "landuse_shares_l1": 0.45, "nmi": 0.6}, "strict": {}},
+               "raw_landuse": {"paper": {**row, "landuse_shares_kl": 0.4, "nmi": 0.75}, "strict": {"nmi": 0.1}}}
+    got = {(t["protocol"], t["task"]): t for t in check_targets(city, methods)}
+    assert set(got) == {("paper", "landuse_shares_l1"), ("paper", "landuse_shares_kl"),
+                        ("paper", "landuse_shares_cosine"), ("paper", "nmi"), ("strict", "nmi")}  # no row: no bar
+    l1 = got[("paper", "landuse_shares_l1")]
+    assert l1["op"] == "<=" and l1["reference"]["baseline"] == "peer_hrep" and not l1["met"]
+    assert l1["gap"] == pytest.approx(-0.05)  # lower is better: 0.5 against 0.45
+    assert got[("paper", "landuse_shares_kl")]["met"] and got[("paper", "landuse_shares_kl")]["gap"] == pytest.approx(0.0)
+    assert not got[("paper", "nmi")]["met"] and got[("paper", "nmi")]["reference"]["baseline"] == "raw_landuse"
+    assert all(t["source"] == "issue 14" for t in got.values())
+    table = "\n".join(format_targets({"cities": {"x": {"targets": list(got.values())}}}))
+    assert "| x | issue 14 | 3 of 5 | paper landuse_shares_l1 0.500, needs <= 0.450 (peer_hrep);" in table
+
+
+def test_benchmark_redraw_checks_the_targets_again(tmp_path: Path) -> None:
+    """--redraw writes the published results' tables again, every target checked by today's code."""
+    import json
+    import shutil
+
+    from experiments.benchmark import REPO, main
+
+    src = tmp_path / "results.json"
+    shutil.copy(REPO / "experiments" / "results.json", src)
+    earlier = json.loads(src.read_text())
+    for res in earlier["cities"].values():
+        res["targets"] = []  # as if written before the targets were set
+    src.write_text(json.dumps(earlier))
+    assert main(["--redraw", str(src), "--out", str(tmp_path / "out")]) == 0
+    redrawn = json.loads((tmp_path / "out" / "results.json").read_text())
+    for name, res in redrawn["cities"].items():
+        sources = {t["source"] for t in res["targets"]}
+        assert "issue 14" in sources, name  # every city with targets gets issue 14's bar
+        assert res["methods"].keys() == earlier["cities"][name]["methods"].keys()
+    assert redrawn["meta"]["command"] == earlier["meta"]["command"] and redrawn["meta"]["redrawn"]["command"]
+    assert "redrawn from the measured scores" in (tmp_path / "out" / "RESULTS.md").read_text()
+    assert json.loads(src.read_text()) == earlier  # the earlier file is read, never rewritten
 
 
 @pytest.mark.parametrize(("name", "folds"), [("hafusion", 10), ("mgfn", 5), ("mtgc", 5)])
