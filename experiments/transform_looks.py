@@ -59,11 +59,15 @@ leading principal components, one per 8 regions); and ``mobshare`` (every count 
 the square root of its shares of the region's trips: round 2026-12-07ac's candidate); after round
 ac, ``volK`` / ``appK`` (the volumes, or the volumes and the count columns, at ``K`` times an
 embedding column's variance: a fixed-penalty probe's prior on a region's size; ``app1`` is the
-default; a standardising probe sees no change).
+default; a standardising probe sees no change); in the nineteenth session ``effrank`` (the default's
+count columns, each modality's block as a whole at the variance of as many embedding columns as its
+effective rank, :func:`append_by_effective_rank`, instead of one per column; a standardising probe
+sees no change). On a graph with mobility each line also gives the target-free flow agreement
+(:func:`experiments.select_design.flow_structure_agreement`).
 
 Nothing here is a design rule; the results are recorded in ``experiments/DESIGN_SELECTION_2026-12-07w.md`` (thirteenth and
 fourteenth sessions), ``DESIGN_SELECTION_2026-12-07z.md`` (fifteenth, sixteenth), ``DESIGN_SELECTION_2026-12-07ab.md``
-(seventeenth) and ``DESIGN_SELECTION.md`` (eighteenth).
+(seventeenth) and ``DESIGN_SELECTION.md`` (eighteenth, nineteenth).
 Example: ``python -m experiments.transform_looks --out /tmp/looks --cities chicago77 --thin 0.01``.
 """
 
@@ -84,6 +88,7 @@ from experiments.select_design import (
     CITIES,
     DEV_CITIES,
     HELD_OUT,
+    flow_structure_agreement,
     load_city,
     paper_score,
     scalar_tasks,
@@ -99,7 +104,7 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
             "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
             "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
-            "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4")
+            "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank")
 
 
 def od_matrix(data: Any) -> Any:
@@ -288,6 +293,33 @@ def default_count_block(data: Any, mc: Any) -> np.ndarray:
     return region_counts(data, counted_modalities(data.modalities, mc), "sqrt", mc.output_counts_shares)
 
 
+def effective_rank(block: np.ndarray) -> float:
+    """The participation ratio ``(sum λ)² / sum λ²`` of the eigenvalues ``λ`` of ``block``'s column
+    correlation matrix (constant columns left out): how many independent directions its columns
+    hold, 1 for columns that are one direction written many times, their number for uncorrelated ones."""
+    sd = block.std(axis=0)
+    x = block[:, sd > 1e-12] / sd[sd > 1e-12]
+    if x.shape[1] <= 1:
+        return float(x.shape[1])
+    lam = np.clip(np.linalg.eigvalsh(np.cov(x, rowvar=False, bias=True)), 0.0, None)
+    return float(lam.sum() ** 2 / max(float((lam ** 2).sum()), 1e-300))
+
+
+def append_by_effective_rank(emb: np.ndarray, blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """``emb`` with each block's columns appended, each column scaled like one embedding column and
+    then the block as a whole by ``sqrt(effective_rank(block) / width)``: a block weighs as many
+    embedding columns as it holds independent directions, not as many as it has columns (an hourly
+    profile weighs what the same profile in three slices weighs)."""
+    from urbanrep.position import append_scaled
+
+    out = emb
+    for block in blocks:
+        width = int((block.std(axis=0) > 1e-12).sum())
+        scaled = append_scaled(emb, block)[:, emb.shape[1]:]
+        out = np.hstack([out, scaled * np.float32(np.sqrt(effective_rank(block) / max(width, 1)))])
+    return out.astype(np.float32)
+
+
 def missing_share(data: Any) -> np.ndarray:
     """``[N]`` share of the graph's modalities each region has no data of (its ``mask_<modality>`` False)."""
     from urbanrep.graphs.schema import REGION, mask_key
@@ -299,7 +331,7 @@ def missing_share(data: Any) -> np.ndarray:
 
 
 #: The variants that append the regions' count columns themselves (looked at on the default without them).
-COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger|mobshare|app\d+")
+COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger|mobshare|app\d+|effrank")
 
 
 def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
@@ -407,6 +439,14 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
             if name == "sqrtzero8":
                 block = leading_components(block, min(block.shape[1], max(1, n // 8)))
         return scale_to_total_variance(append_scaled(out, block), mc.output_variance)
+    if name == "effrank":  # the default's count columns, each modality's block at its effective rank's variance
+        from urbanrep.volumes import counted_modalities, region_counts
+
+        out = written_from_config(trained, ei, mc, volumes)
+        parts = [region_counts(data, (m,), "sqrt", mc.output_counts_shares)
+                 for m in counted_modalities(data.modalities, mc)]
+        return scale_to_total_variance(append_by_effective_rank(out, [p for p in parts if p.shape[1]]),
+                                       mc.output_variance)
     if name == "mobshare":  # every count column, mobility's as the square root of its shares (round ac's candidate)
         from urbanrep.volumes import region_counts
 
@@ -552,9 +592,10 @@ def look(args: argparse.Namespace, city: str) -> list[str]:
                 continue
             shuffled = strict_scores(emb, bundle, tasks, args.strict_seeds)
             spatial = strict_scores(emb, bundle, tasks, args.strict_seeds, blocks)
+            flows = flow_structure_agreement(emb, bundle) if "mobility" in data.modalities else None
             rows.setdefault(name, []).append((float(np.mean(list(shuffled.values()))),
                                               float(np.mean(list(spatial.values()))), paper_score(emb, bundle, tasks),
-                                              *shuffled.values()))
+                                              np.nan if flows is None else flows, *shuffled.values()))
     where = f"{city}{'' if args.model == 'urbanrep' else ' ' + args.model} ({'+'.join(data.modalities)}{f', counts x{args.thin:g}' if args.thin < 1 else ''})"
     lines = []
     for name, got_rows in rows.items():
@@ -564,8 +605,10 @@ def look(args: argparse.Namespace, city: str) -> list[str]:
             continue
         score = a[:, :2].mean(1)
         lines.append(f"{where} {name}: score {score.mean():.3f} ± {score.std():.3f} (shuffled {a[:, 0].mean():.3f}, "
-                     f"spatial blocks {a[:, 1].mean():.3f}, paper {a[:, 2].mean():.3f}; shuffled per task "
-                     + ", ".join(f"{t} {v:.3f}" for t, v in zip(tasks, a[:, 3:].mean(0), strict=True)) + ")")
+                     f"spatial blocks {a[:, 1].mean():.3f}, paper {a[:, 2].mean():.3f}"
+                     + ("" if np.isnan(a[:, 3]).all() else f", flow agreement {a[:, 3].mean():.3f}")
+                     + "; shuffled per task "
+                     + ", ".join(f"{t} {v:.3f}" for t, v in zip(tasks, a[:, 4:].mean(0), strict=True)) + ")")
     return lines
 
 

@@ -188,3 +188,20 @@ def test_every_variant_writes_a_finite_embedding_with_one_row_per_region() -> No
     od = od_components(data, 4)
     assert od.shape == (n, 4 if "mobility" in data.modalities else 0)
     assert written_variant("nocounts", trained, data, on).shape[1] == written_from_config(trained, ei, on, volumes).shape[1]
+
+
+def test_effective_rank_weighs_a_block_by_its_directions_not_its_width() -> None:
+    from experiments.transform_looks import append_by_effective_rank, effective_rank
+
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(200, 8)).astype(np.float32)
+    one = rng.normal(size=(200, 1))
+    copies = one @ np.ones((1, 12)) + 1e-9 * rng.normal(size=(200, 12))  # one direction written 12 times
+    free = rng.normal(size=(200, 12))
+    assert effective_rank(copies) < 1.01 and 10.0 < effective_rank(free) <= 12.0
+    assert effective_rank(np.zeros((200, 3))) == 0.0 and effective_rank(one) == 1.0
+    out = append_by_effective_rank(emb, [copies, free])
+    per_column = float(np.mean(column_variances(emb)))
+    assert out.shape == (200, 8 + 24) and np.array_equal(out[:, :8], emb)
+    np.testing.assert_allclose(column_variances(out[:, 8:20]).sum(), per_column * effective_rank(copies), rtol=1e-4)
+    np.testing.assert_allclose(column_variances(out[:, 20:]).sum(), per_column * effective_rank(free), rtol=1e-4)
