@@ -125,10 +125,14 @@ def region_volumes(data: HeteroData, modalities: Sequence[str],
 COUNT_OUTPUTS = ("none", *VOLUME_SCALES)
 
 
-def _count_modalities(data: HeteroData, modalities: Sequence[str], scale: str) -> list[tuple[str, list[int]]]:
-    """``(modality, its count columns)`` for the modalities :func:`region_counts` takes, in order."""
+def _check_count_scale(scale: str) -> None:
     if scale not in VOLUME_SCALES:
         raise ValueError(f"region_counts: scale must be one of {list(VOLUME_SCALES)}, got {scale!r}")
+
+
+def _count_modalities(data: HeteroData, modalities: Sequence[str], scale: str) -> list[tuple[str, list[int]]]:
+    """``(modality, its count columns)`` for the modalities :func:`region_counts` takes, in order."""
+    _check_count_scale(scale)
     found = [(m, count_columns(data, m) if m in AGGREGATED_MODALITIES and m in data.modalities else [])
              for m in modalities]
     return [(m, cols) for m, cols in found if cols]
@@ -159,9 +163,13 @@ def region_counts(data: HeteroData, modalities: Sequence[str], scale: str = "sqr
     Returns:
         ``[N, K]`` float64, one column per count column, in :func:`count_names`' order.
     """
+    _check_count_scale(scale)
     blocks = []
-    for m, _ in _count_modalities(data, modalities, scale):
-        counts = modality_counts(data, m)[0]  # type: ignore[index]  # a modality with count columns
+    for m in modalities:  # in count_names' order: the modalities with count columns
+        got = modality_counts(data, m)
+        if got is None:
+            continue
+        counts = got[0]
         if m in shares:
             total = counts.sum(axis=1, keepdims=True)
             x = np.sqrt(np.divide(counts, total, out=np.zeros_like(counts), where=total > 0))
