@@ -303,11 +303,27 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_temp05_layers3": ("candidate: InfoNCE temperature 0.5 and three message-passing layers per expert",
                                lambda mc: replace(mc, expert=replace(mc.expert, num_layers=3),
                                                   loss=replace(mc.loss, temperature=0.5))),
+        "dev_rook": ("candidate: rook adjacency (regions are neighbours when they share a stretch of boundary, "
+                     "not a corner only; graph.adjacency=rook) for the experts, the neighbour means and the "
+                     "positional columns", lambda mc: mc),
         "abl_concat_members": ("ablation: the three members concatenated (192-d) instead of their consensus, "
                                "then smoothed with scales (576-d; the concatenation was the default before "
                                "2026-12-06b)",
                                lambda mc: replace(mc, ensemble_output="concat")),
     }
+
+
+#: Region-graph overrides (``GraphConfig`` fields) of variants that differ in the graph they are
+#: trained and written on, not in their model; their runs are cached apart (:func:`graph_cache_name`).
+GRAPH_OVERRIDES: dict[str, dict[str, Any]] = {"dev_rook": {"adjacency": "rook"}}
+
+
+def graph_cache_name(city: str, variant: str) -> str:
+    """The cache folder of ``variant``'s runs on ``city``: the city's own, or, for a variant with
+    :data:`GRAPH_OVERRIDES`, one named after them (``chicago77@adjacency=rook``), so that a run on
+    another graph never stands in for the default graph's run of the same model."""
+    over = GRAPH_OVERRIDES.get(variant, {})
+    return city + "".join(f"@{k}={v}" for k, v in sorted(over.items()))
 
 
 #: Training-budget overrides of variants that differ in their training, not in their model.

@@ -46,10 +46,12 @@ import numpy as np
 
 from experiments.benchmark import (
     CITIES,
+    GRAPH_OVERRIDES,
     MIN_SPATIAL_BLOCKS,
     REPO,
     SPATIAL_BLOCK_REGIONS,
     check_out_folder,
+    graph_cache_name,
     load_city,
     model_variants,
     spatial_blocks_for,
@@ -297,6 +299,24 @@ MOBILITY_COUNT_CANDIDATES = ("urbanrep", "dev_counts_nomob")
 #: serve it; on a graph without mobility it is the default.
 MOBILITY_SHARE_CANDIDATES = ("urbanrep", "dev_mobility_shares")
 
+#: Round 2026-12-07ad (the nineteenth session; declared after the looks recorded in
+#: DESIGN_SELECTION.md, before its run): rook adjacency (``graph.adjacency=rook``: regions are
+#: neighbours when they share a stretch of boundary, not where they touch at a corner only) for the
+#: whole model, the experts' adjacency edges, the neighbour means of the written embedding and its
+#: positional columns. Queen contiguity links regions that meet at a point, often across a road
+#: junction or a river mouth; on hexagons the two are the same. The looks on seeds 0-2: rook edges in
+#: the written transform alone (``transform_looks --variants rook``, boundary shared over 10 m)
+#: Chicago-77 0.636 against 0.634, Singapore 0.648 against 0.633, São Paulo equal; the whole model on
+#: rook graphs (``select_design --candidates urbanrep dev_rook``) Chicago-77 0.637, Singapore 0.679
+#: (spatial blocks 0.567 against 0.499), São Paulo the default (its hexagon graph is the same), three
+#: cities 0.580 against 0.563. Scored on fresh training seeds 12-14 on the three development cities and
+#: on Chicago-77's three subset graphs (POI alone, POI + land use, mobility alone; ``--modalities``;
+#: Singapore has one modality, São Paulo's graphs do not change). The rule: adopted iff select_design's
+#: own rule selects it on the three cities (its score above the default's by more than the tie margin,
+#: or tied with the higher paper mean; the cost rule applies), and its mean score over Chicago-77's
+#: three subset graphs is within the tie margin of the default's or above it.
+ROOK_CANDIDATES = ("urbanrep", "dev_rook")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")
@@ -316,6 +336,28 @@ HELD_OUT = ("nyc180", "nyc_tracts")
 #: What a candidate changes, where a city lacks it: on such a city its training is the default's,
 #: operation for operation (e.g. flow-profile retention without mobility, any fusion or
 #: cross-modal option with one modality), so its default-run embedding is reused, not retrained.
+def candidate_graph(bundle: Any, modalities: Sequence[str] | None, candidate: str, built: dict[str, Any]) -> Any:
+    """The city's region graph as ``candidate`` builds it (its :data:`GRAPH_OVERRIDES`, if any), each
+    distinct graph built once (``built`` keeps them, keyed by the overrides)."""
+    from urbanrep.graphs import GraphConfig, build_graph
+
+    over = GRAPH_OVERRIDES.get(candidate, {})
+    key = json.dumps(over, sort_keys=True)
+    if key not in built:
+        built[key] = build_graph(bundle, GraphConfig(modalities=tuple(modalities) if modalities else None,
+                                                     **over))[0]
+    return built[key]
+
+
+def same_graph(a: Any, b: Any) -> bool:
+    """Whether two region graphs of one city have the same adjacency edges (a rook graph of hexagons
+    is its queen graph: a candidate that only changes the graph then trains as the default)."""
+    from urbanrep.graphs.schema import ADJACENT
+
+    x, y = a[ADJACENT].edge_index, b[ADJACENT].edge_index
+    return bool(x.shape == y.shape and (x == y).all())
+
+
 def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     """Whether ``candidate`` trains exactly like the default on a graph with ``modalities``."""
     single = len(modalities) < 2
@@ -383,7 +425,6 @@ def flow_structure_agreement(emb: Any, bundle: Any, k: int = 12) -> float | None
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train and score every candidate on every development city."""
-    from urbanrep.graphs import GraphConfig, build_graph
 
     modalities = tuple(args.modalities) if args.modalities else None
     results: dict[str, Any] = {"candidates": {}, "cities": list(args.cities), "seeds": list(args.seeds),
@@ -393,7 +434,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cities = sorted(args.cities, key=lambda c: c != PRUNE_CITY)
     for city_name in cities:
         bundle = load_city(CITIES[city_name], args.data_root)
-        data, _ = build_graph(bundle, GraphConfig(modalities=modalities))
+        graphs: dict[str, Any] = {}
+        data = candidate_graph(bundle, modalities, "urbanrep", graphs)
         if modalities and set(data.modalities) != set(modalities):
             raise SystemExit(f"select_design: {city_name} has {list(data.modalities)}, not every one of "
                              f"--modalities {list(modalities)}; leave it out of --cities")
@@ -403,9 +445,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if cand in pruned:
                 continue
             per_seed, spatial, paper, flow, cpu = [], [], [], [], []
-            trained_as = "urbanrep" if same_as_default(cand, list(data.modalities)) else cand
+            cand_data = candidate_graph(bundle, modalities, cand, graphs)
+            trained_as = ("urbanrep" if same_as_default(cand, list(data.modalities)) or same_graph(cand_data, data)
+                          and cand in GRAPH_OVERRIDES else cand)
             for seed in args.seeds:
-                got = train_embedding(data, trained_as, seed, args.epochs, args.out / "embeddings" / city_name,
+                got = train_embedding(cand_data if trained_as == cand else data, trained_as, seed, args.epochs,
+                                      args.out / "embeddings" / graph_cache_name(city_name, trained_as),
                                       args.device, cached_only=args.cached_only)
                 if got is None:
                     break

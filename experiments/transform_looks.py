@@ -104,7 +104,8 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
             "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
             "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
-            "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank")
+            "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank",
+            "border", "rook")
 
 
 def od_matrix(data: Any) -> Any:
@@ -320,6 +321,38 @@ def append_by_effective_rank(emb: np.ndarray, blocks: Sequence[np.ndarray]) -> n
     return out.astype(np.float32)
 
 
+def border_lengths(regions: Any, data: Any, edge_index: np.ndarray, tolerance: float = 1.0) -> np.ndarray:
+    """``[E]`` metres of boundary each adjacency edge's two regions share: the mean over both ways of
+    the length of one region's boundary within ``tolerance`` metres of the other (0 for regions that
+    touch at a corner only, or an island's nearest-centroid edge); ``regions`` is the bundle's layer."""
+    import shapely
+
+    from urbanrep.graphs._spatial import resolve_metric_crs
+
+    layer = regions.to_crs(resolve_metric_crs(regions, None)).set_index(regions["region_id"].astype(str))
+    polys = layer.geometry.loc[[str(r) for r in data.region_ids]].to_numpy()
+    boundary, near = shapely.boundary(polys), shapely.buffer(polys, tolerance)
+    src, dst = np.asarray(edge_index[0]), np.asarray(edge_index[1])
+    one_way = shapely.length(shapely.intersection(boundary[src], near[dst]))
+    other_way = shapely.length(shapely.intersection(boundary[dst], near[src]))
+    return (np.asarray(one_way, np.float64) + np.asarray(other_way, np.float64)) / 2.0
+
+
+def weighted_hop(edge_index: np.ndarray, weights: np.ndarray, n: int) -> Any:
+    """``[N, N]`` neighbour mean weighted by ``weights`` (per edge of ``edge_index``); a region whose
+    edges all weigh 0 takes the plain mean over them, one without edges keeps its own row."""
+    import scipy.sparse as sp
+
+    from urbanrep.smoothing import hop_operator
+
+    w = sp.csr_matrix((weights, (np.asarray(edge_index[0]), np.asarray(edge_index[1]))), shape=(n, n))
+    w = w.maximum(w.T)  # both directions, whichever way an edge is stored
+    total = np.asarray(w.sum(axis=1)).ravel()
+    plain = hop_operator(edge_index, n)
+    weighted = sp.diags(1.0 / np.where(total > 0, total, 1.0)) @ w
+    return sp.csr_matrix(sp.diags((total > 0).astype(float)) @ weighted + sp.diags((total <= 0).astype(float)) @ plain)
+
+
 def missing_share(data: Any) -> np.ndarray:
     """``[N]`` share of the graph's modalities each region has no data of (its ``mask_<modality>`` False)."""
     from urbanrep.graphs.schema import REGION, mask_key
@@ -447,6 +480,16 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
                  for m in counted_modalities(data.modalities, mc)]
         return scale_to_total_variance(append_by_effective_rank(out, [p for p in parts if p.shape[1]]),
                                        mc.output_variance)
+    if name in ("border", "rook"):  # the default's neighbour means weighted by shared boundary length / rook edges only
+        from urbanrep.smoothing import compress_scales
+
+        lengths = border_lengths(data.regions_layer, data, ei)
+        weights = lengths if name == "border" else (lengths > 10.0).astype(np.float64)  # a corner: ~2 m of buffer
+        hop = weighted_hop(ei, weights, n)
+        scaled = neighbourhood_scales(smooth_over_neighbours(trained, hop, mc.output_smoothing), hop, mc.output_scales)
+        out = append_position(compress_scales(scaled, c, scale_width(n, c, mc.output_scale_regions)), ei,
+                              mc.output_position)
+        return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name == "mobshare":  # every count column, mobility's as the square root of its shares (round ac's candidate)
         from urbanrep.volumes import region_counts
 
@@ -573,6 +616,7 @@ def look(args: argparse.Namespace, city: str) -> list[str]:
     if args.thin < 1.0:
         thin_counts(bundle, args.thin)
     data, _ = build_graph(bundle, GraphConfig(modalities=tuple(args.modalities) if args.modalities else None))
+    data.regions_layer = bundle.regions  # for the variants that read the region polygons (border, rook)
     tasks, blocks, ids = scalar_tasks(city), spatial_blocks_for(len(bundle.region_ids)), list(data.region_ids)
     cache = args.out / "embeddings" / (city if args.thin >= 1.0 else f"{city}_thin{args.thin:g}")
     mc = model_variants()[args.model][1](ModelConfig())
