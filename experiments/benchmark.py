@@ -303,6 +303,8 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_temp05_layers3": ("candidate: InfoNCE temperature 0.5 and three message-passing layers per expert",
                                lambda mc: replace(mc, expert=replace(mc.expert, num_layers=3),
                                                   loss=replace(mc.loss, temperature=0.5))),
+        "abl_queen": ("ablation: queen adjacency (regions touching at a corner only are neighbours too; "
+                      "graph.adjacency=queen; the default before round 2026-12-07ad)", lambda mc: mc),
         "dev_rook": ("candidate: rook adjacency (regions are neighbours when they share a stretch of boundary, "
                      "not a corner only; graph.adjacency=rook) for the experts, the neighbour means and the "
                      "positional columns", lambda mc: mc),
@@ -314,16 +316,21 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
 
 
 #: Region-graph overrides (``GraphConfig`` fields) of variants that differ in the graph they are
-#: trained and written on, not in their model; their runs are cached apart (:func:`graph_cache_name`).
-GRAPH_OVERRIDES: dict[str, dict[str, Any]] = {"dev_rook": {"adjacency": "rook"}}
+#: trained and written on, not in their model (the run cache tells graphs apart: :func:`_cached_run`).
+GRAPH_OVERRIDES: dict[str, dict[str, Any]] = {"dev_rook": {"adjacency": "rook"}, "abl_queen": {"adjacency": "queen"}}
 
 
-def graph_cache_name(city: str, variant: str) -> str:
-    """The cache folder of ``variant``'s runs on ``city``: the city's own, or, for a variant with
-    :data:`GRAPH_OVERRIDES`, one named after them (``chicago77@adjacency=rook``), so that a run on
-    another graph never stands in for the default graph's run of the same model."""
+def variant_graph(bundle: Any, variant: str, built: dict[str, Any], modalities: Sequence[str] | None = None) -> Any:
+    """The city's region graph as ``variant`` builds it (its :data:`GRAPH_OVERRIDES`, if any), each
+    distinct graph built once (``built`` keeps them, keyed by the overrides)."""
+    from urbanrep.graphs import GraphConfig, build_graph
+
     over = GRAPH_OVERRIDES.get(variant, {})
-    return city + "".join(f"@{k}={v}" for k, v in sorted(over.items()))
+    key = json.dumps(over, sort_keys=True)
+    if key not in built:
+        built[key] = build_graph(bundle, GraphConfig(modalities=tuple(modalities) if modalities else None,
+                                                     **over))[0]
+    return built[key]
 
 
 #: Training-budget overrides of variants that differ in their training, not in their model.
@@ -520,11 +527,15 @@ def _cached_run(data: Any, variant: str, seed: int, epochs: int, cache: Path
                 ) -> tuple[Path, Path, tuple[pd.DataFrame, dict[str, Any], Path] | None]:
     """``(path, meta_path, cached run or None)`` of one variant, seed and budget on one graph.
 
-    The cache is keyed by variant, seed, budget and graph shape, not by code: configs gain
+    The cache is keyed by variant, seed, budget and graph shape (modalities, regions and, for any but
+    a queen graph, its adjacency, so that a run on one graph never stands in for another's), not by code: configs gain
     defaulted fields and the model code changes under a long benchmark. Each embedding's meta
     records its configs and the code stamp; delete OUT/embeddings to retrain after a model change.
     """
-    key = _config_hash({"modalities": list(data.modalities), "n": int(len(data.region_ids))})
+    shape: dict[str, Any] = {"modalities": list(data.modalities), "n": int(len(data.region_ids))}
+    if getattr(data, "adjacency", "queen") != "queen":  # graphs built before the field: queen; keys as they were
+        shape["adjacency"] = data.adjacency
+    key = _config_hash(shape)
     path = cache / f"{variant}_s{seed}_e{epochs}_{key}.parquet"
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
@@ -925,11 +936,11 @@ def cached_spatial_eval(path: Path, emb: pd.DataFrame, bundle: Any, strict_seeds
 def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
     import torch
 
-    from urbanrep.graphs import GraphConfig, build_graph
 
     t0 = time.perf_counter()
     bundle = load_city(city, args.data_root)
-    data, _ = build_graph(bundle, GraphConfig())
+    graphs: dict[str, Any] = {}
+    data = variant_graph(bundle, "urbanrep", graphs)
     t_graph = time.perf_counter() - t0
     log.info("%s: %d regions, modalities %s (graph %.1f s)", city.name, len(bundle.region_ids),
              list(data.modalities), t_graph)
@@ -947,7 +958,8 @@ def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
     for v in variants:
         per_seed: dict[str, list[dict[str, float]]] = {"paper": [], "strict": [], "spatial": []}
         metas = []
-        got = {s: train_embedding(data, v, s, args.epochs, cache, device, args.cached_only) for s in args.seeds}
+        graph = variant_graph(bundle, v, graphs) if v in GRAPH_OVERRIDES else data
+        got = {s: train_embedding(graph, v, s, args.epochs, cache, device, args.cached_only) for s in args.seeds}
         if any(g is None for g in got.values()):
             log.warning("%s %s: not every seed is cached (--cached-only): left out", city.name, v)
             args.left_out.append(f"{city.name}/{v}")

@@ -51,11 +51,11 @@ from experiments.benchmark import (
     REPO,
     SPATIAL_BLOCK_REGIONS,
     check_out_folder,
-    graph_cache_name,
     load_city,
     model_variants,
     spatial_blocks_for,
     train_embedding,
+    variant_graph,
 )
 from urbanrep.atomic import write_text_atomic
 
@@ -336,19 +336,6 @@ HELD_OUT = ("nyc180", "nyc_tracts")
 #: What a candidate changes, where a city lacks it: on such a city its training is the default's,
 #: operation for operation (e.g. flow-profile retention without mobility, any fusion or
 #: cross-modal option with one modality), so its default-run embedding is reused, not retrained.
-def candidate_graph(bundle: Any, modalities: Sequence[str] | None, candidate: str, built: dict[str, Any]) -> Any:
-    """The city's region graph as ``candidate`` builds it (its :data:`GRAPH_OVERRIDES`, if any), each
-    distinct graph built once (``built`` keeps them, keyed by the overrides)."""
-    from urbanrep.graphs import GraphConfig, build_graph
-
-    over = GRAPH_OVERRIDES.get(candidate, {})
-    key = json.dumps(over, sort_keys=True)
-    if key not in built:
-        built[key] = build_graph(bundle, GraphConfig(modalities=tuple(modalities) if modalities else None,
-                                                     **over))[0]
-    return built[key]
-
-
 def same_graph(a: Any, b: Any) -> bool:
     """Whether two region graphs of one city have the same adjacency edges (a rook graph of hexagons
     is its queen graph: a candidate that only changes the graph then trains as the default)."""
@@ -435,7 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for city_name in cities:
         bundle = load_city(CITIES[city_name], args.data_root)
         graphs: dict[str, Any] = {}
-        data = candidate_graph(bundle, modalities, "urbanrep", graphs)
+        data = variant_graph(bundle, "urbanrep", graphs, modalities)
         if modalities and set(data.modalities) != set(modalities):
             raise SystemExit(f"select_design: {city_name} has {list(data.modalities)}, not every one of "
                              f"--modalities {list(modalities)}; leave it out of --cities")
@@ -445,12 +432,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if cand in pruned:
                 continue
             per_seed, spatial, paper, flow, cpu = [], [], [], [], []
-            cand_data = candidate_graph(bundle, modalities, cand, graphs)
+            cand_data = variant_graph(bundle, cand, graphs, modalities)
             trained_as = ("urbanrep" if same_as_default(cand, list(data.modalities)) or same_graph(cand_data, data)
                           and cand in GRAPH_OVERRIDES else cand)
             for seed in args.seeds:
                 got = train_embedding(cand_data if trained_as == cand else data, trained_as, seed, args.epochs,
-                                      args.out / "embeddings" / graph_cache_name(city_name, trained_as),
+                                      args.out / "embeddings" / city_name,
                                       args.device, cached_only=args.cached_only)
                 if got is None:
                     break

@@ -925,3 +925,27 @@ def test_step_log_eta_follows_the_current_pace(monkeypatch: pytest.MonkeyPatch,
     assert lines[3].startswith("evaluation: 24/30 done (slow), 1 min 40 s elapsed, ETA 2 min 30 s")
     assert lines[5].startswith("evaluation: 28/30 done (burst), 2 min 40 s elapsed, ETA 20 s")  # the bursts' pace
     assert lines[6].startswith("evaluation: 30/30 done (burst), 2 min 40 s elapsed, ETA 0 s")
+
+
+def test_benchmark_runs_on_other_graphs_are_cached_apart(tmp_path: Path) -> None:
+    """A run on a rook graph never stands in for the same model's run on the queen graph (round ad
+    changed the graph default, and GRAPH_OVERRIDES variants train on other graphs); a queen graph
+    keeps the key runs had before graphs recorded their adjacency."""
+    from conftest import grid_bundle
+
+    from experiments.benchmark import GRAPH_OVERRIDES, _cached_run, variant_graph
+    from urbanrep.graphs import GraphConfig, build_graph
+    from urbanrep.graphs.io import load_graph, save_graph
+
+    bundle, built = grid_bundle(4), {}
+    rook, queen = variant_graph(bundle, "urbanrep", built), variant_graph(bundle, "abl_queen", built)
+    assert GRAPH_OVERRIDES["abl_queen"] == {"adjacency": "queen"} and len(built) == 2
+    assert rook.adjacency == "rook" and queen.adjacency == "queen"
+    assert variant_graph(bundle, "abl_queen", built) is queen  # built once
+    paths = {_cached_run(g, "urbanrep", 0, 300, tmp_path)[0] for g in (rook, queen)}
+    assert len(paths) == 2
+    old = build_graph(bundle, GraphConfig(adjacency="queen"))[0]
+    del old.adjacency  # a graph written before the field
+    assert _cached_run(old, "urbanrep", 0, 300, tmp_path)[0] == _cached_run(queen, "urbanrep", 0, 300, tmp_path)[0]
+    save_graph(rook, {}, tmp_path / "graph.pt")
+    assert load_graph(tmp_path / "graph.pt").adjacency == "rook"

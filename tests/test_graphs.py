@@ -403,13 +403,13 @@ def test_adjacency_matches_sjoin_nyc(real: RealData) -> None:
     regions = _regions_metric(bundle, data)
     j = gpd.sjoin(regions, regions, predicate="intersects")
     pairs = {(int(a), int(b)) for a, b in zip(j.index, j["index_right"], strict=True) if a != b}
-    assert _edge_set(data, ADJACENT) == pairs
-    assert report["adjacency"]["isolated_regions"] == 0 and report["adjacency"]["fallback_pairs"] == 0
-    assert (data[ADJACENT].edge_weight == 1).all()
-    rook, _ = build_graph(bundle, GraphConfig(adjacency="rook", modalities=()))
     touch_line = {(a, b) for a, b in pairs
                   if regions.geometry.iloc[a].intersection(regions.geometry.iloc[b]).length > 0}
-    assert _edge_set(rook, ADJACENT) == touch_line and len(touch_line) < len(pairs)
+    assert data.adjacency == "rook" and _edge_set(data, ADJACENT) == touch_line  # the default: a shared stretch
+    assert report["adjacency"]["isolated_regions"] == 0 and report["adjacency"]["fallback_pairs"] == 0
+    assert (data[ADJACENT].edge_weight == 1).all()
+    queen, _ = build_graph(bundle, GraphConfig(adjacency="queen", modalities=()))
+    assert queen.adjacency == "queen" and _edge_set(queen, ADJACENT) == pairs and len(touch_line) < len(pairs)
 
 
 def test_adjacency_island_fallback_nyc_tracts(real: RealData) -> None:
@@ -730,8 +730,8 @@ def test_road_features_and_connectivity(real: RealData, name: str) -> None:
             for key in ((int(ra), int(rb)), (int(rb), int(ra))):
                 pairs[key] = pairs.get(key, 0.0) + 1.0
     assert _edge_dict(data, MODALITY_EDGE["road"]) == pairs
-    # Regions joined by a road segment touch (queen adjacency) or are one region apart.
-    adj = _edge_set(data, ADJACENT)
+    # Regions joined by a road segment touch (at a corner at least: queen adjacency) or are one region apart.
+    adj = _edge_set(build_graph(bundle, GraphConfig(adjacency="queen", modalities=()))[0], ADJACENT)
     assert sum(p in adj for p in pairs) / len(pairs) > 0.95
     mask = data[REGION][mask_key("road")].numpy()
     np.testing.assert_array_equal(mask, length_km > 0)
@@ -997,12 +997,14 @@ def test_same_inputs_identical_graph_from_disk(real: RealData, nyc_bundle_dir: P
 
 
 def test_grid_bundle_adjacency_and_poi_counts() -> None:
-    """The 4 x 4 fixture grid: queen adjacency of a grid, POI counts per cell by coordinates."""
+    """The 4 x 4 fixture grid: rook (and queen) adjacency of a grid, POI counts per cell by coordinates."""
     from conftest import grid_bundle
 
     bundle = grid_bundle(4)
     data, report = build_graph(bundle, GraphConfig())
-    assert data[ADJACENT].edge_index.size(1) == 2 * (2 * 4 * 3 + 2 * 3 * 3)  # rook + diagonal pairs, both ways
+    assert data[ADJACENT].edge_index.size(1) == 2 * (2 * 4 * 3)  # the default, rook: side pairs, both ways
+    queen, _ = build_graph(bundle, GraphConfig(adjacency="queen", modalities=()))
+    assert queen[ADJACENT].edge_index.size(1) == 2 * (2 * 4 * 3 + 2 * 3 * 3)  # queen: + diagonal pairs
     xy = shapely.get_coordinates(bundle.pois.geometry.values)
     cell = (xy[:, 1] // 1000).astype(int) * 4 + (xy[:, 0] // 1000).astype(int)
     total = np.bincount(cell, minlength=16)

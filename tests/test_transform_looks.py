@@ -21,7 +21,9 @@ from urbanrep.written import written_from_config, written_transform
 def _grid(seed: int) -> tuple:
     """A 6 x 6 grid city's graph, the model config the variants transform (counts off: the looks' form),
     an as-trained ``[36, 16]`` embedding, its adjacency edges and its volumes."""
-    data, _ = build_graph(grid_bundle(6), GraphConfig())
+    bundle = grid_bundle(6)
+    data, _ = build_graph(bundle, GraphConfig())
+    data.regions_layer = bundle.regions  # the border and rook looks read the polygons
     mc = ModelConfig(output_counts="none")
     trained = np.random.default_rng(seed).normal(size=(len(data.region_ids), 16)).astype(np.float32)
     return data, mc, trained, data[ADJACENT].edge_index.numpy(), region_volumes(data, data.modalities, mc.volume_scales)
@@ -106,7 +108,9 @@ def test_count_block_holds_the_count_columns_centred_and_the_count_variants_appe
     from experiments.transform_looks import count_block
     from urbanrep.volumes import count_columns
 
-    data, _ = build_graph(grid_bundle(6), GraphConfig())
+    bundle = grid_bundle(6)
+    data, _ = build_graph(bundle, GraphConfig())
+    data.regions_layer = bundle.regions  # the border and rook looks read the polygons
     mc = ModelConfig(output_counts="none")
     n = len(data.region_ids)
     block = count_block(data)

@@ -366,6 +366,7 @@ def build_graph(bundle: CityBundle, config: GraphConfig | None = None) -> tuple[
     data.schema_version = GRAPH_SCHEMA_VERSION
     data.region_ids = ids_arr.tolist()
     data.crs = crs.to_string()
+    data.adjacency = config.adjacency
     reg = data[REGION]
     reg.num_nodes = n
     reg.pos = torch.from_numpy(centroids.astype(np.float32))

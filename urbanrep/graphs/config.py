@@ -21,9 +21,11 @@ class GraphConfig:
         metric_crs: CRS the ETL works in (any ``pyproj`` input, e.g. ``"EPSG:32618"``). ``None``:
             the bundle CRS when it is projected in metres, else ``regions.estimate_utm_crs()``.
         modalities: Modalities to build (``None`` = every modality the bundle has).
-        adjacency: ``"queen"``: regions sharing any boundary point are neighbours (the
-            convention of the NYC-180 releases); ``"rook"``: only regions sharing a boundary
-            line (or overlapping).
+        adjacency: ``"rook"`` (the default since design round 2026-12-07ad): only regions sharing
+            a stretch of boundary (or overlapping) are neighbours; ``"queen"``: regions sharing any
+            boundary point, a corner too (the convention of the NYC-180 releases). On the development
+            cities rook graphs gave better embeddings (experiments/DESIGN_SELECTION.md); on hexagons
+            the two are the same.
         adjacency_tolerance: Distance in metres under which two regions count as touching
             (bridges small digitising gaps); 0 = exact topology.
         adjacency_fallback_k: Regions without any neighbour (islands) are linked to this many
@@ -63,7 +65,7 @@ class GraphConfig:
 
     metric_crs: str | None = None
     modalities: tuple[str, ...] | None = None
-    adjacency: Literal["queen", "rook"] = "queen"
+    adjacency: Literal["queen", "rook"] = "rook"
     adjacency_tolerance: float = 0.0
     adjacency_fallback_k: int = 3
     similarity_k: int = 10

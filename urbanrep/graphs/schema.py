@@ -4,7 +4,8 @@ A region graph is one :class:`torch_geometric.data.HeteroData`:
 
 Graph-level attributes
     ``schema_version`` (int), ``region_ids`` (list of unique ids, bundle order = node order), ``crs`` (str,
-    the metric CRS the ETL worked in), ``modalities`` (list of modalities present).
+    the metric CRS the ETL worked in), ``modalities`` (list of modalities present); ``adjacency`` (str,
+    ``"rook"`` or ``"queen"``: how the ``adjacent`` edges were found; graphs written before it have none).
 
 Node type ``region`` (``N`` nodes)
     ``pos``            float32 ``[N, 2]`` centroid in the metric CRS (metres).
