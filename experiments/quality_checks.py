@@ -59,7 +59,9 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
            allowed: bool) -> tuple[pd.DataFrame, dict[str, float]]:
     """Train the default model (on ``modalities``) or reuse the run cached under ``tag``.
 
-    A cached run whose recorded settings differ from the current default's is trained anew, except
+    A cached run on another region graph (its recorded ``adjacency``; queen for runs that record
+    none, as every graph was queen then) is trained anew. A cached run whose recorded settings
+    differ from the current default's is trained anew, except
     when the only differences are written-embedding steps added after the run and off in it
     (``benchmark.LATER_LAST_STEPS``: the positional columns, the overall scale and its total
     variance, the volumes):
@@ -78,8 +80,12 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     mc = replace(ModelConfig(), modalities=modalities)
     path = cache / f"{tag}_s{seed}_e{epochs}.parquet"
     meta = path.with_suffix(".json")
-    if path.exists() and meta.exists():
-        cached = json.loads(meta.read_text())
+    adjacency = getattr(data, "adjacency", "queen")
+    cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else None
+    if cached is not None and cached.get("adjacency", "queen") != adjacency:
+        log.info("%s seed %d: the cached run is of a %s graph, this one is %s; it is trained anew", tag, seed,
+                 cached.get("adjacency", "queen"), adjacency)
+    elif cached is not None:
         emb = pd.read_parquet(path).set_index("region_id")
         recorded = cached.get("model_config") or {}
         changed = changed_settings(recorded, config_to_dict(mc))
@@ -102,7 +108,7 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     cache.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(emb.reset_index(), path)
     write_text_atomic(meta, json.dumps({"weights": weights, "seed": seed, "epochs": epochs,
-                                        "model_config": config_to_dict(mc)}))
+                                        "model_config": config_to_dict(mc), "adjacency": adjacency}))
     return emb, weights
 
 
