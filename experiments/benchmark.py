@@ -532,9 +532,11 @@ def _cached_run(data: Any, variant: str, seed: int, epochs: int, cache: Path
     defaulted fields and the model code changes under a long benchmark. Each embedding's meta
     records its configs and the code stamp; delete OUT/embeddings to retrain after a model change.
     """
+    from urbanrep.graphs.schema import graph_adjacency
+
     shape: dict[str, Any] = {"modalities": list(data.modalities), "n": int(len(data.region_ids))}
-    if getattr(data, "adjacency", "queen") != "queen":  # graphs built before the field: queen; keys as they were
-        shape["adjacency"] = data.adjacency
+    if graph_adjacency(data) != "queen":  # a queen graph keeps the key runs had before graphs recorded it
+        shape["adjacency"] = graph_adjacency(data)
     key = _config_hash(shape)
     path = cache / f"{variant}_s{seed}_e{epochs}_{key}.parquet"
     meta_path = path.with_suffix(".json")
@@ -958,8 +960,7 @@ def run_city(city: City, args: argparse.Namespace) -> dict[str, Any] | None:
     for v in variants:
         per_seed: dict[str, list[dict[str, float]]] = {"paper": [], "strict": [], "spatial": []}
         metas = []
-        graph = variant_graph(bundle, v, graphs) if v in GRAPH_OVERRIDES else data
-        got = {s: train_embedding(graph, v, s, args.epochs, cache, device, args.cached_only) for s in args.seeds}
+        got = {s: train_embedding(variant_graph(bundle, v, graphs), v, s, args.epochs, cache, device, args.cached_only) for s in args.seeds}
         if any(g is None for g in got.values()):
             log.warning("%s %s: not every seed is cached (--cached-only): left out", city.name, v)
             args.left_out.append(f"{city.name}/{v}")

@@ -74,15 +74,16 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
         changed_settings,
         output_transform,
     )
+    from urbanrep.graphs.schema import graph_adjacency
     from urbanrep.network import ModelConfig
     from urbanrep.train import TrainConfig, embeddings_frame, train
 
     mc = replace(ModelConfig(), modalities=modalities)
     path = cache / f"{tag}_s{seed}_e{epochs}.parquet"
     meta = path.with_suffix(".json")
-    adjacency = getattr(data, "adjacency", "queen")
+    adjacency = graph_adjacency(data)
     cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else None
-    if cached is not None and cached.get("adjacency", "queen") != adjacency:
+    if cached is not None and cached.get("adjacency", "queen") != adjacency:  # runs before it: queen graphs
         log.info("%s seed %d: the cached run is of a %s graph, this one is %s; it is trained anew", tag, seed,
                  cached.get("adjacency", "queen"), adjacency)
     elif cached is not None:

@@ -336,15 +336,6 @@ HELD_OUT = ("nyc180", "nyc_tracts")
 #: What a candidate changes, where a city lacks it: on such a city its training is the default's,
 #: operation for operation (e.g. flow-profile retention without mobility, any fusion or
 #: cross-modal option with one modality), so its default-run embedding is reused, not retrained.
-def same_graph(a: Any, b: Any) -> bool:
-    """Whether two region graphs of one city have the same adjacency edges (a rook graph of hexagons
-    is its queen graph: a candidate that only changes the graph then trains as the default)."""
-    from urbanrep.graphs.schema import ADJACENT
-
-    x, y = a[ADJACENT].edge_index, b[ADJACENT].edge_index
-    return bool(x.shape == y.shape and (x == y).all())
-
-
 def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     """Whether ``candidate`` trains exactly like the default on a graph with ``modalities``."""
     single = len(modalities) < 2
@@ -355,6 +346,15 @@ def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
                      "abl_temp02", "dev_neg1", "dev_neg2"):
         return single
     return False
+
+
+def same_graph(a: Any, b: Any) -> bool:
+    """Whether two region graphs of one city have the same adjacency edges (a rook graph of hexagons
+    is its queen graph: a candidate that only changes the graph then trains as the default)."""
+    from urbanrep.graphs.schema import ADJACENT
+
+    x, y = a[ADJACENT].edge_index, b[ADJACENT].edge_index
+    return bool(x.shape == y.shape and (x == y).all())
 
 
 #: Two-stage rule (declared 2026-12-06 before any stage-2 run): every candidate is trained on
@@ -412,7 +412,6 @@ def flow_structure_agreement(emb: Any, bundle: Any, k: int = 12) -> float | None
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train and score every candidate on every development city."""
-
     modalities = tuple(args.modalities) if args.modalities else None
     results: dict[str, Any] = {"candidates": {}, "cities": list(args.cities), "seeds": list(args.seeds),
                                "epochs": args.epochs, "strict_seeds": args.strict_seeds,
@@ -433,8 +432,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             per_seed, spatial, paper, flow, cpu = [], [], [], [], []
             cand_data = variant_graph(bundle, cand, graphs, modalities)
-            trained_as = ("urbanrep" if same_as_default(cand, list(data.modalities)) or same_graph(cand_data, data)
-                          and cand in GRAPH_OVERRIDES else cand)
+            same = same_as_default(cand, list(data.modalities)) or (cand in GRAPH_OVERRIDES
+                                                                     and same_graph(cand_data, data))
+            trained_as = "urbanrep" if same else cand
             for seed in args.seeds:
                 got = train_embedding(cand_data if trained_as == cand else data, trained_as, seed, args.epochs,
                                       args.out / "embeddings" / city_name,

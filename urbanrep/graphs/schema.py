@@ -187,3 +187,9 @@ def graph_counts(data: HeteroData) -> dict[str, Any]:
         "masked_regions": {m: int((~data[REGION][mask_key(m)]).sum()) for m in data.modalities
                            if m in AGGREGATED_MODALITIES},
     }
+
+
+def graph_adjacency(data: HeteroData) -> str:
+    """How ``data``'s ``adjacent`` edges were found (``"rook"`` or ``"queen"``): its ``adjacency``
+    attribute, or ``"queen"`` for a graph written before it (every graph was queen then)."""
+    return str(getattr(data, "adjacency", "queen"))
