@@ -1085,3 +1085,22 @@ def test_region_index_locate_edge_cases() -> None:
                     shapely.Point(5.5, 5.5), shapely.Point(1, 1)], dtype=object)
     assert RegionIndex(boxes, np.array([1, 0, 2]), chunk=2).locate(pts).tolist() == [0, -1, 1, -1, -1, 2, 1]
     assert RegionIndex(boxes, np.array([0, 1, 2])).locate(pts).tolist() == [0, -1, 0, -1, -1, 2, 0]
+
+
+def test_rook_tolerance_bridges_gaps_not_corners() -> None:
+    """Four 100 m squares 1 m apart: a 2 m tolerance links the side pairs under rook, every pair under queen."""
+    from urbanrep.graphs.adjacency import adjacency_edges
+
+    squares = np.array([shapely.box(x * 101.0, y * 101.0, x * 101.0 + 100.0, y * 101.0 + 100.0)
+                        for y in range(2) for x in range(2)])
+    cen = shapely.get_coordinates(shapely.centroid(squares))
+    rank, ids = np.arange(4), np.array(["a", "b", "c", "d"])
+
+    def pairs(contiguity: str, tol: float) -> set[tuple[int, int]]:
+        edges, rep = adjacency_edges(squares, cen, rank, ids, contiguity, tol, fallback_k=0)
+        return {(int(s), int(d)) for s, d in edges.index.T if s < d}
+
+    assert pairs("rook", 0.0) == pairs("queen", 0.0) == set()  # 1 m gaps: nothing touches
+    sides = {(0, 1), (2, 3), (0, 2), (1, 3)}
+    assert pairs("rook", 2.0) == sides  # the diagonal pairs (0, 3), (1, 2) meet only near a corner
+    assert pairs("queen", 2.0) == sides | {(0, 3), (1, 2)}

@@ -9,6 +9,19 @@ import shapely
 
 from urbanrep.graphs._spatial import Edges, knn_pairs, listed, symmetric_edges
 
+#: Under rook contiguity with a tolerance, two regions are neighbours when their boundaries run
+#: within the tolerance of each other for more than this many tolerances: two regions that meet
+#: at a corner (or nearly so) have about 2 tolerances of boundary that close, one arm each side.
+CORNER_STRETCHES = 4.0
+
+
+def _shared_stretch(a: np.ndarray, b: np.ndarray, tolerance: float) -> np.ndarray:
+    """``[P]`` metres of boundary that polygons ``a[p]`` and ``b[p]`` have within ``tolerance`` of
+    each other (the shorter of the two boundaries' stretches near the other polygon)."""
+    near_a = shapely.length(shapely.intersection(shapely.boundary(a), shapely.buffer(b, tolerance)))
+    near_b = shapely.length(shapely.intersection(shapely.boundary(b), shapely.buffer(a, tolerance)))
+    return np.minimum(near_a, near_b)
+
 
 def adjacency_edges(
     polygons: np.ndarray,
@@ -27,7 +40,9 @@ def adjacency_edges(
         rank: Canonical tie-break rank ``[N]``.
         region_ids: ``[N]`` ids (for the report).
         contiguity: ``"queen"`` (any shared boundary point) or ``"rook"`` (a shared boundary
-            line, or overlapping interiors).
+            line, or overlapping interiors; with a ``tolerance``, also boundaries that run within
+            it of each other for more than :data:`CORNER_STRETCHES` tolerances, so that a gap is
+            bridged along a shared street but a corner contact stays no neighbour).
         tolerance: Regions closer than this many metres count as touching.
         fallback_k: Nearest regions (by centroid) linked to each region left without a neighbour.
 
@@ -44,9 +59,9 @@ def adjacency_edges(
     i, j = i[keep], j[keep]
     if contiguity == "rook" and len(i):
         a, b = polygons[i], polygons[j]
-        if tolerance > 0:
-            a, b = shapely.buffer(a, tolerance / 2), shapely.buffer(b, tolerance / 2)
         line = shapely.relate_pattern(a, b, "****1****") | shapely.relate_pattern(a, b, "2********")
+        if tolerance > 0:
+            line |= _shared_stretch(a, b, tolerance) > CORNER_STRETCHES * tolerance
         i, j = i[line], j[line]
     degree = np.bincount(np.concatenate([i, j]), minlength=n)
     isolated = np.flatnonzero(degree == 0)

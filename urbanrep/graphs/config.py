@@ -27,7 +27,9 @@ class GraphConfig:
             cities rook graphs gave better embeddings (experiments/DESIGN_SELECTION.md); on hexagons
             the two are the same.
         adjacency_tolerance: Distance in metres under which two regions count as touching
-            (bridges small digitising gaps); 0 = exact topology.
+            (bridges small digitising gaps); 0 = exact topology. Under rook adjacency the two
+            boundaries must run that close for more than 4 tolerances (a corner contact stays
+            no neighbour); before 2026-12-07 a tolerance made rook graphs queen graphs.
         adjacency_fallback_k: Regions without any neighbour (islands) are linked to this many
             nearest regions by centroid distance (both directions).
         similarity_k: ``k`` of the cosine kNN graphs (POI, land use, remote sensing).
