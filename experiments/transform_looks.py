@@ -105,7 +105,12 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
             "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
             "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank",
-            "border", "rook")
+            "border", "rook", "scales1", "scales3", "share.25", "share.75", "pos4", "pos16")
+
+#: Variants that only change one setting of the written-embedding transform (``ModelConfig``).
+SETTING_VARIANTS: dict[str, dict[str, Any]] = {
+    "scales1": {"output_scales": 1}, "scales3": {"output_scales": 3}, "share.25": {"output_smoothing": 0.25},
+    "share.75": {"output_smoothing": 0.75}, "pos4": {"output_position": 4}, "pos16": {"output_position": 16}}
 
 
 def od_matrix(data: Any) -> Any:
@@ -381,6 +386,8 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
     from urbanrep.volumes import appended_columns
     from urbanrep.written import scale_to_total_variance
 
+    if name in SETTING_VARIANTS:  # the default with one transform setting changed
+        mc, name = replace(mc, **SETTING_VARIANTS[name]), "default"
     out = _written_variant(name, trained, data, replace(mc, output_counts="none"))
     counts = appended_columns(data, data.modalities, mc)[1]
     if counts is None or COUNT_VARIANTS.fullmatch(name):
