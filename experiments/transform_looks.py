@@ -372,13 +372,14 @@ def missing_share(data: Any) -> np.ndarray:
 COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger|mobshare|app\d+|effrank")
 
 
-def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
+def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions: Any = None) -> np.ndarray:
     """The written embedding ``[N, C']`` of variant ``name`` from the as-trained ``[N, C]`` (graph node order).
 
     Every variant is its change to the written embedding of ``mc`` without the count columns; where
     ``mc`` writes them (``model.output_counts``, the default since round 2026-12-07aa), they are
     appended last, as the model appends them, except to the variants that append count columns of
-    their own (:data:`COUNT_VARIANTS`).
+    their own (:data:`COUNT_VARIANTS`). ``regions``: the bundle's region layer (graph node order
+    by ``region_id``), for the variants that read the polygons (``border``, ``rook``).
     """
     from dataclasses import replace
 
@@ -388,14 +389,14 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.nd
 
     if name in SETTING_VARIANTS:  # the default with one transform setting changed
         mc, name = replace(mc, **SETTING_VARIANTS[name]), "default"
-    out = _written_variant(name, trained, data, replace(mc, output_counts="none"))
+    out = _written_variant(name, trained, data, replace(mc, output_counts="none"), regions)
     counts = appended_columns(data, data.modalities, mc)[1]
     if counts is None or COUNT_VARIANTS.fullmatch(name):
         return out
     return scale_to_total_variance(append_scaled(out, counts), mc.output_variance)
 
 
-def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.ndarray:
+def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions: Any = None) -> np.ndarray:
     """:func:`written_variant` for a ``mc`` without count columns."""
     from urbanrep.experts.mobility import flow_components
     from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE
@@ -490,7 +491,9 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any) -> np.n
     if name in ("border", "rook"):  # the default's neighbour means weighted by shared boundary length / rook edges only
         from urbanrep.smoothing import compress_scales
 
-        lengths = border_lengths(data.regions_layer, data, ei)
+        if regions is None:
+            raise SystemExit(f"transform_looks: the {name} look needs the region polygons (regions=)")
+        lengths = border_lengths(regions, data, ei)
         weights = lengths if name == "border" else (lengths > 10.0).astype(np.float64)  # a corner: ~2 m of buffer
         hop = weighted_hop(ei, weights, n)
         scaled = neighbourhood_scales(smooth_over_neighbours(trained, hop, mc.output_smoothing), hop, mc.output_scales)
@@ -623,7 +626,6 @@ def look(args: argparse.Namespace, city: str) -> list[str]:
     if args.thin < 1.0:
         thin_counts(bundle, args.thin)
     data, _ = build_graph(bundle, GraphConfig(modalities=tuple(args.modalities) if args.modalities else None))
-    data.regions_layer = bundle.regions  # for the variants that read the region polygons (border, rook)
     tasks, blocks, ids = scalar_tasks(city), spatial_blocks_for(len(bundle.region_ids)), list(data.region_ids)
     cache = args.out / "embeddings" / (city if args.thin >= 1.0 else f"{city}_thin{args.thin:g}")
     mc = model_variants()[args.model][1](ModelConfig())
@@ -637,7 +639,7 @@ def look(args: argparse.Namespace, city: str) -> list[str]:
         rng = np.random.default_rng(seed)  # the same subsets for every variant
         subsets = [rng.choice(len(ids), args.rows, replace=False) for _ in range(3)] if args.rows else []
         for name in args.variants:
-            emb = pd.DataFrame(written_variant(name, trained, data, mc), index=ids)
+            emb = pd.DataFrame(written_variant(name, trained, data, mc, bundle.regions), index=ids)
             if args.rows:
                 rows.setdefault(name, []).append((row_subset_score(emb, bundle, tasks, subsets),))
                 continue

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from experiments.transform_looks import missing_share, thin_counts, written_variant
 from tests.conftest import grid_bundle
@@ -23,7 +24,6 @@ def _grid(seed: int) -> tuple:
     an as-trained ``[36, 16]`` embedding, its adjacency edges and its volumes."""
     bundle = grid_bundle(6)
     data, _ = build_graph(bundle, GraphConfig())
-    data.regions_layer = bundle.regions  # the border and rook looks read the polygons
     mc = ModelConfig(output_counts="none")
     trained = np.random.default_rng(seed).normal(size=(len(data.region_ids), 16)).astype(np.float32)
     return data, mc, trained, data[ADJACENT].edge_index.numpy(), region_volumes(data, data.modalities, mc.volume_scales)
@@ -110,7 +110,6 @@ def test_count_block_holds_the_count_columns_centred_and_the_count_variants_appe
 
     bundle = grid_bundle(6)
     data, _ = build_graph(bundle, GraphConfig())
-    data.regions_layer = bundle.regions  # the border and rook looks read the polygons
     mc = ModelConfig(output_counts="none")
     n = len(data.region_ids)
     block = count_block(data)
@@ -175,9 +174,10 @@ def test_every_variant_writes_a_finite_embedding_with_one_row_per_region() -> No
     n = len(data.region_ids)
     members = np.hstack([trained, trained[:, ::-1], trained + 0.1 * np.cos(np.arange(trained.size)).reshape(trained.shape)])
     side_by_side = replace(on, ensemble=3, ensemble_output="concat")
+    regions = grid_bundle(6).regions  # for the looks that read the polygons
     for name in VARIANTS:
         got = written_variant(name, members, data, side_by_side) if name.startswith("cons") else \
-            written_variant(name, trained, data, on)
+            written_variant(name, trained, data, on, regions)
         assert got.shape[0] == n and np.isfinite(got).all(), name
     from urbanrep.network import align_members
 
@@ -209,3 +209,20 @@ def test_effective_rank_weighs_a_block_by_its_directions_not_its_width() -> None
     assert out.shape == (200, 8 + 24) and np.array_equal(out[:, :8], emb)
     np.testing.assert_allclose(column_variances(out[:, 8:20]).sum(), per_column * effective_rank(copies), rtol=1e-4)
     np.testing.assert_allclose(column_variances(out[:, 20:]).sum(), per_column * effective_rank(free), rtol=1e-4)
+
+
+def test_setting_variants_are_the_default_with_one_setting_changed() -> None:
+    from experiments.transform_looks import SETTING_VARIANTS
+
+    data, mc, trained, ei, volumes = _grid(4)
+    for name, change in SETTING_VARIANTS.items():
+        np.testing.assert_allclose(written_variant(name, trained, data, mc),
+                                   written_from_config(trained, ei, replace(mc, **change), volumes), rtol=1e-5, atol=1e-6)
+
+
+def test_polygon_looks_need_the_regions() -> None:
+    data, mc, trained, ei, volumes = _grid(5)
+    with pytest.raises(SystemExit, match="needs the region polygons"):
+        written_variant("border", trained, data, mc)
+    regions = grid_bundle(6).regions
+    assert written_variant("border", trained, data, mc, regions).shape == written_variant("default", trained, data, mc).shape
