@@ -105,7 +105,8 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
             "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
             "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank",
-            "border", "rook", "scales1", "scales3", "share.25", "share.75", "pos4", "pos16")
+            "border", "rook", "scales1", "scales3", "share.25", "share.75", "pos4", "pos16", "posknn",
+            "posmix")
 
 #: Variants that only change one setting of the written-embedding transform (``ModelConfig``).
 SETTING_VARIANTS: dict[str, dict[str, Any]] = {
@@ -326,6 +327,25 @@ def append_by_effective_rank(emb: np.ndarray, blocks: Sequence[np.ndarray]) -> n
     return out.astype(np.float32)
 
 
+#: Neighbours per region of the centroid kNN graph of the ``posknn`` and ``posmix`` looks.
+POSITION_KNN = 6
+
+
+def centroid_knn_edges(regions: Any, data: Any, k: int) -> np.ndarray:
+    """``[2, E]`` both directions of the ``k`` nearest regions by centroid distance (metric CRS), in
+    graph node order; ``regions`` is the bundle's layer."""
+    import shapely
+
+    from urbanrep.graphs._spatial import knn_pairs, resolve_metric_crs, symmetric_edges
+
+    layer = regions.to_crs(resolve_metric_crs(regions, None)).set_index(regions["region_id"].astype(str))
+    polys = layer.geometry.loc[[str(r) for r in data.region_ids]].to_numpy()
+    cen = shapely.get_coordinates(shapely.centroid(polys))
+    n = len(cen)
+    src, dst, _ = knn_pairs(cen, k, np.arange(n, dtype=np.int64), decimals=3)
+    return np.stack(symmetric_edges(src, dst, n))
+
+
 def border_lengths(regions: Any, data: Any, edge_index: np.ndarray, tolerance: float = 1.0) -> np.ndarray:
     """``[E]`` metres of boundary each adjacency edge's two regions share: the mean over both ways of
     the length of one region's boundary within ``tolerance`` metres of the other (0 for regions that
@@ -499,6 +519,20 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions
         scaled = neighbourhood_scales(smooth_over_neighbours(trained, hop, mc.output_smoothing), hop, mc.output_scales)
         out = append_position(compress_scales(scaled, c, scale_width(n, c, mc.output_scale_regions)), ei,
                               mc.output_position)
+        return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
+    if name in ("posknn", "posmix"):  # positional columns of a centroid kNN graph (or of it and the adjacency)
+        from urbanrep.position import laplacian_position, position_count
+
+        if regions is None:
+            raise SystemExit(f"transform_looks: the {name} look needs the region polygons (regions=)")
+        knn = centroid_knn_edges(regions, data, POSITION_KNN)
+        from urbanrep.graphs._spatial import symmetric_edges
+
+        graph = knn if name == "posknn" else np.stack(symmetric_edges(np.r_[ei[0], knn[0]], np.r_[ei[1], knn[1]], n))
+        out = neighbourhood_transform(trained, ei, mc.output_smoothing, mc.output_scales, mc.output_scale_regions)
+        k = position_count(n, mc.output_position)
+        if k:
+            out = append_scaled(out, laplacian_position(graph, n, k))
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name == "mobshare":  # every count column, mobility's as the square root of its shares (round ac's candidate)
         from urbanrep.volumes import region_counts
