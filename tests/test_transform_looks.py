@@ -226,3 +226,13 @@ def test_polygon_looks_need_the_regions() -> None:
         written_variant("border", trained, data, mc)
     regions = grid_bundle(6).regions
     assert written_variant("border", trained, data, mc, regions).shape == written_variant("default", trained, data, mc).shape
+
+
+def test_cosine_rate_decays_from_lr_to_the_floor() -> None:
+    from experiments.lr_schedule_look import cosine_rate
+
+    assert cosine_rate(1e-3, 1, 300, 0.0) == pytest.approx(1e-3)
+    assert cosine_rate(1e-3, 300, 300, 0.1) == pytest.approx(1e-4)
+    assert cosine_rate(1e-3, 150, 299, 0.0) == pytest.approx(5e-4)
+    rates = [cosine_rate(1e-3, e, 50, 0.0) for e in range(1, 51)]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
