@@ -106,7 +106,7 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
             "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank",
             "border", "rook", "scales1", "scales3", "share.25", "share.75", "pos4", "pos16", "posknn",
-            "posmix")
+            "posmix", "moblog", "moblog+shares")
 
 #: Variants that only change one setting of the written-embedding transform (``ModelConfig``).
 SETTING_VARIANTS: dict[str, dict[str, Any]] = {
@@ -389,7 +389,7 @@ def missing_share(data: Any) -> np.ndarray:
 
 
 #: The variants that append the regions' count columns themselves (looked at on the default without them).
-COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger|mobshare|app\d+|effrank")
+COUNT_VARIANTS = re.compile(r"(log|sqrt)?counts8?|sqrtclip|sqrtzero(8m?|-?mob)?|nocounts|volzero|countlag|logzero|hellinger|mobshare|app\d+|effrank|moblog(\+shares)?")
 
 
 def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions: Any = None) -> np.ndarray:
@@ -534,6 +534,17 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions
         if k:
             out = append_scaled(out, laplacian_position(graph, n, k))
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
+    if name.startswith("moblog"):  # the default's count columns, mobility's as log1p counts (and its shares)
+        from urbanrep.volumes import counted_modalities, region_counts
+
+        out = written_from_config(trained, ei, mc, volumes)
+        mods = counted_modalities(data.modalities, mc)
+        parts = [region_counts(data, [m for m in mods if m != "mobility"], "sqrt")]
+        if "mobility" in mods:
+            parts.append(region_counts(data, ("mobility",), "log"))
+            if name == "moblog+shares":
+                parts.append(region_counts(data, ("mobility",), "sqrt", shares=("mobility",)))
+        return scale_to_total_variance(append_scaled(out, np.hstack(parts)), mc.output_variance)
     if name == "mobshare":  # every count column, mobility's as the square root of its shares (round ac's candidate)
         from urbanrep.volumes import region_counts
 
