@@ -1098,7 +1098,9 @@ def test_rook_tolerance_bridges_gaps_not_corners() -> None:
 
     def pairs(contiguity: str, tol: float) -> set[tuple[int, int]]:
         edges, rep = adjacency_edges(squares, cen, rank, ids, contiguity, tol, fallback_k=0)
-        return {(int(s), int(d)) for s, d in edges.index.T if s < d}
+        got = {(int(s), int(d)) for s, d in edges.index.T if s < d}
+        assert rep["tolerance_pairs"] == rep["boundary_pairs"] == len(got)  # every pair is a bridged gap
+        return got
 
     assert pairs("rook", 0.0) == pairs("queen", 0.0) == set()  # 1 m gaps: nothing touches
     sides = {(0, 1), (2, 3), (0, 2), (1, 3)}

@@ -48,7 +48,8 @@ def adjacency_edges(
 
     Returns:
         Edges ``[2, E]`` (both directions, no self loops) and a report with the number of
-        boundary edges, the isolated regions and the fallback edges added.
+        boundary pairs (``tolerance_pairs`` of them neighbours only through the tolerance: a gap
+        bridged), the isolated regions and the fallback edges added.
     """
     n = len(polygons)
     if tolerance > 0:
@@ -57,12 +58,17 @@ def adjacency_edges(
         i, j = shapely.STRtree(polygons).query(polygons, predicate="intersects")
     keep = i < j
     i, j = i[keep], j[keep]
+    bridged = 0
     if contiguity == "rook" and len(i):
         a, b = polygons[i], polygons[j]
         line = shapely.relate_pattern(a, b, "****1****") | shapely.relate_pattern(a, b, "2********")
         if tolerance > 0:
-            line |= _shared_stretch(a, b, tolerance) > CORNER_STRETCHES * tolerance
+            near = _shared_stretch(a, b, tolerance) > CORNER_STRETCHES * tolerance
+            bridged = int((near & ~line).sum())
+            line |= near
         i, j = i[line], j[line]
+    elif tolerance > 0 and len(i):
+        bridged = int((~shapely.intersects(polygons[i], polygons[j])).sum())
     degree = np.bincount(np.concatenate([i, j]), minlength=n)
     isolated = np.flatnonzero(degree == 0)
     rows, cols = [i], [j]
@@ -78,6 +84,7 @@ def adjacency_edges(
         "contiguity": contiguity,
         "tolerance_m": float(tolerance),
         "boundary_pairs": int(len(i)),
+        "tolerance_pairs": bridged,
         "isolated_regions": int(len(isolated)),
         "isolated_region_ids": listed(np.asarray(region_ids)[isolated]),
         "fallback_k": int(fallback_k),
