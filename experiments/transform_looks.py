@@ -327,6 +327,14 @@ def append_by_effective_rank(emb: np.ndarray, blocks: Sequence[np.ndarray]) -> n
     return out.astype(np.float32)
 
 
+def graph_polygons(regions: Any, data: Any) -> np.ndarray:
+    """``[N]`` the bundle's region polygons (``regions``, its layer) in a metric CRS, in graph node order."""
+    from urbanrep.graphs._spatial import resolve_metric_crs
+
+    layer = regions.to_crs(resolve_metric_crs(regions, None)).set_index(regions["region_id"].astype(str))
+    return layer.geometry.loc[[str(r) for r in data.region_ids]].to_numpy()
+
+
 #: Neighbours per region of the centroid kNN graph of the ``posknn`` and ``posmix`` looks.
 POSITION_KNN = 6
 
@@ -336,11 +344,9 @@ def centroid_knn_edges(regions: Any, data: Any, k: int) -> np.ndarray:
     graph node order; ``regions`` is the bundle's layer."""
     import shapely
 
-    from urbanrep.graphs._spatial import knn_pairs, resolve_metric_crs, symmetric_edges
+    from urbanrep.graphs._spatial import knn_pairs, symmetric_edges
 
-    layer = regions.to_crs(resolve_metric_crs(regions, None)).set_index(regions["region_id"].astype(str))
-    polys = layer.geometry.loc[[str(r) for r in data.region_ids]].to_numpy()
-    cen = shapely.get_coordinates(shapely.centroid(polys))
+    cen = shapely.get_coordinates(shapely.centroid(graph_polygons(regions, data)))
     n = len(cen)
     src, dst, _ = knn_pairs(cen, k, np.arange(n, dtype=np.int64), decimals=3)
     return np.stack(symmetric_edges(src, dst, n))
@@ -352,10 +358,7 @@ def border_lengths(regions: Any, data: Any, edge_index: np.ndarray, tolerance: f
     touch at a corner only, or an island's nearest-centroid edge); ``regions`` is the bundle's layer."""
     import shapely
 
-    from urbanrep.graphs._spatial import resolve_metric_crs
-
-    layer = regions.to_crs(resolve_metric_crs(regions, None)).set_index(regions["region_id"].astype(str))
-    polys = layer.geometry.loc[[str(r) for r in data.region_ids]].to_numpy()
+    polys = graph_polygons(regions, data)
     boundary, near = shapely.boundary(polys), shapely.buffer(polys, tolerance)
     src, dst = np.asarray(edge_index[0]), np.asarray(edge_index[1])
     one_way = shapely.length(shapely.intersection(boundary[src], near[dst]))
