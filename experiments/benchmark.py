@@ -254,6 +254,10 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                           lambda mc: replace(mc, expert=replace(mc.expert, dropout=0.3))),
         "dev_mobility3": ("candidate: OD-distribution reconstruction weight 3 (default 1)", loss(mobility_weight=3.0)),
         "dev_mobility03": ("candidate: OD-distribution reconstruction weight 0.3 (default 1)", loss(mobility_weight=0.3)),
+        "dev_solo_flow0": ("candidate: a mobility-only model retains no flow-profile components "
+                           "(loss.solo_flow_components=0; default 16)", loss(solo_flow_components=0)),
+        "dev_solo_flow4": ("candidate: a mobility-only model retains 4 flow-profile components "
+                           "(loss.solo_flow_components=4)", loss(solo_flow_components=4)),
         "dev_contrast32": ("candidate: the region-level contrast sees 32 of the 64 channels, the rest is left to "
                            "input retention (loss.contrast_channels)", loss(contrast_channels=32)),
         "dev_contrast16": ("candidate: the region-level contrast sees 16 of the 64 channels (loss.contrast_channels)",

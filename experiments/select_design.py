@@ -317,6 +317,21 @@ MOBILITY_SHARE_CANDIDATES = ("urbanrep", "dev_mobility_shares")
 #: three subset graphs is within the tie margin of the default's or above it.
 ROOK_CANDIDATES = ("urbanrep", "dev_rook")
 
+#: Round 2026-12-07ae (the twentieth session; declared after the looks recorded in
+#: DESIGN_SELECTION.md, before its run): a model whose only modality is mobility retains no
+#: flow-profile components (``loss.solo_flow_components=0``; 16 since an early round chose it on
+#: Chicago-77's mobility-alone graph, when the mobility expert had no flow-profile inputs). The looks
+#: on seeds 0-2: with mobility alone, the written embedding without anything learned (positional
+#: columns, volumes, count columns; ``transform_looks --variants untrained``) scores above the
+#: default on both graphs that have mobility alone (Chicago-77 0.387 against 0.317, São Paulo 0.330
+#: against 0.312), while the learned part helps every other graph; trained with
+#: ``solo_flow_components=0`` Chicago-77's mobility-alone graph scores 0.343 and São Paulo's 0.318
+#: (mean 0.331 against 0.315). The setting acts only on a model with mobility alone, so the three
+#: development cities train it as the default. Scored on fresh training seeds 15-17 on the two
+#: mobility-alone graphs (Chicago-77, São Paulo; ``--modalities mobility``). The rule: adopted iff its
+#: mean score over the two graphs is above the default's by more than the tie margin.
+SOLO_FLOW_CANDIDATES = ("urbanrep", "dev_solo_flow0")
+
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
 METHOD_ABLATIONS = ("abl_global_fusion", "abl_uniform_experts")
@@ -342,6 +357,8 @@ def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3", "dev_flowin16", "dev_flowin32", "dev_counts_nomob",
                      "dev_mobility_shares"):
         return "mobility" not in modalities
+    if candidate in ("dev_solo_flow0", "dev_solo_flow4"):  # loss.solo_flow_components: mobility alone only
+        return set(modalities) != {"mobility"}
     if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01",
                      "abl_temp02", "dev_neg1", "dev_neg2"):
         return single

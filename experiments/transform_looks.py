@@ -106,7 +106,8 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
             "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank",
             "border", "rook", "scales1", "scales3", "share.25", "share.75", "pos4", "pos16", "posknn",
-            "posmix", "moblog", "moblog+shares")
+            "posmix", "moblog", "moblog+shares",
+            "untrained")
 
 #: Variants that only change one setting of the written-embedding transform (``ModelConfig``).
 SETTING_VARIANTS: dict[str, dict[str, Any]] = {
@@ -537,6 +538,13 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions
         if k:
             out = append_scaled(out, laplacian_position(graph, n, k))
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
+    if name == "untrained":  # the written embedding without anything learned: positional columns, volumes (counts after)
+        from urbanrep.position import laplacian_position, position_count
+
+        k = position_count(n, mc.output_position)
+        out = laplacian_position(ei, n, k).astype(np.float32) if k else np.zeros((n, 0), np.float32)
+        return scale_to_total_variance(append_scaled(out, volumes) if out.shape[1] else volumes.astype(np.float32),
+                                       mc.output_variance)
     if name.startswith("moblog"):  # the default's count columns, mobility's as log1p counts (and its shares)
         from urbanrep.volumes import counted_modalities, region_counts
 
