@@ -255,7 +255,11 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_mobility3": ("candidate: OD-distribution reconstruction weight 3 (default 1)", loss(mobility_weight=3.0)),
         "dev_mobility03": ("candidate: OD-distribution reconstruction weight 0.3 (default 1)", loss(mobility_weight=0.3)),
         "dev_solo_flow0": ("candidate: a mobility-only model retains no flow-profile components "
-                           "(loss.solo_flow_components=0; default 16)", loss(solo_flow_components=0)),
+                           "(loss.solo_flow_components=0; the default since round 2026-12-07ae, 16 before)",
+                           loss(solo_flow_components=0)),
+        "abl_solo_flow16": ("ablation: a mobility-only model also retains 16 flow-profile components "
+                            "(loss.solo_flow_components=16; the default before round 2026-12-07ae)",
+                            loss(solo_flow_components=16)),
         "dev_solo_flow4": ("candidate: a mobility-only model retains 4 flow-profile components "
                            "(loss.solo_flow_components=4)", loss(solo_flow_components=4)),
         "dev_contrast32": ("candidate: the region-level contrast sees 32 of the 64 channels, the rest is left to "

@@ -357,7 +357,7 @@ def same_as_default(candidate: str, modalities: Sequence[str]) -> bool:
     if candidate in ("dev_flow32", "dev_flow8", "dev_mobility3", "dev_flowin16", "dev_flowin32", "dev_counts_nomob",
                      "dev_mobility_shares"):
         return "mobility" not in modalities
-    if candidate in ("dev_solo_flow0", "dev_solo_flow4"):  # loss.solo_flow_components: mobility alone only
+    if candidate in ("dev_solo_flow0", "dev_solo_flow4", "abl_solo_flow16"):  # loss.solo_flow_components: mobility alone
         return set(modalities) != {"mobility"}
     if candidate in ("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01",
                      "abl_temp02", "dev_neg1", "dev_neg2"):

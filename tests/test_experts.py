@@ -331,6 +331,8 @@ def test_flow_targets_travel_with_the_city(nyc_graph):
     from urbanrep.subgraph import InducedSubgraphs
 
     solo = replace(ModelConfig(), modalities=("mobility",))
+    assert flow_target_widths(solo, nyc_graph) == ()  # no retention by default since round 2026-12-07ae
+    solo = replace(solo, loss=replace(solo.loss, solo_flow_components=16))
     assert flow_target_widths(solo, nyc_graph) == (16,)
     assert flow_target_widths(ModelConfig(), nyc_graph) == ()
     assert flow_target_widths(replace(solo, loss=replace(solo.loss, feature_weight=0.0)), nyc_graph) == ()

@@ -197,13 +197,16 @@ def test_decorrelation_loss_measures_redundant_columns():
         LossConfig(decorrelation_weight=-1.0)
 
 
-def test_flow_retention_applies_alone_by_default_and_with_others_on_request():
+def test_flow_retention_applies_alone_or_with_others_on_request():
     from urbanrep.network import GraphMetadata, RegionModel
 
     data = random_region_graph(30, modalities=("poi", "mobility"), seed=3)
     meta = GraphMetadata.from_data(data)
     alone = RegionModel(ModelConfig(ensemble=1, modalities=("mobility",)), meta)
-    assert alone.flow_components == LossConfig().solo_flow_components == 16
+    assert alone.flow_components == LossConfig().solo_flow_components == 0  # off since round 2026-12-07ae
+    asked_alone = RegionModel(ModelConfig(ensemble=1, modalities=("mobility",), loss=LossConfig(solo_flow_components=16)),
+                              meta)
+    assert asked_alone.flow_components == 16
     both = RegionModel(ModelConfig(ensemble=1), meta)
     assert both.flow_components == 0
     asked = RegionModel(ModelConfig(ensemble=1, loss=LossConfig(flow_components=4)), meta)

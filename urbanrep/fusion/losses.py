@@ -84,11 +84,13 @@ class LossConfig:
             the model has other modalities beside mobility; on the development city with
             mobility, POI and land use (Chicago-77) 8 and 32 components cost strict R², so the
             default is 0.
-        solo_flow_components: The same, for a model whose only modality is mobility: there the
-            OD structure is most of what the embedding can carry. On Chicago-77's mobility
-            alone (development city, 3 seeds) 16 components raised the strict R² from 0.293 to
-            0.426 and the agreement of the embedding's KMeans clusters with the raw flow rows'
-            from 0.56 to 0.67 (32: 0.395, 64: 0.402); default 16. 0 switches it off.
+        solo_flow_components: The same, for a model whose only modality is mobility. 0 (off)
+            since design round 2026-12-07ae: with the flow-profile inputs of the mobility expert
+            (``ExpertConfig.flow_inputs``), retaining 16 components as well cost the two
+            development graphs with mobility alone (fresh seeds: Chicago-77 0.319 against 0.364
+            without, São Paulo 0.322 against 0.319; experiments/DESIGN_SELECTION.md). It was 16
+            from an early round, when the expert had no flow inputs and 16 components raised
+            Chicago-77's mobility-alone strict R² from 0.293 to 0.426.
         structure_weight: Input-structure retention: MSE between the cosine similarities of
             the (centred) fused embeddings of two regions and the similarity of their inputs
             (:func:`structure_loss`): the mean, over the modalities both regions hold, of the
@@ -148,7 +150,7 @@ class LossConfig:
     feature_weight: float = 5.0
     feature_target: str = "both"
     flow_components: int = 0
-    solo_flow_components: int = 16
+    solo_flow_components: int = 0
     structure_weight: float = 0.0
     flow_structure_components: int = 32
     decorrelation_weight: float = 0.0
