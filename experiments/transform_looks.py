@@ -357,14 +357,11 @@ def border_lengths(regions: Any, data: Any, edge_index: np.ndarray, tolerance: f
     """``[E]`` metres of boundary each adjacency edge's two regions share: the mean over both ways of
     the length of one region's boundary within ``tolerance`` metres of the other (0 for regions that
     touch at a corner only, or an island's nearest-centroid edge); ``regions`` is the bundle's layer."""
-    import shapely
+    from urbanrep.graphs.adjacency import boundary_near_lengths
 
-    polys = graph_polygons(regions, data)
-    boundary, near = shapely.boundary(polys), shapely.buffer(polys, tolerance)
-    src, dst = np.asarray(edge_index[0]), np.asarray(edge_index[1])
-    one_way = shapely.length(shapely.intersection(boundary[src], near[dst]))
-    other_way = shapely.length(shapely.intersection(boundary[dst], near[src]))
-    return (np.asarray(one_way, np.float64) + np.asarray(other_way, np.float64)) / 2.0
+    one_way, other_way = boundary_near_lengths(graph_polygons(regions, data), np.asarray(edge_index[0]),
+                                               np.asarray(edge_index[1]), tolerance)
+    return (one_way + other_way) / 2.0
 
 
 def weighted_hop(edge_index: np.ndarray, weights: np.ndarray, n: int) -> Any:

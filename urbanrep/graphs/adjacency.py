@@ -15,12 +15,19 @@ from urbanrep.graphs._spatial import Edges, knn_pairs, listed, symmetric_edges
 CORNER_STRETCHES = 4.0
 
 
-def _shared_stretch(a: np.ndarray, b: np.ndarray, tolerance: float) -> np.ndarray:
-    """``[P]`` metres of boundary that polygons ``a[p]`` and ``b[p]`` have within ``tolerance`` of
-    each other (the shorter of the two boundaries' stretches near the other polygon)."""
-    near_a = shapely.length(shapely.intersection(shapely.boundary(a), shapely.buffer(b, tolerance)))
-    near_b = shapely.length(shapely.intersection(shapely.boundary(b), shapely.buffer(a, tolerance)))
-    return np.minimum(near_a, near_b)
+def boundary_near_lengths(polygons: np.ndarray, i: np.ndarray, j: np.ndarray,
+                          tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """``([P], [P])`` float64 metres of polygon ``i[p]``'s boundary within ``tolerance`` of polygon
+    ``j[p]``, and of ``j[p]``'s boundary within ``tolerance`` of ``i[p]``: how long a stretch of
+    boundary the two share, each way (about ``2 * tolerance`` for two that meet at a corner).
+
+    Each polygon taking part is buffered and its boundary taken once, however many pairs it is in.
+    """
+    taking_part, at = np.unique(np.concatenate([i, j]), return_inverse=True)
+    boundary, near = shapely.boundary(polygons[taking_part]), shapely.buffer(polygons[taking_part], tolerance)
+    a, b = at[:len(i)], at[len(i):]
+    return (np.asarray(shapely.length(shapely.intersection(boundary[a], near[b])), np.float64),
+            np.asarray(shapely.length(shapely.intersection(boundary[b], near[a])), np.float64))
 
 
 def adjacency_edges(
@@ -62,10 +69,12 @@ def adjacency_edges(
     if contiguity == "rook" and len(i):
         a, b = polygons[i], polygons[j]
         line = shapely.relate_pattern(a, b, "****1****") | shapely.relate_pattern(a, b, "2********")
-        if tolerance > 0:
-            near = _shared_stretch(a, b, tolerance) > CORNER_STRETCHES * tolerance
-            bridged = int((near & ~line).sum())
-            line |= near
+        gap = np.flatnonzero(~line)
+        if tolerance > 0 and len(gap):  # no shared line in exact topology: a gap bridged along a stretch
+            ij, ji = boundary_near_lengths(polygons, i[gap], j[gap], tolerance)
+            near = np.minimum(ij, ji) > CORNER_STRETCHES * tolerance
+            line[gap] = near
+            bridged = int(near.sum())
         i, j = i[line], j[line]
     elif tolerance > 0 and len(i):
         bridged = int((~shapely.intersects(polygons[i], polygons[j])).sum())
