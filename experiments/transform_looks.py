@@ -109,6 +109,9 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "posmix", "moblog", "moblog+shares",
             "untrained")
 
+#: Variants that read the region polygons (``written_variant``'s ``regions``).
+POLYGON_VARIANTS = ("border", "rook", "posknn", "posmix")
+
 #: Variants that only change one setting of the written-embedding transform (``ModelConfig``).
 SETTING_VARIANTS: dict[str, dict[str, Any]] = {
     "scales1": {"output_scales": 1}, "scales3": {"output_scales": 3}, "share.25": {"output_smoothing": 0.25},
@@ -400,7 +403,7 @@ def written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions:
     ``mc`` writes them (``model.output_counts``, the default since round 2026-12-07aa), they are
     appended last, as the model appends them, except to the variants that append count columns of
     their own (:data:`COUNT_VARIANTS`). ``regions``: the bundle's region layer (graph node order
-    by ``region_id``), for the variants that read the polygons (``border``, ``rook``).
+    by ``region_id``), for the variants that read the polygons (:data:`POLYGON_VARIANTS`).
     """
     from dataclasses import replace
 
@@ -433,6 +436,8 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions
     from urbanrep.volumes import region_volumes
     from urbanrep.written import scale_to_total_variance, written_from_config
 
+    if name in POLYGON_VARIANTS and regions is None:
+        raise SystemExit(f"transform_looks: the {name} look needs the region polygons (regions=)")
     ei = data[ADJACENT].edge_index.cpu().numpy()
     n, c = trained.shape
     volumes = region_volumes(data, data.modalities, mc.volume_scales)
@@ -512,8 +517,6 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions
     if name in ("border", "rook"):  # the default's neighbour means weighted by shared boundary length / rook edges only
         from urbanrep.smoothing import compress_scales
 
-        if regions is None:
-            raise SystemExit(f"transform_looks: the {name} look needs the region polygons (regions=)")
         lengths = border_lengths(regions, data, ei)
         weights = lengths if name == "border" else (lengths > 10.0).astype(np.float64)  # a corner: ~2 m of buffer
         hop = weighted_hop(ei, weights, n)
@@ -522,13 +525,10 @@ def _written_variant(name: str, trained: np.ndarray, data: Any, mc: Any, regions
                               mc.output_position)
         return scale_to_total_variance(append_scaled(out, volumes), mc.output_variance)
     if name in ("posknn", "posmix"):  # positional columns of a centroid kNN graph (or of it and the adjacency)
+        from urbanrep.graphs._spatial import symmetric_edges
         from urbanrep.position import laplacian_position, position_count
 
-        if regions is None:
-            raise SystemExit(f"transform_looks: the {name} look needs the region polygons (regions=)")
         knn = centroid_knn_edges(regions, data, POSITION_KNN)
-        from urbanrep.graphs._spatial import symmetric_edges
-
         graph = knn if name == "posknn" else np.stack(symmetric_edges(np.r_[ei[0], knn[0]], np.r_[ei[1], knn[1]], n))
         out = neighbourhood_transform(trained, ei, mc.output_smoothing, mc.output_scales, mc.output_scale_regions)
         k = position_count(n, mc.output_position)
