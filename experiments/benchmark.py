@@ -543,8 +543,9 @@ def _cached_run(data: Any, variant: str, seed: int, epochs: int, cache: Path
     from urbanrep.graphs.schema import graph_adjacency
 
     shape: dict[str, Any] = {"modalities": list(data.modalities), "n": int(len(data.region_ids))}
-    if graph_adjacency(data) != "queen":  # a queen graph keeps the key runs had before graphs recorded it
-        shape["adjacency"] = graph_adjacency(data)
+    adjacency = graph_adjacency(data)
+    if adjacency != "queen":  # a queen graph keeps the key runs had before graphs recorded it
+        shape["adjacency"] = adjacency
     key = _config_hash(shape)
     path = cache / f"{variant}_s{seed}_e{epochs}_{key}.parquet"
     meta_path = path.with_suffix(".json")
