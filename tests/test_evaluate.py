@@ -132,13 +132,32 @@ def test_strict_crosscheck_gurpp(nyc_bundle: CityBundle, gurpp: pd.DataFrame) ->
         assert m["mae_std"] > 0 and m["rmse_std"] > 0 and m["rmse"] >= m["mae"] > 0
 
 
+def test_strict_probe_does_not_scale_up_rounding_noise(nyc_bundle: CityBundle, gurpp: pd.DataFrame) -> None:
+    """A column non-zero in one region and rounding noise elsewhere leaves the strict R² sane."""
+    b = only_targets(nyc_bundle, ["check_in"], labels=False)
+    config = EvalConfig(seeds=(0, 1))
+    base = evaluate_embeddings(gurpp, b, config)["tasks"]["check_in"]["r2"]
+    emb = gurpp.copy()
+    spike = np.random.default_rng(0).normal(0.0, 1e-14, len(emb))
+    spike[7] = 20.0  # e.g. an eigenvector of a one-region graph component
+    emb["spike"] = spike
+    got = evaluate_embeddings(emb, b, config)["tasks"]["check_in"]["r2"]
+    assert got == pytest.approx(base, abs=0.02)
+    # a plain StandardScaler fit without that region puts it ~1e14 standard deviations out
+    train = np.delete(emb.to_numpy(), 7, axis=0)
+    assert abs(StandardScaler().fit(train).transform(emb.to_numpy()[7:8])[0, -1]) > 1e12
+    fold = protocols_mod.FoldScaler().fit(train)
+    assert abs(fold.transform(emb.to_numpy()[7:8])[0, -1]) == pytest.approx(20.0, abs=1e-6)
+    assert np.allclose(fold.transform(train)[:, :-1], StandardScaler().fit_transform(train)[:, :-1])
+
+
 # ---------------------------------------------------------------- leakage guards
 
 _EVENTS: list[tuple[str, frozenset[int], frozenset[int]]] = []
 _ACTIVE_TEST: list[frozenset[int]] = []
 
 
-class SpyScaler(StandardScaler):
+class SpyScaler(protocols_mod.FoldScaler):
     """Records the row ids (column 0 of the raw embedding) it is fit on and applied to."""
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> SpyScaler:  # noqa: N803
@@ -156,6 +175,12 @@ class SpyScaler(StandardScaler):
             return super().transform(X, copy)
         _EVENTS.append(("apply", frozenset(np.asarray(X)[:, 0].astype(int).tolist()), _ACTIVE_TEST[-1]))
         return super().transform(X, copy)
+
+
+def spy_on_scalers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every scaler the probes build (the embedding's and the MLP target's) records its rows."""
+    monkeypatch.setattr(protocols_mod, "FoldScaler", SpyScaler)
+    monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
 
 
 class SpyRidgeCV(RidgeCV):
@@ -192,7 +217,7 @@ def test_strict_fits_scalers_alphas_on_training_rows_only(nyc_bundle: CityBundle
     SpyRidgeCV.y_to_id = {float(v): i for i, v in enumerate(y)}
     _EVENTS.clear()
     _ACTIVE_TEST[:] = [frozenset()]
-    monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
+    spy_on_scalers(monkeypatch)
     monkeypatch.setattr(protocols_mod, "RidgeCV", SpyRidgeCV)
     monkeypatch.setattr(repeats_mod, "outer_splits", _tracking_splits)  # every probe's folds (scalar, shares)
     res = run_evaluation(emb, b, EvalConfig(seeds=(0, 1)))
@@ -218,7 +243,7 @@ def test_paper_uses_raw_embedding_and_clips(nyc_bundle: CityBundle, gurpp: pd.Da
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     _EVENTS.clear()
     _ACTIVE_TEST[:] = [frozenset()]
-    monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
+    spy_on_scalers(monkeypatch)
     b = only_targets(nyc_bundle, ["service_call", "carbon"], labels=False)
     res = run_evaluation(gurpp, b, EvalConfig(protocol="paper"))
     assert _EVENTS == []  # Ridge(alpha=1) on the raw embedding: no scaler
@@ -344,7 +369,7 @@ def test_strict_lasso_and_mlp_fit_on_training_rows_only(nyc_bundle: CityBundle, 
     b = only_targets(nyc_bundle, ["crime"], labels=False)
     _EVENTS.clear()
     _ACTIVE_TEST[:] = [frozenset()]
-    monkeypatch.setattr(protocols_mod, "StandardScaler", SpyScaler)
+    spy_on_scalers(monkeypatch)
     monkeypatch.setattr(repeats_mod, "outer_splits", _tracking_splits)
     run_evaluation(emb, b, EvalConfig(seeds=(0,), regressors=("lasso", "mlp"), mlp_max_iter=50))
     fits = [e for e in _EVENTS if e[0] == "fit"]

@@ -12,7 +12,7 @@ Two protocols are built in:
 
 ``"strict"`` (default)
     Shuffled ``KFold(5)`` repeated over several seeds; every preprocessing step and every
-    hyper-parameter (``StandardScaler``, ridge/lasso alpha) is fit on the training fold only,
+    hyper-parameter (a ``StandardScaler``, :class:`FoldScaler`; ridge/lasso alpha) is fit on the training fold only,
     inside one sklearn :class:`~sklearn.pipeline.Pipeline`; pooled out-of-fold metrics per
     repeat, reported as mean and standard deviation over the repeats.
 
@@ -51,6 +51,9 @@ from urbanrep.evaluate.softmax import SoftmaxRegression, neg_kl_scorer
 from urbanrep.evaluate.split_ridge import SplitRidgeCV
 
 PROTOCOLS: tuple[str, ...] = ("strict", "paper", "hafusion", "mgfn", "mtgc")
+#: A column whose training-fold standard deviation is below this share of the widest column's is
+#: rounding noise around a constant (:class:`FoldScaler`).
+NOISE_SPREAD = 1e-12
 #: Outer folds of each published protocol (all unshuffled ``KFold``).
 PUBLISHED_FOLDS: dict[str, int] = {"paper": 10, "hafusion": 10, "mgfn": 5, "mtgc": 5}
 #: Each protocol in words (the report and ``--help`` show them).
@@ -245,6 +248,33 @@ class EvalConfig:
         }
 
 
+class FoldScaler(StandardScaler):
+    """``StandardScaler`` that leaves a column unscaled where its training fold holds only rounding noise.
+
+    A column that is non-zero in a few regions only (an eigenvector of a small graph component, a
+    principal component of one outlying region) is, in a training fold without those regions, a
+    constant plus floating-point noise (a standard deviation of about 1e-14). ``StandardScaler``
+    treats a constant as unscaled, but not a constant plus noise: it divides by the noise, the test
+    region's value becomes about 1e14 standard deviations, and the fold's predictions (and the R²
+    pooled over every fold) become meaningless (R² of -1e22 seen on such a column). Here a column
+    whose training standard deviation is below :data:`NOISE_SPREAD` times the largest column's is
+    centred but not scaled, as a constant column is; the ridge then gives it no weight, since it
+    does not vary in the training fold. Every other column is scaled exactly as ``StandardScaler``
+    scales it.
+    """
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> FoldScaler:  # noqa: N803 (sklearn's name)
+        """Fit as ``StandardScaler``, then set the scale of the rounding-noise columns to 1."""
+        super().fit(X, y, sample_weight)
+        if self.with_std and self.var_ is not None and np.size(self.var_):
+            spread = np.sqrt(np.asarray(self.var_, dtype=np.float64))
+            noise = spread < NOISE_SPREAD * float(spread.max())
+            if noise.any():
+                scale = np.asarray(self.scale_)  # type: ignore[has-type]  # set by StandardScaler.fit
+                self.scale_ = np.where(noise, 1.0, scale).astype(scale.dtype)
+        return self
+
+
 def make_regressor(name: str, config: EvalConfig, seed: int) -> BaseEstimator:
     """A fresh, unfitted probe whose every fitted step sees the training fold only.
 
@@ -260,17 +290,17 @@ def make_regressor(name: str, config: EvalConfig, seed: int) -> BaseEstimator:
         if config.published:
             return Ridge(alpha=1.0 if config.ridge_alpha is None else config.ridge_alpha)
         if config.ridge_alpha is not None:
-            return Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=config.ridge_alpha))])
-        return Pipeline([("scale", StandardScaler()), ("ridge", RidgeCV(alphas=np.asarray(config.alphas)))])
+            return Pipeline([("scale", FoldScaler()), ("ridge", Ridge(alpha=config.ridge_alpha))])
+        return Pipeline([("scale", FoldScaler()), ("ridge", RidgeCV(alphas=np.asarray(config.alphas)))])
     if name == "lasso":
         lasso = LassoLarsCV(cv=KFold(config.inner_folds, shuffle=True, random_state=seed))
-        return Pipeline([("scale", StandardScaler()), ("lasso", lasso)])
+        return Pipeline([("scale", FoldScaler()), ("lasso", lasso)])
     if name == "rf":
         return RandomForestRegressor(n_estimators=config.rf_trees, random_state=seed, n_jobs=config.n_jobs)
     if name == "mlp":
         mlp = MLPRegressor(hidden_layer_sizes=(config.mlp_hidden,), alpha=config.mlp_alpha,
                            max_iter=config.mlp_max_iter, random_state=seed)
-        return Pipeline([("scale", StandardScaler()),
+        return Pipeline([("scale", FoldScaler()),
                          ("mlp", TransformedTargetRegressor(regressor=mlp, transformer=StandardScaler()))])
     raise ConfigError(f"unknown regressor {name!r}; choose from {', '.join(REGRESSORS)}")
 
@@ -284,13 +314,13 @@ def make_share_model(config: EvalConfig, seed: int) -> BaseEstimator:
     if config.landuse_model == "softmax":
         if config.published:
             return SoftmaxRegression(alpha=1.0 if config.ridge_alpha is None else config.ridge_alpha)
-        pipe = Pipeline([("scale", StandardScaler()), ("softmax", SoftmaxRegression())])
+        pipe = Pipeline([("scale", FoldScaler()), ("softmax", SoftmaxRegression())])
         return GridSearchCV(pipe, {"softmax__alpha": list(config.softmax_alphas)}, scoring=neg_kl_scorer,
                             cv=KFold(config.inner_folds, shuffle=True, random_state=seed))
     if config.landuse_model == "mlp":
         mlp = MLPRegressor(hidden_layer_sizes=(config.mlp_hidden,), alpha=config.mlp_alpha,
                            max_iter=config.mlp_max_iter, random_state=seed)
-        return Pipeline([("scale", StandardScaler()), ("mlp", mlp)])
+        return Pipeline([("scale", FoldScaler()), ("mlp", mlp)])
     return make_regressor("ridge", config, seed)
 
 
