@@ -106,7 +106,7 @@ VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk3
             "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
             "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank",
             "border", "rook", "scales1", "scales3", "share.25", "share.75", "pos4", "pos16", "posknn",
-            "posmix", "moblog", "moblog+shares",
+            "posmix", "moblog", "moblog+shares", "vollog", "vollog+sqrt",
             "untrained")
 
 #: Variants that read the region polygons (``written_variant``'s ``regions``).
@@ -115,7 +115,8 @@ POLYGON_VARIANTS = ("border", "rook", "posknn", "posmix")
 #: Variants that only change one setting of the written-embedding transform (``ModelConfig``).
 SETTING_VARIANTS: dict[str, dict[str, Any]] = {
     "scales1": {"output_scales": 1}, "scales3": {"output_scales": 3}, "share.25": {"output_smoothing": 0.25},
-    "share.75": {"output_smoothing": 0.75}, "pos4": {"output_position": 4}, "pos16": {"output_position": 16}}
+    "share.75": {"output_smoothing": 0.75}, "pos4": {"output_position": 4}, "pos16": {"output_position": 16},
+    "vollog": {"volume_scales": ("log",)}, "vollog+sqrt": {"volume_scales": ("log", "sqrt")}}
 
 
 def od_matrix(data: Any) -> Any:
