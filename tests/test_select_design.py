@@ -150,3 +150,35 @@ def test_benchmark_keep_options_are_checked(tmp_path) -> None:
         parse_args(out + ["--keep", str(tmp_path / "results.json"), "--keep-renamed", "urbanrep"])
     args = parse_args(out + ["--keep", str(tmp_path / "results.json"), "--keep-renamed", "urbanrep=abl_x"])
     assert args.keep_renamed == ["urbanrep=abl_x"]
+
+
+def test_candidates_reused_as_the_default_train_as_the_default(tmp_path) -> None:
+    """Wherever ``same_as_default`` reuses the default's runs for a candidate, training the candidate
+    itself (2 epochs, a 4 x 4 grid city with POIs and trips, each subset of them) writes the same
+    embedding: the hand-kept groups of ``INERT_WHERE`` cannot drift from what the settings do. (28
+    of the 29 pairs are equal to the bit; one global fusion weight on a mobility-only graph differs
+    in float rounding, about 1e-7.)"""
+    import numpy as np
+
+    from experiments.select_design import INERT_WHERE, same_as_default, train_embedding
+    from tests.conftest import grid_bundle
+    from urbanrep.graphs import GraphConfig, build_graph
+
+    bundle = grid_bundle(4)
+    checked = exact = 0
+    for mods in (("poi",), ("mobility",), ("poi", "mobility")):
+        data, _ = build_graph(bundle, GraphConfig(modalities=mods))
+        cache = tmp_path / "+".join(mods)
+        default = train_embedding(data, "urbanrep", 0, 2, cache, "cpu")[0]
+        for names, _ in INERT_WHERE:
+            for name in names:
+                if not same_as_default(name, mods):
+                    continue
+                got = train_embedding(data, name, 0, 2, cache, "cpu")[0]
+                assert got.index.equals(default.index), (name, mods)
+                np.testing.assert_allclose(got.to_numpy(), default.to_numpy(), rtol=1e-4, atol=1e-5,
+                                           err_msg=f"{name} on {mods} trains otherwise")
+                exact += bool(np.array_equal(got.to_numpy(), default.to_numpy()))
+                checked += 1
+    assert checked >= 20
+    assert exact >= checked - 1
