@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from urbanrep.experts.flows import flow_profile_components
 from urbanrep.experts.testing import random_region_graph, with_noise_modality
 from urbanrep.fusion.information import modality_coherence, noise_prior, spatial_coherence
-from urbanrep.fusion.losses import LossConfig, flow_profile_components
+from urbanrep.fusion.losses import LossConfig
 from urbanrep.fusion.spatial import FusionConfig
 from urbanrep.graphs.schema import ADJACENT, MODALITY_EDGE, REGION
 from urbanrep.network import ModelConfig
@@ -66,13 +67,13 @@ def test_noise_modality_gets_almost_no_fusion_weight(nyc):
 
 
 def test_flow_components_exact_and_randomised_agree(monkeypatch):
-    import urbanrep.fusion.losses as losses
+    import urbanrep.experts.flows as flows
 
     data = random_region_graph(300, modalities=("mobility",), seed=3)
     et = MODALITY_EDGE["mobility"]
     ei, w = data[et].edge_index, data[et].edge_weight
     exact = flow_profile_components(ei, w, 300, 8)
-    monkeypatch.setattr(losses, "EXACT_SVD_MAX_NODES", 10)
+    monkeypatch.setattr(flows, "EXACT_SVD_MAX_NODES", 10)
     approx = flow_profile_components(ei, w, 300, 8)
     again = flow_profile_components(ei, w, 300, 8)
     assert exact.shape == approx.shape == (300, 8)

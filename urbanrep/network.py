@@ -920,7 +920,7 @@ class RegionModel(nn.Module):
         """``[N, K]`` leading components of the regions' flow profiles (zeros without OD edges).
 
         A graph constant: computed once per mobility edge tensor and kept while that tensor is
-        the one trained on (see :func:`~urbanrep.fusion.losses.flow_profile_components`).
+        the one trained on (see :func:`~urbanrep.experts.flows.flow_profile_components`).
         """
         return graph_flow_components(data, self.flow_components)
 

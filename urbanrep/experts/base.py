@@ -47,7 +47,7 @@ class ExpertConfig:
         log_inputs: Apply ``sign(x) * log1p(|x|)`` before standardising (count-like inputs).
         flow_inputs: Mobility expert: also feed it this many leading principal components of each
             region's flow profile (where its trips go and where its visitors come from,
-            :func:`~urbanrep.fusion.losses.flow_profile_components`) beside its flow totals. The
+            :func:`~urbanrep.experts.flows.flow_profile_components`) beside its flow totals. The
             OD structure otherwise reaches the expert only through message passing. 0: off.
             Default 16, chosen on the development cities only (round 2026-12-07w,
             ``experiments/DESIGN_SELECTION_2026-12-07w.md``): a tie on the strict score (0.537 against 0.539

@@ -14,6 +14,7 @@ from torch_geometric.utils import scatter
 
 from urbanrep.component_signs import fixed_signs
 from urbanrep.experts.base import ResidualStackExpert, get_edges, register_expert
+from urbanrep.experts.flows import flow_profile_components
 from urbanrep.experts.sparse import SparsePattern, edge_pattern, weighted_spmm
 from urbanrep.graphs.cache import graph_constant
 
@@ -66,14 +67,13 @@ FLOW_PROFILE_KEY = "flow_profile"
 
 
 def flow_components(edge_index: Tensor, weight: Tensor | None, num_nodes: int, k: int) -> Tensor:
-    """``[N, k]`` :func:`~urbanrep.fusion.losses.flow_profile_components` of OD edges (unit weights
+    """``[N, k]`` :func:`~urbanrep.experts.flows.flow_profile_components` of OD edges (unit weights
     when ``weight`` is None), a graph constant.
 
     The one cached SVD of a city's flow profiles: the input-retention target
     (:func:`urbanrep.network.graph_flow_components`) and the expert's inputs
     (:func:`city_flow_profile`) share it when they ask for the same number of components.
     """
-    from urbanrep.fusion.losses import flow_profile_components
 
     def build() -> Tensor:
         w = torch.ones(edge_index.size(1), device=edge_index.device) if weight is None else weight
