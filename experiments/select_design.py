@@ -638,6 +638,72 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def city_command(args: argparse.Namespace, city: str, candidates: Sequence[str]) -> list[str]:
+    """The command that trains and scores ``candidates`` on one city into ``args.out`` (one process)."""
+    return ([sys.executable, "-m", "experiments.select_design", "--out", str(args.out), "--cities", city,
+             "--candidates", *candidates, "--seeds", *map(str, args.seeds), "--epochs", str(args.epochs),
+             "--strict-seeds", str(args.strict_seeds), "--device", args.device, "--threads", str(args.threads)]
+            + (["--modalities", *args.modalities] if args.modalities else [])
+            + (["--data-root", str(args.data_root)] if args.data_root else []))
+
+
+def pruned_on(args: argparse.Namespace, city: str) -> list[str]:
+    """The candidates the two-stage rule prunes after ``city``'s cached runs (none without the default)."""
+    if "urbanrep" not in args.candidates:
+        return []
+    got = run(argparse.Namespace(**{**vars(args), "cities": [city], "cached_only": True}))["candidates"]
+    ref = got["urbanrep"]["cities"][city]["score"]
+    return [c for c, e in got.items() if city in e["cities"] and e["cities"][city]["score"] < ref - PRUNE_MARGIN]
+
+
+def train_cities_in_parallel(args: argparse.Namespace) -> None:
+    """Train every city's runs of ``args`` into ``args.out``, one process per city, ``args.jobs`` at a time.
+
+    The two-stage rule holds as in one process: :data:`PRUNE_CITY` is trained first, alone, and a
+    candidate it prunes is not trained on the other cities. Each process writes its log to
+    ``OUT/logs/<city>.log``; one that fails stops the run with its log named.
+    """
+    import subprocess
+
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def run_batch(cities: Sequence[str], candidates: Sequence[str]) -> None:
+        waiting, running = list(cities), []
+        while waiting or running:
+            while waiting and len(running) < args.jobs:
+                city = waiting.pop(0)
+                log_path = logs / f"{city}.log"
+                with open(log_path, "w") as handle:  # the child keeps its own copy of the descriptor
+                    proc = subprocess.Popen(city_command(args, city, candidates), stdout=handle,
+                                            stderr=subprocess.STDOUT)
+                log.info("%s: training in process %d (log %s)", city, proc.pid, log_path)
+                running.append((city, proc, log_path))
+            time.sleep(2.0)
+            for item in list(running):
+                city, proc, log_path = item
+                if proc.poll() is None:
+                    continue
+                running.remove(item)
+                if proc.returncode != 0:
+                    for _, other, _ in running:
+                        other.terminate()
+                    raise SystemExit(f"select_design: training {city} failed (exit {proc.returncode}); see {log_path}")
+                log.info("%s: trained", city)
+
+    cities = list(args.cities)
+    candidates = list(args.candidates)
+    if PRUNE_CITY in cities:
+        run_batch([PRUNE_CITY], candidates)
+        cities.remove(PRUNE_CITY)
+        pruned = pruned_on(args, PRUNE_CITY)
+        if pruned:
+            log.info("pruned after %s (more than %.2f below the default): %s", PRUNE_CITY, PRUNE_MARGIN,
+                     ", ".join(pruned))
+        candidates = [c for c in candidates if c not in pruned]
+    run_batch(cities, candidates)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cities", nargs="+", default=list(DEV_CITIES), choices=[c for c in CITIES if c not in HELD_OUT],
@@ -657,7 +723,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: score the runs already in --out; candidates with missing runs are "
                         "listed as incomplete and cannot be selected")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train the cities in up to this many processes at once (each with --threads threads; "
+                        "the pruning city first, alone), then score them all; logs in OUT/logs/")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.epochs is None:
         from urbanrep.train import TrainConfig
 
@@ -674,6 +745,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1 and len(args.cities) > 1 and not args.cached_only:
+        train_cities_in_parallel(args)
+        args = argparse.Namespace(**{**vars(args), "cached_only": True})
     res = run(args)
     shown = " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     md = format_markdown(res, f"python -m experiments.select_design {shown}".strip())

@@ -182,3 +182,22 @@ def test_candidates_reused_as_the_default_train_as_the_default(tmp_path) -> None
                 checked += 1
     assert checked >= 20
     assert exact >= checked - 1
+
+
+def test_parallel_cities_run_the_same_settings_and_keep_the_pruning_rule(tmp_path, monkeypatch) -> None:
+    """``--jobs``: each city's process gets every setting of the parent; the pruning city's scores prune as in one process."""
+    import experiments.select_design as sd
+
+    args = sd.parse_args(["--out", str(tmp_path / "out"), "--cities", "chicago77", "sao_paulo", "--candidates",
+                          "urbanrep", "dev_layers1", "--seeds", "3", "4", "--epochs", "7", "--strict-seeds", "2",
+                          "--modalities", "mobility", "--threads", "1", "--jobs", "2"])
+    child = sd.parse_args(sd.city_command(args, "sao_paulo", ["urbanrep"])[3:])
+    for name, value in vars(args).items():
+        expected = {"cities": ["sao_paulo"], "candidates": ["urbanrep"], "jobs": 1}.get(name, value)
+        assert getattr(child, name) == expected, name
+    scores = {"urbanrep": 0.50, "dev_layers1": 0.46, "abl_no_feature_loss": 0.48}
+    monkeypatch.setattr(sd, "run", lambda a: {"candidates": {c: {"cities": {a.cities[0]: {"score": v}}}
+                                                             for c, v in scores.items()}})
+    assert sd.pruned_on(args, "chicago77") == ["dev_layers1"]  # more than PRUNE_MARGIN (0.03) below
+    with pytest.raises(SystemExit):
+        sd.parse_args(["--out", str(tmp_path / "out"), "--jobs", "0"])
