@@ -384,6 +384,16 @@ def same_graph(a: Any, b: Any) -> bool:
 PRUNE_CITY, PRUNE_MARGIN = "chicago77", 0.03
 
 
+def pruned_after(candidates: dict[str, Any], city: str) -> dict[str, float]:
+    """``{candidate: score - default's}`` of the candidates more than :data:`PRUNE_MARGIN` below the
+    default on ``city`` (none when the default was not scored there)."""
+    if "urbanrep" not in candidates or city not in candidates["urbanrep"]["cities"]:
+        return {}
+    ref = candidates["urbanrep"]["cities"][city]["score"]
+    return {c: e["cities"][city]["score"] - ref for c, e in candidates.items()
+            if city in e["cities"] and e["cities"][city]["score"] < ref - PRUNE_MARGIN}
+
+
 def scalar_tasks(city_name: str) -> list[str]:
     """The city's scalar regression tasks the score reads (clustering and land-use shares are left out)."""
     city = CITIES[city_name]
@@ -493,11 +503,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.info("%s %s: score %.3f ± %.3f (shuffled %.3f, spatial blocks %.3f) %s", city_name, cand,
                      np.mean(city_score), np.std(city_score), np.mean(shuffled), np.mean(by_block),
                      {t: round(v, 3) for t, v in means.items()})
-        if city_name == PRUNE_CITY and "urbanrep" in results["candidates"] and len(cities) > 1:
-            ref = results["candidates"]["urbanrep"]["cities"][city_name]["score"]
-            for cand, entry in results["candidates"].items():
-                if entry["cities"][city_name]["score"] < ref - PRUNE_MARGIN:
-                    pruned[cand] = entry["cities"][city_name]["score"] - ref
+        if city_name == PRUNE_CITY and len(cities) > 1:
+            pruned.update(pruned_after(results["candidates"], city_name))
     for cand, entry in results["candidates"].items():
         entry["score"] = float(np.mean([c["score"] for c in entry["cities"].values()])) if entry["cities"] else 0.0
         entry["pruned"] = cand in pruned
@@ -648,12 +655,11 @@ def city_command(args: argparse.Namespace, city: str, candidates: Sequence[str])
 
 
 def pruned_on(args: argparse.Namespace, city: str) -> list[str]:
-    """The candidates the two-stage rule prunes after ``city``'s cached runs (none without the default)."""
+    """The candidates the two-stage rule prunes after ``city``'s cached runs (:func:`pruned_after`)."""
     if "urbanrep" not in args.candidates:
         return []
-    got = run(argparse.Namespace(**{**vars(args), "cities": [city], "cached_only": True}))["candidates"]
-    ref = got["urbanrep"]["cities"][city]["score"]
-    return [c for c, e in got.items() if city in e["cities"] and e["cities"][city]["score"] < ref - PRUNE_MARGIN]
+    return list(pruned_after(run(argparse.Namespace(**{**vars(args), "cities": [city], "cached_only": True}))
+                             ["candidates"], city))
 
 
 def train_cities_in_parallel(args: argparse.Namespace) -> None:

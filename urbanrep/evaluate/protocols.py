@@ -12,7 +12,7 @@ Two protocols are built in:
 
 ``"strict"`` (default)
     Shuffled ``KFold(5)`` repeated over several seeds; every preprocessing step and every
-    hyper-parameter (a ``StandardScaler``, :class:`FoldScaler`; ridge/lasso alpha) is fit on the training fold only,
+    hyper-parameter (the column scaling, :class:`FoldScaler`; the ridge/lasso alpha) is fit on the training fold only,
     inside one sklearn :class:`~sklearn.pipeline.Pipeline`; pooled out-of-fold metrics per
     repeat, reported as mean and standard deviation over the repeats.
 
