@@ -170,6 +170,7 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                               lambda mc: replace(_width(144)(mc), ensemble=2)),
         "dev_lr3e4": ("candidate: learning rate 3e-4 (default 1e-3)", lambda mc: mc),
         "dev_lr3e3": ("candidate: learning rate 3e-3 (default 1e-3)", lambda mc: mc),
+        "dev_lr1e2": ("candidate: learning rate 1e-2 (default 1e-3)", lambda mc: mc),
         "dev_wd1e3": ("candidate: weight decay 1e-3 (default 1e-4)", lambda mc: mc),
         "dev_shared1": ("candidate: one shared adjacency expert in each modality's mixture (per-region softmax gate)",
                         _shared(1)),
@@ -262,6 +263,10 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
                             loss(solo_flow_components=16)),
         "dev_solo_flow4": ("candidate: a mobility-only model retains 4 flow-profile components "
                            "(loss.solo_flow_components=4)", loss(solo_flow_components=4)),
+        "dev_solo_lr3": ("candidate: a mobility-only model trains at 3 times the learning rate "
+                         "(train.mobility_only_lr_scale=3)", lambda mc: mc),
+        "dev_solo_lr10": ("candidate: a mobility-only model trains at 10 times the learning rate "
+                          "(train.mobility_only_lr_scale=10)", lambda mc: mc),
         "dev_contrast32": ("candidate: the region-level contrast sees 32 of the 64 channels, the rest is left to "
                            "input retention (loss.contrast_channels)", loss(contrast_channels=32)),
         "dev_contrast16": ("candidate: the region-level contrast sees 16 of the 64 channels (loss.contrast_channels)",
@@ -344,7 +349,10 @@ def variant_graph(bundle: Any, variant: str, built: dict[str, Any], modalities: 
 #: Training-budget overrides of variants that differ in their training, not in their model.
 TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"dev_epochs600": {"epochs": 600}, "dev_epochs150": {"epochs": 150},
                                                "dev_no_fusion_e150": {"epochs": 150}, "dev_lr3e4": {"lr": 3e-4},
-                                               "dev_lr3e3": {"lr": 3e-3}, "dev_wd1e3": {"weight_decay": 1e-3}}
+                                               "dev_lr3e3": {"lr": 3e-3}, "dev_lr1e2": {"lr": 1e-2},
+                                               "dev_wd1e3": {"weight_decay": 1e-3},
+                                               "dev_solo_lr3": {"mobility_only_lr_scale": 3.0},
+                                               "dev_solo_lr10": {"mobility_only_lr_scale": 10.0}}
 
 
 _POSITION_CANDIDATE = ("candidate: one positional column (Laplacian eigenvector of the adjacency) per {k} regions, "
@@ -614,11 +622,38 @@ def twin_name(mc: Any, tc: Any) -> str:
     return f"{TRAINED_PREFIX}{_config_hash({'model': model_dict, 'train': _train_key(tc)})}"
 
 
+#: ``TrainConfig`` settings added after the first cached runs, at the value that trains as before:
+#: left out of a run's key at that value, so the runs trained before them still match.
+LATER_TRAIN_OFF: dict[str, Any] = {"mobility_only_lr_scale": 1.0}
+
+
 def _train_key(tc: Any) -> dict[str, Any]:
-    """The ``TrainConfig`` settings that shape the trained embedding (``_NON_SEMANTIC`` left out)."""
+    """The ``TrainConfig`` settings that shape the trained embedding (``_NON_SEMANTIC`` left out, and
+    those of :data:`LATER_TRAIN_OFF` at their off value)."""
     from urbanrep.train import config_to_dict
 
-    return {k: v for k, v in config_to_dict(tc).items() if k not in _NON_SEMANTIC}
+    return {k: v for k, v in config_to_dict(tc).items()
+            if k not in _NON_SEMANTIC and LATER_TRAIN_OFF.get(k, object()) != v}
+
+
+def effective_train_config(tc: Any, mc: Any, data: Any) -> Any:
+    """``tc`` with the settings that do nothing for a model of ``mc`` on ``data`` at their off value
+    (the mobility-only learning-rate scale, for a model with another modality), so that runs that
+    train the same share one key."""
+    from urbanrep.train import learning_rate
+
+    modalities = mc.modalities if mc.modalities is not None else data.modalities
+    if learning_rate(tc, modalities) == tc.lr:
+        return replace(tc, mobility_only_lr_scale=LATER_TRAIN_OFF["mobility_only_lr_scale"])
+    return tc
+
+
+def changed_training(cached: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """``train.<name>`` of each :data:`LATER_TRAIN_OFF` setting a cached run's ``train_config`` records
+    otherwise than ``current`` (a :func:`_train_key`; a run recorded without it trained at its off value)."""
+    if cached is None:
+        return []
+    return [f"train.{k}" for k, off in LATER_TRAIN_OFF.items() if cached.get(k, off) != current.get(k, off)]
 
 
 def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = False
@@ -631,6 +666,7 @@ def trained_run(data: Any, mc: Any, tc: Any, cache: Path, cached_only: bool = Fa
     from urbanrep.train import config_to_dict, embeddings_frame, train
 
     trained_mc = replace(mc, **TRANSFORM_OFF)
+    tc = effective_train_config(tc, mc, data)
     train_dict = _train_key(tc)
     twin = twin_name(mc, tc)
     path, meta_path, hit = _cached_run(data, twin, tc.seed, tc.epochs, cache)
@@ -667,7 +703,9 @@ def train_embedding(data: Any, variant: str, seed: int, epochs: int, cache: Path
         return _train_peer(data, variant, seed, epochs, cache, cached_only)
     mc, tc = _variant_configs(variant, seed, epochs, device)
     path, meta_path, hit = _cached_run(data, variant, seed, tc.epochs, cache)
-    changed = changed_settings(hit[1].get("model_config") or {}, config_to_dict(mc)) if hit is not None else []
+    changed = (changed_settings(hit[1].get("model_config") or {}, config_to_dict(mc))
+               + changed_training(hit[1].get("train_config"), _train_key(effective_train_config(tc, mc, data)))
+               if hit is not None else [])
     if hit is not None and not changed:
         return hit
     if changed:

@@ -83,6 +83,7 @@ def test_twin_name_is_stable_across_later_settings() -> None:
     assert twin_name(replace(mc, loss=replace(mc.loss, region_mask=0.25)), tc) != base
     assert twin_name(replace(mc, loss=replace(mc.loss, contrast_channels=32)), tc) != base
     assert base.endswith(_config_hash({"model": _before(config_to_dict(mc)), "train": _train(config_to_dict(tc))}))
+    assert twin_name(mc, replace(tc, mobility_only_lr_scale=3.0)) != base  # on at its new value: another run
     # a cached run's meta without volume_scales was written with the package default
     from experiments.benchmark import TRANSFORM_OFF
     from urbanrep.volumes import DEFAULT_VOLUME_SCALES
@@ -100,9 +101,10 @@ def _before(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train(train: dict[str, Any]) -> dict[str, Any]:
+    """The training settings as runs hashed them before ``mobility_only_lr_scale`` existed."""
     from experiments.benchmark import _NON_SEMANTIC
 
-    return {k: v for k, v in train.items() if k not in _NON_SEMANTIC}
+    return {k: v for k, v in train.items() if k not in _NON_SEMANTIC and k != "mobility_only_lr_scale"}
 
 
 def test_benchmark_keeps_the_rows_a_run_did_not_compute(tmp_path) -> None:

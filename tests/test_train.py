@@ -346,3 +346,27 @@ def test_progress_logging_shows_info_lines_without_logging_setup():
             "logging.getLogger('urbanrep.train').info('after')\n")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert "urbanrep: epoch 1/3 ETA 2 s" in err and "after" not in err
+
+
+def test_mobility_only_models_train_at_their_own_rate() -> None:
+    """``train.mobility_only_lr_scale`` multiplies the learning rate of a mobility-only model and no other's."""
+    from urbanrep.network import GraphMetadata
+    from urbanrep.train import learning_rate, make_optimiser
+
+    tc = TrainConfig(lr=1e-3, mobility_only_lr_scale=3.0)
+    assert learning_rate(tc, ("mobility",)) == pytest.approx(3e-3)
+    assert learning_rate(tc, ("poi", "mobility")) == learning_rate(tc, ("poi",)) == 1e-3
+    both = random_region_graph(20, ("poi", "mobility"), seed=0)
+    for modalities, rate in ((("mobility",), 3e-3), (("poi", "mobility"), 1e-3), (("poi",), 1e-3)):
+        model = RegionModel(ModelConfig(modalities=modalities, ensemble=1), GraphMetadata.from_data(both))
+        assert make_optimiser(model, tc).param_groups[0]["lr"] == pytest.approx(rate), modalities
+    small = TrainConfig(epochs=3, seed=0, num_threads=1)
+    mob = ModelConfig(modalities=("mobility",), ensemble=1)
+    same = train(both, mob, small, run_dir=None).embeddings
+    faster = train(both, mob, dataclasses.replace(small, mobility_only_lr_scale=3.0), run_dir=None).embeddings
+    assert not np.allclose(same, faster)
+    poi = ModelConfig(modalities=("poi",), ensemble=1)
+    assert np.array_equal(train(both, poi, small, run_dir=None).embeddings,
+                          train(both, poi, dataclasses.replace(small, mobility_only_lr_scale=3.0), run_dir=None).embeddings)
+    with pytest.raises(ConfigError, match="mobility_only_lr_scale"):
+        TrainConfig(mobility_only_lr_scale=0.0)

@@ -39,7 +39,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -105,6 +105,8 @@ class TrainConfig:
             :class:`~urbanrep.minibatch.MiniBatchConfig`), for graphs whose full-graph step does
             not fit in memory, and the only mode that runs data-parallel on several processes.
         lr: AdamW learning rate.
+        mobility_only_lr_scale: The learning rate of a model whose only modality is mobility is
+            ``lr`` times this (:func:`learning_rate`; 1: the same rate as every model).
         weight_decay: AdamW weight decay.
         seed: Seeds parameter init, dropout and augmentations.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
@@ -138,6 +140,7 @@ class TrainConfig:
     epochs: int = 300
     mode: Literal["full", "minibatch"] = "full"
     lr: float = 1e-3
+    mobility_only_lr_scale: float = 1.0
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
@@ -158,8 +161,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
         if self.mode not in ("full", "minibatch"):
             raise ConfigError(f"TrainConfig.mode={self.mode!r}; use 'full' (default) or 'minibatch'")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ConfigError("TrainConfig.lr must be > 0 and weight_decay >= 0")
+        if self.lr <= 0 or self.weight_decay < 0 or self.mobility_only_lr_scale <= 0:
+            raise ConfigError("TrainConfig.lr and mobility_only_lr_scale must be > 0 and weight_decay >= 0")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.patience < 1 or self.log_every < 1:
             raise ConfigError("TrainConfig.checkpoint_every >= 0, keep_checkpoints >= 1, patience >= 1 and "
                               "log_every >= 1 are required")
@@ -173,7 +176,7 @@ class TrainConfig:
 
 
 #: TrainConfig fields that shape the optimisation trajectory: a resumed run must keep them.
-TRAJECTORY_FIELDS = ("mode", "lr", "weight_decay", "seed", "amp", "grad_clip", "early_stopping", "patience",
+TRAJECTORY_FIELDS = ("mode", "lr", "mobility_only_lr_scale", "weight_decay", "seed", "amp", "grad_clip", "early_stopping", "patience",
                      "min_delta", "deterministic")
 
 
@@ -595,6 +598,12 @@ def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractCont
 GradientSync = Callable[[RegionModel, Tensor], Tensor]
 
 
+def learning_rate(tc: TrainConfig, modalities: Sequence[str]) -> float:
+    """The learning rate of a model of ``modalities``: ``tc.lr``, times ``tc.mobility_only_lr_scale``
+    when mobility is its only modality."""
+    return tc.lr * tc.mobility_only_lr_scale if set(modalities) == {"mobility"} else tc.lr
+
+
 def make_optimiser(model: RegionModel, tc: TrainConfig) -> torch.optim.Optimizer:
     """The AdamW optimiser every training path uses (whole graph, mini-batch, data-parallel).
 
@@ -603,7 +612,8 @@ def make_optimiser(model: RegionModel, tc: TrainConfig) -> torch.optim.Optimizer
     that saves about 5 % of a default NYC-180 run and gives bit-identical weights (checked on the
     default model). Checkpoints are the same either way.
     """
-    return torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, foreach=True)
+    return torch.optim.AdamW(model.parameters(), lr=learning_rate(tc, model.modalities),
+                             weight_decay=tc.weight_decay, foreach=True)
 
 
 def optimisation_step(model: RegionModel, data: HeteroData, opt: torch.optim.Optimizer, gen: torch.Generator,
