@@ -266,7 +266,9 @@ def model_variants() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dev_solo_lr3": ("candidate: a mobility-only model trains at 3 times the learning rate "
                          "(train.mobility_only_lr_scale=3)", lambda mc: mc),
         "dev_solo_lr10": ("candidate: a mobility-only model trains at 10 times the learning rate "
-                          "(train.mobility_only_lr_scale=10)", lambda mc: mc),
+                          "(train.mobility_only_lr_scale=10; the default since round 2026-12-07af)", lambda mc: mc),
+        "abl_solo_lr1": ("ablation: a mobility-only model trains at the learning rate of every model "
+                         "(train.mobility_only_lr_scale=1; the default before round 2026-12-07af)", lambda mc: mc),
         "dev_contrast32": ("candidate: the region-level contrast sees 32 of the 64 channels, the rest is left to "
                            "input retention (loss.contrast_channels)", loss(contrast_channels=32)),
         "dev_contrast16": ("candidate: the region-level contrast sees 16 of the 64 channels (loss.contrast_channels)",
@@ -352,7 +354,8 @@ TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"dev_epochs600": {"epochs": 600}, 
                                                "dev_lr3e3": {"lr": 3e-3}, "dev_lr1e2": {"lr": 1e-2},
                                                "dev_wd1e3": {"weight_decay": 1e-3},
                                                "dev_solo_lr3": {"mobility_only_lr_scale": 3.0},
-                                               "dev_solo_lr10": {"mobility_only_lr_scale": 10.0}}
+                                               "dev_solo_lr10": {"mobility_only_lr_scale": 10.0},
+                                               "abl_solo_lr1": {"mobility_only_lr_scale": 1.0}}
 
 
 _POSITION_CANDIDATE = ("candidate: one positional column (Laplacian eigenvector of the adjacency) per {k} regions, "
@@ -650,9 +653,9 @@ def effective_train_config(tc: Any, mc: Any, data: Any) -> Any:
 
 def changed_training(cached: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
     """``train.<name>`` of each :data:`LATER_TRAIN_OFF` setting a cached run's ``train_config`` records
-    otherwise than ``current`` (a :func:`_train_key`; a run recorded without it trained at its off value)."""
-    if cached is None:
-        return []
+    otherwise than ``current`` (a :func:`_train_key`); a run that records no training settings, or not
+    this one, was trained before it existed, at its off value."""
+    cached = cached or {}
     return [f"train.{k}" for k, off in LATER_TRAIN_OFF.items() if cached.get(k, off) != current.get(k, off)]
 
 

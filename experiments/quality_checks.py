@@ -71,7 +71,10 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
         LATER_LAST_STEPS,
         STEP_SETTINGS,
         TRANSFORM_OFF,
+        _train_key,
         changed_settings,
+        changed_training,
+        effective_train_config,
         output_transform,
     )
     from urbanrep.graphs.schema import graph_adjacency
@@ -79,6 +82,7 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     from urbanrep.train import TrainConfig, embeddings_frame, train
 
     mc = replace(ModelConfig(), modalities=modalities)
+    tc = effective_train_config(TrainConfig(epochs=epochs, seed=seed, num_threads=1), mc, data)
     path = cache / f"{tag}_s{seed}_e{epochs}.parquet"
     meta = path.with_suffix(".json")
     adjacency = graph_adjacency(data)
@@ -89,7 +93,8 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
     elif cached is not None:
         emb = pd.read_parquet(path).set_index("region_id")
         recorded = cached.get("model_config") or {}
-        changed = changed_settings(recorded, config_to_dict(mc))
+        changed = changed_settings(recorded, config_to_dict(mc)) + changed_training(cached.get("train_config"),
+                                                                                   _train_key(tc))
         if not changed:
             return emb, cached["weights"]
         later = {k: TRANSFORM_OFF[k] for k in LATER_LAST_STEPS}  # the last steps, off
@@ -103,13 +108,14 @@ def _train(data: Any, modalities: tuple[str, ...] | None, seed: int, epochs: int
                  ", ".join(changed))
     if not allowed:
         raise NotCached(tag)
-    res = train(data, mc, TrainConfig(epochs=epochs, seed=seed, num_threads=1))
+    res = train(data, mc, tc)
     weights = dict(zip(res.modalities, res.fusion_weights.mean(0).tolist(), strict=True))
     emb = embeddings_frame(res.region_ids, res.embeddings)
     cache.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(emb.reset_index(), path)
     write_text_atomic(meta, json.dumps({"weights": weights, "seed": seed, "epochs": epochs,
-                                        "model_config": config_to_dict(mc), "adjacency": adjacency}))
+                                        "model_config": config_to_dict(mc), "train_config": _train_key(tc),
+                                        "adjacency": adjacency}))
     return emb, weights
 
 

@@ -347,6 +347,9 @@ SOLO_FLOW_CANDIDATES = ("urbanrep", "dev_solo_flow0")
 #: a candidate is adopted iff it is the one selected and its mean is above the default's by more than
 #: the tie margin.
 SOLO_LR_CANDIDATES = ("urbanrep", "dev_solo_lr3", "dev_solo_lr10")
+#: Its result: ``dev_solo_lr10`` selected (0.353 against the default's 0.316, tied with ``dev_solo_lr3`` and
+#: ahead of it on the paper protocol), so ``train.mobility_only_lr_scale=10``; ``abl_solo_lr1`` keeps the
+#: earlier rate (the round's comparison again: ``--candidates abl_solo_lr1 dev_solo_lr3 dev_solo_lr10``).
 
 #: Variants that remove a part the method defines (region-specific fusion, dedicated experts): the
 #: loop scores them beside the default but never selects one.
@@ -373,7 +376,7 @@ HELD_OUT = ("nyc180", "nyc_tracts")
 INERT_WHERE: tuple[tuple[tuple[str, ...], Callable[[set[str]], bool]], ...] = (
     (("dev_flow32", "dev_flow8", "dev_mobility3", "dev_flowin16", "dev_flowin32", "dev_counts_nomob",
       "dev_mobility_shares"), lambda mods: "mobility" not in mods),  # what acts on mobility only
-    (("dev_solo_flow0", "dev_solo_flow4", "abl_solo_flow16", "dev_solo_lr3", "dev_solo_lr10"),
+    (("dev_solo_flow0", "dev_solo_flow4", "abl_solo_flow16", "dev_solo_lr3", "dev_solo_lr10", "abl_solo_lr1"),
      lambda mods: mods != {"mobility"}),  # loss.solo_flow_components, train.mobility_only_lr_scale: mobility alone
     (("dev_fusion_cross", "abl_global_fusion", "dev_noise_prior", "dev_temp05", "dev_temp01", "abl_temp02",
       "dev_neg1", "dev_neg2"), lambda mods: len(mods) < 2),  # fusion and cross-modal contrast: two modalities or more

@@ -73,7 +73,8 @@ def test_twin_name_is_stable_across_later_settings() -> None:
     from urbanrep.network import ModelConfig
     from urbanrep.train import TrainConfig, config_to_dict
 
-    mc, tc = ModelConfig(), TrainConfig(epochs=300, seed=0, num_threads=1)
+    # a model with another modality than mobility: its training settings as effective_train_config gives them
+    mc, tc = ModelConfig(), TrainConfig(epochs=300, seed=0, num_threads=1, mobility_only_lr_scale=1.0)
     base = twin_name(mc, tc)
     assert twin_name(replace(mc, output_volumes=False, output_norm="none", output_smoothing=0.0), tc) == base
     assert twin_name(replace(mc, loss=replace(mc.loss, negative_hops=1)), tc) != base
@@ -84,6 +85,23 @@ def test_twin_name_is_stable_across_later_settings() -> None:
     assert twin_name(replace(mc, loss=replace(mc.loss, contrast_channels=32)), tc) != base
     assert base.endswith(_config_hash({"model": _before(config_to_dict(mc)), "train": _train(config_to_dict(tc))}))
     assert twin_name(mc, replace(tc, mobility_only_lr_scale=3.0)) != base  # on at its new value: another run
+
+
+def test_the_mobility_only_rate_keys_only_mobility_only_runs() -> None:
+    """The default's mobility-only learning-rate scale is left out of the run key of any other model."""
+    from types import SimpleNamespace
+
+    from experiments.benchmark import effective_train_config
+    from urbanrep.network import ModelConfig
+    from urbanrep.train import TrainConfig
+
+    tc = TrainConfig()
+    assert tc.mobility_only_lr_scale == 10.0  # round 2026-12-07af
+    for mods, scale in ((("poi", "mobility"), 1.0), (("poi",), 1.0), (("mobility",), 10.0)):
+        got = effective_train_config(tc, ModelConfig(), SimpleNamespace(modalities=mods))
+        assert got.mobility_only_lr_scale == scale, mods
+    only = effective_train_config(tc, ModelConfig(modalities=("mobility",)), SimpleNamespace(modalities=("poi", "mobility")))
+    assert only.mobility_only_lr_scale == 10.0  # the model's modalities, not the graph's
     # a cached run's meta without volume_scales was written with the package default
     from experiments.benchmark import TRANSFORM_OFF
     from urbanrep.volumes import DEFAULT_VOLUME_SCALES
