@@ -617,8 +617,11 @@ def make_optimiser(model: RegionModel, tc: TrainConfig) -> torch.optim.Optimizer
     that saves about 5 % of a default NYC-180 run and gives bit-identical weights (checked on the
     default model). Checkpoints are the same either way.
     """
-    return torch.optim.AdamW(model.parameters(), lr=learning_rate(tc, model.modalities),
-                             weight_decay=tc.weight_decay, foreach=True)
+    lr = learning_rate(tc, model.modalities)
+    if lr != tc.lr:
+        log.info("a mobility-only model: learning rate %g (train.lr %g x train.mobility_only_lr_scale %g)",
+                 lr, tc.lr, tc.mobility_only_lr_scale)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay, foreach=True)
 
 
 def optimisation_step(model: RegionModel, data: HeteroData, opt: torch.optim.Optimizer, gen: torch.Generator,
