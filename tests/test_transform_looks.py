@@ -238,3 +238,19 @@ def test_cosine_rate_decays_from_lr_to_the_floor() -> None:
     assert cosine_rate(1e-3, 150, 299, 0.0) == pytest.approx(5e-4)
     rates = [cosine_rate(1e-3, e, 50, 0.0) for e in range(1, 51)]
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_mobility_rate_look_speeds_up_the_mobility_parameters_only() -> None:
+    from experiments.mobility_rate_look import grouped_optimiser
+    from urbanrep.experts.testing import random_region_graph
+    from urbanrep.network import GraphMetadata, RegionModel
+    from urbanrep.train import TrainConfig
+
+    data = random_region_graph(12, ("poi", "mobility"), seed=0)
+    model = RegionModel(ModelConfig(ensemble=1), GraphMetadata.from_data(data))
+    opt = grouped_optimiser(model, TrainConfig(lr=1e-3), 10.0)
+    rest, mobility = opt.param_groups
+    assert rest["lr"] == 1e-3 and mobility["lr"] == pytest.approx(1e-2)
+    named = {id(p): n for n, p in model.named_parameters()}
+    assert mobility["params"] and all("mobility" in named[id(p)] or "mob_" in named[id(p)] for p in mobility["params"])
+    assert len(rest["params"]) + len(mobility["params"]) == len(list(model.parameters()))
