@@ -235,7 +235,8 @@ def format_markdown(res: dict[str, Any], command: str) -> str:
         lines += [f"| {t} | >= {c['need']:.3f} | {c['got']:.3f} | {'yes' if c['ok'] else '**no**'} |"
                   for t, c in sub["checks"].items()]
         lines.append("")
-    lines.append(f"All checks: **{'passed' if res['passed'] else 'not all passed'}** (CPU {res['cpu_s']} s).")
+    lines.append(f"All checks: **{'passed' if res['passed'] else 'not all passed'}** (CPU of this run "
+                 f"{res['cpu_s']} s; the runs already in OUT/cache are reused, not trained again).")
     return "\n".join(lines) + "\n"
 
 
