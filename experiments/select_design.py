@@ -684,8 +684,9 @@ def pruned_on(args: argparse.Namespace, city: str) -> list[str]:
 def train_cities_in_parallel(args: argparse.Namespace) -> None:
     """Train every city's runs of ``args`` into ``args.out``, one process per city, ``args.jobs`` at a time.
 
-    The two-stage rule holds as in one process: :data:`PRUNE_CITY` is trained first, alone, and a
-    candidate it prunes is not trained on the other cities. Each process writes its log to
+    The two-stage rule holds as in one process: a candidate :data:`PRUNE_CITY` prunes is not trained
+    on the other cities. While the pruning city trains, the default (never pruned) trains on the
+    others beside it; then their remaining candidates. Each process appends its log to
     ``OUT/logs/<city>.log``; one that fails stops the run with its log named.
     """
     import subprocess
@@ -693,13 +694,13 @@ def train_cities_in_parallel(args: argparse.Namespace) -> None:
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
-    def run_batch(cities: Sequence[str], candidates: Sequence[str]) -> None:
-        waiting, running = list(cities), []
+    def run_batch(jobs: Sequence[tuple[str, Sequence[str]]]) -> None:
+        waiting, running = list(jobs), []
         while waiting or running:
             while waiting and len(running) < args.jobs:
-                city = waiting.pop(0)
+                city, candidates = waiting.pop(0)
                 log_path = logs / f"{city}.log"
-                with open(log_path, "w") as handle:  # the child keeps its own copy of the descriptor
+                with open(log_path, "a") as handle:  # the child keeps its own copy of the descriptor
                     proc = subprocess.Popen(city_command(args, city, candidates), stdout=handle,
                                             stderr=subprocess.STDOUT)
                 log.info("%s: training in process %d (log %s)", city, proc.pid, log_path)
@@ -719,14 +720,16 @@ def train_cities_in_parallel(args: argparse.Namespace) -> None:
     cities = list(args.cities)
     candidates = list(args.candidates)
     if PRUNE_CITY in cities:
-        run_batch([PRUNE_CITY], candidates)
         cities.remove(PRUNE_CITY)
+        # the default is never pruned: its runs on the other cities train beside the pruning city's
+        early = [(city, ["urbanrep"]) for city in cities] if "urbanrep" in candidates else []
+        run_batch([(PRUNE_CITY, candidates), *early])
         pruned = pruned_on(args, PRUNE_CITY)
         if pruned:
             log.info("pruned after %s (more than %.2f below the default): %s", PRUNE_CITY, PRUNE_MARGIN,
                      ", ".join(pruned))
         candidates = [c for c in candidates if c not in pruned]
-    run_batch(cities, candidates)
+    run_batch([(city, candidates) for city in cities])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -750,7 +753,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "listed as incomplete and cannot be selected")
     p.add_argument("--jobs", type=int, default=1,
                    help="train the cities in up to this many processes at once (each with --threads threads; "
-                        "the pruning city first, alone), then score them all; logs in OUT/logs/")
+                        "the other cities' candidates after the pruning city's, their default beside it), then "
+                        "score them all; logs in OUT/logs/")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
