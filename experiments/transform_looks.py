@@ -98,17 +98,6 @@ from experiments.select_design import (
 
 log = logging.getLogger("transform_looks")
 
-VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk32", "raw+joint16",
-            "s.5+hops", "s.5+hopk8", "s.5+hopk16", "raw+hopr8", "detail", "flow4", "flow8", "flow16", "miss",
-            "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
-            "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
-            "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
-            "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
-            "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank",
-            "border", "rook", "scales1", "scales3", "share.25", "share.75", "pos4", "pos16", "posknn",
-            "posmix", "moblog", "moblog+shares", "vollog", "vollog+sqrt",
-            "untrained")
-
 #: Variants that read the region polygons (``written_variant``'s ``regions``).
 POLYGON_VARIANTS = ("border", "rook", "posknn", "posmix")
 
@@ -117,6 +106,15 @@ SETTING_VARIANTS: dict[str, dict[str, Any]] = {
     "scales1": {"output_scales": 1}, "scales3": {"output_scales": 3}, "share.25": {"output_smoothing": 0.25},
     "share.75": {"output_smoothing": 0.75}, "pos4": {"output_position": 4}, "pos16": {"output_position": 16},
     "vollog": {"volume_scales": ("log",)}, "vollog+sqrt": {"volume_scales": ("log", "sqrt")}}
+
+VARIANTS = ("default", "bare", "raw+hops", "raw+hopk8", "raw+hopk16", "raw+hopk32", "raw+joint16",
+            "s.5+hops", "s.5+hopk8", "s.5+hopk16", "raw+hopr8", "detail", "flow4", "flow8", "flow16", "miss",
+            "miss+hops", "miss+s.5+hops", "od", "od-hop2", "edge", "edge2", "edge4",
+            "s.5+hoprec8", "s.5+hoprec16", "raw+hoprec8", "pc", "pc2", "pc4", "pc8", "eqvar",
+            "counts", "counts8", "logcounts8", "logcounts", "sqrtcounts", "sqrtclip", "sqrtzero",
+            "nocounts", "logzero", "sqrtzero8", "sqrtzero8m", "hellinger", "volzero", "sqrtzeromob", "sqrtzero-mob", "odpc8", "odrec8", "countlag",
+            "cons", "cons3", "cons+dev", "cons+dev8", "mobshare", "app1", "vol4", "vol16", "app4", "effrank",
+            *POLYGON_VARIANTS, *SETTING_VARIANTS, "moblog", "moblog+shares", "untrained")
 
 
 def od_matrix(data: Any) -> Any:
