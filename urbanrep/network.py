@@ -433,10 +433,16 @@ def graph_flow_components(data: HeteroData, k: int) -> Tensor:
     return flow_components(data[et].edge_index, getattr(data[et], "edge_weight", None), n, k)
 
 
+def mobility_only(modalities: Sequence[str]) -> bool:
+    """Whether a model of ``modalities`` has mobility as its only modality: the models with settings of
+    their own (``LossConfig.solo_flow_components``, ``TrainConfig.mobility_only_lr_scale``)."""
+    return set(modalities) == {"mobility"}
+
+
 def retention_flow_components(lc: LossConfig, modalities: Sequence[str]) -> int:
     """Flow-profile components in mobility's input retention for a model of ``modalities``:
     ``lc.solo_flow_components`` when mobility is its only modality, else ``lc.flow_components``."""
-    return lc.solo_flow_components if set(modalities) == {"mobility"} else lc.flow_components
+    return lc.solo_flow_components if mobility_only(modalities) else lc.flow_components
 
 
 def flow_target_widths(config: ModelConfig, data: HeteroData) -> tuple[int, ...]:

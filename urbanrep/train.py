@@ -68,6 +68,7 @@ from urbanrep.network import (
     RegionModel,
     combine_member_losses,
     flow_target_widths,
+    mobility_only,
 )
 from urbanrep.progress import format_seconds, start_progress
 from urbanrep.safe_files import load_weights_only
@@ -606,7 +607,7 @@ GradientSync = Callable[[RegionModel, Tensor], Tensor]
 def learning_rate(tc: TrainConfig, modalities: Sequence[str]) -> float:
     """The learning rate of a model of ``modalities``: ``tc.lr``, times ``tc.mobility_only_lr_scale``
     when mobility is its only modality."""
-    return tc.lr * tc.mobility_only_lr_scale if set(modalities) == {"mobility"} else tc.lr
+    return tc.lr * tc.mobility_only_lr_scale if mobility_only(modalities) else tc.lr
 
 
 def make_optimiser(model: RegionModel, tc: TrainConfig) -> torch.optim.Optimizer:
